@@ -1,0 +1,21 @@
+# simattr: similarity-based data attribution and its counterfactual evaluation.
+# Stages: embed -> score -> support -> report. See README.md for the data contract.
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/support.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        report_files(),
+    default_target: True

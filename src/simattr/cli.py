@@ -1,0 +1,204 @@
+"""`simattr <stage> ...`: the entry points the workflow rules call. Every user error is one line on stderr."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import SimattrError
+
+
+def _kv(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    k, v = text.split("=", 1)
+    return k, yaml.safe_load(v)
+
+
+def _bool(text: str) -> bool:
+    v = yaml.safe_load(text)
+    if not isinstance(v, bool):
+        raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+    return v
+
+
+def _setup_logging(path: str | None) -> None:
+    logger = logging.getLogger("simattr")
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(path, mode="w"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--test-fraction", type=float, required=True)
+    p.add_argument("--split-seed", type=int, required=True)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="mlp")
+    p.add_argument("--hidden", type=int, required=True)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+
+
+def _recipe(a):
+    from .models import Recipe
+
+    return Recipe(name=a.model, hidden=a.hidden, steps=a.steps, lr=a.lr, weight_decay=a.weight_decay)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="simattr", description=__doc__)
+    ap.add_argument("--log", help="also write the log to this file")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("train-encoder", help="train a self-supervised or supervised encoder on the train split")
+    _dataset_args(p)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--param", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("embed", help="embed one split into HDF5 shards")
+    _dataset_args(p)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--state", help="trained encoder state (.pt) for trainable encoders")
+    p.add_argument("--split", required=True)
+    p.add_argument("--shard-size", type=int, default=0)
+    p.add_argument("--out-dir", required=True)
+
+    p = sub.add_parser("score", help="score one class's test images against the training images")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--ranker", required=True)
+    p.add_argument("--class", dest="cls", type=int, required=True)
+    p.add_argument("--train-index", required=True)
+    p.add_argument("--test-index", required=True)
+    p.add_argument("--class-conditioned", type=_bool, default=True)
+    p.add_argument("--topk", type=int, required=True)
+    p.add_argument("--C", type=float, default=0.1)
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--max-iter", type=int, default=10000)
+    p.add_argument("--random-seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("queries", help="train full-data models, sample test images, find their flip classes")
+    _dataset_args(p)
+    _model_args(p)
+    p.add_argument("--n-test", type=int, required=True)
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--flip-models", type=int, required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("support", help="removal or mislabel support of the sampled test images (submitit array)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--ranker", required=True)
+    p.add_argument("--metric", required=True, choices=["removal", "mislabel"])
+    p.add_argument("--queries", required=True)
+    p.add_argument("--scores", nargs="+", required=True)
+    _model_args(p)
+    p.add_argument("--k-max", type=int, required=True)
+    p.add_argument("--bisection-steps", type=int, required=True)
+    p.add_argument("--seeds", type=int, required=True)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--early-stop", type=_bool, default=True)
+    p.add_argument("--cluster", default="local")
+    p.add_argument("--parallelism", type=int, default=2)
+    p.add_argument("--timeout-min", type=int, default=60)
+    p.add_argument("--cpus-per-task", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--mem-gb", type=float, default=4.0)
+    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--submitit-dir", required=True)
+    p.add_argument("--answers-dir", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("report", help="tables and plots comparing the methods' support sizes")
+    _dataset_args(p)
+    p.add_argument("--gathers", nargs="+", required=True)
+    p.add_argument("--scores", nargs="*", default=[])
+    p.add_argument("--benchmarks", nargs="*", default=[], help="STAGE=FILE snakemake benchmark files")
+    p.add_argument("--stored", nargs="*", default=[], help="STAGE=PATH folders whose bytes are counted")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid-images", type=int, default=4)
+    p.add_argument("--out-dir", required=True)
+    return ap
+
+
+def run(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    _setup_logging(a.log)
+    progress = not a.no_progress
+    from . import stages
+
+    if a.cmd == "train-encoder":
+        stages.train_encoder(dataset=a.dataset, test_fraction=a.test_fraction, split_seed=a.split_seed,
+                             encoder=a.encoder, params=dict(a.param), seed=a.seed, out=a.out, progress=progress)
+    elif a.cmd == "embed":
+        stages.embed(dataset=a.dataset, test_fraction=a.test_fraction, split_seed=a.split_seed, encoder=a.encoder,
+                     split=a.split, shard_size=a.shard_size,
+                     out_dir=a.out_dir, state_path=a.state, progress=progress)
+    elif a.cmd == "score":
+        stages.score_class(dataset=a.dataset, encoder=a.encoder, ranker=a.ranker, cls=a.cls,
+                           train_index=a.train_index, test_index=a.test_index,
+                           class_conditioned=a.class_conditioned, topk=a.topk,
+                           esvm={"C": a.C, "tol": a.tol, "max_iter": a.max_iter}, random_seed=a.random_seed,
+                           out=a.out, progress=progress)
+    elif a.cmd == "queries":
+        from . import support
+
+        support.prepare_queries(dataset=a.dataset, test_fraction=a.test_fraction, split_seed=a.split_seed,
+                                n_test=a.n_test, sample_seed=a.sample_seed, flip_models=a.flip_models,
+                                recipe=_recipe(a), out_path=a.out, log=stages.log)
+    elif a.cmd == "support":
+        from .launch import LaunchSettings
+
+        r = _recipe(a)
+        settings = {"dataset": a.dataset, "encoder": a.encoder, "ranker": a.ranker, "k_max": a.k_max,
+                    "bisection_steps": a.bisection_steps, "seeds": a.seeds, "threshold": a.threshold,
+                    "early_stop": a.early_stop,
+                    "model": {"name": r.name, "hidden": r.hidden, "steps": r.steps, "lr": r.lr,
+                              "weight_decay": r.weight_decay}}
+        launch = LaunchSettings(cluster=a.cluster, folder=a.submitit_dir, parallelism=a.parallelism,
+                                timeout_min=a.timeout_min, cpus_per_task=a.cpus_per_task,
+                                gpus_per_node=a.gpus_per_node, mem_gb=a.mem_gb, slurm_partition=a.slurm_partition)
+        stages.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir,
+                             gather_out=a.out, metric=a.metric, settings=settings, launch=launch, progress=progress)
+    elif a.cmd == "report":
+        stages.report_stage(dataset=a.dataset, test_fraction=a.test_fraction, split_seed=a.split_seed,
+                            gathers=a.gathers, score_files=a.scores,
+                            benchmarks=[b.split("=", 1) for b in a.benchmarks],
+                            stored=[s.split("=", 1) for s in a.stored], n_boot=a.n_boot, seed=a.seed,
+                            grid_images=a.grid_images, out_dir=a.out_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except SimattrError as e:
+        print(f"simattr: error: {e}", file=sys.stderr)
+        logging.getLogger("simattr").error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        print("simattr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

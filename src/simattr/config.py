@@ -1,0 +1,78 @@
+"""Configuration: validation against the JSON schema with defaults filled in, and readable errors."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SimattrError
+
+# The registries' names, known without importing torch (the schema lists them too; a test checks both agree).
+ENCODERS = ("pixels", "simclr", "supervised")
+RANKERS = ("esvm", "knn_l2", "knn_cos", "random")
+METRICS = ("removal", "mislabel")
+
+
+def _path(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def _describe(error) -> str:
+    v = error.validator
+    where = _path(error)
+    got = repr(error.instance)
+    if v == "enum":
+        return f"config key '{where}': got {got}, valid values: {', '.join(map(str, error.validator_value))}"
+    if v == "type":
+        return f"config key '{where}': expected {error.validator_value}, got {got}"
+    if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
+        return f"config key '{where}': expected a value {op} {error.validator_value}, got {got}"
+    if v == "additionalProperties":
+        return f"config key '{where}': {error.message} (check the spelling against the schema)"
+    if v == "required":
+        return f"config key '{where}': {error.message}"
+    if v == "minItems":
+        return f"config key '{where}': expected at least {error.validator_value} item(s), got {got}"
+    if v in ("anyOf", "oneOf"):
+        opts = [s.get("description") or s.get("type") or s.get("const") for s in error.validator_value]
+        return f"config key '{where}': got {got}, expected one of: {'; '.join(map(str, opts))}"
+    return f"config key '{where}': {error.message}"
+
+
+def _fill_defaults(schema: dict, instance: Any) -> None:
+    if not isinstance(instance, dict) or schema.get("type") != "object":
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(sub, instance[key])
+
+
+def validate(config: dict, schema_path: str | Path) -> dict:
+    """Return a copy of `config` with the schema's defaults filled in; raise SimattrError on the first error."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    config = copy.deepcopy(config or {})
+    _fill_defaults(schema, config)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), _path(e)))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise SimattrError(_describe(best))
+    return config
+
+
+def load(path: str | Path, schema_path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise SimattrError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SimattrError(f"{path}: not valid YAML ({e})") from None
+    return validate(raw, schema_path)

@@ -1,0 +1,127 @@
+"""Fan work out through submitit: one array task per unit (a test image), on `local`, `debug` or `slurm`.
+
+`local` starts one process per task; submitit itself would start them all at once, so tasks are fed to it
+`parallelism` at a time. `slurm` submits one job array (slurm_array_parallelism caps what runs at once).
+`debug` runs every task in this process (for tests and pdb).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+CLUSTERS = ("local", "debug", "slurm")
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    cluster: str = "local"
+    folder: str = "submitit"
+    parallelism: int = 2
+    timeout_min: int = 60
+    cpus_per_task: int = 1
+    gpus_per_node: int = 0
+    mem_gb: float = 4.0
+    slurm_partition: str | None = None
+
+
+@dataclass
+class Failure:
+    label: str
+    error: str
+    log: str
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.error} (log: {self.log})"
+
+
+class _Task:
+    """Picklable callable: limit BLAS threads to the task's cores, then call fn(**kwargs)."""
+
+    def __init__(self, fn: Callable[..., Any], threads: int):
+        self.fn, self.threads = fn, threads
+
+    def __call__(self, kwargs: dict) -> Any:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=self.threads):
+            return self.fn(**kwargs)
+
+
+def _executor(s: LaunchSettings, name: str):
+    import submitit
+
+    if s.cluster not in CLUSTERS:
+        raise ValueError(f"unknown cluster '{s.cluster}'; valid: {', '.join(CLUSTERS)}")
+    ex = submitit.AutoExecutor(folder=s.folder, cluster=s.cluster)
+    params: dict[str, Any] = {"name": name, "timeout_min": s.timeout_min}
+    if s.cluster == "slurm":
+        params.update(cpus_per_task=s.cpus_per_task, gpus_per_node=s.gpus_per_node, mem_gb=s.mem_gb,
+                      slurm_array_parallelism=s.parallelism)
+        if s.slurm_partition:
+            params["slurm_partition"] = s.slurm_partition
+    ex.update_parameters(**params)
+    return ex
+
+
+def _failure(job, label: str) -> Failure | None:
+    exc = job.exception()
+    if exc is None:
+        return None
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    # submitit wraps worker tracebacks; the last line names the error
+    msg = lines[-1] if lines else type(exc).__name__
+    log = str(getattr(job.paths, "stderr", "")) if hasattr(job, "paths") else ""
+    return Failure(label=label, error=msg, log=log)
+
+
+def run_tasks(fn: Callable[..., Any], units: list[dict], labels: list[str], settings: LaunchSettings, *,
+              name: str, progress: bool = True, log=None) -> tuple[list[Any], list[Failure]]:
+    """Run fn(**unit) for every unit as one array task each; wait; return (results, failures).
+
+    Results of failed units are None. Failures carry the task's log path.
+    """
+    task = _Task(fn, settings.cpus_per_task)
+    results: list[Any] = [None] * len(units)
+    failures: list[Failure] = []
+    if not units:
+        return results, failures
+    ex = _executor(settings, name)
+    bar = tqdm(total=len(units), desc=name, unit="task", disable=not progress)
+
+    def collect(i, job):
+        f = _failure(job, labels[i])
+        if f is None:
+            results[i] = job.result()
+        else:
+            failures.append(f)
+            if log:
+                log.error("task failed: %s", f)
+        bar.update(1)
+
+    if settings.cluster == "debug":
+        for i, u in enumerate(units):
+            collect(i, ex.submit(task, u))
+    elif settings.cluster == "slurm":
+        jobs = ex.map_array(task, units)
+        if log:
+            log.info("submitted array %s with %d tasks", jobs[0].job_id.split("_")[0], len(jobs))
+        pending = dict(enumerate(jobs))
+        while pending:
+            for i in [i for i, j in pending.items() if j.done()]:
+                collect(i, pending.pop(i))
+            time.sleep(1.0)
+    else:  # local: feed at most `parallelism` processes at a time
+        queue = list(range(len(units)))
+        running: dict[int, Any] = {}
+        while queue or running:
+            while queue and len(running) < max(1, settings.parallelism):
+                i = queue.pop(0)
+                running[i] = ex.submit(task, units[i])
+            for i in [i for i, j in running.items() if j.done()]:
+                collect(i, running.pop(i))
+            time.sleep(0.05)
+    bar.close()
+    return results, failures

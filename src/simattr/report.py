@@ -1,0 +1,522 @@
+"""The report stage: support-size summaries, pairwise win rates, stage costs, figures and tables.
+
+Inputs are the gathers of the support stage (store.SUPPORT_GATHER, one per encoder x ranker x metric):
+
+    {"dataset", "encoder", "ranker", "metric": "removal"|"mislabel", "k_max",
+     "answers": [{"test_index", "label", "flip_class", "support": int|null, "k_max", "trainings",
+                  "probes": [...], "wall_s"}, ...]}
+
+An answer's support is the smallest k whose removal (or relabelling) of the method's top-k training images
+flips the test prediction; null means "not flipped even at k_max" (right-censored) and is treated as +inf
+throughout. Smaller support = better attribution method.
+
+Conventions
+-----------
+* median support: the empirical-CDF (lower) median, i.e. the smallest support s with
+  fraction(support <= s) >= 1/2. It is always one of the observed supports, and it is +inf exactly when
+  more than half of the answers are censored; a row then holds median_support=None, median_censored=True,
+  and tables write it as ">{k_max}".
+* 95% CI: percentile bootstrap of that median, resampling test images with replacement
+  (numpy.random.default_rng(seed), a fresh generator per row, so a row does not depend on the others);
+  the 2.5% quantile is taken with method "lower" and the 97.5% one with "higher" (no interpolation, so
+  the bounds are observed supports or +inf). An infinite bound is None with ci_*_censored=True.
+* auc: mean over k = 1..k_max of the fraction of answers with support <= k (in [0, 1], higher = better);
+  k_max is the gather's.
+* win rates: over the test images both methods answered, the fraction where A's support < B's
+  (null = +inf, so null vs null is a tie).
+
+Every file is written atomically (store.atomic_path) and the CSV/Markdown bytes depend only on the inputs.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import SimattrError
+from .store import atomic_path, read_json, write_text
+
+METRICS = ("removal", "mislabel")
+
+SUPPORT_COLUMNS = (
+    "dataset", "method", "encoder", "ranker", "metric", "k_max", "n_test", "n_flipped", "frac_flipped",
+    "median_support", "median_censored", "ci_low", "ci_high", "ci_low_censored", "ci_high_censored",
+    "auc", "mean_trainings", "mean_wall_s",
+)
+
+_GATHER_KEYS = ("dataset", "encoder", "ranker", "metric", "k_max", "answers")
+_ANSWER_KEYS = ("test_index", "support", "trainings")
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def load_gathers(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """Read gather files (store.read_json); validation happens in the functions that use them."""
+    return [read_json(p) for p in paths]
+
+
+def method_name(gather: Mapping[str, Any]) -> str:
+    return f"{gather['encoder']}/{gather['ranker']}"
+
+
+def _where(g: Mapping[str, Any]) -> str:
+    return f"gather {g.get('encoder', '?')}/{g.get('ranker', '?')}/{g.get('metric', '?')}"
+
+
+def _check_gathers(gathers: Sequence[Mapping[str, Any]]) -> None:
+    """Raise SimattrError (one line) on a malformed, duplicated or mixed-dataset set of gathers."""
+    seen: set[tuple[str, str, str]] = set()
+    datasets: set[str] = set()
+    for g in gathers:
+        if not isinstance(g, Mapping):
+            raise SimattrError(f"a gather is a {type(g).__name__}, expected a JSON object")
+        missing = [k for k in _GATHER_KEYS if k not in g]
+        if missing:
+            raise SimattrError(f"{_where(g)}: missing key(s) {', '.join(missing)}")
+        if g["metric"] not in METRICS:
+            raise SimattrError(f"{_where(g)}: metric {g['metric']!r} is not one of {', '.join(METRICS)}")
+        if not isinstance(g["k_max"], int) or g["k_max"] < 1:
+            raise SimattrError(f"{_where(g)}: k_max={g['k_max']!r} is not a positive integer")
+        key = (str(g["encoder"]), str(g["ranker"]), str(g["metric"]))
+        if key in seen:
+            raise SimattrError(f"{_where(g)}: given twice")
+        seen.add(key)
+        datasets.add(str(g["dataset"]))
+        test_seen: set[int] = set()
+        for a in g["answers"]:
+            missing = [k for k in _ANSWER_KEYS if k not in a]
+            if missing:
+                raise SimattrError(f"{_where(g)}: an answer lacks key(s) {', '.join(missing)}")
+            s = a["support"]
+            if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
+                raise SimattrError(f"{_where(g)}: test {a['test_index']}: support {s!r} is neither null nor "
+                                   f"a non-negative integer")
+            t = int(a["test_index"])
+            if t in test_seen:
+                raise SimattrError(f"{_where(g)}: test image {t} answered twice")
+            test_seen.add(t)
+    if len(datasets) > 1:
+        raise SimattrError(f"gathers from more than one dataset ({', '.join(sorted(datasets))}); "
+                           f"a report covers one dataset")
+
+
+def _supports(g: Mapping[str, Any]) -> np.ndarray:
+    """Supports as float64 with +inf for null (censored)."""
+    return np.array([math.inf if a["support"] is None else float(a["support"]) for a in g["answers"]],
+                    dtype=np.float64)
+
+
+def _metric_order(metric: str) -> int:
+    return METRICS.index(metric) if metric in METRICS else len(METRICS)
+
+
+def _sorted_gathers(gathers: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(gathers, key=lambda g: (_metric_order(g["metric"]), method_name(g)))
+
+
+def _lower_median(sorted_values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Smallest value v with fraction(values <= v) >= 1/2, for values already sorted along `axis`."""
+    n = sorted_values.shape[axis]
+    return np.take(sorted_values, (n - 1) // 2, axis=axis)
+
+
+def _finite_or_none(x: float) -> int | float | None:
+    if not math.isfinite(x):
+        return None
+    return int(x) if float(x).is_integer() else float(x)
+
+
+# ----------------------------------------------------------------------------------------- summaries
+def summarize(gathers: list[dict], *, n_boot: int, seed: int) -> list[dict]:
+    """One row per (encoder, ranker, metric), ordered by metric (removal, mislabel) then method name."""
+    if n_boot < 0:
+        raise ValueError("n_boot must be >= 0")
+    _check_gathers(gathers)
+    rows = []
+    for g in _sorted_gathers(gathers):
+        s = _supports(g)
+        n = len(s)
+        k_max = int(g["k_max"])
+        flipped = np.isfinite(s)
+        row: dict[str, Any] = {
+            "dataset": str(g["dataset"]), "method": method_name(g), "encoder": str(g["encoder"]),
+            "ranker": str(g["ranker"]), "metric": str(g["metric"]), "k_max": k_max,
+            "n_test": n, "n_flipped": int(flipped.sum()),
+            "frac_flipped": float(flipped.mean()) if n else None,
+            "median_support": None, "median_censored": False,
+            "ci_low": None, "ci_high": None, "ci_low_censored": False, "ci_high_censored": False,
+            "auc": None, "mean_trainings": None, "mean_wall_s": None,
+        }
+        if n:
+            med = float(_lower_median(np.sort(s)))
+            row["median_support"] = _finite_or_none(med)
+            row["median_censored"] = not math.isfinite(med)
+            if n_boot > 0:
+                rng = np.random.default_rng(seed)
+                idx = rng.integers(0, n, size=(n_boot, n))
+                meds = _lower_median(np.sort(s[idx], axis=1), axis=1)
+                lo = float(np.quantile(meds, 0.025, method="lower"))
+                hi = float(np.quantile(meds, 0.975, method="higher"))
+                row["ci_low"], row["ci_low_censored"] = _finite_or_none(lo), not math.isfinite(lo)
+                row["ci_high"], row["ci_high_censored"] = _finite_or_none(hi), not math.isfinite(hi)
+            ks = np.arange(1, k_max + 1, dtype=np.float64)
+            row["auc"] = float((s[None, :] <= ks[:, None]).mean())
+            row["mean_trainings"] = float(np.mean([float(a["trainings"]) for a in g["answers"]]))
+            walls = [float(a["wall_s"]) for a in g["answers"] if a.get("wall_s") is not None]
+            row["mean_wall_s"] = float(np.mean(walls)) if walls else None
+        rows.append(row)
+    return rows
+
+
+def win_rates(gathers: list[dict]) -> list[dict]:
+    """Per metric, per ordered pair (A, B), A != B: win/tie/loss fractions of A against B.
+
+    Over the n test images both answered: win = fraction with support_A < support_B, tie = equal supports
+    (including both null), loss = 1 - win - tie. With n = 0 the fractions are None.
+    """
+    _check_gathers(gathers)
+    by_metric: dict[str, list[Mapping[str, Any]]] = {}
+    for g in _sorted_gathers(gathers):
+        by_metric.setdefault(g["metric"], []).append(g)
+    rows = []
+    for metric, gs in by_metric.items():
+        table = {method_name(g): {int(a["test_index"]): (math.inf if a["support"] is None else a["support"])
+                                  for a in g["answers"]} for g in gs}
+        for a_name, a_sup in table.items():
+            for b_name, b_sup in table.items():
+                if a_name == b_name:
+                    continue
+                common = sorted(set(a_sup) & set(b_sup))
+                n = len(common)
+                wins = sum(1 for t in common if a_sup[t] < b_sup[t])
+                ties = sum(1 for t in common if a_sup[t] == b_sup[t])
+                rows.append({
+                    "metric": metric, "method_a": a_name, "method_b": b_name, "n": n,
+                    "win": wins / n if n else None, "tie": ties / n if n else None,
+                    "loss": (n - wins - ties) / n if n else None,
+                })
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- costs
+def read_benchmark(path: str | os.PathLike) -> dict[str, float | None]:
+    """One Snakemake benchmark TSV -> {"s": wall seconds, "max_rss": MB or None} (mean over its rows)."""
+    path = Path(path)
+    if not path.exists():
+        raise SimattrError(f"{path}: benchmark file not found")
+    with path.open(newline="") as f:
+        data = list(csv.DictReader(f, delimiter="\t"))
+    if not data or "s" not in data[0]:
+        raise SimattrError(f"{path}: not a Snakemake benchmark file (no data row or no 's' column)")
+
+    def num(row: dict, key: str) -> float | None:
+        v = (row.get(key) or "").strip()
+        if v in ("", "NA", "-"):
+            return None
+        try:
+            return float(v)
+        except ValueError:
+            raise SimattrError(f"{path}: column {key!r} holds {v!r}, not a number") from None
+
+    walls = [num(r, "s") for r in data]
+    if any(w is None for w in walls):
+        raise SimattrError(f"{path}: a row has no wall time in column 's'")
+    rss = [x for x in (num(r, "max_rss") for r in data) if x is not None]
+    return {"s": float(np.mean(walls)), "max_rss": max(rss) if rss else None}
+
+
+def _bytes_under(paths: Iterable[str | os.PathLike]) -> int:
+    """Total size of the files at/under `paths` (each file counted once; missing paths count 0)."""
+    files: set[Path] = set()
+    for p in paths:
+        p = Path(p)
+        if p.is_file():
+            files.add(p.resolve())
+        elif p.is_dir():
+            for root, _, names in os.walk(p):
+                for name in names:
+                    fp = Path(root) / name
+                    if fp.is_file():
+                        files.add(fp.resolve())
+    return sum(f.stat().st_size for f in files)
+
+
+def stage_costs(benchmarks: dict[str, list], stored: dict[str, list]) -> list[dict]:
+    """One row per stage (benchmark stages in their given order, then stages only in `stored`):
+    stage, jobs (benchmark files), wall_s (sum over jobs), max_rss_mb (max over jobs, None if unknown),
+    bytes (stored under the stage's paths)."""
+    rows = []
+    for stage in list(benchmarks) + [s for s in stored if s not in benchmarks]:
+        bench = [read_benchmark(p) for p in benchmarks.get(stage, [])]
+        rss = [b["max_rss"] for b in bench if b["max_rss"] is not None]
+        rows.append({
+            "stage": stage, "jobs": len(bench), "wall_s": float(sum(b["s"] for b in bench)),
+            "max_rss_mb": max(rss) if rss else None, "bytes": _bytes_under(stored.get(stage, [])),
+        })
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- figures
+def _new_figure(figsize: tuple[float, float]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=100)
+
+
+def _save_png(fig, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+
+
+def plot_cdf(gathers: list[dict], path: str | os.PathLike) -> None:
+    """One PNG, one subplot per metric, one step curve per method: fraction of test images with
+    support <= k for k = 0..k_max (censored answers never count as flipped)."""
+    _check_gathers(gathers)
+    gs = _sorted_gathers(gathers)
+    metrics = sorted({g["metric"] for g in gs}, key=_metric_order) or list(METRICS[:1])
+    methods = sorted({method_name(g) for g in gs})
+    fig = _new_figure((5.2 * len(metrics), 4.2))
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    import matplotlib as mpl
+
+    colors = mpl.colormaps["tab10" if len(methods) <= 10 else "tab20"]
+    for ax, metric in zip(axes, metrics):
+        mine = [g for g in gs if g["metric"] == metric]
+        k_top = max((int(g["k_max"]) for g in mine), default=1)
+        for g in mine:
+            s = _supports(g)
+            k_max = int(g["k_max"])
+            ks = np.arange(0, k_max + 1)
+            frac = (s[None, :] <= ks[:, None]).mean(axis=1) if len(s) else np.zeros(len(ks))
+            ax.step(ks, frac, where="post", color=colors(methods.index(method_name(g)) % colors.N),
+                    label=f"{method_name(g)} (n={len(s)})", linewidth=1.6)
+        ax.set_xlim(0, k_top)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{metric} support")
+        verb = "removed" if metric == "removal" else "relabelled"
+        ax.set_xlabel(f"k (top-k training images {verb})")
+        ax.set_ylabel("fraction of test images flipped (support ≤ k)")
+        ax.grid(True, alpha=0.3)
+        if mine:
+            ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    _save_png(fig, path)
+
+
+def _to_hwc(img: np.ndarray) -> tuple[np.ndarray, str | None]:
+    a = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    if a.ndim == 2:
+        return a, "gray"
+    if a.ndim != 3 or a.shape[0] not in (1, 3):
+        raise SimattrError(f"image of shape {a.shape}: expected (C, H, W) with C = 1 or 3")
+    if a.shape[0] == 1:
+        return a[0], "gray"
+    return np.transpose(a, (1, 2, 0)), None
+
+
+def _lookup(topk: Mapping[Any, Sequence[int]], t: int) -> Sequence[int] | None:
+    if t in topk:
+        return topk[t]
+    if str(t) in topk:  # dicts read back from JSON have string keys
+        return topk[str(t)]
+    return None
+
+
+def plot_topk_grid(test_images: np.ndarray, train_images: np.ndarray,
+                   topk_by_method: dict[str, dict[int, list[int]]], test_indices: list[int],
+                   path: str | os.PathLike, k: int = 8) -> None:
+    """Rows: for each test index, one row per method (in the dict's order): the test image, then the
+    method's top-k training images (best first). Missing entries leave blank cells."""
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    methods = list(topk_by_method)
+    n_rows = max(1, len(test_indices) * len(methods))
+    n_test, n_train = len(test_images), len(train_images)
+    cell = 1.15
+    fig = _new_figure(((k + 1) * cell + 1.2, n_rows * cell + 0.4))
+    axes = fig.subplots(n_rows, k + 1, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for sp in ax.spines.values():
+            sp.set_visible(False)
+    r = 0
+    for t in test_indices:
+        t = int(t)
+        if not 0 <= t < n_test:
+            raise SimattrError(f"test index {t} is outside the {n_test} test images given")
+        timg, tcmap = _to_hwc(test_images[t])
+        for m in methods:
+            row = axes[r]
+            row[0].imshow(timg, cmap=tcmap, vmin=0, vmax=1, interpolation="nearest")
+            for sp in row[0].spines.values():
+                sp.set_visible(True)
+                sp.set_color("tab:red")
+                sp.set_linewidth(2)
+            row[0].set_ylabel(f"{m}\ntest {t}", rotation=0, ha="right", va="center", fontsize=8)
+            top = _lookup(topk_by_method[m], t)
+            if top is None:
+                row[1].text(0.5, 0.5, "no top-k", ha="center", va="center", fontsize=7,
+                            transform=row[1].transAxes)
+                top = []
+            for j, i in enumerate(list(top)[:k]):
+                i = int(i)
+                if not 0 <= i < n_train:
+                    raise SimattrError(f"method {m}, test {t}: train index {i} is outside the {n_train} "
+                                       f"training images given")
+                img, cmap = _to_hwc(train_images[i])
+                row[j + 1].imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            r += 1
+    axes[0][0].set_title("test", fontsize=8)
+    for j in range(1, k + 1):
+        axes[0][j].set_title(f"#{j}", fontsize=8)
+    fig.subplots_adjust(left=min(0.45, 1.3 / ((k + 1) * cell + 1.2)), right=0.99, bottom=0.01,
+                        top=1 - 0.3 / (n_rows * cell + 0.4), wspace=0.05, hspace=0.08)
+    _save_png(fig, path)
+
+
+# ----------------------------------------------------------------------------------------- tables
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "inf" if x > 0 else ("-inf" if x < 0 else "nan")
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _support_value(row: Mapping[str, Any], key: str, flag: str) -> str:
+    if row.get(flag):
+        return f">{row['k_max']}"
+    return _fmt(row.get(key))
+
+
+def _csv_cell(row: Mapping[str, Any], col: str) -> str:
+    if col in ("median_support", "ci_low", "ci_high"):
+        flag = "median_censored" if col == "median_support" else f"{col}_censored"
+        return _support_value(row, col, flag)
+    if col in ("mean_trainings", "mean_wall_s"):
+        return _fmt(row.get(col), 2)
+    return _fmt(row.get(col), 3)
+
+
+def _md_table(header: Sequence[str], body: Sequence[Sequence[str]], align: Sequence[str] | None = None) -> str:
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    sep = [":---" if a == "l" else "---:" for a in align]
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in body]
+    return "\n".join(lines) + "\n"
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[str, Any]],
+                    costs: Sequence[Mapping[str, Any]]) -> str:
+    datasets = sorted({str(r["dataset"]) for r in rows if r.get("dataset") is not None})
+    title = f"# simattr report: {', '.join(datasets)}" if datasets else "# simattr report"
+    out = [title, "",
+           "Support of a test image under a method: the smallest k such that retraining without "
+           "(removal) or with relabelled (mislabel) top-k training images of the method misclassifies "
+           "it; `>k_max` = not flipped even at k_max (censored, counted as +inf). Smaller support = "
+           "better attribution. Median = smallest s with fraction(support <= s) >= 1/2; "
+           "95% CI = percentile bootstrap over test images; AUC = mean over k = 1..k_max of the fraction "
+           "flipped at k (higher = better).", ""]
+    metrics = sorted({r["metric"] for r in rows} | {w["metric"] for w in wins}, key=lambda m: (_metric_order(m), m))
+    out += ["## Support size", ""]
+    if not rows:
+        out += ["No support answers.", ""]
+    for metric in metrics:
+        mine = [r for r in rows if r["metric"] == metric]
+        if not mine:
+            continue
+        body = []
+        for r in mine:
+            med = _support_value(r, "median_support", "median_censored")
+            lo = _support_value(r, "ci_low", "ci_low_censored")
+            hi = _support_value(r, "ci_high", "ci_high_censored")
+            ci = f"[{lo}, {hi}]" if (lo or hi) else ""
+            body.append([f"`{r['method']}`", str(r["n_test"]), str(r["n_flipped"]),
+                         _pct(r.get("frac_flipped")), med or "n/a", ci, _fmt(r.get("auc"), 3),
+                         _fmt(r.get("mean_trainings"), 2), str(r["k_max"])])
+        out += [f"### {metric}", "",
+                _md_table(["method", "n", "flipped", "% flipped", "median support", "95% CI", "AUC",
+                           "mean trainings", "k_max"], body)]
+    out += ["## Win rates", "",
+            "Cell (row A, column B): percent of the test images both methods answered where A's support "
+            "is smaller than B's (null = +inf; equal supports, including both censored, are ties and "
+            "count for neither).", ""]
+    if not wins:
+        out += ["Fewer than two methods per metric; no win rates.", ""]
+    for metric in metrics:
+        mine = [w for w in wins if w["metric"] == metric]
+        if not mine:
+            continue
+        names = sorted({w["method_a"] for w in mine} | {w["method_b"] for w in mine})
+        cell = {(w["method_a"], w["method_b"]): w for w in mine}
+        body = []
+        for a in names:
+            line = [f"`{a}`"]
+            for b in names:
+                line.append("—" if a == b else (_pct(cell[(a, b)]["win"]) if (a, b) in cell else ""))
+            body.append(line)
+        ns = sorted({int(w["n"]) for w in mine})
+        n_txt = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}..{ns[-1]}"
+        out += [f"### {metric} ({n_txt} shared test images per pair)", "",
+                _md_table(["A \\ B"] + [f"`{b}`" for b in names], body)]
+    out += ["## Stage costs", ""]
+    if costs:
+        body = [[str(c["stage"]), str(c["jobs"]), _fmt(float(c["wall_s"]), 1), _hms(float(c["wall_s"])),
+                 "" if c.get("max_rss_mb") is None else _fmt(float(c["max_rss_mb"]), 1),
+                 _human_bytes(int(c["bytes"]))] for c in costs]
+        total_s = float(sum(c["wall_s"] for c in costs))
+        total_b = int(sum(c["bytes"] for c in costs))
+        body.append(["**total**", str(sum(int(c["jobs"]) for c in costs)), _fmt(total_s, 1), _hms(total_s),
+                     "", _human_bytes(total_b)])
+        out += [_md_table(["stage", "jobs", "wall s (sum)", "h:m:s", "max RSS MB", "stored"], body)]
+    else:
+        out += ["No benchmark data.", ""]
+    out += ["## Figures", "", "![Support CDF](support_cdf.png)", "", "![Top-k training images](topk_grid.png)", ""]
+    return "\n".join(out)
+
+
+def render_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUPPORT_COLUMNS)
+    for r in rows:
+        w.writerow([_csv_cell(r, c) for c in SUPPORT_COLUMNS])
+    return buf.getvalue()
+
+
+def write_tables(rows: list[dict], wins: list[dict], costs: list[dict], out_dir: str | os.PathLike) -> None:
+    """support.csv (the summarize rows; censored values as ">k_max") and report.md, both atomically."""
+    out_dir = Path(out_dir)
+    write_text(out_dir / "support.csv", render_csv(rows))
+    write_text(out_dir / "report.md", render_markdown(rows, wins, costs))

@@ -1,0 +1,139 @@
+"""The pipeline's stages as plain functions (the CLI and the workflow rules call these).
+
+Each stage reads its inputs through `store`, does its work, and writes its outputs atomically.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import datasets, store
+from .errors import SimattrError
+
+log = logging.getLogger("simattr")
+
+
+def embed_settings(dataset: str, test_fraction: float, split_seed: int, encoder: str, params: dict,
+                   seed: int) -> dict:
+    return {"dataset": dataset, "test_fraction": test_fraction, "split_seed": split_seed, "encoder": encoder,
+            "params": params, "seed": seed}
+
+
+def train_encoder(*, dataset: str, test_fraction: float, split_seed: int, encoder: str, params: dict, seed: int,
+                  out: str, progress: bool = True) -> None:
+    from . import encoders
+
+    if encoder not in encoders.TRAINABLE:
+        raise SimattrError(f"encoder '{encoder}' has no training step; trainable: {', '.join(encoders.TRAINABLE)}")
+    t0 = time.perf_counter()
+    tr = datasets.load_split(dataset, "train", test_fraction=test_fraction, seed=split_seed)
+    state = encoders.fit(encoder, tr.images, tr.labels, params, seed=seed, progress=progress, log=log)
+    state["settings"] = json.dumps(embed_settings(dataset, test_fraction, split_seed, encoder, params, seed),
+                                   sort_keys=True)
+    encoders.save_state(state, out)
+    log.info("trained %s on %d train images in %.1f s -> %s", encoder, len(tr.labels), time.perf_counter() - t0, out)
+
+
+def embed(*, dataset: str, test_fraction: float, split_seed: int, encoder: str, split: str, shard_size: int,
+          out_dir: str, state_path: str | None = None, progress: bool = True) -> dict:
+    """Embed one split. Trainable encoders come from their state file, whose settings (dataset split,
+    training parameters, seed) give the shards' config_hash; `pixels` is fitted on the train split here."""
+    from . import encoders
+
+    t0 = time.perf_counter()
+    if encoder in encoders.TRAINABLE:
+        if not state_path:
+            raise SimattrError(f"encoder '{encoder}' needs its trained state (--state)")
+        state = encoders.load_state(state_path, expect_name=encoder)
+        settings = json.loads(state["settings"])
+        if (settings["dataset"], settings["test_fraction"], settings["split_seed"]) != (
+                dataset, test_fraction, split_seed):
+            raise SimattrError(f"{state_path}: trained on another split ({settings}); rerun its training rule")
+    else:
+        settings = embed_settings(dataset, test_fraction, split_seed, encoder, {}, 0)
+        tr = datasets.load_split(dataset, "train", test_fraction=test_fraction, seed=split_seed)
+        state = encoders.fit(encoder, tr.images, tr.labels, {}, seed=0, progress=False)
+    data = datasets.load_split(dataset, split, test_fraction=test_fraction, seed=split_seed)
+    feats = encoders.encode(state, data.images)
+    manifest = store.write_embeddings(out_dir, feats, data.labels, shard_size=shard_size, dataset=dataset,
+                                      split=split, encoder=encoder, config_hash=store.config_hash(settings))
+    log.info("embedded %d %s images with %s (d=%d) into %d shard(s) in %.1f s", len(feats), split, encoder,
+             feats.shape[1], len(manifest["shards"]), time.perf_counter() - t0)
+    return manifest
+
+
+def score_class(*, dataset: str, encoder: str, ranker: str, cls: int, train_index: str, test_index: str,
+                class_conditioned: bool, topk: int, esvm: dict, random_seed: int, out: str,
+                progress: bool = True) -> None:
+    from . import rankers
+
+    t0 = time.perf_counter()
+    tr_f, tr_y, tr_m = store.read_embeddings(train_index)
+    te_f, te_y, te_m = store.read_embeddings(test_index)
+    if tr_m["config_hash"] != te_m["config_hash"]:
+        raise SimattrError(f"{train_index} and {test_index} come from different settings "
+                           f"({tr_m['config_hash']} vs {te_m['config_hash']}); rerun the embed stage")
+    q_idx = np.flatnonzero(te_y == cls)
+    c_idx = np.flatnonzero(tr_y == cls) if class_conditioned else np.arange(len(tr_y))
+    if len(c_idx) == 0:
+        raise SimattrError(f"{train_index}: class {cls} has no training images")
+    settings: dict = {}
+    if ranker in ("esvm",):
+        settings = dict(esvm)
+    if ranker == "random":
+        settings = {"query_seeds": np.array([store.seed_from("random", dataset, random_seed, int(i)) for i in q_idx])}
+    scores = rankers.score(ranker, te_f[q_idx], tr_f[c_idx], progress=progress, **settings)
+    top = c_idx[rankers.topk(scores, topk)] if len(q_idx) else np.zeros((0, min(topk, len(c_idx))), np.int64)
+    attrs = {"dataset": dataset, "encoder": encoder, "ranker": ranker, "class": int(cls),
+             "class_conditioned": bool(class_conditioned), "embedding_config_hash": tr_m["config_hash"],
+             "settings": json.dumps({k: v for k, v in settings.items() if k != "query_seeds"}, sort_keys=True),
+             "random_seed": int(random_seed), "wall_s": time.perf_counter() - t0}
+    store.write_scores(out, test_indices=q_idx, train_indices=c_idx, scores=scores, topk=top, attrs=attrs)
+    log.info("%s/%s class %s: %d test x %d train scored in %.2f s", encoder, ranker, cls, len(q_idx), len(c_idx),
+             time.perf_counter() - t0)
+
+
+def _answer_task(**kw):
+    from . import support
+
+    return support.answer(**kw)
+
+
+def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gather_out: str, metric: str,
+                  settings: dict, launch, progress: bool = True) -> dict:
+    """Submit one array task per sampled test image; wait; gather the answers into `gather_out`."""
+    from . import launch as launch_mod
+
+    t0 = time.perf_counter()
+    arrays, _ = store.read_arrays(queries, ("test_indices", "y_query"))
+    by_class = {}
+    for f in score_files:
+        sc = store.read_scores(f)
+        by_class[int(sc["attrs"]["class"])] = f
+    units, labels = [], []
+    for t, y in zip(arrays["test_indices"].tolist(), arrays["y_query"].tolist()):
+        if y not in by_class:
+            raise SimattrError(f"no score file for class {y} (test image {t}) among the inputs")
+        units.append({"queries_path": queries, "scores_path": by_class[y],
+                      "out_path": str(Path(answers_dir) / f"{t}.json"), "test_index": t, "metric": metric,
+                      "settings": settings})
+        labels.append(f"test image {t}")
+    name = f"support-{settings['encoder']}-{settings['ranker']}-{metric}"
+    results, failures = launch_mod.run_tasks(_answer_task, units, labels, launch, name=name, progress=progress,
+                                             log=log)
+    if failures:
+        for f in failures:
+            log.error("%s", f)
+        raise SimattrError(f"{len(failures)} of {len(units)} support tasks failed; first: {failures[0]}")
+    gather = {"dataset": settings["dataset"], "encoder": settings["encoder"], "ranker": settings["ranker"],
+              "metric": metric, "k_max": settings["k_max"], "settings": settings,
+              "wall_s": round(time.perf_counter() - t0, 3), "answers": results}
+    store.write_json(gather_out, gather)
+    found = sum(r["support"] is not None for r in results)
+    log.info("%s: %d answers (%d flipped within k_max), %d models trained, %.1f s", name, len(results), found,
+             sum(r["trainings"] for r in results), time.perf_counter() - t0)
+    return gather

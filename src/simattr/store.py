@@ -1,0 +1,245 @@
+"""The data contract: every path, file format and provenance attribute lives here.
+
+Layout (relative to the results root, see README "Data contract", CONTRACT_VERSION):
+
+    {dataset}/encoders/{encoder}.pt                               trained encoder state (torch)
+    {dataset}/embeddings/{encoder}/{split}/shard-{NNNNN}.h5      features, labels, indices
+    {dataset}/embeddings/{encoder}/{split}/index.json            manifest of the shards (written last)
+    {dataset}/scores/{encoder}/{ranker}/class-{c}.h5             test x train score matrix, topk
+    {dataset}/support/queries.h5                                 sampled test images, flip classes, retrain data
+    {dataset}/support/{encoder}/{ranker}/{metric}/{test_index}.json   one answer
+    {dataset}/support/{encoder}/{ranker}/{metric}.json           gather of the answers (rule output)
+    {dataset}/report/{support.csv, report.md, support_cdf.png, topk_grid.png}
+
+Every write is atomic: a temporary file in the same folder, renamed into place when complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import __version__
+from .errors import SimattrError
+
+CONTRACT_VERSION = 1
+
+# Path templates (relative to the results root). The workflow rules build their patterns from these.
+ENCODER_STATE = "{dataset}/encoders/{encoder}.pt"
+EMBED_DIR = "{dataset}/embeddings/{encoder}/{split}"
+EMBED_INDEX = EMBED_DIR + "/index.json"
+SHARD_NAME = "shard-{shard:05d}.h5"
+SCORES = "{dataset}/scores/{encoder}/{ranker}/class-{cls}.h5"
+QUERIES = "{dataset}/support/queries.h5"
+SUPPORT_DIR = "{dataset}/support/{encoder}/{ranker}/{metric}"
+SUPPORT_ANSWER = SUPPORT_DIR + "/{test_index}.json"
+SUPPORT_GATHER = "{dataset}/support/{encoder}/{ranker}/{metric}.json"
+REPORT_DIR = "{dataset}/report"
+
+
+def config_hash(values: dict[str, Any]) -> str:
+    """A short stable hash of the settings that determine an output (sorted JSON, sha256)."""
+    blob = json.dumps(values, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def seed_from(*identity: Any) -> int:
+    """A 31-bit seed derived from what a unit of work is (so reruns of one unit repeat exactly)."""
+    blob = json.dumps([str(x) for x in identity]).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") & 0x7FFFFFFF
+
+
+# ----------------------------------------------------------------------------------------- atomic
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise SimattrError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SimattrError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _open_h5(path: Path, what: str):
+    import h5py
+
+    if not path.exists():
+        raise SimattrError(f"{path}: {what} not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise SimattrError(f"{path}: not a readable HDF5 file ({e})") from None
+
+
+def _need(f, path: Path, key: str):
+    if key not in f:
+        raise SimattrError(f"{path}: missing dataset '{key}'")
+    return f[key][()]
+
+
+def _attrs(f) -> dict[str, Any]:
+    out = {}
+    for k, v in f.attrs.items():
+        out[k] = v.item() if isinstance(v, np.generic) else v
+    return out
+
+
+def provenance(**attrs: Any) -> dict[str, Any]:
+    """Attributes every HDF5 output carries."""
+    return {"simattr_version": __version__, "contract_version": CONTRACT_VERSION, **attrs}
+
+
+# ----------------------------------------------------------------------------------------- shards
+def write_shard(path: str | os.PathLike, features: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                *, dataset: str, split: str, encoder: str, config_hash: str) -> None:
+    import h5py
+
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or len(features) != len(labels) or len(labels) != len(indices):
+        raise ValueError("shard arrays disagree in length or features is not 2-d")
+    if not np.isfinite(features).all():
+        raise SimattrError(f"{path}: encoder '{encoder}' produced NaN or inf features")
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=features)
+            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+            f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
+            for k, v in provenance(dataset=dataset, split=split, encoder=encoder,
+                                   feature_dim=int(features.shape[1]), config_hash=config_hash).items():
+                f.attrs[k] = v
+
+
+def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    path = Path(path)
+    with _open_h5(path, "embedding shard") as f:
+        feats = _need(f, path, "features")
+        labels = _need(f, path, "labels")
+        idx = _need(f, path, "indices")
+        attrs = _attrs(f)
+    for key in ("dataset", "split", "encoder", "feature_dim", "config_hash"):
+        if key not in attrs:
+            raise SimattrError(f"{path}: missing attribute '{key}'")
+    if feats.ndim != 2 or feats.shape[1] != attrs["feature_dim"] or not (len(feats) == len(labels) == len(idx)):
+        raise SimattrError(f"{path}: features {feats.shape}, labels {labels.shape}, indices {idx.shape} "
+                           f"disagree with feature_dim={attrs['feature_dim']}")
+    if not np.isfinite(feats).all():
+        raise SimattrError(f"{path}: features contain NaN or inf")
+    return feats.astype(np.float32, copy=False), labels, idx, attrs
+
+
+def write_embeddings(out_dir: str | os.PathLike, features: np.ndarray, labels: np.ndarray,
+                     *, shard_size: int, dataset: str, split: str, encoder: str, config_hash: str) -> dict:
+    """Write one split's features as shards, then the manifest index.json (the completion mark)."""
+    out_dir = Path(out_dir)
+    n = len(features)
+    size = shard_size if shard_size > 0 else max(n, 1)
+    shards = []
+    for s, start in enumerate(range(0, n, size)):
+        stop = min(start + size, n)
+        name = SHARD_NAME.format(shard=s)
+        write_shard(out_dir / name, features[start:stop], labels[start:stop], np.arange(start, stop),
+                    dataset=dataset, split=split, encoder=encoder, config_hash=config_hash)
+        shards.append({"file": name, "start": start, "stop": stop})
+    classes = {str(int(c)): int((labels == c).sum()) for c in np.unique(labels)}
+    manifest = provenance(dataset=dataset, split=split, encoder=encoder, feature_dim=int(features.shape[1]),
+                          config_hash=config_hash, n=int(n), shards=shards, class_counts=classes)
+    write_json(out_dir / "index.json", manifest)
+    return manifest
+
+
+def read_embeddings(index_path: str | os.PathLike, *, expect_hash: str | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Read every shard a manifest lists; check each shard's attributes against the manifest."""
+    index_path = Path(index_path)
+    manifest = read_json(index_path)
+    if expect_hash is not None and manifest.get("config_hash") != expect_hash:
+        raise SimattrError(f"{index_path}: config_hash {manifest.get('config_hash')} does not match the "
+                           f"current settings ({expect_hash}); rerun the embed stage")
+    feats, labels = [], []
+    for sh in manifest["shards"]:
+        f, l, idx, attrs = read_shard(index_path.parent / sh["file"])
+        for key in ("dataset", "split", "encoder", "config_hash"):
+            if attrs[key] != manifest[key]:
+                raise SimattrError(f"{index_path.parent / sh['file']}: attribute {key}={attrs[key]!r} but the "
+                                   f"manifest says {manifest[key]!r} (stale shard)")
+        if idx[0] != sh["start"] or len(idx) != sh["stop"] - sh["start"]:
+            raise SimattrError(f"{index_path.parent / sh['file']}: indices do not cover {sh['start']}..{sh['stop']}")
+        feats.append(f)
+        labels.append(l)
+    return np.concatenate(feats), np.concatenate(labels), manifest
+
+
+# ----------------------------------------------------------------------------------------- scores
+def write_scores(path: str | os.PathLike, *, test_indices: np.ndarray, train_indices: np.ndarray,
+                 scores: np.ndarray, topk: np.ndarray, attrs: dict[str, Any]) -> None:
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("test_indices", data=np.asarray(test_indices, dtype=np.int64))
+            f.create_dataset("train_indices", data=np.asarray(train_indices, dtype=np.int64))
+            f.create_dataset("scores", data=np.asarray(scores, dtype=np.float32))
+            f.create_dataset("topk", data=np.asarray(topk, dtype=np.int64))
+            for k, v in provenance(**attrs).items():
+                f.attrs[k] = v
+
+
+def read_scores(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    with _open_h5(path, "score file") as f:
+        out = {k: _need(f, path, k) for k in ("test_indices", "train_indices", "scores", "topk")}
+        out["attrs"] = _attrs(f)
+    m, n = len(out["test_indices"]), len(out["train_indices"])
+    if out["scores"].shape != (m, n):
+        raise SimattrError(f"{path}: scores has shape {out['scores'].shape}, expected ({m}, {n})")
+    return out
+
+
+# ----------------------------------------------------------------------------------------- queries
+def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for k, v in arrays.items():
+                f.create_dataset(k, data=v)
+            for k, v in provenance(**attrs).items():
+                f.attrs[k] = v
+
+
+def read_arrays(path: str | os.PathLike, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    path = Path(path)
+    with _open_h5(path, "file") as f:
+        return {k: _need(f, path, k) for k in keys}, _attrs(f)

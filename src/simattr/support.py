@@ -1,0 +1,206 @@
+"""Counterfactual evaluation: data removal and data mislabel support of one test image.
+
+The search knows nothing about which ranker made the ranking or which dataset it came from: it gets a
+ranked list of training indices (best first) and a recipe to retrain with.
+
+Protocol (method notes): probe k_max first; if the image is not flipped there, the support is None
+(censored at k_max). Otherwise bisection over k with a fixed budget of probes. A probe at k retrains
+`seeds` models (seed derived from (test image, k, seed index)) on the modified training set and calls the
+image flipped when the mean accuracy of those models on it is <= threshold. With early stopping a probe
+stops training as soon as the remaining models cannot change the decision: the decision is the one the
+full set of models would give, and fewer models are trained.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import models, store
+
+METRICS = ("removal", "mislabel")
+
+
+@dataclass
+class Probe:
+    k: int
+    accuracy: float
+    n_models: int
+    flipped: bool
+
+    def as_dict(self) -> dict:
+        return {"k": self.k, "accuracy": round(self.accuracy, 6), "n_models": self.n_models,
+                "flipped": self.flipped}
+
+
+def bisect_support(probe: Callable[[int], Probe], k_max: int, budget: int) -> tuple[int | None, list[Probe]]:
+    """Smallest flipping k in 1..k_max by bisection after a k_max probe; None when k_max does not flip.
+
+    With budget >= ceil(log2(k_max)) and a monotone probe the answer is the exact minimum.
+    With a smaller budget it is the smallest flipping k seen (an upper bound).
+    """
+    if k_max < 1:
+        return None, []
+    first = probe(k_max)
+    probes = [first]
+    if not first.flipped:
+        return None, probes
+    lo, hi = 0, k_max        # lo: largest k known not to flip (k = 0: the full data, correct by selection)
+    for _ in range(budget):
+        if hi - lo <= 1:
+            break
+        mid = (lo + hi) // 2
+        p = probe(mid)
+        probes.append(p)
+        if p.flipped:
+            hi = mid
+        else:
+            lo = mid
+    return hi, probes
+
+
+def models_needed(n_correct: int, n_trained: int, n_total: int, threshold: float) -> int:
+    """How many more models to train before the probe's decision could be settled (0: settled now).
+
+    The image is flipped when (correct of n_total) / n_total <= threshold.
+    """
+    limit = math.floor(threshold * n_total + 1e-9)   # flipped iff final correct <= limit
+    remaining = n_total - n_trained
+    if n_correct + remaining <= limit or n_correct > limit:
+        return 0
+    to_flip = n_correct + remaining - limit           # this many wrong answers settle "flipped"
+    to_keep = limit - n_correct + 1                   # this many right answers settle "not flipped"
+    return max(1, min(to_flip, to_keep, remaining))
+
+
+def model_seed(dataset: str, test_index: int, k: int, seed_index: int) -> int:
+    return store.seed_from("model", dataset, test_index, k, seed_index)
+
+
+def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, label: int, ranking: np.ndarray,
+               metric: str, flip_class: int | None, n_classes: int, recipe: models.Recipe, seeds: int,
+               threshold: float, early_stop: bool, dataset: str, test_index: int) -> Callable[[int], Probe]:
+    """A probe(k) for one test image: retrain on the training set with its top-k removed or relabelled."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric}")
+
+    def probe(k: int) -> Probe:
+        top = ranking[:k]
+        if metric == "removal":
+            keep = np.ones(len(y_train), bool)
+            keep[top] = False
+            X, y = X_train[keep], y_train[keep]
+        else:
+            X, y = X_train, y_train.copy()
+            y[top] = flip_class
+        limit = math.floor(threshold * seeds + 1e-9)   # flipped iff correct models <= limit
+        correct, trained = 0, 0
+        pending = list(range(seeds))
+        while pending:
+            n_next = models_needed(correct, trained, seeds, threshold) if early_stop else len(pending)
+            if n_next == 0:
+                break
+            batch, pending = pending[:n_next], pending[n_next:]
+            s = [model_seed(dataset, test_index, k, i) for i in batch]
+            probs = models.train_predict(X, y, x_query[None], seeds=s, n_classes=n_classes, recipe=recipe)
+            correct += int((probs[:, 0].argmax(-1) == label).sum())
+            trained += len(batch)
+        # settled (or complete): the decision equals the one all `seeds` models would give
+        return Probe(k=k, accuracy=correct / trained, n_models=trained, flipped=correct <= limit)
+
+    return probe
+
+
+def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: int, metric: str,
+           settings: dict) -> dict:
+    """Compute (or reuse) one test image's support answer; write it atomically to out_path.
+
+    settings: dataset, encoder, ranker, k_max, bisection_steps, seeds, threshold, early_stop,
+    model {name, hidden, steps, lr, weight_decay}.
+    """
+    out = Path(out_path)
+    s_hash = store.config_hash({"metric": metric, "test_index": test_index, **settings})
+    if out.exists():
+        try:
+            prev = store.read_json(out)
+            if prev.get("settings_hash") == s_hash:
+                return prev
+        except Exception:
+            pass
+    t0 = time.perf_counter()
+    arrays, qattrs = store.read_arrays(queries_path, ("X_train", "y_train", "test_indices", "X_query",
+                                                      "y_query", "flip_class"))
+    where = np.flatnonzero(arrays["test_indices"] == test_index)
+    if len(where) != 1:
+        raise ValueError(f"{queries_path}: test index {test_index} is not among the sampled queries")
+    qi = int(where[0])
+    label = int(arrays["y_query"][qi])
+    sc = store.read_scores(scores_path)
+    row = np.flatnonzero(sc["test_indices"] == test_index)
+    if len(row) != 1:
+        raise ValueError(f"{scores_path}: test index {test_index} not found")
+    order = np.argsort(-sc["scores"][row[0]], kind="stable")
+    ranking = sc["train_indices"][order]
+    k_max = int(min(settings["k_max"], len(ranking)))
+    flip = int(arrays["flip_class"][qi]) if metric == "mislabel" else None
+    recipe = models.Recipe(**settings["model"])
+    probe = make_probe(X_train=arrays["X_train"], y_train=arrays["y_train"], x_query=arrays["X_query"][qi],
+                       label=label, ranking=ranking, metric=metric, flip_class=flip,
+                       n_classes=int(qattrs["n_classes"]), recipe=recipe, seeds=int(settings["seeds"]),
+                       threshold=float(settings["threshold"]), early_stop=bool(settings["early_stop"]),
+                       dataset=settings["dataset"], test_index=test_index)
+    support, probes = bisect_support(probe, k_max, int(settings["bisection_steps"]))
+    result = {
+        "dataset": settings["dataset"], "encoder": settings["encoder"], "ranker": settings["ranker"],
+        "metric": metric, "test_index": int(test_index), "label": label, "flip_class": flip,
+        "support": support, "k_max": k_max, "trainings": int(sum(p.n_models for p in probes)),
+        "probes": [p.as_dict() for p in probes], "wall_s": round(time.perf_counter() - t0, 4),
+        "settings_hash": s_hash,
+    }
+    store.write_json(out, result)
+    return result
+
+
+def prepare_queries(*, dataset: str, test_fraction: float, split_seed: int, n_test: int, sample_seed: int,
+                    flip_models: int, recipe: models.Recipe, out_path: str, log=None) -> dict:
+    """Train `flip_models` models on the full training data; sample the test images to evaluate.
+
+    Only test images the full-data models classify correctly (mean accuracy > 0.5) are eligible: for the
+    others the support is trivially 0. Each sampled image's flip class is the runner-up class of the
+    averaged predictions (the top one if the runner-up is its own label). Writes the retraining inputs too,
+    so that support workers need nothing but this file and a score file.
+    """
+    from . import datasets
+
+    tr = datasets.load_split(dataset, "train", test_fraction=test_fraction, seed=split_seed)
+    te = datasets.load_split(dataset, "test", test_fraction=test_fraction, seed=split_seed)
+    n_classes = datasets.n_classes(dataset)
+    X_train, X_test = models.standardise(tr.images, te.images)
+    seeds = [store.seed_from("full", dataset, i) for i in range(flip_models)]
+    probs = models.train_predict(X_train, tr.labels, X_test, seeds=seeds, n_classes=n_classes, recipe=recipe)
+    mean_probs = probs.mean(0)
+    acc = (probs.argmax(-1) == te.labels[None]).mean(0)           # per test image, over models
+    eligible = np.flatnonzero(acc > 0.5)
+    if len(eligible) < n_test:
+        raise ValueError(f"only {len(eligible)} test images are classified correctly; support.n_test={n_test}")
+    rng = np.random.default_rng(store.seed_from("queries", dataset, sample_seed))
+    chosen = np.sort(rng.choice(eligible, size=n_test, replace=False))
+    order = np.argsort(-mean_probs[chosen], axis=1, kind="stable")
+    flip = np.where(order[:, 1] == te.labels[chosen], order[:, 0], order[:, 1])
+    attrs = {"dataset": dataset, "n_classes": n_classes, "n_eligible": int(len(eligible)),
+             "full_model_accuracy": float((probs.argmax(-1) == te.labels[None]).mean()),
+             "flip_models": flip_models}
+    store.write_arrays(out_path, {
+        "test_indices": chosen.astype(np.int64), "y_query": te.labels[chosen].astype(np.int64),
+        "flip_class": flip.astype(np.int64), "full_accuracy": acc[chosen].astype(np.float32),
+        "mean_probs": mean_probs[chosen].astype(np.float32), "X_query": X_test[chosen],
+        "X_train": X_train, "y_train": tr.labels.astype(np.int64),
+    }, attrs)
+    if log:
+        log.info("full-data models: test accuracy %.4f; %d eligible test images; sampled %d",
+                 attrs["full_model_accuracy"], len(eligible), n_test)
+    return attrs

@@ -1,0 +1,233 @@
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from simattr import report
+from simattr.errors import SimattrError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def answer(t, support, *, k_max=4, trainings=3, wall_s=1.0):
+    return {"test_index": t, "label": 0, "flip_class": None if support is None else 1, "support": support,
+            "k_max": k_max, "trainings": trainings,
+            "probes": [{"k": k_max, "accuracy": 0.5, "n_models": 2, "flipped": support is not None}],
+            "wall_s": wall_s}
+
+
+def gather(encoder, ranker, metric, supports, *, k_max=4, trainings=None, test_indices=None):
+    test_indices = test_indices if test_indices is not None else list(range(len(supports)))
+    trainings = trainings or [3] * len(supports)
+    return {"dataset": "toy", "encoder": encoder, "ranker": ranker, "metric": metric, "k_max": k_max,
+            "answers": [answer(t, s, k_max=k_max, trainings=n) for t, s, n in
+                        zip(test_indices, supports, trainings)]}
+
+
+def by_method(rows, metric="removal"):
+    return {r["method"]: r for r in rows if r["metric"] == metric}
+
+
+# ----------------------------------------------------------------------------------------- summarize
+def test_summarize_counts_median_auc():
+    gs = [gather("simclr", "esvm", "removal", [1, 3, None], trainings=[2, 4, 6]),
+          gather("simclr", "cos", "removal", [2, None, None, None, 1]),
+          gather("simclr", "cos", "mislabel", [1, 2, None, None], k_max=4)]
+    rows = report.summarize(gs, n_boot=200, seed=0)
+    # order: removal first, then mislabel; methods alphabetically
+    assert [(r["metric"], r["method"]) for r in rows] == [
+        ("removal", "simclr/cos"), ("removal", "simclr/esvm"), ("mislabel", "simclr/cos")]
+
+    esvm = by_method(rows)["simclr/esvm"]
+    assert (esvm["n_test"], esvm["n_flipped"]) == (3, 2)
+    assert esvm["frac_flipped"] == pytest.approx(2 / 3)
+    assert esvm["median_support"] == 3 and esvm["median_censored"] is False
+    # k=1: 1/3, k=2: 1/3, k=3: 2/3, k=4: 2/3 -> mean 0.5
+    assert esvm["auc"] == pytest.approx(0.5)
+    assert esvm["mean_trainings"] == pytest.approx(4.0)
+
+    cos = by_method(rows)["simclr/cos"]  # 3 of 5 censored -> median is "> k_max"
+    assert (cos["n_test"], cos["n_flipped"]) == (5, 2)
+    assert cos["median_support"] is None and cos["median_censored"] is True
+    # k=1: 1/5, k=2..4: 2/5 -> (0.2 + 0.4 * 3) / 4
+    assert cos["auc"] == pytest.approx(0.35)
+
+    mis = by_method(rows, "mislabel")["simclr/cos"]  # exactly half censored: the median is still finite
+    assert mis["median_support"] == 2 and mis["median_censored"] is False
+
+
+def test_summarize_ci_contains_median_and_is_deterministic():
+    rng = np.random.default_rng(1)
+    sup = [int(x) for x in rng.integers(1, 30, size=40)] + [None] * 5
+    gs = [gather("a", "r", "removal", sup, k_max=30)]
+    r1 = report.summarize(gs, n_boot=500, seed=7)[0]
+    r2 = report.summarize(gs, n_boot=500, seed=7)[0]
+    assert r1 == r2
+    assert r1["ci_low"] <= r1["median_support"] <= r1["ci_high"]
+    assert r1["ci_low"] < r1["ci_high"]
+    finite = sorted(s for s in sup if s is not None)
+    assert r1["median_support"] == sorted(finite + [math.inf] * 5)[(45 - 1) // 2]
+    # a different seed is still a valid interval around the median
+    r3 = report.summarize(gs, n_boot=500, seed=8)[0]
+    assert r3["ci_low"] <= r3["median_support"] <= r3["ci_high"]
+
+
+def test_summarize_censored_ci_bound():
+    gs = [gather("a", "r", "removal", [1, None, None, 2, None, 3, None], k_max=5)]  # 4 of 7 censored
+    r = report.summarize(gs, n_boot=300, seed=0)[0]
+    assert r["median_censored"] is True
+    assert r["ci_high"] is None and r["ci_high_censored"] is True
+    assert r["ci_low"] is not None and 1 <= r["ci_low"] <= 3
+
+
+def test_summarize_rejects_bad_gathers():
+    g = gather("a", "r", "removal", [1])
+    with pytest.raises(SimattrError, match="given twice"):
+        report.summarize([g, g], n_boot=10, seed=0)
+    bad = gather("a", "r", "deletion", [1])
+    with pytest.raises(SimattrError, match="metric"):
+        report.summarize([bad], n_boot=10, seed=0)
+    other = dict(gather("b", "r", "removal", [1]), dataset="other")
+    with pytest.raises(SimattrError, match="more than one dataset"):
+        report.summarize([g, other], n_boot=10, seed=0)
+
+
+# ----------------------------------------------------------------------------------------- win rates
+def test_win_rates_exact():
+    # test images 0..4; B lacks test 4 and has an extra test 9 -> 4 shared images
+    a = gather("e", "A", "removal", [1, 5, None, None, 2], test_indices=[0, 1, 2, 3, 4])
+    b = gather("e", "B", "removal", [2, 3, None, 4, 1], test_indices=[0, 1, 2, 3, 9])
+    c = gather("e", "C", "mislabel", [1])
+    wins = report.win_rates([a, b, c])
+    assert [(w["method_a"], w["method_b"]) for w in wins] == [("e/A", "e/B"), ("e/B", "e/A")]
+    ab, ba = wins
+    # shared: t0 1<2 (A wins), t1 5>3 (B), t2 inf=inf (tie), t3 inf>4 (B)
+    assert ab["n"] == ba["n"] == 4
+    assert (ab["win"], ab["tie"], ab["loss"]) == (0.25, 0.25, 0.5)
+    assert (ba["win"], ba["tie"], ba["loss"]) == (0.5, 0.25, 0.25)
+
+
+def test_win_rates_no_overlap():
+    a = gather("e", "A", "removal", [1], test_indices=[0])
+    b = gather("e", "B", "removal", [1], test_indices=[1])
+    w = report.win_rates([a, b])[0]
+    assert w["n"] == 0 and w["win"] is None and w["tie"] is None
+
+
+# ----------------------------------------------------------------------------------------- costs
+BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def write_bench(path, s, rss):
+    path.write_text(BENCH_HEADER + f"{s}\t0:00:{int(s):02d}\t{rss}\t1\t1\t1\t0\t0\t0\t{s}\n")
+    return path
+
+
+def test_stage_costs(tmp_path):
+    b1 = write_bench(tmp_path / "embed-a.tsv", 12.5, 100.0)
+    b2 = write_bench(tmp_path / "embed-b.tsv", 7.25, "NA")
+    b3 = write_bench(tmp_path / "score.tsv", 3.0, 50.5)
+    d = tmp_path / "emb"
+    (d / "sub").mkdir(parents=True)
+    (d / "x.bin").write_bytes(b"\0" * 1000)
+    (d / "sub" / "y.bin").write_bytes(b"\0" * 24)
+    f = tmp_path / "scores.h5"
+    f.write_bytes(b"\0" * 300)
+    costs = report.stage_costs({"embed": [b1, b2], "score": [b3]},
+                               {"embed": [d, d / "x.bin"], "score": [f], "support": [tmp_path / "absent"]})
+    assert costs == [
+        {"stage": "embed", "jobs": 2, "wall_s": pytest.approx(19.75), "max_rss_mb": 100.0, "bytes": 1024},
+        {"stage": "score", "jobs": 1, "wall_s": pytest.approx(3.0), "max_rss_mb": 50.5, "bytes": 300},
+        {"stage": "support", "jobs": 0, "wall_s": 0.0, "max_rss_mb": None, "bytes": 0},
+    ]
+
+
+def test_stage_costs_bad_benchmark(tmp_path):
+    p = tmp_path / "b.tsv"
+    p.write_text("foo\tbar\n1\t2\n")
+    with pytest.raises(SimattrError, match="benchmark"):
+        report.stage_costs({"embed": [p]}, {})
+    with pytest.raises(SimattrError, match="not found"):
+        report.stage_costs({"embed": [tmp_path / "missing.tsv"]}, {})
+
+
+# ----------------------------------------------------------------------------------------- figures
+def assert_png(path, min_size=2000):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > min_size
+    assert not list(path.parent.glob(f".{path.name}.*"))  # no temporary left behind
+
+
+def test_plot_cdf(tmp_path):
+    gs = [gather("simclr", "esvm", "removal", [1, 3, None, 2], k_max=5),
+          gather("simclr", "cos", "removal", [4, None, None, 5], k_max=5),
+          gather("simclr", "esvm", "mislabel", [1, 1, 2, None], k_max=5)]
+    out = tmp_path / "report" / "support_cdf.png"
+    report.plot_cdf(gs, out)
+    assert_png(out)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_plot_topk_grid(tmp_path, channels):
+    rng = np.random.default_rng(0)
+    test = rng.random((5, channels, 8, 8)).astype(np.float32)
+    train = rng.random((30, channels, 8, 8)).astype(np.float32)
+    topk = {"simclr/esvm": {1: list(range(10)), 3: [5, 4, 3]},
+            "simclr/cos": {"1": [29, 28, 27, 26, 25, 24, 23, 22], "3": list(range(20, 30))}}
+    out = tmp_path / "topk_grid.png"
+    report.plot_topk_grid(test, train, topk, [1, 3], out, k=6)
+    assert_png(out)
+    with pytest.raises(SimattrError, match="outside"):
+        report.plot_topk_grid(test, train, topk, [7], tmp_path / "bad.png", k=3)
+
+
+# ----------------------------------------------------------------------------------------- tables
+def test_write_tables(tmp_path):
+    gs = [gather("simclr", "esvm", "removal", [1, 3, None, 2], k_max=5),
+          gather("simclr", "cos", "removal", [4, None, None, None], k_max=5),
+          gather("simclr", "esvm", "mislabel", [1, 1, 2, None], k_max=5),
+          gather("supervised", "cos", "mislabel", [2, 2, 2, 2], k_max=5)]
+    rows = report.summarize(gs, n_boot=100, seed=0)
+    wins = report.win_rates(gs)
+    b = write_bench(tmp_path / "b.tsv", 4.0, 10.0)
+    costs = report.stage_costs({"embed": [b]}, {"embed": [b]})
+    out = tmp_path / "report"
+    report.write_tables(rows, wins, costs, out)
+
+    with (out / "support.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        got = list(reader)
+        assert tuple(reader.fieldnames) == report.SUPPORT_COLUMNS
+    assert len(got) == 4
+    assert {"method", "metric", "n_test", "n_flipped", "median_support", "ci_low", "ci_high", "auc",
+            "mean_trainings"} <= set(got[0])
+    cos = next(r for r in got if r["method"] == "simclr/cos" and r["metric"] == "removal")
+    assert cos["median_support"] == ">5" and cos["median_censored"] == "true"
+    assert cos["n_flipped"] == "1"
+    esvm = next(r for r in got if r["method"] == "simclr/esvm" and r["metric"] == "removal")
+    assert esvm["median_support"] == "2" and float(esvm["auc"]) == pytest.approx((0.25 + 0.5 + 0.75 * 3) / 5)
+
+    md = (out / "report.md").read_text()
+    for name in ("simclr/esvm", "simclr/cos", "supervised/cos"):
+        assert name in md
+    assert "### removal" in md and "### mislabel" in md
+    assert ">5" in md
+    assert "![Support CDF](support_cdf.png)" in md and "(topk_grid.png)" in md
+    assert "| embed | 1 | 4.0 | 0:00:04 |" in md
+    # esvm beats cos on removal in 3 of 4 shared images (1<4, 3<inf, 2<inf; inf=inf tie)
+    assert "| `simclr/esvm` | 75.0% | — |" in md
+
+    # deterministic bytes
+    first = ((out / "support.csv").read_bytes(), (out / "report.md").read_bytes())
+    report.write_tables(report.summarize(gs, n_boot=100, seed=0), report.win_rates(gs), costs, out)
+    assert ((out / "support.csv").read_bytes(), (out / "report.md").read_bytes()) == first
+
+
+def test_load_gathers_roundtrip(tmp_path):
+    from simattr.store import write_json
+
+    g = gather("a", "r", "removal", [1, None])
+    write_json(tmp_path / "g.json", g)
+    assert report.load_gathers([tmp_path / "g.json"]) == [g]

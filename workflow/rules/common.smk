@@ -1,0 +1,82 @@
+# Helpers shared by every rule: config validation (defaults filled in, one-line errors), the paths of
+# the data contract (from simattr.store) and the input functions. Nothing heavy is imported here.
+from simattr import config as sconfig
+from simattr import store
+from simattr.datasets import n_classes
+from simattr.errors import SimattrError
+from snakemake.exceptions import WorkflowError
+
+try:
+    _validated = sconfig.validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+except SimattrError as e:
+    raise WorkflowError(f"invalid configuration: {e}") from None
+config.clear()
+config.update(_validated)
+
+R = config["results"]
+D = config["dataset"]["name"]
+CLASSES = list(range(n_classes(D)))
+TRAINABLE = ["simclr", "supervised"]
+METHODS = [(m["encoder"], m["ranker"]) for m in config["methods"]]
+ENCODERS_USED = sorted({e for e, _ in METHODS})
+
+
+wildcard_constraints:
+    encoder="|".join(sconfig.ENCODERS),
+    ranker="|".join(sconfig.RANKERS),
+    metric="|".join(sconfig.METRICS),
+    split="train|test",
+    cls=r"\d+",
+
+
+def path(template, **kw):
+    """A data-contract path under the results root; unspecified fields stay as wildcards."""
+    fields = {"dataset": D, **kw}
+
+    class Keep(dict):
+        def __missing__(self, key):
+            return "{" + key + "}"
+
+    return f"{R}/" + template.format_map(Keep(fields))
+
+
+def encoder_state(wildcards):
+    if wildcards.encoder in TRAINABLE:
+        return path(store.ENCODER_STATE, encoder=wildcards.encoder)
+    return []
+
+
+def class_scores(wildcards):
+    return [path(store.SCORES, encoder=wildcards.encoder, ranker=wildcards.ranker, cls=c) for c in CLASSES]
+
+
+def ranker_flags(wildcards):
+    """The settings of one ranker (only those, so changing esvm.C reruns only ESVM scores)."""
+    if wildcards.ranker == "esvm":
+        e = config["esvm"]
+        return f"--C {e['C']} --tol {e['tol']} --max-iter {e['max_iter']}"
+    if wildcards.ranker == "random":
+        return f"--random-seed {config['score']['random_seed']}"
+    return ""
+
+
+def gather_files():
+    return [path(store.SUPPORT_GATHER, encoder=e, ranker=r, metric=m)
+            for e, r in METHODS for m in config["support"]["metrics"]]
+
+
+def all_scores():
+    return [path(store.SCORES, encoder=e, ranker=r, cls=c) for e, r in METHODS for c in CLASSES]
+
+
+def report_files():
+    d = path(store.REPORT_DIR)
+    return [f"{d}/support.csv", f"{d}/report.md", f"{d}/support_cdf.png", f"{d}/topk_grid.png"]
+
+
+def bench(stage, name):
+    return path("{dataset}/benchmarks/" + stage + "/" + name + ".tsv")
+
+
+def logfile(stage, name):
+    return path("{dataset}/logs/" + stage + "/" + name + ".log")

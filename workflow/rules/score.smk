@@ -1,0 +1,26 @@
+# Stage 2: per (encoder, ranker, class): the score matrix of the class's test images against the
+# training images (same class, or all when score.class_conditioned is false) and each one's top-k.
+
+
+rule score:
+    input:
+        train=path(store.EMBED_INDEX, split="train"),
+        test=path(store.EMBED_INDEX, split="test"),
+    output:
+        path(store.SCORES),
+    log:
+        logfile("score", "{encoder}-{ranker}-class-{cls}"),
+    benchmark:
+        bench("score", "{encoder}-{ranker}-class-{cls}")
+    params:
+        class_conditioned=config["score"]["class_conditioned"],
+        topk=config["score"]["topk"],
+        ranker_flags=ranker_flags,
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "simattr --log {log} --no-progress score --dataset " + D + " --encoder {wildcards.encoder}"
+        " --ranker {wildcards.ranker} --class {wildcards.cls} --train-index {input.train}"
+        " --test-index {input.test} --class-conditioned {params.class_conditioned} --topk {params.topk}"
+        " {params.ranker_flags} --out {output}"
