@@ -137,3 +137,38 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
     log.info("%s: %d answers (%d flipped within k_max), %d models trained, %.1f s", name, len(results), found,
              sum(r["trainings"] for r in results), time.perf_counter() - t0)
     return gather
+
+
+def report_stage(*, dataset: str, test_fraction: float, split_seed: int, gathers: list[str],
+                 score_files: list[str], benchmarks: list[tuple[str, str]], stored: list[tuple[str, str]],
+                 n_boot: int, seed: int, grid_images: int, out_dir: str) -> list[dict]:
+    from . import report
+
+    g = [store.read_json(p) for p in gathers]
+    rows = report.summarize(g, n_boot=n_boot, seed=seed)
+    wins = report.win_rates(g)
+    bench: dict[str, list[str]] = {}
+    for stage, f in benchmarks:
+        bench.setdefault(stage, []).append(f)
+    kept: dict[str, list[str]] = {}
+    for stage, p in stored:
+        kept.setdefault(stage, []).append(p)
+    costs = report.stage_costs(bench, kept)
+    out = Path(out_dir)
+    report.plot_cdf(g, out / "support_cdf.png")
+    # the top-k grid: the first few sampled test images, each method's best training images
+    tr = datasets.load_split(dataset, "train", test_fraction=test_fraction, seed=split_seed)
+    te = datasets.load_split(dataset, "test", test_fraction=test_fraction, seed=split_seed)
+    shown = sorted({a["test_index"] for x in g for a in x["answers"]})[:grid_images]
+    topk_by_method: dict[str, dict[int, list[int]]] = {}
+    for f in score_files:
+        sc = store.read_scores(f)
+        method = f"{sc['attrs']['encoder']}/{sc['attrs']['ranker']}"
+        rows_of = {int(t): i for i, t in enumerate(sc["test_indices"])}
+        for t in shown:
+            if t in rows_of:
+                topk_by_method.setdefault(method, {})[t] = sc["topk"][rows_of[t]].tolist()
+    report.plot_topk_grid(te.images, tr.images, topk_by_method, shown, out / "topk_grid.png", k=8)
+    report.write_tables(rows, wins, costs, out)
+    log.info("report written to %s\n%s", out / "report.md", (out / "report.md").read_text())
+    return rows

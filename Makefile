@@ -1,0 +1,31 @@
+# `make demo`: set up .venv and run the whole workflow on the bundled digits.
+# `make test`: set up .venv if needed and run the test suite.
+VENV ?= .venv
+PYTHON ?= python3
+CORES ?= 2
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+
+.PHONY: demo test dryrun lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+	@echo "Report: $(CURDIR)/results/digits/report/report.md (tables: support.csv, plots: support_cdf.png, topk_grid.png)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+dryrun: $(STAMP)
+	$(BIN)/snakemake -n --cores $(CORES) --configfile config/config.yaml
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint --configfile config/config.yaml
+
+clean:
+	rm -rf results/digits .snakemake

@@ -1,0 +1,430 @@
+"""Encoders: images -> feature vectors, the space in which training images are compared with test images.
+
+    pixels      flattened pixels standardised with the train mean/std (no network, nothing learned but the scaling)
+    simclr      a small conv net trained self-supervised (SimCLR, NT-Xent) on the train images only; labels unused
+    supervised  the same conv net trained as a classifier with cross-entropy; features = penultimate layer
+
+`fit` returns a state: a plain dict of python values and torch tensors (loadable with
+`torch.load(weights_only=True)`) holding "encoder", "params" and what `encode` needs. For the networks the
+SimCLR projection head / the classifier's last layer are dropped: only the backbone is stored, and the features
+are the backbone's representation. Everything runs on the CPU; the same seed and params give identical features.
+
+torch is imported inside the functions, so importing this module is cheap.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SimattrError
+
+ENCODERS = ("pixels", "simclr", "supervised")
+TRAINABLE = ("simclr", "supervised")  # these need a fit step whose state is saved to a .pt file
+
+# The params each encoder requires (exactly these keys; the caller fills in the defaults).
+PARAM_KEYS = {
+    "pixels": (),
+    "simclr": ("epochs", "batch_size", "lr", "temperature", "feature_dim", "proj_dim"),
+    "supervised": ("epochs", "batch_size", "lr", "hidden"),
+}
+# Recommended params (measured on the digits train split, 1437 images, 2 CPU cores; see the tests and README).
+DEFAULT_PARAMS = {
+    "pixels": {},
+    "simclr": {"epochs": 150, "batch_size": 256, "lr": 2e-3, "temperature": 0.2, "feature_dim": 128, "proj_dim": 64},
+    "supervised": {"epochs": 30, "batch_size": 64, "lr": 1e-3, "hidden": 128},
+}
+
+# A pixel's std is floored at this before dividing: a pixel (almost) constant on the train images (the digits'
+# borders) must not turn a stray faint stroke in a test image into a feature that dominates every similarity.
+PIXEL_STD_FLOOR = 0.05
+_WEIGHT_DECAY = 1e-4
+
+
+# ------------------------------------------------------------------------------------------- checks
+def _check_name(name: Any) -> str:
+    if name not in ENCODERS:
+        raise SimattrError(f"unknown encoder '{name}'; valid: {', '.join(ENCODERS)}")
+    return name
+
+
+def _check_params(name: str, params: Any) -> dict:
+    if not isinstance(params, dict):
+        raise SimattrError(f"encoder '{name}': params must be a mapping, got {type(params).__name__}")
+    want = PARAM_KEYS[name]
+    missing = [k for k in want if k not in params]
+    extra = sorted(k for k in params if k not in want)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if extra:
+            parts.append(f"unknown {', '.join(map(str, extra))}")
+        expected = ", ".join(want) if want else "none"
+        raise SimattrError(f"encoder '{name}' params: {'; '.join(parts)} (expected keys: {expected})")
+    ints = {"epochs", "batch_size", "feature_dim", "proj_dim", "hidden"}
+    for k in want:
+        v = params[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (k in ints and not isinstance(v, int)):
+            raise SimattrError(f"encoder '{name}' params: '{k}' must be {'an integer' if k in ints else 'a number'}, "
+                               f"got {v!r}")
+        if not (v > 0 and math.isfinite(v)):
+            raise SimattrError(f"encoder '{name}' params: '{k}' must be > 0, got {v!r}")
+    return dict(params)
+
+
+def _check_images(images: Any, what: str, shape: tuple | None = None) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise SimattrError(f"{what}: expected a non-empty (N, C, H, W) image array, got shape {images.shape}")
+    if shape is not None and tuple(images.shape[1:]) != tuple(shape):
+        raise SimattrError(f"{what}: images of shape {tuple(images.shape[1:])} but the encoder was fit on "
+                           f"{tuple(shape)}")
+    images = images.astype(np.float32, copy=False)
+    if not np.isfinite(images).all():
+        raise SimattrError(f"{what}: images contain NaN or inf")
+    return images
+
+
+# -------------------------------------------------------------------------------------------- model
+def _backbone(in_shape, feature_dim: int):
+    """conv 32 -> conv 64 -> max-pool 2 -> flatten -> linear `feature_dim` (BN, ReLU): the representation."""
+    from torch import nn
+
+    c, h, w = in_shape
+    flat = 64 * (h // 2) * (w // 2)
+    return nn.Sequential(
+        nn.Conv2d(c, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+        nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(flat, feature_dim, bias=False), nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True),
+    )
+
+
+def _net_dim(state: dict) -> int:
+    p = state["params"]
+    return int(p["feature_dim"] if state["encoder"] == "simclr" else p["hidden"])
+
+
+def _build(state: dict):
+    """The backbone of a network state, weights loaded, in eval mode."""
+    net = _backbone(tuple(state["input_shape"]), _net_dim(state))
+    net.load_state_dict(state["backbone"])
+    return net.eval()
+
+
+def _batches(n: int, batch_size: int, gen):
+    """A seeded shuffle of 0..n-1 cut into batches; a last batch smaller than half a batch is dropped
+    (BatchNorm and the contrastive loss want full batches), unless it is the only one."""
+    import torch
+
+    perm = torch.randperm(n, generator=gen)
+    bs = min(batch_size, n)
+    out = [perm[i:i + bs] for i in range(0, n, bs)]
+    if len(out) > 1 and len(out[-1]) < max(2, bs // 2):
+        out.pop()
+    return out
+
+
+# ----------------------------------------------------------------------------------- augmentations
+def _translate(x, gen, max_shift: int = 1):
+    """Shift each image by up to `max_shift` pixels in each direction: zero-pad, then a random crop."""
+    import torch
+    import torch.nn.functional as F
+
+    b, c, h, w = x.shape
+    p = F.pad(x, (max_shift,) * 4)
+    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(b, c, h, w + 2 * max_shift)
+    p = torch.gather(p, 2, rows)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(b, c, h, w)
+    return torch.gather(p, 3, cols)
+
+
+def _affine(x, gen, max_deg: float = 10.0, scale=(0.9, 1.1)):
+    """A small random rotation and zoom about the centre (bilinear, zeros outside)."""
+    import torch
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+    ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(max_deg)
+    s = scale[0] + torch.rand(b, generator=gen) * (scale[1] - scale[0])
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    zero = torch.zeros(b)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _erase(x, gen, p: float = 0.5, sizes=(2, 3)):
+    """With probability p, zero a random square patch of side in `sizes` (inclusive) of each image."""
+    import torch
+
+    b, _, h, w = x.shape
+    side = torch.randint(sizes[0], sizes[1] + 1, (b,), generator=gen)
+    y0 = (torch.rand(b, generator=gen) * (h - side + 1)).long()
+    x0 = (torch.rand(b, generator=gen) * (w - side + 1)).long()
+    on = torch.rand(b, generator=gen) < p
+    ys, xs = torch.arange(h)[None, :], torch.arange(w)[None, :]
+    in_y = (ys >= y0[:, None]) & (ys < (y0 + side)[:, None])
+    in_x = (xs >= x0[:, None]) & (xs < (x0 + side)[:, None])
+    mask = (in_y[:, :, None] & in_x[:, None, :] & on[:, None, None])[:, None]
+    return x.masked_fill(mask, 0.0)
+
+
+def _jitter(x, gen, p: float = 0.8, contrast=(0.7, 1.3), brightness: float = 0.1):
+    """With probability p: ink intensity * contrast + brightness, per image."""
+    import torch
+
+    b = x.shape[0]
+    on = (torch.rand(b, generator=gen) < p).float()[:, None, None, None]
+    c = contrast[0] + torch.rand(b, generator=gen) * (contrast[1] - contrast[0])
+    br = (torch.rand(b, generator=gen) * 2 - 1) * brightness
+    y = x * c[:, None, None, None] + br[:, None, None, None]
+    return on * y + (1 - on) * x
+
+
+def _noise(x, gen, max_sigma: float = 0.08):
+    import torch
+
+    sigma = torch.rand(x.shape[0], generator=gen)[:, None, None, None] * max_sigma
+    return x + sigma * torch.randn(x.shape, generator=gen)
+
+
+def augment(x, gen):
+    """One random view of a batch (B, C, H, W) in [0, 1]; all randomness from `gen`. No flips: digits are not
+    mirror-invariant."""
+    x = _translate(x, gen)
+    x = _affine(x, gen)
+    x = _erase(x, gen)
+    x = _jitter(x, gen)
+    x = _noise(x, gen)
+    return x.clamp(0.0, 1.0)
+
+
+def nt_xent(z1, z2, temperature: float):
+    """SimCLR's normalised-temperature cross-entropy: each view must pick out its partner among the 2B-1 others."""
+    import torch
+    import torch.nn.functional as F
+
+    b = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool), float("-inf"))
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(b)])
+    return F.cross_entropy(sim, target)
+
+
+# ------------------------------------------------------------------------------------------ fitting
+def _epoch_log(log, name: str, epoch: int, epochs: int, loss: float, extra: str = "") -> None:
+    if log is None:
+        return
+    every = max(1, epochs // 10)
+    level = 20 if (epoch % every == 0 or epoch == epochs or epoch == 1) else 10  # INFO ~10 times, else DEBUG
+    log.log(level, "%s epoch %d/%d loss %.4f%s", name, epoch, epochs, loss, extra)
+
+
+def _fit_simclr(images: np.ndarray, params: dict, seed: int, progress: bool, log) -> dict:
+    import torch
+    from torch import nn
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x_all = torch.from_numpy(np.ascontiguousarray(images))
+    fd, epochs = params["feature_dim"], params["epochs"]
+    backbone = _backbone(tuple(images.shape[1:]), fd)
+    head = nn.Sequential(nn.Linear(fd, fd), nn.ReLU(inplace=True), nn.Linear(fd, params["proj_dim"]))
+    model = nn.Sequential(backbone, head).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=_WEIGHT_DECAY)
+    steps = epochs * len(_batches(len(x_all), params["batch_size"], torch.Generator()))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params["lr"], total_steps=steps, pct_start=0.1)
+    bar = tqdm(range(1, epochs + 1), desc="simclr", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        total, count = 0.0, 0
+        for idx in _batches(len(x_all), params["batch_size"], gen):
+            x = x_all[idx]
+            v = torch.cat([augment(x, gen), augment(x, gen)])  # one forward for both views: shared BN statistics
+            z = model(v)
+            loss = nt_xent(z[:len(idx)], z[len(idx):], params["temperature"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        mean = total / count
+        if not math.isfinite(mean):
+            raise SimattrError(f"encoder 'simclr': training diverged (loss {mean}) at epoch {epoch}; "
+                               f"lower lr (now {params['lr']})")
+        bar.set_postfix(loss=f"{mean:.4f}")
+        _epoch_log(log, "simclr", epoch, epochs, mean)
+    bar.close()
+    return {"backbone": {k: v.detach().clone() for k, v in backbone.state_dict().items()}}
+
+
+def _fit_supervised(images: np.ndarray, labels: np.ndarray, params: dict, seed: int, progress: bool,
+                    log) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from tqdm.auto import tqdm
+
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),):
+        raise SimattrError(f"encoder 'supervised': {len(images)} images but labels of shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise SimattrError("encoder 'supervised': labels must be non-negative integers")
+    n_classes = int(labels.max()) + 1
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x_all = torch.from_numpy(np.ascontiguousarray(images))
+    y_all = torch.from_numpy(labels.astype(np.int64))
+    epochs = params["epochs"]
+    backbone = _backbone(tuple(images.shape[1:]), params["hidden"])
+    model = nn.Sequential(backbone, nn.Linear(params["hidden"], n_classes)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=_WEIGHT_DECAY)
+    bar = tqdm(range(1, epochs + 1), desc="supervised", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        total, correct, count = 0.0, 0, 0
+        for idx in _batches(len(x_all), params["batch_size"], gen):
+            x, y = _translate(x_all[idx], gen), y_all[idx]  # mild augmentation: +-1 pixel shifts
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            count += len(idx)
+        mean = total / count
+        if not math.isfinite(mean):
+            raise SimattrError(f"encoder 'supervised': training diverged (loss {mean}) at epoch {epoch}; "
+                               f"lower lr (now {params['lr']})")
+        bar.set_postfix(loss=f"{mean:.4f}", acc=f"{correct / count:.3f}")
+        _epoch_log(log, "supervised", epoch, epochs, mean, f" train acc {correct / count:.4f}")
+    bar.close()
+    return {"backbone": {k: v.detach().clone() for k, v in backbone.state_dict().items()},
+            "n_classes": n_classes}
+
+
+def fit(name: str, train_images: np.ndarray, train_labels: np.ndarray, params: dict, *, seed: int,
+        progress: bool = True, log=None) -> dict:
+    """Fit encoder `name` on the train images (and, for "supervised" only, their labels); return its state."""
+    _check_name(name)
+    params = _check_params(name, params)
+    images = _check_images(train_images, f"encoder '{name}' train images")
+    state: dict[str, Any] = {"encoder": name, "params": params, "input_shape": [int(s) for s in images.shape[1:]],
+                             "seed": int(seed)}
+    t0 = time.perf_counter()
+    if name == "pixels":
+        import torch
+
+        flat = images.reshape(len(images), -1).astype(np.float64)
+        state["mean"] = torch.from_numpy(flat.mean(0).astype(np.float32))
+        state["std"] = torch.from_numpy(np.maximum(flat.std(0), PIXEL_STD_FLOOR).astype(np.float32))
+    else:
+        if len(images) < 2:
+            raise SimattrError(f"encoder '{name}': need at least 2 train images, got {len(images)}")
+        if name == "simclr":
+            state.update(_fit_simclr(images, params, int(seed), progress, log))  # labels deliberately not passed
+        else:
+            state.update(_fit_supervised(images, train_labels, params, int(seed), progress, log))
+    state["fit_seconds"] = float(time.perf_counter() - t0)
+    if log is not None:
+        log.info("encoder %s fit on %d images in %.1f s", name, len(images), state["fit_seconds"])
+    return state
+
+
+# -------------------------------------------------------------------------------------- save / load
+def save_state(state: dict, path) -> None:
+    """Write `state` to `path` atomically (a temporary file in the same folder, renamed into place)."""
+    import torch
+
+    from .store import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _validate_state(state: Any, where: str, expect_name: str | None) -> dict:
+    if not isinstance(state, dict) or "encoder" not in state:
+        raise SimattrError(f"{where}: not an encoder state (no 'encoder' entry)")
+    name = state["encoder"]
+    if name not in ENCODERS:
+        raise SimattrError(f"{where}: unknown encoder '{name}' in the state; valid: {', '.join(ENCODERS)}")
+    if expect_name is not None and name != expect_name:
+        raise SimattrError(f"{where}: holds encoder '{name}', expected '{expect_name}'")
+    try:
+        _check_params(name, state.get("params"))
+        shape = state["input_shape"]
+        if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(s, int) and s > 0
+                                                                               for s in shape)):
+            raise ValueError(f"bad input_shape {shape!r}")
+        if name == "pixels":
+            d = int(np.prod(shape))
+            for k in ("mean", "std"):
+                if tuple(state[k].shape) != (d,):
+                    raise ValueError(f"'{k}' has shape {tuple(state[k].shape)}, expected ({d},)")
+            if not bool((state["std"] > 0).all()):
+                raise ValueError("'std' is not positive")
+        else:
+            _build(state)
+    except SimattrError as e:
+        raise SimattrError(f"{where}: invalid encoder state ({e})") from None
+    except Exception as e:  # noqa: BLE001 - any structural problem is a corrupt file
+        raise SimattrError(f"{where}: invalid encoder state ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return state
+
+
+def load_state(path, expect_name: str) -> dict:
+    """Load an encoder state saved by `save_state`, checking it holds encoder `expect_name`."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    _check_name(expect_name)
+    path = Path(path)
+    if not path.exists():
+        raise SimattrError(f"{path}: encoder state not found (fit encoder '{expect_name}' first)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError,
+            AttributeError, ImportError, KeyError, TypeError, IndexError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SimattrError(f"{path}: not a readable encoder state ({msg[:200]})") from None
+    return _validate_state(state, str(path), expect_name)
+
+
+# ------------------------------------------------------------------------------------------ encoding
+def feature_dim(state: dict) -> int:
+    name = _check_name(state.get("encoder") if isinstance(state, dict) else None)
+    if name == "pixels":
+        return int(state["mean"].shape[0])
+    return _net_dim(state)
+
+
+def encode(state: dict, images: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+    """Features (N, d) float32 of `images` (N, C, H, W) in [0, 1]: deterministic, eval mode, no gradients."""
+    name = _check_name(state.get("encoder") if isinstance(state, dict) else None)
+    images = _check_images(images, f"encoder '{name}' input", tuple(state["input_shape"]))
+    if batch_size < 1:
+        raise SimattrError(f"encode: batch_size must be >= 1, got {batch_size}")
+    if name == "pixels":
+        mean = state["mean"].numpy().astype(np.float32)
+        std = state["std"].numpy().astype(np.float32)
+        return ((images.reshape(len(images), -1) - mean) / std).astype(np.float32)
+    import torch
+
+    net = _build(state)
+    out = np.empty((len(images), feature_dim(state)), dtype=np.float32)
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            out[i:i + batch_size] = net(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))).numpy()
+    return out

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from simattr import store
+from simattr.errors import SimattrError
+
+
+def test_shards_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(25, 7)).astype(np.float32)
+    y = rng.integers(0, 3, 25)
+    m = store.write_embeddings(tmp_path / "e", f, y, shard_size=10, dataset="digits", split="train",
+                               encoder="pixels", config_hash="abc")
+    assert [s["file"] for s in m["shards"]] == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
+    f2, y2, m2 = store.read_embeddings(tmp_path / "e" / "index.json", expect_hash="abc")
+    np.testing.assert_array_equal(f, f2)
+    np.testing.assert_array_equal(y, y2)
+    _, _, idx, attrs = store.read_shard(tmp_path / "e" / "shard-00001.h5")
+    assert idx.tolist() == list(range(10, 20))
+    for key in ("dataset", "split", "encoder", "feature_dim", "config_hash", "simattr_version"):
+        assert key in attrs
+    assert attrs["feature_dim"] == 7
+
+
+def test_stale_or_broken_shards_are_refused(tmp_path):
+    f = np.ones((4, 2), np.float32)
+    store.write_embeddings(tmp_path, f, np.zeros(4, int), shard_size=2, dataset="digits", split="train",
+                           encoder="pixels", config_hash="abc")
+    with pytest.raises(SimattrError, match="config_hash"):
+        store.read_embeddings(tmp_path / "index.json", expect_hash="zzz")
+    store.write_shard(tmp_path / "shard-00001.h5", f[:2], np.zeros(2, int), np.arange(2, 4), dataset="digits",
+                      split="train", encoder="pixels", config_hash="old")
+    with pytest.raises(SimattrError, match="shard-00001.h5.*stale"):
+        store.read_embeddings(tmp_path / "index.json")
+    (tmp_path / "shard-00000.h5").write_bytes(b"not hdf5")
+    with pytest.raises(SimattrError, match="shard-00000.h5"):
+        store.read_embeddings(tmp_path / "index.json")
+
+
+def test_nan_features_are_refused_with_the_file_name(tmp_path):
+    f = np.ones((3, 2), np.float32)
+    f[1, 1] = np.nan
+    with pytest.raises(SimattrError, match="x.h5"):
+        store.write_shard(tmp_path / "x.h5", f, np.zeros(3, int), np.arange(3), dataset="d", split="train",
+                          encoder="e", config_hash="h")
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with store.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scores_round_trip(tmp_path):
+    s = np.arange(12, dtype=np.float32).reshape(3, 4)
+    store.write_scores(tmp_path / "c.h5", test_indices=[1, 2, 3], train_indices=[4, 5, 6, 7], scores=s,
+                       topk=np.argsort(-s, 1)[:, :2], attrs={"ranker": "esvm"})
+    r = store.read_scores(tmp_path / "c.h5")
+    np.testing.assert_array_equal(r["scores"], s)
+    assert r["attrs"]["ranker"] == "esvm" and r["topk"].shape == (3, 2)
+
+
+def test_seeds_depend_only_on_identity():
+    assert store.seed_from("model", "digits", 3, 5, 0) == store.seed_from("model", "digits", 3, 5, 0)
+    assert store.seed_from("model", "digits", 3, 5, 0) != store.seed_from("model", "digits", 3, 5, 1)
