@@ -17,6 +17,7 @@ R = config["results"]
 D = config["dataset"]["name"]
 CLASSES = list(range(n_classes(D)))
 TRAINABLE = ["simclr", "supervised"]
+ENV = "../../envs/simattr.yaml"  # relative to the rule files
 METHODS = [(m["encoder"], m["ranker"]) for m in config["methods"]]
 ENCODERS_USED = sorted({e for e, _ in METHODS})
 
@@ -35,9 +36,9 @@ def path(template, **kw):
 
     class Keep(dict):
         def __missing__(self, key):
-            return "{" + key + "}"
+            return f"{{{key}}}"
 
-    return f"{R}/" + template.format_map(Keep(fields))
+    return f"{R}/{template.format_map(Keep(fields))}"
 
 
 def encoder_state(wildcards):
@@ -60,6 +61,11 @@ def ranker_flags(wildcards):
     return ""
 
 
+def local_task_threads(wildcards):
+    la = config["launch"]
+    return la["parallelism"] * la["cpus_per_task"] if la["cluster"] == "local" else 1
+
+
 def gather_files():
     return [path(store.SUPPORT_GATHER, encoder=e, ranker=r, metric=m)
             for e, r in METHODS for m in config["support"]["metrics"]]
@@ -75,8 +81,25 @@ def report_files():
 
 
 def bench(stage, name):
-    return path("{dataset}/benchmarks/" + stage + "/" + name + ".tsv")
+    return path(f"{{dataset}}/benchmarks/{stage}/{name}.tsv")
 
 
 def logfile(stage, name):
-    return path("{dataset}/logs/" + stage + "/" + name + ".log")
+    return path(f"{{dataset}}/logs/{stage}/{name}.log")
+
+
+def report_benchmarks(wildcards):
+    """STAGE=FILE pairs of every upstream job's benchmark (wall seconds per stage)."""
+    pairs = []
+    for e in ENCODERS_USED:
+        if e in TRAINABLE:
+            pairs.append(("embed", bench("embed", f"train-{e}")))
+        for s in ("train", "test"):
+            pairs.append(("embed", bench("embed", f"{e}-{s}")))
+    for e, r in METHODS:
+        for c in CLASSES:
+            pairs.append(("score", bench("score", f"{e}-{r}-class-{c}")))
+        for m in config["support"]["metrics"]:
+            pairs.append(("support", bench("support", f"{e}-{r}-{m}")))
+    pairs.append(("support", bench("support", "queries")))
+    return pairs

@@ -9,6 +9,7 @@ rule train_simclr:
     benchmark:
         bench("embed", "train-simclr")
     params:
+        dataset=D,
         test_fraction=config["dataset"]["test_fraction"],
         split_seed=config["dataset"]["split_seed"],
         seed=config["encoders"]["simclr"]["seed"],
@@ -21,8 +22,10 @@ rule train_simclr:
     threads: 2
     resources:
         mem_mb=4000,
+    conda:
+        ENV
     shell:
-        "simattr --log {log} train-encoder --dataset " + D + " --encoder simclr"
+        "simattr --log {log} train-encoder --dataset {params.dataset} --encoder simclr"
         " --test-fraction {params.test_fraction} --split-seed {params.split_seed} --seed {params.seed}"
         " --param epochs={params.epochs} --param batch_size={params.batch_size} --param lr={params.lr}"
         " --param temperature={params.temperature} --param feature_dim={params.feature_dim}"
@@ -37,6 +40,7 @@ rule train_supervised:
     benchmark:
         bench("embed", "train-supervised")
     params:
+        dataset=D,
         test_fraction=config["dataset"]["test_fraction"],
         split_seed=config["dataset"]["split_seed"],
         seed=config["encoders"]["supervised"]["seed"],
@@ -47,8 +51,10 @@ rule train_supervised:
     threads: 2
     resources:
         mem_mb=4000,
+    conda:
+        ENV
     shell:
-        "simattr --log {log} train-encoder --dataset " + D + " --encoder supervised"
+        "simattr --log {log} train-encoder --dataset {params.dataset} --encoder supervised"
         " --test-fraction {params.test_fraction} --split-seed {params.split_seed} --seed {params.seed}"
         " --param epochs={params.epochs} --param batch_size={params.batch_size} --param lr={params.lr}"
         " --param hidden={params.hidden} --out {output}"
@@ -64,6 +70,7 @@ rule embed:
     benchmark:
         bench("embed", "{encoder}-{split}")
     params:
+        dataset=D,
         test_fraction=config["dataset"]["test_fraction"],
         split_seed=config["dataset"]["split_seed"],
         shard_size=config["embed"]["shard_size"],
@@ -71,7 +78,9 @@ rule embed:
     threads: 1
     resources:
         mem_mb=2000,
+    conda:
+        ENV
     shell:
-        "simattr --log {log} embed --dataset " + D + " --encoder {wildcards.encoder} --split {wildcards.split}"
+        "simattr --log {log} embed --dataset {params.dataset} --encoder {wildcards.encoder} --split {wildcards.split}"
         " --test-fraction {params.test_fraction} --split-seed {params.split_seed}"
         " --shard-size {params.shard_size} {params.state} --out-dir $(dirname {output})"

@@ -13,14 +13,17 @@ rule score:
     benchmark:
         bench("score", "{encoder}-{ranker}-class-{cls}")
     params:
+        dataset=D,
         class_conditioned=config["score"]["class_conditioned"],
         topk=config["score"]["topk"],
         ranker_flags=ranker_flags,
     threads: 1
     resources:
         mem_mb=2000,
+    conda:
+        ENV
     shell:
-        "simattr --log {log} --no-progress score --dataset " + D + " --encoder {wildcards.encoder}"
+        "simattr --log {log} --no-progress score --dataset {params.dataset} --encoder {wildcards.encoder}"
         " --ranker {wildcards.ranker} --class {wildcards.cls} --train-index {input.train}"
         " --test-index {input.test} --class-conditioned {params.class_conditioned} --topk {params.topk}"
         " {params.ranker_flags} --out {output}"

@@ -11,6 +11,7 @@ rule queries:
     benchmark:
         bench("support", "queries")
     params:
+        dataset=D,
         test_fraction=config["dataset"]["test_fraction"],
         split_seed=config["dataset"]["split_seed"],
         n_test=config["support"]["n_test"],
@@ -24,8 +25,10 @@ rule queries:
     threads: 1
     resources:
         mem_mb=2000,
+    conda:
+        ENV
     shell:
-        "simattr --log {log} queries --dataset " + D + " --test-fraction {params.test_fraction}"
+        "simattr --log {log} queries --dataset {params.dataset} --test-fraction {params.test_fraction}"
         " --split-seed {params.split_seed} --n-test {params.n_test} --sample-seed {params.sample_seed}"
         " --flip-models {params.flip_models} --model {params.model} --hidden {params.hidden}"
         " --steps {params.steps} --lr {params.lr} --weight-decay {params.weight_decay} --out {output}"
@@ -42,6 +45,7 @@ rule support:
     benchmark:
         bench("support", "{encoder}-{ranker}-{metric}")
     params:
+        dataset=D,
         k_max=lambda wildcards: config["support"][wildcards.metric]["k_max"],
         bisection_steps=lambda wildcards: config["support"][wildcards.metric]["bisection_steps"],
         seeds=config["support"]["seeds"],
@@ -66,8 +70,13 @@ rule support:
         answers=lambda wildcards: path(store.SUPPORT_DIR, **wildcards),
         submitit=lambda wildcards: path("{dataset}/submitit/{encoder}-{ranker}-{metric}", **wildcards),
     localrule: True
+    # on the local executor the tasks run on this machine: reserve their cores so that Snakemake does
+    # not start other jobs on top of them
+    threads: local_task_threads
+    conda:
+        ENV
     shell:
-        "simattr --log {log} support --dataset " + D + " --encoder {wildcards.encoder}"
+        "simattr --log {log} support --dataset {params.dataset} --encoder {wildcards.encoder}"
         " --ranker {wildcards.ranker} --metric {wildcards.metric} --queries {input.queries}"
         " --scores {input.scores} --k-max {params.k_max} --bisection-steps {params.bisection_steps}"
         " --seeds {params.seeds} --threshold {params.threshold} --early-stop {params.early_stop}"

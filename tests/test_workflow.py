@@ -1,0 +1,177 @@
+"""The workflow end to end on the small test config, its rerun behaviour, dry runs, lint and config errors."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_CFG = REPO / "config" / "test.yaml"
+
+
+def smk(*args: str, workdir: Path, configfile: Path = TEST_CFG) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(configfile), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
+
+
+def job_counts(out: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a (dry) run."""
+    counts, on = {}, False
+    for line in out.splitlines():
+        if line.startswith("Job stats"):
+            on = True
+            continue
+        if on:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                if parts[0] == "total":
+                    break
+                counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def variant(tmp: Path, change) -> Path:
+    cfg = yaml.safe_load(TEST_CFG.read_text())
+    change(cfg)
+    p = tmp / "variant.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("workflow")
+    r = smk("--cores", "2", workdir=wd)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return wd
+
+
+def test_every_file_of_the_contract_with_values_in_range(run):
+    cfg = yaml.safe_load(TEST_CFG.read_text())
+    root = run / "results" / "digits"
+    n_train = n_test = None
+    for enc in {m["encoder"] for m in cfg["methods"]}:
+        for split in ("train", "test"):
+            d = root / "embeddings" / enc / split
+            manifest = json.loads((d / "index.json").read_text())
+            assert len(manifest["shards"]) >= 2          # shard_size 200 splits every split
+            seen = 0
+            for sh in manifest["shards"]:
+                with h5py.File(d / sh["file"]) as f:
+                    feats, labels, idx = f["features"][()], f["labels"][()], f["indices"][()]
+                    assert feats.dtype == np.float32 and np.isfinite(feats).all()
+                    assert labels.dtype == np.int64 and idx.dtype == np.int64
+                    assert set(np.unique(labels)) <= set(range(10))
+                    assert idx.tolist() == list(range(seen, seen + len(idx)))
+                    assert f.attrs["feature_dim"] == feats.shape[1]
+                    for key in ("dataset", "split", "encoder", "config_hash", "simattr_version"):
+                        assert key in f.attrs
+                    assert f.attrs["split"] == split and f.attrs["encoder"] == enc
+                seen += len(idx)
+            if split == "train":
+                n_train = seen
+            else:
+                n_test = seen
+    assert n_train + n_test == 1797
+    for m in cfg["methods"]:
+        for c in range(10):
+            with h5py.File(root / "scores" / m["encoder"] / m["ranker"] / f"class-{c}.h5") as f:
+                te, tr, s, top = (f[k][()] for k in ("test_indices", "train_indices", "scores", "topk"))
+            assert s.shape == (len(te), len(tr)) and np.isfinite(s).all()
+            assert top.shape == (len(te), min(cfg["score"]["topk"], len(tr)))
+            assert set(top.ravel()) <= set(tr.tolist())
+            pos = {t: i for i, t in enumerate(tr.tolist())}
+            for i in range(len(te)):
+                ranked = s[i, [pos[t] for t in top[i]]]
+                assert np.all(np.diff(ranked) <= 0)       # best first
+    queries = h5py.File(root / "support" / "queries.h5")
+    sampled = queries["test_indices"][()].tolist()
+    assert len(sampled) == cfg["support"]["n_test"]
+    for m in cfg["methods"]:
+        for metric in cfg["support"]["metrics"]:
+            gather = json.loads((root / "support" / m["encoder"] / m["ranker"] / f"{metric}.json").read_text())
+            assert sorted(a["test_index"] for a in gather["answers"]) == sampled
+            for a in gather["answers"]:
+                one = json.loads((root / "support" / m["encoder"] / m["ranker"] / metric /
+                                  f"{a['test_index']}.json").read_text())
+                assert one == a
+                assert a["k_max"] <= cfg["support"][metric]["k_max"]
+                assert a["support"] is None or 1 <= a["support"] <= a["k_max"]
+                assert a["probes"][0]["k"] == a["k_max"]
+                assert a["trainings"] == sum(p["n_models"] for p in a["probes"])
+                assert all(0.0 <= p["accuracy"] <= 1.0 and 1 <= p["n_models"] <= cfg["support"]["seeds"]
+                           for p in a["probes"])
+                if a["support"] is not None:
+                    assert any(p["k"] == a["support"] and p["flipped"] for p in a["probes"])
+                if metric == "mislabel":
+                    assert a["flip_class"] is not None and a["flip_class"] != a["label"]
+    rep = root / "report"
+    rows = list(csv.DictReader((rep / "support.csv").open()))
+    assert len(rows) == len(cfg["methods"]) * len(cfg["support"]["metrics"])
+    for png in ("support_cdf.png", "topk_grid.png"):
+        assert (rep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (rep / "report.md").read_text()
+    assert all(f"{m['encoder']}/{m['ranker']}" in md for m in cfg["methods"])
+
+
+def test_a_second_run_does_nothing(run):
+    r = smk("-n", "--cores", "2", workdir=run)
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_changing_esvm_C_reruns_only_esvm_scores_and_what_depends_on_them(run, tmp_path):
+    cfg = variant(tmp_path, lambda c: c["esvm"].update(C=1.0))
+    r = smk("-n", "--cores", "2", workdir=run, configfile=cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    n_metrics = 2
+    esvm_methods = 1
+    assert job_counts(r.stdout) == {"score": 10 * esvm_methods, "support": n_metrics * esvm_methods,
+                                    "report": 1, "all": 1}
+
+
+def test_changing_support_seeds_reruns_only_support_and_report(run, tmp_path):
+    cfg = variant(tmp_path, lambda c: c["support"].update(seeds=5))
+    r = smk("-n", "--cores", "2", workdir=run, configfile=cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert job_counts(r.stdout) == {"support": 6, "report": 1, "all": 1}
+
+
+@pytest.mark.parametrize("configfile", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_dry_run_passes_for_every_config(configfile, tmp_path):
+    r = smk("-n", "--cores", "2", workdir=tmp_path, configfile=configfile)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert job_counts(r.stdout).get("report") == 1
+
+
+def test_lint_reports_nothing(tmp_path):
+    r = smk("--lint", workdir=tmp_path)
+    assert r.returncode == 0
+    assert "Lints for" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda c: c["esvm"].update(C=-1), "config key 'esvm.C': expected a value > 0, got -1"),
+    (lambda c: c["support"].update(seeds="three"), "config key 'support.seeds': expected integer, got 'three'"),
+    (lambda c: c["methods"].append({"encoder": "moco", "ranker": "esvm"}),
+     "got 'moco', valid values: pixels, simclr, supervised"),
+    (lambda c: c["methods"].append({"encoder": "pixels", "ranker": "trak"}),
+     "got 'trak', valid values: esvm, knn_l2, knn_cos, random"),
+    (lambda c: c["support"].update(seedz=3), "'seedz' was unexpected"),
+])
+def test_bad_config_is_one_clear_error_before_any_job(change, expected, tmp_path):
+    cfg = variant(tmp_path, change)
+    r = smk("--cores", "1", workdir=tmp_path, configfile=cfg)
+    assert r.returncode != 0
+    assert expected in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "results").exists()
