@@ -6,7 +6,9 @@
 """
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -66,14 +68,25 @@ def _executor(s: LaunchSettings, name: str):
     return ex
 
 
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*)$")
+
+
+def _error_line(text: str) -> str | None:
+    """The last 'SomeError: message' line of a traceback."""
+    found = [m.group(1) for ln in text.splitlines() if (m := _ERROR_LINE.match(ln.strip()))]
+    return found[-1] if found else None
+
+
 def _failure(job, label: str) -> Failure | None:
     exc = job.exception()
     if exc is None:
         return None
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    # submitit wraps worker tracebacks; the last line names the error
-    msg = lines[-1] if lines else type(exc).__name__
-    log = str(getattr(job.paths, "stderr", "")) if hasattr(job, "paths") else ""
+    log = str(job.paths.stderr) if hasattr(job, "paths") else ""
+    msg = _error_line(str(exc))
+    if msg is None and log and Path(log).exists():
+        msg = _error_line(Path(log).read_text(errors="replace"))
+    if msg is None:
+        msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     return Failure(label=label, error=msg, log=log)
 
 
