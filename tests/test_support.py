@@ -79,3 +79,60 @@ def test_early_stopping_keeps_every_decision(metric):
         a, b = slow(k), fast(k)
         assert a.flipped == b.flipped
         assert a.n_models == 5 and 1 <= b.n_models <= 5
+
+
+def _support_inputs(tmp_path):
+    from simattr import store
+
+    X, y = _toy()
+    rng = np.random.default_rng(2)
+    test_idx = np.array([0, 1, 2, 3])
+    yq = np.array([0, 1, 2, 0])
+    Xq = np.stack([X[y == c].mean(0) for c in yq]) + rng.normal(scale=0.3, size=(4, X.shape[1]))
+    store.write_arrays(tmp_path / "queries.h5", {
+        "X_train": X, "y_train": y, "test_indices": test_idx, "X_query": Xq.astype(np.float32),
+        "y_query": yq, "flip_class": (yq + 1) % 3}, {"n_classes": 3})
+    files = []
+    for c in range(3):
+        te = np.flatnonzero(yq == c)
+        tr = np.flatnonzero(y == c)
+        s = -((Xq[te][:, None] - X[tr][None]) ** 2).sum(-1)
+        f = tmp_path / f"class-{c}.h5"
+        store.write_scores(f, test_indices=test_idx[te], train_indices=tr, scores=s, topk=tr[np.argsort(-s, 1)],
+                           attrs={"class": c, "encoder": "toy", "ranker": "knn_l2"})
+        files.append(str(f))
+    return str(tmp_path / "queries.h5"), files
+
+
+SETTINGS = {"dataset": "toy", "encoder": "toy", "ranker": "knn_l2", "k_max": 40, "bisection_steps": 6,
+            "seeds": 3, "threshold": 0.5, "early_stop": True,
+            "model": {"name": "mlp", "hidden": 8, "steps": 40, "lr": 0.05, "weight_decay": 0.0}}
+
+
+@pytest.mark.parametrize("metric", ["removal", "mislabel"])
+def test_support_stage_answers_every_image_and_resumes_without_retraining(metric, tmp_path):
+    from simattr import stages, store
+    from simattr.launch import LaunchSettings
+
+    queries, files = _support_inputs(tmp_path)
+    launch = LaunchSettings(cluster="debug", folder=str(tmp_path / "submitit"))
+    kw = dict(queries=queries, score_files=files, answers_dir=str(tmp_path / "answers"), metric=metric,
+              settings=SETTINGS, launch=launch, progress=False)
+    g1 = stages.support_stage(gather_out=str(tmp_path / "g1.json"), **kw)
+    assert [a["test_index"] for a in g1["answers"]] == [0, 1, 2, 3]
+    for a in g1["answers"]:
+        assert a["support"] is None or 1 <= a["support"] <= 40
+        assert a["trainings"] == sum(p["n_models"] for p in a["probes"])
+    # a finished answer is kept as it is; a missing one is recomputed, identically
+    kept = tmp_path / "answers" / "1.json"
+    marked = store.read_json(kept)
+    marked["wall_s"] = -1.0
+    store.write_json(kept, marked)
+    (tmp_path / "answers" / "2.json").unlink()
+    g2 = stages.support_stage(gather_out=str(tmp_path / "g2.json"), **kw)
+    assert g2["answers"][1]["wall_s"] == -1.0
+    strip = lambda a: {k: v for k, v in a.items() if k != "wall_s"}
+    assert strip(g2["answers"][2]) == strip(g1["answers"][2])
+    # other settings: recomputed, not reused
+    g3 = stages.support_stage(gather_out=str(tmp_path / "g3.json"), **{**kw, "settings": {**SETTINGS, "seeds": 5}})
+    assert g3["answers"][1]["wall_s"] != -1.0

@@ -193,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(argv)
     except SimattrError as e:
         print(f"simattr: error: {e}", file=sys.stderr)
-        logging.getLogger("simattr").error("%s", e)
+        for h in logging.getLogger("simattr").handlers:     # the rule's log file gets it too
+            if isinstance(h, logging.FileHandler):
+                h.handle(logging.makeLogRecord({"msg": f"error: {e}", "levelno": logging.ERROR,
+                                                "levelname": "ERROR"}))
         return 2
     except KeyboardInterrupt:
         print("simattr: interrupted", file=sys.stderr)

@@ -114,28 +114,41 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
     for f in score_files:
         sc = store.read_scores(f)
         by_class[int(sc["attrs"]["class"])] = f
+    from . import support
+
+    test_indices = arrays["test_indices"].tolist()
+    done: dict[int, dict] = {}
     units, labels = [], []
-    for t, y in zip(arrays["test_indices"].tolist(), arrays["y_query"].tolist()):
+    for t, y in zip(test_indices, arrays["y_query"].tolist()):
         if y not in by_class:
             raise SimattrError(f"no score file for class {y} (test image {t}) among the inputs")
-        units.append({"queries_path": queries, "scores_path": by_class[y],
-                      "out_path": str(Path(answers_dir) / f"{t}.json"), "test_index": t, "metric": metric,
-                      "settings": settings})
+        out = Path(answers_dir) / f"{t}.json"
+        prev = support.finished_answer(out, support.settings_hash(metric, t, settings))
+        if prev is not None:          # resume: an answer computed with these settings is kept
+            done[t] = prev
+            continue
+        units.append({"queries_path": queries, "scores_path": by_class[y], "out_path": str(out),
+                      "test_index": t, "metric": metric, "settings": settings})
         labels.append(f"test image {t}")
     name = f"support-{settings['encoder']}-{settings['ranker']}-{metric}"
-    results, failures = launch_mod.run_tasks(_answer_task, units, labels, launch, name=name, progress=progress,
-                                             log=log)
+    if done:
+        log.info("%s: %d of %d answers already computed with these settings; running %d", name, len(done),
+                 len(test_indices), len(units))
+    fresh, failures = launch_mod.run_tasks(_answer_task, units, labels, launch, name=name, progress=progress,
+                                           log=log)
+    done.update({u["test_index"]: r for u, r in zip(units, fresh) if r is not None})
     if failures:
         for f in failures:
             log.error("%s", f)
         raise SimattrError(f"{len(failures)} of {len(units)} support tasks failed; first: {failures[0]}")
     gather = {"dataset": settings["dataset"], "encoder": settings["encoder"], "ranker": settings["ranker"],
               "metric": metric, "k_max": settings["k_max"], "settings": settings,
-              "wall_s": round(time.perf_counter() - t0, 3), "answers": results}
+              "wall_s": round(time.perf_counter() - t0, 3), "answers": [done[t] for t in test_indices]}
     store.write_json(gather_out, gather)
-    found = sum(r["support"] is not None for r in results)
-    log.info("%s: %d answers (%d flipped within k_max), %d models trained, %.1f s", name, len(results), found,
-             sum(r["trainings"] for r in results), time.perf_counter() - t0)
+    answers = gather["answers"]
+    log.info("%s: %d answers (%d flipped within k_max), %d models trained, %.1f s", name, len(answers),
+             sum(a["support"] is not None for a in answers), sum(a["trainings"] for a in answers),
+             time.perf_counter() - t0)
     return gather
 
 

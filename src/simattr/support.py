@@ -115,6 +115,23 @@ def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray,
     return probe
 
 
+def settings_hash(metric: str, test_index: int, settings: dict) -> str:
+    """What an answer depends on; an answer file with the same hash is reused, never recomputed."""
+    return store.config_hash({"metric": metric, "test_index": int(test_index), **settings})
+
+
+def finished_answer(path: str | Path, s_hash: str) -> dict | None:
+    """The answer stored at `path` if it is complete and was computed with these settings."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        prev = store.read_json(path)
+    except Exception:
+        return None
+    return prev if isinstance(prev, dict) and prev.get("settings_hash") == s_hash else None
+
+
 def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: int, metric: str,
            settings: dict) -> dict:
     """Compute (or reuse) one test image's support answer; write it atomically to out_path.
@@ -123,14 +140,10 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
     model {name, hidden, steps, lr, weight_decay}.
     """
     out = Path(out_path)
-    s_hash = store.config_hash({"metric": metric, "test_index": test_index, **settings})
-    if out.exists():
-        try:
-            prev = store.read_json(out)
-            if prev.get("settings_hash") == s_hash:
-                return prev
-        except Exception:
-            pass
+    s_hash = settings_hash(metric, test_index, settings)
+    prev = finished_answer(out, s_hash)
+    if prev is not None:
+        return prev
     t0 = time.perf_counter()
     arrays, qattrs = store.read_arrays(queries_path, ("X_train", "y_train", "test_indices", "X_query",
                                                       "y_query", "flip_class"))

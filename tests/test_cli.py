@@ -1,0 +1,46 @@
+"""User errors reach the terminal as one line naming the file or key, exit status 2, no traceback."""
+import subprocess
+import sys
+
+
+def simattr(*args):
+    return subprocess.run([sys.executable, "-m", "simattr", *args], capture_output=True, text=True)
+
+
+def test_missing_input_file_is_one_line_naming_it(tmp_path):
+    missing = tmp_path / "nope" / "index.json"
+    r = simattr("score", "--dataset", "digits", "--encoder", "pixels", "--ranker", "esvm", "--class", "0",
+                "--train-index", str(missing), "--test-index", str(missing), "--topk", "4",
+                "--out", str(tmp_path / "c.h5"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == f"simattr: error: {missing}: file not found"
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_corrupt_shard_names_the_file(tmp_path):
+    import numpy as np
+
+    from simattr import store
+
+    store.write_embeddings(tmp_path, np.ones((4, 2), np.float32), np.zeros(4, int), shard_size=2,
+                           dataset="digits", split="train", encoder="pixels", config_hash="h")
+    (tmp_path / "shard-00001.h5").write_bytes(b"garbage")
+    idx = tmp_path / "index.json"
+    r = simattr("score", "--dataset", "digits", "--encoder", "pixels", "--ranker", "esvm", "--class", "0",
+                "--train-index", str(idx), "--test-index", str(idx), "--topk", "4", "--out", str(tmp_path / "c.h5"))
+    assert r.returncode == 2 and "shard-00001.h5: not a readable HDF5 file" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unknown_dataset_lists_the_valid_ones(tmp_path):
+    r = simattr("queries", "--dataset", "mnist", "--test-fraction", "0.2", "--split-seed", "0", "--hidden", "8",
+                "--steps", "5", "--lr", "0.01", "--n-test", "2", "--flip-models", "1", "--out", str(tmp_path / "q.h5"))
+    assert r.returncode == 2 and "unknown dataset 'mnist'; valid: digits" in r.stderr
+
+
+def test_help_is_fast_and_lists_the_stages():
+    r = simattr("--help")
+    assert r.returncode == 0
+    for stage in ("train-encoder", "embed", "score", "queries", "support", "report"):
+        assert stage in r.stdout
