@@ -7,14 +7,14 @@
 `fit` returns a state: a plain dict of python values and torch tensors (loadable with
 `torch.load(weights_only=True)`) holding "encoder", "params" and what `encode` needs. For the networks the
 SimCLR projection head / the classifier's last layer are dropped: only the backbone is stored, and the features
-are the backbone's representation. Everything runs on the CPU; the same seed and params give identical features.
+are the backbone's representation. Everything runs on the CPU; the same seed and params give bit-identical
+features on the same machine and torch thread count (a different thread count may change the last bits).
 
 torch is imported inside the functions, so importing this module is cheap.
 """
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,12 @@ PARAM_KEYS = {
     "simclr": ("epochs", "batch_size", "lr", "temperature", "feature_dim", "proj_dim"),
     "supervised": ("epochs", "batch_size", "lr", "hidden"),
 }
-# Recommended params (measured on the digits train split, 1437 images, 2 CPU cores; see the tests and README).
+# Recommended params. Measured on the digits train split (1437 images), 2 CPU cores, seeds 0 and 1: simclr fit
+# ~36 s, test accuracy of a 1-NN (cosine) on the features 0.989; supervised ~5-7 s, 0.994-0.997; pixels 0.983.
 DEFAULT_PARAMS = {
     "pixels": {},
-    "simclr": {"epochs": 150, "batch_size": 256, "lr": 2e-3, "temperature": 0.2, "feature_dim": 128, "proj_dim": 64},
-    "supervised": {"epochs": 30, "batch_size": 64, "lr": 1e-3, "hidden": 128},
+    "simclr": {"epochs": 100, "batch_size": 256, "lr": 2e-3, "temperature": 0.2, "feature_dim": 128, "proj_dim": 64},
+    "supervised": {"epochs": 15, "batch_size": 128, "lr": 2e-3, "hidden": 128},
 }
 
 # A pixel's std is floored at this before dividing: a pixel (almost) constant on the train images (the digits'
@@ -74,6 +75,9 @@ def _check_params(name: str, params: Any) -> dict:
                                f"got {v!r}")
         if not (v > 0 and math.isfinite(v)):
             raise SimattrError(f"encoder '{name}' params: '{k}' must be > 0, got {v!r}")
+    if "batch_size" in params and params["batch_size"] < 2:
+        raise SimattrError(f"encoder '{name}' params: 'batch_size' must be >= 2 (batch norm, contrastive pairs), "
+                           f"got {params['batch_size']}")
     return dict(params)
 
 
@@ -115,6 +119,12 @@ def _build(state: dict):
     net = _backbone(tuple(state["input_shape"]), _net_dim(state))
     net.load_state_dict(state["backbone"])
     return net.eval()
+
+
+def _n_batches(n: int, batch_size: int) -> int:
+    bs = min(batch_size, n)
+    full, rest = divmod(n, bs)
+    return full + (1 if rest >= max(2, bs // 2) else 0)
 
 
 def _batches(n: int, batch_size: int, gen):
@@ -229,6 +239,18 @@ def _epoch_log(log, name: str, epoch: int, epochs: int, loss: float, extra: str 
     log.log(level, "%s epoch %d/%d loss %.4f%s", name, epoch, epochs, loss, extra)
 
 
+def _warmup_cosine(steps: int, warmup_frac: float = 0.1):
+    """lr factor for step t of `steps`: a linear warm-up over the first 10%, then a cosine decay to 0."""
+    warm = max(1, int(round(warmup_frac * steps)))
+
+    def factor(t: int) -> float:
+        if t < warm:
+            return (t + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warm) / max(1, steps - warm))))
+
+    return factor
+
+
 def _fit_simclr(images: np.ndarray, params: dict, seed: int, progress: bool, log) -> dict:
     import torch
     from torch import nn
@@ -242,8 +264,8 @@ def _fit_simclr(images: np.ndarray, params: dict, seed: int, progress: bool, log
     head = nn.Sequential(nn.Linear(fd, fd), nn.ReLU(inplace=True), nn.Linear(fd, params["proj_dim"]))
     model = nn.Sequential(backbone, head).train()
     opt = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=_WEIGHT_DECAY)
-    steps = epochs * len(_batches(len(x_all), params["batch_size"], torch.Generator()))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params["lr"], total_steps=steps, pct_start=0.1)
+    steps = epochs * _n_batches(len(x_all), params["batch_size"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps))
     bar = tqdm(range(1, epochs + 1), desc="simclr", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         total, count = 0.0, 0
@@ -335,13 +357,18 @@ def fit(name: str, train_images: np.ndarray, train_labels: np.ndarray, params: d
             state.update(_fit_simclr(images, params, int(seed), progress, log))  # labels deliberately not passed
         else:
             state.update(_fit_supervised(images, train_labels, params, int(seed), progress, log))
-    state["fit_seconds"] = float(time.perf_counter() - t0)
     if log is not None:
-        log.info("encoder %s fit on %d images in %.1f s", name, len(images), state["fit_seconds"])
+        log.info("encoder %s fit on %d images in %.1f s", name, len(images), time.perf_counter() - t0)
     return state
 
 
 # -------------------------------------------------------------------------------------- save / load
+def _one_line(e: Exception) -> str:
+    text = str(e).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
+
+
 def save_state(state: dict, path) -> None:
     """Write `state` to `path` atomically (a temporary file in the same folder, renamed into place)."""
     import torch
@@ -377,16 +404,13 @@ def _validate_state(state: Any, where: str, expect_name: str | None) -> dict:
             _build(state)
     except SimattrError as e:
         raise SimattrError(f"{where}: invalid encoder state ({e})") from None
-    except Exception as e:  # noqa: BLE001 - any structural problem is a corrupt file
-        raise SimattrError(f"{where}: invalid encoder state ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    except Exception as e:  # noqa: BLE001 - any structural problem means a corrupt or foreign file
+        raise SimattrError(f"{where}: invalid encoder state ({_one_line(e)})") from None
     return state
 
 
 def load_state(path, expect_name: str) -> dict:
     """Load an encoder state saved by `save_state`, checking it holds encoder `expect_name`."""
-    import pickle
-    import zipfile
-
     import torch
 
     _check_name(expect_name)
@@ -395,10 +419,8 @@ def load_state(path, expect_name: str) -> dict:
         raise SimattrError(f"{path}: encoder state not found (fit encoder '{expect_name}' first)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError,
-            AttributeError, ImportError, KeyError, TypeError, IndexError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SimattrError(f"{path}: not a readable encoder state ({msg[:200]})") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
+        raise SimattrError(f"{path}: not a readable encoder state ({_one_line(e)})") from None
     return _validate_state(state, str(path), expect_name)
 
 

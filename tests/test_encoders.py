@@ -1,0 +1,262 @@
+"""Encoders: fit/encode contract, determinism, state files, errors. Tiny params on a 200-image subset: fast."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from simattr import encoders as E
+from simattr.datasets import load_split
+from simattr.errors import SimattrError
+
+TINY = {
+    "pixels": {},
+    "simclr": {"epochs": 2, "batch_size": 64, "lr": 2e-3, "temperature": 0.2, "feature_dim": 32, "proj_dim": 16},
+    "supervised": {"epochs": 2, "batch_size": 64, "lr": 2e-3, "hidden": 24},
+}
+N_SUB = 200
+
+
+@pytest.fixture(scope="module")
+def data():
+    tr = load_split("digits", "train", test_fraction=0.2, seed=0)
+    te = load_split("digits", "test", test_fraction=0.2, seed=0)
+    return tr.images[:N_SUB], tr.labels[:N_SUB], te.images[:50]
+
+
+@pytest.fixture(scope="module")
+def states(data):
+    x, y, _ = data
+    return {name: E.fit(name, x, y, TINY[name], seed=3, progress=False) for name in E.ENCODERS}
+
+
+def test_registry_names():
+    assert E.ENCODERS == ("pixels", "simclr", "supervised")
+    assert E.TRAINABLE == ("simclr", "supervised")
+    for name in E.ENCODERS:
+        assert set(E.DEFAULT_PARAMS[name]) == set(E.PARAM_KEYS[name])
+
+
+def test_import_does_not_import_torch():
+    import subprocess
+
+    code = "import sys, simattr.encoders; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == "False"
+
+
+def test_unknown_encoder_lists_valid_names(data, tmp_path):
+    x, y, _ = data
+    with pytest.raises(SimattrError) as e:
+        E.fit("resnet", x, y, {}, seed=0, progress=False)
+    for name in E.ENCODERS:
+        assert name in str(e.value)
+    assert "resnet" in str(e.value)
+    with pytest.raises(SimattrError, match="pixels, simclr, supervised"):
+        E.load_state(tmp_path / "x.pt", "resnet")
+    with pytest.raises(SimattrError, match="pixels, simclr, supervised"):
+        E.encode({"encoder": "resnet"}, x)
+
+
+@pytest.mark.parametrize("name,bad,word", [
+    ("simclr", {k: v for k, v in TINY["simclr"].items() if k != "temperature"}, "temperature"),
+    ("supervised", {**TINY["supervised"], "hiden": 3}, "hiden"),
+    ("supervised", {**TINY["supervised"], "epochs": 0}, "epochs"),
+    ("simclr", {**TINY["simclr"], "feature_dim": 1.5}, "feature_dim"),
+    ("pixels", {"epochs": 1}, "epochs"),
+    ("supervised", {**TINY["supervised"], "batch_size": 1}, "batch_size"),
+    ("simclr", "not a dict", "mapping"),
+])
+def test_bad_params_raise(data, name, bad, word):
+    x, y, _ = data
+    with pytest.raises(SimattrError, match=word):
+        E.fit(name, x, y, bad, seed=0, progress=False)
+
+
+@pytest.mark.parametrize("name", E.ENCODERS)
+def test_encode_shape_dtype_finite(states, data, name):
+    x, _, xt = data
+    st = states[name]
+    assert st["encoder"] == name and st["params"] == TINY[name]
+    d = E.feature_dim(st)
+    assert d == {"pixels": 64, "simclr": 32, "supervised": 24}[name]
+    for imgs in (x, xt):
+        f = E.encode(st, imgs)
+        assert f.shape == (len(imgs), d)
+        assert f.dtype == np.float32
+        assert np.isfinite(f).all()
+    f = E.encode(st, x)
+    # the features tell images apart (not a constant map)
+    assert np.ptp(f, axis=0).max() > 1e-3
+    assert len(np.unique(f.round(5), axis=0)) > len(x) // 2
+
+
+@pytest.mark.parametrize("name", E.ENCODERS)
+def test_encode_independent_of_batching(states, data, name):
+    x, _, _ = data
+    a = E.encode(states[name], x)
+    b = E.encode(states[name], x, batch_size=7)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(E.encode(states[name], x[:10]), E.encode(states[name], x[:10]))
+
+
+@pytest.mark.parametrize("name", E.TRAINABLE)
+def test_fit_is_deterministic(states, data, name):
+    x, y, xt = data
+    again = E.fit(name, x, y, TINY[name], seed=3, progress=False)
+    np.testing.assert_array_equal(E.encode(states[name], xt), E.encode(again, xt))
+    other = E.fit(name, x, y, TINY[name], seed=4, progress=False)
+    assert not np.allclose(E.encode(states[name], xt), E.encode(other, xt))
+
+
+def test_simclr_ignores_labels(states, data):
+    x, y, xt = data
+    perm = np.random.default_rng(0).permutation(y)
+    assert (perm != y).any()
+    ref = E.encode(states["simclr"], xt)
+    for labels in (perm, np.zeros_like(y), None):
+        st = E.fit("simclr", x, labels, TINY["simclr"], seed=3, progress=False)
+        np.testing.assert_array_equal(E.encode(st, xt), ref)
+
+
+def test_supervised_uses_labels(states, data):
+    x, y, xt = data
+    perm = np.random.default_rng(0).permutation(y)
+    st = E.fit("supervised", x, perm, TINY["supervised"], seed=3, progress=False)
+    assert not np.allclose(E.encode(st, xt), E.encode(states["supervised"], xt))
+
+
+def test_pixels_standardised_on_train(states, data):
+    x, _, _ = data
+    st = states["pixels"]
+    f = E.encode(st, x)
+    raw_std = x.reshape(len(x), -1).std(0)
+    varying = raw_std >= E.PIXEL_STD_FLOOR
+    assert varying.sum() > 30
+    np.testing.assert_allclose(f.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(f[:, varying].std(0), 1.0, rtol=1e-3)
+    # (near-)constant pixels: divided by the floor, not by ~0
+    assert (raw_std == 0).any()
+    assert np.abs(f[:, raw_std == 0]).max() < 1e-6
+    assert np.abs(E.encode(st, np.ones_like(x[:2]))).max() < 1.0 / E.PIXEL_STD_FLOOR + 1e-3
+    assert "backbone" not in st
+
+
+@pytest.mark.parametrize("name", E.ENCODERS)
+def test_save_load_round_trip(states, data, tmp_path, name):
+    import torch
+
+    _, _, xt = data
+    path = tmp_path / "enc" / f"{name}.pt"
+    E.save_state(states[name], path)
+    assert sorted(p.name for p in path.parent.iterdir()) == [f"{name}.pt"]  # no temp file left behind
+    torch.load(path, weights_only=True)  # plain tensors and python values only
+    loaded = E.load_state(path, name)
+    assert loaded["encoder"] == name and loaded["params"] == TINY[name]
+    assert E.feature_dim(loaded) == E.feature_dim(states[name])
+    np.testing.assert_array_equal(E.encode(loaded, xt), E.encode(states[name], xt))
+    if name in E.TRAINABLE:  # the projection head / classifier layer is not part of the state
+        assert all(not k.startswith("head") for k in loaded["backbone"])
+
+
+def test_load_state_errors_name_the_path(states, tmp_path):
+    path = tmp_path / "simclr.pt"
+    E.save_state(states["simclr"], path)
+    for wrong in ("supervised", "pixels"):
+        with pytest.raises(SimattrError) as e:
+            E.load_state(path, wrong)
+        assert str(path) in str(e.value) and "simclr" in str(e.value) and "\n" not in str(e.value)
+
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(SimattrError) as e:
+        E.load_state(missing, "simclr")
+    assert str(missing) in str(e.value)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a torch file\x00\x01" * 10)
+    with pytest.raises(SimattrError) as e:
+        E.load_state(garbage, "simclr")
+    assert str(garbage) in str(e.value) and "\n" not in str(e.value)
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(SimattrError) as e:
+        E.load_state(truncated, "simclr")
+    assert str(truncated) in str(e.value)
+
+
+def test_load_state_rejects_wrong_structure(states, tmp_path):
+    import torch
+
+    cases = {
+        "notdict.pt": [1, 2, 3],
+        "noname.pt": {"params": {}},
+        "noweights.pt": {k: v for k, v in states["supervised"].items() if k != "backbone"},
+        "badshape.pt": {**states["supervised"], "params": {**TINY["supervised"], "hidden": 99}},
+    }
+    for fname, obj in cases.items():
+        p = tmp_path / fname
+        torch.save(obj, p)
+        with pytest.raises(SimattrError) as e:
+            E.load_state(p, "supervised")
+        assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_encode_rejects_wrong_image_shape(states):
+    with pytest.raises(SimattrError, match="shape"):
+        E.encode(states["simclr"], np.zeros((3, 1, 16, 16), np.float32))
+    with pytest.raises(SimattrError, match="shape"):
+        E.encode(states["pixels"], np.zeros((3, 64), np.float32))
+
+
+def test_fit_logs_epoch_losses(data, caplog):
+    x, _, _ = data
+    log = logging.getLogger("simattr.test_encoders")
+    with caplog.at_level(logging.DEBUG, logger=log.name):
+        E.fit("simclr", x, None, TINY["simclr"], seed=0, progress=False, log=log)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("simclr epoch" in m and "loss" in m for m in msgs) == TINY["simclr"]["epochs"]
+
+
+def test_augment_and_loss():
+    import torch
+
+    x = torch.from_numpy(load_split("digits", "train", test_fraction=0.2, seed=0).images[:64])
+    a = E.augment(x, torch.Generator().manual_seed(1))
+    b = E.augment(x, torch.Generator().manual_seed(1))
+    c = E.augment(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert not torch.allclose(a, x)
+    # translation: every image is its zero-padded self cropped at an offset of at most 1 pixel
+    t = E._translate(x, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    for i in range(len(x)):
+        assert any(torch.equal(t[i], padded[i, :, r:r + 8, c:c + 8]) for r in range(3) for c in range(3))
+    assert not torch.equal(t, x)
+    # the photometric / small geometric parts keep a view nearest (cosine, in pixels) to its own image
+    g = torch.Generator().manual_seed(1)
+    v = E._noise(E._jitter(E._erase(E._affine(x, g), g), g), g).clamp(0, 1)
+    sim = torch.nn.functional.normalize(v.flatten(1), dim=1) @ torch.nn.functional.normalize(x.flatten(1), dim=1).T
+    assert (sim.argmax(1) == torch.arange(len(x))).float().mean() > 0.9
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(32, 16, generator=g)
+    matched = E.nt_xent(z, z + 0.01 * torch.randn(32, 16, generator=g), 0.2)
+    shuffled = E.nt_xent(z, z[torch.randperm(32, generator=g)], 0.2)
+    chance = float(np.log(2 * 32 - 1))  # the loss when the partner is no more similar than the 62 others
+    assert float(matched) < 1.0 and float(shuffled) > chance - 0.5
+
+
+def test_pixels_knn_quality():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    tr = load_split("digits", "train", test_fraction=0.2, seed=0)
+    te = load_split("digits", "test", test_fraction=0.2, seed=0)
+    st = E.fit("pixels", tr.images, tr.labels, {}, seed=0, progress=False)
+    knn = KNeighborsClassifier(1, metric="cosine").fit(E.encode(st, tr.images), tr.labels)
+    assert (knn.predict(E.encode(st, te.images)) == te.labels).mean() >= 0.95
