@@ -15,6 +15,11 @@ def _kv(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
     k, v = text.split("=", 1)
+    for cast in (int, float):       # YAML 1.1 reads "1e-05" as a string; numbers come first
+        try:
+            return k, cast(v)
+        except ValueError:
+            pass
     return k, yaml.safe_load(v)
 
 

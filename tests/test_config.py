@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simattr import config, encoders, rankers, support
+from simattr.errors import SimattrError
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def test_registries_and_schema_agree():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    item = schema["properties"]["methods"]["items"]["properties"]
+    assert tuple(item["encoder"]["enum"]) == config.ENCODERS == encoders.ENCODERS
+    assert tuple(item["ranker"]["enum"]) == config.RANKERS == tuple(rankers.RANKERS)
+    assert config.METRICS == support.METRICS
+
+
+def _walk(node, where=""):
+    if node.get("type") == "object" and "properties" in node:
+        for k, sub in node["properties"].items():
+            yield f"{where}.{k}".lstrip("."), sub
+            yield from _walk(sub, f"{where}.{k}")
+
+
+def test_every_schema_key_has_a_description_and_a_default():
+    for key, sub in _walk(yaml.safe_load(SCHEMA.read_text())):
+        assert "default" in sub, key
+        if sub.get("type") != "object":
+            assert sub.get("description"), key
+
+
+def test_an_empty_config_is_the_documented_default():
+    empty = config.validate({}, SCHEMA)
+    default = config.load(REPO / "config" / "config.yaml", SCHEMA)
+    assert empty == default
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"esvm": {"C": 0}}, "config key 'esvm.C': expected a value > 0, got 0"),
+    ({"support": {"n_test": 2.5}}, "config key 'support.n_test': expected integer, got 2.5"),
+    ({"dataset": {"name": "cifar"}}, "config key 'dataset.name': got 'cifar', valid values: digits"),
+    ({"launch": {"cluster": "pbs"}}, "valid values: local, debug, slurm"),
+])
+def test_bad_values_name_the_key_and_what_was_expected(bad, message):
+    with pytest.raises(SimattrError) as e:
+        config.validate(bad, SCHEMA)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_or_broken_config_file(tmp_path):
+    with pytest.raises(SimattrError, match="config file not found"):
+        config.load(tmp_path / "none.yaml", SCHEMA)
+    (tmp_path / "bad.yaml").write_text("esvm: [unclosed")
+    with pytest.raises(SimattrError, match="bad.yaml: not valid YAML"):
+        config.load(tmp_path / "bad.yaml", SCHEMA)
