@@ -295,9 +295,11 @@ def plot_cdf(gathers: list[dict], path: str | os.PathLike) -> None:
             k_max = int(g["k_max"])
             ks = np.arange(0, k_max + 1)
             frac = (s[None, :] <= ks[:, None]).mean(axis=1) if len(s) else np.zeros(len(ks))
+            # one extra step past k_max so that answers of exactly k_max show as a jump
+            ks, frac = np.append(ks, k_max + 1), np.append(frac, frac[-1])
             ax.step(ks, frac, where="post", color=colors(methods.index(method_name(g)) % colors.N),
                     label=f"{method_name(g)} (n={len(s)})", linewidth=1.6)
-        ax.set_xlim(0, k_top)
+        ax.set_xlim(0, k_top + 1)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{metric} support")
         verb = "removed" if metric == "removal" else "relabelled"
