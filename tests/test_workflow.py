@@ -143,7 +143,7 @@ def test_changing_support_seeds_reruns_only_support_and_report(run, tmp_path):
     cfg = variant(tmp_path, lambda c: c["support"].update(seeds=5))
     r = smk("-n", "--cores", "2", workdir=run, configfile=cfg)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert job_counts(r.stdout) == {"support": 6, "report": 1, "all": 1}
+    assert job_counts(r.stdout) == {"support": 8, "report": 1, "all": 1}
 
 
 @pytest.mark.parametrize("configfile", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
