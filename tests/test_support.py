@@ -136,3 +136,44 @@ def test_support_stage_answers_every_image_and_resumes_without_retraining(metric
     # other settings: recomputed, not reused
     g3 = stages.support_stage(gather_out=str(tmp_path / "g3.json"), **{**kw, "settings": {**SETTINGS, "seeds": 5}})
     assert g3["answers"][1]["wall_s"] != -1.0
+
+
+def test_search_reports_zero_when_the_image_flips_without_any_change():
+    calls = []
+
+    def always(k):
+        calls.append(k)
+        return Probe(k=k, accuracy=0.0, n_models=3, flipped=True)
+
+    found, probes = support.search(always, 64, 6)
+    assert found == 0 and calls == [64, 0] and [p.k for p in probes] == [64, 0]
+    found, probes = support.search(oracle(9), 64, 6)
+    assert found == 9 and [p.k for p in probes][:2] == [64, 0]
+    found, probes = support.search(oracle(10**6), 64, 6)
+    assert found is None and [p.k for p in probes] == [64]
+
+
+def test_an_answer_is_recomputed_when_its_ranking_changes(tmp_path):
+    from simattr import store
+
+    queries, files = _support_inputs(tmp_path)
+    unit = dict(queries_path=queries, scores_path=files[0], out_path=str(tmp_path / "a" / "0.json"),
+                test_index=0, metric="removal", settings=SETTINGS)
+    first = support.answer(**unit)
+    assert support.expected_answer(**unit) == first
+    sc = store.read_scores(files[0])
+    store.write_scores(files[0], test_indices=sc["test_indices"], train_indices=sc["train_indices"],
+                       scores=-sc["scores"], topk=sc["topk"], attrs=sc["attrs"])       # the reverse ranking
+    assert support.expected_answer(**unit) is None
+    second = support.answer(**unit)
+    assert second["settings_hash"] != first["settings_hash"]
+
+
+def test_threshold_of_one_is_refused():
+    from simattr.errors import SimattrError
+
+    X, y = _toy()
+    with pytest.raises(SimattrError, match="threshold"):
+        support.make_probe(X_train=X, y_train=y, x_query=X[0], label=0, ranking=np.arange(10), metric="removal",
+                           flip_class=None, n_classes=3, recipe=models.Recipe(), seeds=3, threshold=1.0,
+                           early_stop=True, dataset="toy", test_index=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,29 @@ def test_changing_support_seeds_reruns_only_support_and_report(run, tmp_path):
     assert job_counts(r.stdout) == {"support": 8, "report": 1, "all": 1}
 
 
+def test_launch_settings_rerun_nothing(run, tmp_path):
+    def change(c):
+        c["launch"].update(parallelism=1, timeout_min=7, cpus_per_task=2)
+    r = smk("-n", "--cores", "2", workdir=run, configfile=variant(tmp_path, change))
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
+
+
+def test_a_real_rerun_after_changing_esvm_C_recomputes_exactly_the_esvm_answers(run, tmp_path):
+    wd = tmp_path / "copy"
+    shutil.copytree(run, wd)                    # keep the shared run untouched for the other tests
+    root = wd / "results" / "digits" / "support"
+    before = {p.relative_to(root): json.loads(p.read_text())["settings_hash"] for p in root.glob("*/*/*/*.json")}
+    r = smk("--cores", "2", workdir=wd, configfile=variant(tmp_path, lambda c: c["esvm"].update(C=5.0)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    with h5py.File(wd / "results" / "digits" / "scores" / "simclr" / "esvm" / "class-0.h5") as f:
+        assert json.loads(f.attrs["settings"])["C"] == 5.0
+    after = {p.relative_to(root): json.loads(p.read_text())["settings_hash"] for p in root.glob("*/*/*/*.json")}
+    assert before.keys() == after.keys()
+    for key in before:
+        changed = before[key] != after[key]
+        assert changed == (key.parts[:2] == ("simclr", "esvm")), key
+
+
 @pytest.mark.parametrize("configfile", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_dry_run_passes_for_every_config(configfile, tmp_path):
     r = smk("-n", "--cores", "2", workdir=tmp_path, configfile=configfile)
@@ -167,6 +191,8 @@ def test_lint_reports_nothing(tmp_path):
     (lambda c: c["methods"].append({"encoder": "pixels", "ranker": "trak"}),
      "got 'trak', valid values: esvm, knn_l2, knn_cos, random"),
     (lambda c: c["support"].update(seedz=3), "'seedz' was unexpected"),
+    (lambda c: c["support"].update(threshold=1.0), "config key 'support.threshold': expected a value < 1"),
+    (lambda c: c["methods"].append(dict(c["methods"][0])), "config key 'methods': has the same entry twice"),
 ])
 def test_bad_config_is_one_clear_error_before_any_job(change, expected, tmp_path):
     cfg = variant(tmp_path, change)

@@ -30,6 +30,13 @@ def _bool(text: str) -> bool:
     return v
 
 
+def _opt(cast):
+    def parse(text: str):
+        return None if text in ("None", "none", "") else cast(text)
+    parse.__name__ = cast.__name__
+    return parse
+
+
 def _setup_logging(path: str | None) -> None:
     logger = logging.getLogger("simattr")
     logger.setLevel(logging.INFO)
@@ -94,10 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-index", required=True)
     p.add_argument("--class-conditioned", type=_bool, default=True)
     p.add_argument("--topk", type=int, required=True)
-    p.add_argument("--C", type=float, default=0.1)
-    p.add_argument("--tol", type=float, default=1e-6)
-    p.add_argument("--max-iter", type=int, default=10000)
-    p.add_argument("--random-seed", type=int, default=0)
+    p.add_argument("--C", type=_opt(float), default=0.1)
+    p.add_argument("--tol", type=_opt(float), default=1e-6)
+    p.add_argument("--max-iter", type=_opt(int), default=10000)
+    p.add_argument("--random-seed", type=_opt(int), default=0)
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("queries", help="train full-data models, sample test images, find their flip classes")
@@ -162,7 +169,7 @@ def run(argv: list[str] | None = None) -> int:
         stages.score_class(dataset=a.dataset, encoder=a.encoder, ranker=a.ranker, cls=a.cls,
                            train_index=a.train_index, test_index=a.test_index,
                            class_conditioned=a.class_conditioned, topk=a.topk,
-                           esvm={"C": a.C, "tol": a.tol, "max_iter": a.max_iter}, random_seed=a.random_seed,
+                           esvm={"C": a.C, "tol": a.tol, "max_iter": a.max_iter}, random_seed=a.random_seed or 0,
                            out=a.out, progress=progress)
     elif a.cmd == "queries":
         from . import support
@@ -181,7 +188,8 @@ def run(argv: list[str] | None = None) -> int:
                               "weight_decay": r.weight_decay}}
         launch = LaunchSettings(cluster=a.cluster, folder=a.submitit_dir, parallelism=a.parallelism,
                                 timeout_min=a.timeout_min, cpus_per_task=a.cpus_per_task,
-                                gpus_per_node=a.gpus_per_node, mem_gb=a.mem_gb, slurm_partition=a.slurm_partition)
+                                gpus_per_node=a.gpus_per_node, mem_gb=a.mem_gb,
+                                slurm_partition=a.slurm_partition or None)
         stages.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir,
                              gather_out=a.out, metric=a.metric, settings=settings, launch=launch, progress=progress)
     elif a.cmd == "report":

@@ -34,6 +34,8 @@ def _describe(error) -> str:
         return f"config key '{where}': {error.message} (check the spelling against the schema)"
     if v == "required":
         return f"config key '{where}': {error.message}"
+    if v == "uniqueItems":
+        return f"config key '{where}': has the same entry twice ({got})"
     if v == "minItems":
         return f"config key '{where}': expected at least {error.validator_value} item(s), got {got}"
     if v in ("anyOf", "oneOf"):

@@ -5,7 +5,8 @@
 The digits recipe is an MLP (in -> hidden -> classes, ReLU) trained full-batch with Adam on standardised
 pixels. It is written in numpy and batched over seeds (one stacked matmul per layer), so a support worker
 starts in a fraction of a second (no torch import) and the models of one probe train together. A model's
-result depends only on its own seed, never on which other seeds share its batch.
+result depends only on its own seed, never on which other seeds share its batch, and BLAS runs on one
+thread so that it does not depend on the cores a task was given either (tasks run side by side instead).
 """
 from __future__ import annotations
 
@@ -29,6 +30,19 @@ class Recipe:
     def __post_init__(self):
         if self.name not in MODELS:
             raise SimattrError(f"unknown model '{self.name}'; valid: {', '.join(MODELS)}")
+
+
+_BLAS = None
+
+
+def _one_blas_thread():
+    """BLAS pinned to one thread: a model's bits then never depend on the cores its task was given."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def standardise(train_images: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
@@ -100,6 +114,7 @@ def train_predict(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, 
     """Train one model per seed on (X_train, y_train); class probabilities on X_eval, shape (S, n_eval, C)."""
     if len(seeds) == 0:
         return np.zeros((0, len(X_eval), n_classes), np.float32)
-    params = train_mlp(X_train, y_train, list(seeds), n_classes, hidden=recipe.hidden, steps=recipe.steps,
-                       lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return predict_mlp(params, X_eval)
+    with _one_blas_thread():
+        params = train_mlp(X_train, y_train, list(seeds), n_classes, hidden=recipe.hidden, steps=recipe.steps,
+                           lr=recipe.lr, weight_decay=recipe.weight_decay)
+        return predict_mlp(params, X_eval)

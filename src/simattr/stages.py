@@ -122,13 +122,14 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
     for t, y in zip(test_indices, arrays["y_query"].tolist()):
         if y not in by_class:
             raise SimattrError(f"no score file for class {y} (test image {t}) among the inputs")
-        out = Path(answers_dir) / f"{t}.json"
-        prev = support.finished_answer(out, support.settings_hash(metric, t, settings))
-        if prev is not None:          # resume: an answer computed with these settings is kept
+        unit = {"queries_path": queries, "scores_path": by_class[y],
+                "out_path": str(Path(answers_dir) / f"{t}.json"), "test_index": t, "metric": metric,
+                "settings": settings}
+        prev = support.expected_answer(**unit)
+        if prev is not None:          # resume: an answer computed from these very inputs is kept
             done[t] = prev
             continue
-        units.append({"queries_path": queries, "scores_path": by_class[y], "out_path": str(out),
-                      "test_index": t, "metric": metric, "settings": settings})
+        units.append(unit)
         labels.append(f"test image {t}")
     name = f"support-{settings['encoder']}-{settings['ranker']}-{metric}"
     if done:
@@ -141,11 +142,11 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
         for f in failures:
             log.error("%s", f)
         raise SimattrError(f"{len(failures)} of {len(units)} support tasks failed; first: {failures[0]}")
+    answers = [done[t] for t in test_indices]
     gather = {"dataset": settings["dataset"], "encoder": settings["encoder"], "ranker": settings["ranker"],
-              "metric": metric, "k_max": settings["k_max"], "settings": settings,
-              "wall_s": round(time.perf_counter() - t0, 3), "answers": [done[t] for t in test_indices]}
+              "metric": metric, "k_max": max(a["k_max"] for a in answers), "settings": settings,
+              "wall_s": round(time.perf_counter() - t0, 3), "answers": answers}
     store.write_json(gather_out, gather)
-    answers = gather["answers"]
     log.info("%s: %d answers (%d flipped within k_max), %d models trained, %.1f s", name, len(answers),
              sum(a["support"] is not None for a in answers), sum(a["trainings"] for a in answers),
              time.perf_counter() - t0)

@@ -56,6 +56,10 @@ def seed_from(*identity: Any) -> int:
 
 
 # ----------------------------------------------------------------------------------------- atomic
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -66,6 +70,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; outputs are shared like any file
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -172,6 +177,10 @@ def write_embeddings(out_dir: str | os.PathLike, features: np.ndarray, labels: n
         write_shard(out_dir / name, features[start:stop], labels[start:stop], np.arange(start, stop),
                     dataset=dataset, split=split, encoder=encoder, config_hash=config_hash)
         shards.append({"file": name, "start": start, "stop": stop})
+    listed = {sh["file"] for sh in shards}
+    for old in out_dir.glob("shard-*.h5"):        # shards of an earlier shard_size are not part of this set
+        if old.name not in listed:
+            old.unlink()
     classes = {str(int(c)): int((labels == c).sum()) for c in np.unique(labels)}
     manifest = provenance(dataset=dataset, split=split, encoder=encoder, feature_dim=int(features.shape[1]),
                           config_hash=config_hash, n=int(n), shards=shards, class_counts=classes)

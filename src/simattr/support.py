@@ -12,6 +12,7 @@ full set of models would give, and fewer models are trained.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import models, store
+from . import __version__, models, store
+from .errors import SimattrError
 
 METRICS = ("removal", "mislabel")
+PROTOCOL_VERSION = 2   # 2: k = 0 is probed after a flipping k_max probe
 
 
 @dataclass
@@ -37,15 +40,17 @@ class Probe:
                 "flipped": self.flipped}
 
 
-def bisect_support(probe: Callable[[int], Probe], k_max: int, budget: int) -> tuple[int | None, list[Probe]]:
+def bisect_support(probe: Callable[[int], Probe], k_max: int, budget: int, *, first: Probe | None = None
+                   ) -> tuple[int | None, list[Probe]]:
     """Smallest flipping k in 1..k_max by bisection after a k_max probe; None when k_max does not flip.
 
     With budget >= ceil(log2(k_max)) and a monotone probe the answer is the exact minimum.
-    With a smaller budget it is the smallest flipping k seen (an upper bound).
+    With a smaller budget it is the smallest flipping k seen (an upper bound). `first`: the k_max probe,
+    when it was already made.
     """
     if k_max < 1:
         return None, []
-    first = probe(k_max)
+    first = first if first is not None else probe(k_max)
     probes = [first]
     if not first.flipped:
         return None, probes
@@ -86,7 +91,9 @@ def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray,
                threshold: float, early_stop: bool, dataset: str, test_index: int) -> Callable[[int], Probe]:
     """A probe(k) for one test image: retrain on the training set with its top-k removed or relabelled."""
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric}")
+        raise SimattrError(f"unknown metric '{metric}'; valid: {', '.join(METRICS)}")
+    if not 0.0 <= threshold < 1.0 or seeds < 1:
+        raise SimattrError(f"support.threshold must be in [0, 1) and support.seeds >= 1 (got {threshold}, {seeds})")
 
     def probe(k: int) -> Probe:
         top = ranking[:k]
@@ -115,21 +122,65 @@ def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray,
     return probe
 
 
-def settings_hash(metric: str, test_index: int, settings: dict) -> str:
-    """What an answer depends on; an answer file with the same hash is reused, never recomputed."""
-    return store.config_hash({"metric": metric, "test_index": int(test_index), **settings})
+def _inputs(queries_path: str, scores_path: str, test_index: int) -> dict:
+    """Everything one answer reads: the retraining data, the image, its label and flip class, its ranking."""
+    arrays, qattrs = store.read_arrays(queries_path, ("X_train", "y_train", "test_indices", "X_query",
+                                                      "y_query", "flip_class"))
+    where = np.flatnonzero(arrays["test_indices"] == test_index)
+    if len(where) != 1:
+        raise SimattrError(f"{queries_path}: test image {test_index} is not among the sampled queries")
+    qi = int(where[0])
+    sc = store.read_scores(scores_path)
+    row = np.flatnonzero(sc["test_indices"] == test_index)
+    if len(row) != 1:
+        raise SimattrError(f"{scores_path}: no scores for test image {test_index}")
+    ranking = sc["train_indices"][np.argsort(-sc["scores"][row[0]], kind="stable")]
+    return {"X_train": arrays["X_train"], "y_train": arrays["y_train"], "x_query": arrays["X_query"][qi],
+            "label": int(arrays["y_query"][qi]), "flip_class": int(arrays["flip_class"][qi]), "ranking": ranking,
+            "n_classes": int(qattrs["n_classes"]), "queries_hash": str(qattrs.get("config_hash", ""))}
 
 
-def finished_answer(path: str | Path, s_hash: str) -> dict | None:
-    """The answer stored at `path` if it is complete and was computed with these settings."""
+def answer_hash(metric: str, test_index: int, settings: dict, inputs: dict) -> str:
+    """The identity of an answer: its settings, the exact ranking and query it was computed from, and the
+    code version. A stored answer with the same hash is reused, never recomputed; any change recomputes."""
+    ranking = np.ascontiguousarray(inputs["ranking"], dtype=np.int64)
+    return store.config_hash({
+        "metric": metric, "test_index": int(test_index), "settings": settings,
+        "ranking": hashlib.sha256(ranking.tobytes()).hexdigest(), "label": inputs["label"],
+        "flip_class": inputs["flip_class"] if metric == "mislabel" else None,
+        "queries": inputs["queries_hash"], "simattr_version": __version__, "protocol": PROTOCOL_VERSION})
+
+
+def finished_answer(path: str | Path, a_hash: str) -> dict | None:
+    """The answer stored at `path` if it is complete and has this identity."""
     path = Path(path)
     if not path.exists():
         return None
     try:
         prev = store.read_json(path)
-    except Exception:
+    except SimattrError:
         return None
-    return prev if isinstance(prev, dict) and prev.get("settings_hash") == s_hash else None
+    return prev if isinstance(prev, dict) and prev.get("settings_hash") == a_hash else None
+
+
+def expected_answer(*, queries_path: str, scores_path: str, out_path: str, test_index: int, metric: str,
+                    settings: dict) -> dict | None:
+    """The stored answer if it is still valid for these inputs, else None (the task must run)."""
+    inputs = _inputs(queries_path, scores_path, test_index)
+    return finished_answer(out_path, answer_hash(metric, test_index, settings, inputs))
+
+
+def search(probe: Callable[[int], Probe], k_max: int, budget: int) -> tuple[int | None, list[Probe]]:
+    """The protocol: k_max first (not flipped: None); then k = 0 (flipped already without any change: 0,
+    the image sits on a seed-noise boundary and bisection's assumption fails); then bisection."""
+    support, probes = bisect_support(probe, k_max, 0)
+    if support is None:
+        return None, probes
+    zero = probe(0)
+    if zero.flipped:
+        return 0, probes + [zero]
+    support, rest = bisect_support(probe, k_max, budget, first=probes[0])
+    return support, [probes[0], zero] + rest[1:]
 
 
 def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: int, metric: str,
@@ -139,42 +190,29 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
     settings: dataset, encoder, ranker, k_max, bisection_steps, seeds, threshold, early_stop,
     model {name, hidden, steps, lr, weight_decay}.
     """
-    out = Path(out_path)
-    s_hash = settings_hash(metric, test_index, settings)
-    prev = finished_answer(out, s_hash)
+    t0 = time.perf_counter()
+    inputs = _inputs(queries_path, scores_path, test_index)
+    a_hash = answer_hash(metric, test_index, settings, inputs)
+    prev = finished_answer(out_path, a_hash)
     if prev is not None:
         return prev
-    t0 = time.perf_counter()
-    arrays, qattrs = store.read_arrays(queries_path, ("X_train", "y_train", "test_indices", "X_query",
-                                                      "y_query", "flip_class"))
-    where = np.flatnonzero(arrays["test_indices"] == test_index)
-    if len(where) != 1:
-        raise ValueError(f"{queries_path}: test index {test_index} is not among the sampled queries")
-    qi = int(where[0])
-    label = int(arrays["y_query"][qi])
-    sc = store.read_scores(scores_path)
-    row = np.flatnonzero(sc["test_indices"] == test_index)
-    if len(row) != 1:
-        raise ValueError(f"{scores_path}: test index {test_index} not found")
-    order = np.argsort(-sc["scores"][row[0]], kind="stable")
-    ranking = sc["train_indices"][order]
-    k_max = int(min(settings["k_max"], len(ranking)))
-    flip = int(arrays["flip_class"][qi]) if metric == "mislabel" else None
-    recipe = models.Recipe(**settings["model"])
-    probe = make_probe(X_train=arrays["X_train"], y_train=arrays["y_train"], x_query=arrays["X_query"][qi],
-                       label=label, ranking=ranking, metric=metric, flip_class=flip,
-                       n_classes=int(qattrs["n_classes"]), recipe=recipe, seeds=int(settings["seeds"]),
-                       threshold=float(settings["threshold"]), early_stop=bool(settings["early_stop"]),
-                       dataset=settings["dataset"], test_index=test_index)
-    support, probes = bisect_support(probe, k_max, int(settings["bisection_steps"]))
+    k_max = int(min(settings["k_max"], len(inputs["ranking"])))
+    flip = inputs["flip_class"] if metric == "mislabel" else None
+    probe = make_probe(X_train=inputs["X_train"], y_train=inputs["y_train"], x_query=inputs["x_query"],
+                       label=inputs["label"], ranking=inputs["ranking"], metric=metric, flip_class=flip,
+                       n_classes=inputs["n_classes"], recipe=models.Recipe(**settings["model"]),
+                       seeds=int(settings["seeds"]), threshold=float(settings["threshold"]),
+                       early_stop=bool(settings["early_stop"]), dataset=settings["dataset"],
+                       test_index=test_index)
+    support, probes = search(probe, k_max, int(settings["bisection_steps"]))
     result = {
         "dataset": settings["dataset"], "encoder": settings["encoder"], "ranker": settings["ranker"],
-        "metric": metric, "test_index": int(test_index), "label": label, "flip_class": flip,
+        "metric": metric, "test_index": int(test_index), "label": inputs["label"], "flip_class": flip,
         "support": support, "k_max": k_max, "trainings": int(sum(p.n_models for p in probes)),
         "probes": [p.as_dict() for p in probes], "wall_s": round(time.perf_counter() - t0, 4),
-        "settings_hash": s_hash,
+        "settings_hash": a_hash,
     }
-    store.write_json(out, result)
+    store.write_json(out_path, result)
     return result
 
 
@@ -199,12 +237,15 @@ def prepare_queries(*, dataset: str, test_fraction: float, split_seed: int, n_te
     acc = (probs.argmax(-1) == te.labels[None]).mean(0)           # per test image, over models
     eligible = np.flatnonzero(acc > 0.5)
     if len(eligible) < n_test:
-        raise ValueError(f"only {len(eligible)} test images are classified correctly; support.n_test={n_test}")
+        raise SimattrError(f"support.n_test={n_test} but only {len(eligible)} of {len(te.labels)} test images are "
+                           "classified correctly by the full-data models; lower support.n_test")
     rng = np.random.default_rng(store.seed_from("queries", dataset, sample_seed))
     chosen = np.sort(rng.choice(eligible, size=n_test, replace=False))
     order = np.argsort(-mean_probs[chosen], axis=1, kind="stable")
     flip = np.where(order[:, 1] == te.labels[chosen], order[:, 0], order[:, 1])
-    attrs = {"dataset": dataset, "n_classes": n_classes, "n_eligible": int(len(eligible)),
+    identity = {"dataset": dataset, "test_fraction": test_fraction, "split_seed": split_seed, "n_test": n_test,
+                "sample_seed": sample_seed, "flip_models": flip_models, "recipe": recipe.__dict__}
+    attrs = {"dataset": dataset, "config_hash": store.config_hash(identity), "n_classes": n_classes, "n_eligible": int(len(eligible)),
              "full_model_accuracy": float((probs.argmax(-1) == te.labels[None]).mean()),
              "flip_models": flip_models}
     store.write_arrays(out_path, {

@@ -5,6 +5,18 @@ from simattr import store
 from simattr.datasets import n_classes
 from simattr.errors import SimattrError
 from snakemake.exceptions import WorkflowError
+import os
+import shutil
+import sys
+
+# the rules call `simattr`; when Snakemake was started from a virtual environment that is not activated,
+# find it beside the Python running Snakemake (conda rules put their own environment first anyway)
+envvars:
+    "PATH",
+
+
+if shutil.which("simattr") is None:
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 try:
     _validated = sconfig.validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -51,14 +63,9 @@ def class_scores(wildcards):
     return [path(store.SCORES, encoder=wildcards.encoder, ranker=wildcards.ranker, cls=c) for c in CLASSES]
 
 
-def ranker_flags(wildcards):
-    """The settings of one ranker (only those, so changing esvm.C reruns only ESVM scores)."""
-    if wildcards.ranker == "esvm":
-        e = config["esvm"]
-        return f"--C {e['C']} --tol {e['tol']} --max-iter {e['max_iter']}"
-    if wildcards.ranker == "random":
-        return f"--random-seed {config['score']['random_seed']}"
-    return ""
+def ranker_setting(wildcards, ranker, section, key):
+    """A ranker's own setting, and None for the other rankers: changing esvm.C reruns only ESVM scores."""
+    return config[section][key] if wildcards.ranker == ranker else None
 
 
 def local_task_threads(wildcards):

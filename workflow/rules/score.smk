@@ -16,7 +16,10 @@ rule score:
         dataset=D,
         class_conditioned=config["score"]["class_conditioned"],
         topk=config["score"]["topk"],
-        ranker_flags=ranker_flags,
+        C=lambda wildcards: ranker_setting(wildcards, "esvm", "esvm", "C"),
+        tol=lambda wildcards: ranker_setting(wildcards, "esvm", "esvm", "tol"),
+        max_iter=lambda wildcards: ranker_setting(wildcards, "esvm", "esvm", "max_iter"),
+        random_seed=lambda wildcards: ranker_setting(wildcards, "random", "score", "random_seed"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -26,4 +29,5 @@ rule score:
         "simattr --log {log} --no-progress score --dataset {params.dataset} --encoder {wildcards.encoder}"
         " --ranker {wildcards.ranker} --class {wildcards.cls} --train-index {input.train}"
         " --test-index {input.test} --class-conditioned {params.class_conditioned} --topk {params.topk}"
-        " {params.ranker_flags} --out {output}"
+        " --C {params.C} --tol {params.tol} --max-iter {params.max_iter} --random-seed {params.random_seed}"
+        " --out {output}"

@@ -56,19 +56,17 @@ rule support:
         steps=config["model"]["steps"],
         lr=config["model"]["lr"],
         weight_decay=config["model"]["weight_decay"],
-        cluster=config["launch"]["cluster"],
-        parallelism=config["launch"]["parallelism"],
-        timeout_min=config["launch"]["timeout_min"],
-        cpus_per_task=config["launch"]["cpus_per_task"],
-        gpus_per_node=config["launch"]["gpus_per_node"],
-        mem_gb=config["launch"]["mem_gb"],
-        partition=(
-            f"--slurm-partition {config['launch']['slurm_partition']}"
-            if config["launch"]["slurm_partition"]
-            else ""
-        ),
         answers=lambda wildcards: path(store.SUPPORT_DIR, **wildcards),
         submitit=lambda wildcards: path("{dataset}/submitit/{encoder}-{ranker}-{metric}", **wildcards),
+    # how the tasks run never changes an answer: resources, unlike params, do not trigger reruns
+    resources:
+        submitit_cluster=config["launch"]["cluster"],
+        submitit_parallelism=config["launch"]["parallelism"],
+        submitit_timeout_min=config["launch"]["timeout_min"],
+        submitit_cpus_per_task=config["launch"]["cpus_per_task"],
+        submitit_gpus_per_node=config["launch"]["gpus_per_node"],
+        submitit_mem_gb=str(config["launch"]["mem_gb"]),
+        submitit_partition=config["launch"]["slurm_partition"] or "",
     localrule: True
     # on the local executor the tasks run on this machine: reserve their cores so that Snakemake does
     # not start other jobs on top of them
@@ -81,7 +79,8 @@ rule support:
         " --scores {input.scores} --k-max {params.k_max} --bisection-steps {params.bisection_steps}"
         " --seeds {params.seeds} --threshold {params.threshold} --early-stop {params.early_stop}"
         " --model {params.model} --hidden {params.hidden} --steps {params.steps} --lr {params.lr}"
-        " --weight-decay {params.weight_decay} --cluster {params.cluster} --parallelism {params.parallelism}"
-        " --timeout-min {params.timeout_min} --cpus-per-task {params.cpus_per_task}"
-        " --gpus-per-node {params.gpus_per_node} --mem-gb {params.mem_gb} {params.partition}"
+        " --weight-decay {params.weight_decay} --cluster {resources.submitit_cluster}"
+        " --parallelism {resources.submitit_parallelism} --timeout-min {resources.submitit_timeout_min}"
+        " --cpus-per-task {resources.submitit_cpus_per_task} --gpus-per-node {resources.submitit_gpus_per_node}"
+        " --mem-gb {resources.submitit_mem_gb} --slurm-partition '{resources.submitit_partition}'"
         " --submitit-dir {params.submitit} --answers-dir {params.answers} --out {output}"
