@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -132,6 +133,10 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
         units.append(unit)
         labels.append(f"test image {t}")
     name = f"support-{settings['encoder']}-{settings['ranker']}-{metric}"
+    need = math.ceil(math.log2(max(settings["k_max"], 1)))
+    if settings["bisection_steps"] < need:
+        log.warning("%s: bisection_steps=%d < ceil(log2(k_max=%d))=%d: answers are upper bounds, not minima",
+                    name, settings["bisection_steps"], settings["k_max"], need)
     if done:
         log.info("%s: %d of %d answers already computed with these settings; running %d", name, len(done),
                  len(test_indices), len(units))
