@@ -131,8 +131,9 @@ def test_support_stage_answers_every_image_and_resumes_without_retraining(metric
     (tmp_path / "answers" / "2.json").unlink()
     g2 = stages.support_stage(gather_out=str(tmp_path / "g2.json"), **kw)
     assert g2["answers"][1]["wall_s"] == -1.0
-    strip = lambda a: {k: v for k, v in a.items() if k != "wall_s"}
+    strip = lambda a: {k: v for k, v in a.items() if k not in ("wall_s", "models_reused")}
     assert strip(g2["answers"][2]) == strip(g1["answers"][2])
+    assert g2["answers"][2]["models_reused"] == g2["answers"][2]["trainings"]   # all from its journal
     # other settings: recomputed, not reused
     g3 = stages.support_stage(gather_out=str(tmp_path / "g3.json"), **{**kw, "settings": {**SETTINGS, "seeds": 5}})
     assert g3["answers"][1]["wall_s"] != -1.0
@@ -177,3 +178,40 @@ def test_threshold_of_one_is_refused():
         support.make_probe(X_train=X, y_train=y, x_query=X[0], label=0, ranking=np.arange(10), metric="removal",
                            flip_class=None, n_classes=3, recipe=models.Recipe(), seeds=3, threshold=1.0,
                            early_stop=True, dataset="toy", test_index=0)
+
+
+def test_a_task_killed_midway_resumes_from_its_journal_without_training_a_model_twice(tmp_path, monkeypatch):
+    import json
+
+    queries, files = _support_inputs(tmp_path)
+    unit = dict(queries_path=queries, scores_path=files[0], test_index=0, metric="removal", settings=SETTINGS)
+    clean = support.answer(out_path=str(tmp_path / "clean" / "0.json"), **unit)
+    assert clean["trainings"] > 4
+
+    real = models.train_predict
+    calls = {"n": 0}
+
+    def dies_on_the_fourth_call(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **kw)
+
+    out = tmp_path / "crash" / "0.json"
+    monkeypatch.setattr(models, "train_predict", dies_on_the_fourth_call)
+    with pytest.raises(KeyboardInterrupt):
+        support.answer(out_path=str(out), **unit)
+    assert not out.exists()
+    journal = support.journal_path(out)
+    done_before = len(journal.read_text().splitlines())
+    assert done_before >= 3
+    with journal.open("a") as f:
+        f.write('{"identity": "cut by the cr')                    # a torn last line is ignored
+    monkeypatch.setattr(models, "train_predict", real)
+    resumed = support.answer(out_path=str(out), **unit)
+    strip = lambda a: {k: v for k, v in a.items() if k not in ("wall_s", "models_reused")}
+    assert strip(resumed) == strip(clean)
+    assert resumed["models_reused"] == done_before
+    entries = [json.loads(ln) for ln in journal.read_text().splitlines()]
+    keys = [(e["k"], e["seed_index"]) for e in entries]
+    assert len(keys) == len(set(keys)) == clean["trainings"]       # no model trained twice

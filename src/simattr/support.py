@@ -13,7 +13,9 @@ full set of models would give, and fewer models are trained.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,10 +88,63 @@ def model_seed(dataset: str, test_index: int, k: int, seed_index: int) -> int:
     return store.seed_from("model", dataset, test_index, k, seed_index)
 
 
+class Journal:
+    """Every model trained for one answer, one JSON line each, flushed as it is trained.
+
+    A task that dies (preempted, killed, out of time) and runs again reads its journal and retrains none
+    of the models listed there. Lines written for other inputs (another answer identity) are discarded.
+    """
+
+    def __init__(self, path: str | Path | None, identity: str):
+        self.path = Path(path) if path else None
+        self.identity = identity
+        self.models: dict[tuple[int, int], dict] = {}
+        self.reused = 0
+        if self.path is None:
+            return
+        lines = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:        # a line cut by a crash
+                    continue
+                if entry.get("identity") == identity:
+                    self.models[(entry["k"], entry["seed_index"])] = entry
+                    lines.append(line)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with store.atomic_path(self.path) as tmp:   # keep only this identity's complete lines
+            tmp.write_text("".join(ln + "\n" for ln in lines))
+        self._fh = self.path.open("a")
+
+    def get(self, k: int, seed_index: int) -> dict | None:
+        entry = self.models.get((k, seed_index))
+        if entry is not None:
+            self.reused += 1
+        return entry
+
+    def add(self, k: int, seed_index: int, seed: int, pred: int, correct: bool, margin: float) -> None:
+        entry = {"identity": self.identity, "k": k, "seed_index": seed_index, "seed": seed, "pred": pred,
+                 "correct": correct, "margin": round(margin, 6)}
+        self.models[(k, seed_index)] = entry
+        if self.path is not None:
+            self._fh.write(json.dumps(entry) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self.path is not None:
+            self._fh.close()
+
+
 def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, label: int, ranking: np.ndarray,
                metric: str, flip_class: int | None, n_classes: int, recipe: models.Recipe, seeds: int,
-               threshold: float, early_stop: bool, dataset: str, test_index: int) -> Callable[[int], Probe]:
-    """A probe(k) for one test image: retrain on the training set with its top-k removed or relabelled."""
+               threshold: float, early_stop: bool, dataset: str, test_index: int,
+               journal: Journal | None = None) -> Callable[[int], Probe]:
+    """A probe(k) for one test image: retrain on the training set with its top-k removed or relabelled.
+
+    Models already in `journal` are not trained again; new ones are added to it as they finish."""
+    journal = journal if journal is not None else Journal(None, "")
     if metric not in METRICS:
         raise SimattrError(f"unknown metric '{metric}'; valid: {', '.join(METRICS)}")
     if not 0.0 <= threshold < 1.0 or seeds < 1:
@@ -112,9 +167,15 @@ def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray,
             if n_next == 0:
                 break
             batch, pending = pending[:n_next], pending[n_next:]
-            s = [model_seed(dataset, test_index, k, i) for i in batch]
-            probs = models.train_predict(X, y, x_query[None], seeds=s, n_classes=n_classes, recipe=recipe)
-            correct += int((probs[:, 0].argmax(-1) == label).sum())
+            todo = [i for i in batch if journal.get(k, i) is None]
+            if todo:
+                s = [model_seed(dataset, test_index, k, i) for i in todo]
+                probs = models.train_predict(X, y, x_query[None], seeds=s, n_classes=n_classes, recipe=recipe)
+                for i, seed, p in zip(todo, s, probs[:, 0]):
+                    p_y = min(max(float(p[label]), 1e-12), 1.0 - 1e-12)
+                    journal.add(k, i, seed, pred=int(p.argmax()), correct=bool(p.argmax() == label),
+                                margin=math.log(p_y) - math.log(1 - p_y))
+            correct += sum(journal.models[(k, i)]["correct"] for i in batch)
             trained += len(batch)
         # settled (or complete): the decision equals the one all `seeds` models would give
         return Probe(k=k, accuracy=correct / trained, n_models=trained, flipped=correct <= limit)
@@ -138,6 +199,12 @@ def _inputs(queries_path: str, scores_path: str, test_index: int) -> dict:
     return {"X_train": arrays["X_train"], "y_train": arrays["y_train"], "x_query": arrays["X_query"][qi],
             "label": int(arrays["y_query"][qi]), "flip_class": int(arrays["flip_class"][qi]), "ranking": ranking,
             "n_classes": int(qattrs["n_classes"]), "queries_hash": str(qattrs.get("config_hash", ""))}
+
+
+def journal_path(answer_path: str | Path) -> Path:
+    """{test_index}.journal.jsonl beside {test_index}.json."""
+    p = Path(answer_path)
+    return p.with_name(p.stem + ".journal.jsonl")
 
 
 def answer_hash(metric: str, test_index: int, settings: dict, inputs: dict) -> str:
@@ -198,19 +265,23 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
         return prev
     k_max = int(min(settings["k_max"], len(inputs["ranking"])))
     flip = inputs["flip_class"] if metric == "mislabel" else None
+    journal = Journal(journal_path(out_path), a_hash)
     probe = make_probe(X_train=inputs["X_train"], y_train=inputs["y_train"], x_query=inputs["x_query"],
                        label=inputs["label"], ranking=inputs["ranking"], metric=metric, flip_class=flip,
                        n_classes=inputs["n_classes"], recipe=models.Recipe(**settings["model"]),
                        seeds=int(settings["seeds"]), threshold=float(settings["threshold"]),
                        early_stop=bool(settings["early_stop"]), dataset=settings["dataset"],
-                       test_index=test_index)
-    support, probes = search(probe, k_max, int(settings["bisection_steps"]))
+                       test_index=test_index, journal=journal)
+    try:
+        support, probes = search(probe, k_max, int(settings["bisection_steps"]))
+    finally:
+        journal.close()
     result = {
         "dataset": settings["dataset"], "encoder": settings["encoder"], "ranker": settings["ranker"],
         "metric": metric, "test_index": int(test_index), "label": inputs["label"], "flip_class": flip,
         "support": support, "k_max": k_max, "trainings": int(sum(p.n_models for p in probes)),
         "probes": [p.as_dict() for p in probes], "wall_s": round(time.perf_counter() - t0, 4),
-        "settings_hash": a_hash,
+        "settings_hash": a_hash, "models_reused": journal.reused,
     }
     store.write_json(out_path, result)
     return result
