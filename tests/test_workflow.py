@@ -5,8 +5,10 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -18,10 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_CFG = REPO / "config" / "test.yaml"
 
 
-def smk(*args: str, workdir: Path, configfile: Path = TEST_CFG) -> subprocess.CompletedProcess:
+def smk_cmd(*args: str, workdir: Path, configfile: Path = TEST_CFG) -> tuple[list[str], dict]:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(configfile), *args]
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+            "--configfile", str(configfile), *args], env
+
+
+def smk(*args: str, workdir: Path, configfile: Path = TEST_CFG) -> subprocess.CompletedProcess:
+    cmd, env = smk_cmd(*args, workdir=workdir, configfile=configfile)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
 
 
@@ -201,3 +207,42 @@ def test_bad_config_is_one_clear_error_before_any_job(change, expected, tmp_path
     assert expected in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "results").exists()
+
+
+def _answers(wd: Path) -> dict:
+    root = wd / "results" / "digits" / "support"
+    drop = ("wall_s", "models_reused")
+    return {p.relative_to(root): {k: v for k, v in json.loads(p.read_text()).items() if k not in drop}
+            for p in root.glob("*/*/*/*.json")}
+
+
+def test_sigkill_during_support_then_rerun_gives_the_same_answers_and_no_model_twice(run, tmp_path):
+    wd = tmp_path / "killed"
+    wd.mkdir()
+    cmd, env = smk_cmd("--cores", "2", workdir=wd)
+    p = subprocess.Popen(cmd, cwd=wd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    journals = lambda: list((wd / "results" / "digits" / "support").glob("*/*/*/*.journal.jsonl"))
+    deadline = time.monotonic() + 600
+    try:
+        while sum(len(j.read_text().splitlines()) for j in journals()) < 30:
+            assert p.poll() is None, "the workflow ended before the support stage could be killed"
+            assert time.monotonic() < deadline, "the support stage did not start"
+            time.sleep(0.1)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)          # snakemake, the support rule and its submitit workers
+        p.wait()
+    assert not (wd / "results" / "digits" / "report" / "report.md").exists()
+    assert smk("--unlock", workdir=wd).returncode == 0
+    r = smk("--cores", "2", "--rerun-incomplete", workdir=wd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _answers(wd) == _answers(run)
+    drop = {"mean_wall_s"}
+    rows = lambda d: [{k: v for k, v in row.items() if k not in drop}
+                      for row in csv.DictReader((d / "results" / "digits" / "report" / "support.csv").open())]
+    assert rows(wd) == rows(run)
+    for j in journals():
+        keys = [(e["k"], e["seed_index"]) for e in map(json.loads, j.read_text().splitlines())]
+        assert len(keys) == len(set(keys)), j          # no model trained twice
+        answer = json.loads(j.with_name(j.name.replace(".journal.jsonl", ".json")).read_text())
+        assert len(keys) == answer["trainings"]
