@@ -307,7 +307,7 @@ def plot_cdf(gathers: list[dict], path: str | os.PathLike) -> None:
         ax.set_ylabel("fraction of test images flipped (support ≤ k)")
         ax.grid(True, alpha=0.3)
         if mine:
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     _save_png(fig, path)
 
