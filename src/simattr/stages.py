@@ -108,6 +108,7 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
                   settings: dict, launch, progress: bool = True) -> dict:
     """Submit one array task per sampled test image; wait; gather the answers into `gather_out`."""
     from . import launch as launch_mod
+    from . import support
 
     t0 = time.perf_counter()
     arrays, _ = store.read_arrays(queries, ("test_indices", "y_query"))
@@ -115,7 +116,6 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
     for f in score_files:
         sc = store.read_scores(f)
         by_class[int(sc["attrs"]["class"])] = f
-    from . import support
 
     test_indices = arrays["test_indices"].tolist()
     done: dict[int, dict] = {}
