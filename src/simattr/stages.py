@@ -111,11 +111,12 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
     from . import support
 
     t0 = time.perf_counter()
-    arrays, _ = store.read_arrays(queries, ("test_indices", "y_query"))
+    loaded_queries = support.load_queries(queries)
+    arrays = loaded_queries["arrays"]
     by_class = {}
     for f in score_files:
-        sc = store.read_scores(f)
-        by_class[int(sc["attrs"]["class"])] = f
+        sc = support.load_scores(f)
+        by_class[int(sc["attrs"]["class"])] = sc
 
     test_indices = arrays["test_indices"].tolist()
     done: dict[int, dict] = {}
@@ -123,10 +124,10 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
     for t, y in zip(test_indices, arrays["y_query"].tolist()):
         if y not in by_class:
             raise SimattrError(f"no score file for class {y} (test image {t}) among the inputs")
-        unit = {"queries_path": queries, "scores_path": by_class[y],
+        unit = {"queries_path": queries, "scores_path": by_class[y]["path"],
                 "out_path": str(Path(answers_dir) / f"{t}.json"), "test_index": t, "metric": metric,
                 "settings": settings}
-        prev = support.expected_answer(**unit)
+        prev = support.expected_answer(**unit, queries=loaded_queries, scores=by_class[y])
         if prev is not None:          # resume: an answer computed from these very inputs is kept
             done[t] = prev
             continue

@@ -183,19 +183,30 @@ def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray,
     return probe
 
 
-def _inputs(queries_path: str, scores_path: str, test_index: int) -> dict:
-    """Everything one answer reads: the retraining data, the image, its label and flip class, its ranking."""
-    arrays, qattrs = store.read_arrays(queries_path, ("X_train", "y_train", "test_indices", "X_query",
-                                                      "y_query", "flip_class"))
+QUERY_KEYS = ("X_train", "y_train", "test_indices", "X_query", "y_query", "flip_class")
+
+
+def load_queries(path: str) -> dict:
+    arrays, attrs = store.read_arrays(path, QUERY_KEYS)
+    return {"path": str(path), "arrays": arrays, "attrs": attrs}
+
+
+def load_scores(path: str) -> dict:
+    return {"path": str(path), **store.read_scores(path)}
+
+
+def _inputs(queries: dict, scores: dict, test_index: int) -> dict:
+    """Everything one answer reads: the retraining data, the image, its label and flip class, its ranking.
+    `queries` and `scores` come from load_queries / load_scores (read once, shared by many images)."""
+    arrays, qattrs = queries["arrays"], queries["attrs"]
     where = np.flatnonzero(arrays["test_indices"] == test_index)
     if len(where) != 1:
-        raise SimattrError(f"{queries_path}: test image {test_index} is not among the sampled queries")
+        raise SimattrError(f"{queries['path']}: test image {test_index} is not among the sampled queries")
     qi = int(where[0])
-    sc = store.read_scores(scores_path)
-    row = np.flatnonzero(sc["test_indices"] == test_index)
+    row = np.flatnonzero(scores["test_indices"] == test_index)
     if len(row) != 1:
-        raise SimattrError(f"{scores_path}: no scores for test image {test_index}")
-    ranking = sc["train_indices"][np.argsort(-sc["scores"][row[0]], kind="stable")]
+        raise SimattrError(f"{scores['path']}: no scores for test image {test_index}")
+    ranking = scores["train_indices"][np.argsort(-scores["scores"][row[0]], kind="stable")]
     return {"X_train": arrays["X_train"], "y_train": arrays["y_train"], "x_query": arrays["X_query"][qi],
             "label": int(arrays["y_query"][qi]), "flip_class": int(arrays["flip_class"][qi]), "ranking": ranking,
             "n_classes": int(qattrs["n_classes"]), "queries_hash": str(qattrs.get("config_hash", ""))}
@@ -231,9 +242,10 @@ def finished_answer(path: str | Path, a_hash: str) -> dict | None:
 
 
 def expected_answer(*, queries_path: str, scores_path: str, out_path: str, test_index: int, metric: str,
-                    settings: dict) -> dict | None:
-    """The stored answer if it is still valid for these inputs, else None (the task must run)."""
-    inputs = _inputs(queries_path, scores_path, test_index)
+                    settings: dict, queries: dict | None = None, scores: dict | None = None) -> dict | None:
+    """The stored answer if it is still valid for these inputs, else None (the task must run).
+    `queries` / `scores`: the files already loaded, when the caller checks many images."""
+    inputs = _inputs(queries or load_queries(queries_path), scores or load_scores(scores_path), test_index)
     return finished_answer(out_path, answer_hash(metric, test_index, settings, inputs))
 
 
@@ -258,7 +270,7 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
     model {name, hidden, steps, lr, weight_decay}.
     """
     t0 = time.perf_counter()
-    inputs = _inputs(queries_path, scores_path, test_index)
+    inputs = _inputs(load_queries(queries_path), load_scores(scores_path), test_index)
     a_hash = answer_hash(metric, test_index, settings, inputs)
     prev = finished_answer(out_path, a_hash)
     if prev is not None:
