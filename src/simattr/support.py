@@ -252,14 +252,16 @@ def expected_answer(*, queries_path: str, scores_path: str, out_path: str, test_
 def search(probe: Callable[[int], Probe], k_max: int, budget: int) -> tuple[int | None, list[Probe]]:
     """The protocol: k_max first (not flipped: None); then k = 0 (flipped already without any change: 0,
     the image sits on a seed-noise boundary and bisection's assumption fails); then bisection."""
-    support, probes = bisect_support(probe, k_max, 0)
-    if support is None:
-        return None, probes
+    if k_max < 1:
+        return None, []
+    first = probe(k_max)
+    if not first.flipped:
+        return None, [first]
     zero = probe(0)
     if zero.flipped:
-        return 0, probes + [zero]
-    support, rest = bisect_support(probe, k_max, budget, first=probes[0])
-    return support, [probes[0], zero] + rest[1:]
+        return 0, [first, zero]
+    support, rest = bisect_support(probe, k_max, budget, first=first)
+    return support, [first, zero] + rest[1:]
 
 
 def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: int, metric: str,
