@@ -45,5 +45,5 @@ def test_random_is_seeded_per_query():
 
 
 def test_unknown_ranker_lists_valid_names():
-    with pytest.raises(SimattrError, match="esvm, knn_l2, knn_cos, random"):
+    with pytest.raises(SimattrError, match="esvm, esvm_reference, knn_l2, knn_cos, random"):
         rankers.score("trak", np.zeros((1, 2)), np.zeros((3, 2)))

@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=_opt(float), default=1e-6)
     p.add_argument("--max-iter", type=_opt(int), default=10000)
     p.add_argument("--random-seed", type=_opt(int), default=0)
+    p.add_argument("--chunk-size", type=_opt(int), default=128, help="queries solved together (esvm, knn)")
+    p.add_argument("--device", type=_opt(str), default="auto", help="auto, cpu or cuda (esvm, knn)")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("queries", help="train full-data models, sample test images, find their flip classes")
@@ -169,7 +171,8 @@ def run(argv: list[str] | None = None) -> int:
         stages.score_class(dataset=a.dataset, encoder=a.encoder, ranker=a.ranker, cls=a.cls,
                            train_index=a.train_index, test_index=a.test_index,
                            class_conditioned=a.class_conditioned, topk=a.topk,
-                           esvm={"C": a.C, "tol": a.tol, "max_iter": a.max_iter}, random_seed=a.random_seed or 0,
+                           esvm={"C": a.C, "tol": a.tol, "max_iter": a.max_iter, "chunk_size": a.chunk_size,
+                                 "device": a.device}, random_seed=a.random_seed or 0,
                            out=a.out, progress=progress)
     elif a.cmd == "queries":
         from . import support

@@ -11,7 +11,7 @@ from .errors import SimattrError
 
 # The registries' names, known without importing torch (the schema lists them too; a test checks both agree).
 ENCODERS = ("pixels", "simclr", "supervised")
-RANKERS = ("esvm", "knn_l2", "knn_cos", "random")
+RANKERS = ("esvm", "esvm_reference", "knn_l2", "knn_cos", "random")
 METRICS = ("removal", "mislabel")
 
 

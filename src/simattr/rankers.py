@@ -2,57 +2,67 @@
 
     score(name, queries (m, d), candidates (n, d), **settings) -> (m, n) float32, higher = more supportive
 
-`esvm` is the exemplar SVM of the method notes: per query, a LinearSVC with the query as the only positive
-and the candidates as negatives (C=0.1, balanced class weights, squared hinge, tol 1e-6, max_iter 10000);
-each candidate's score is the fitted decision_function on it.
+`esvm` is the exemplar SVM of the method notes (per query, a linear SVM with the query as the only positive
+and the candidates as negatives: C=0.1, balanced class weights, squared hinge), solved for all queries of a
+class at once by `simattr.esvm.exemplar_svm_scores`; `esvm_reference` is the released per-query
+scikit-learn loop it is checked against. `knn_l2` / `knn_cos` run on the same batched matrix-product path
+(torch, chunks of queries, CUDA when present).
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
+import torch
 
+from . import esvm as esvm_mod
 from .errors import SimattrError
 
 RankerFn = Callable[..., np.ndarray]
 
 
-def esvm(queries: np.ndarray, candidates: np.ndarray, *, C: float = 0.1, tol: float = 1e-6,
-         max_iter: int = 10000, progress: bool = False, **_) -> np.ndarray:
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.svm import LinearSVC
+def _device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SimattrError("esvm.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(device)
 
-    m, n = len(queries), len(candidates)
-    out = np.empty((m, n), dtype=np.float32)
-    if n == 0:
-        return out
-    y = np.zeros(n + 1, dtype=np.int64)
-    y[0] = 1
-    for i in tqdm(range(m), desc="esvm", unit="query", disable=not progress, leave=False):
-        X = np.vstack([queries[i:i + 1], candidates]).astype(np.float64)
-        svm = LinearSVC(C=C, class_weight="balanced", loss="squared_hinge", tol=tol, max_iter=max_iter)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            svm.fit(X, y)
-        out[i] = svm.decision_function(candidates.astype(np.float64))
+
+def esvm(queries: np.ndarray, candidates: np.ndarray, *, C: float = 0.1, chunk_size: int = 128,
+         device=None, progress: bool = False, **_) -> np.ndarray:
+    return esvm_mod.exemplar_svm_scores(queries, candidates, C, device=_device(device), chunk_size=chunk_size,
+                                        progress=progress)
+
+
+def esvm_reference(queries: np.ndarray, candidates: np.ndarray, *, C: float = 0.1, tol: float = 1e-6,
+                   max_iter: int = 10000, progress: bool = False, **_) -> np.ndarray:
+    return esvm_mod.esvm_reference(queries, candidates, C, tol=tol, max_iter=max_iter, progress=progress)
+
+
+def _batched(kernel, queries: np.ndarray, candidates: np.ndarray, chunk_size: int, device) -> np.ndarray:
+    """kernel(Q chunk, candidates) on torch tensors, chunk by chunk; float32 numpy out."""
+    dev = _device(device)
+    c = torch.as_tensor(np.asarray(candidates, dtype=np.float32), device=dev)
+    q = np.asarray(queries, dtype=np.float32)
+    out = np.empty((len(q), len(c)), dtype=np.float32)
+    step = max(1, int(chunk_size))
+    for s in range(0, len(q), step):
+        out[s:s + step] = kernel(torch.as_tensor(q[s:s + step], device=dev), c).cpu().numpy()
     return out
 
 
-def knn_l2(queries: np.ndarray, candidates: np.ndarray, **_) -> np.ndarray:
-    q = queries.astype(np.float64)
-    c = candidates.astype(np.float64)
-    d2 = (q * q).sum(1)[:, None] - 2.0 * q @ c.T + (c * c).sum(1)[None, :]
-    return (-np.sqrt(np.maximum(d2, 0.0))).astype(np.float32)
+def knn_l2(queries: np.ndarray, candidates: np.ndarray, *, chunk_size: int = 128, device=None, **_) -> np.ndarray:
+    """Minus the Euclidean distance."""
+    return _batched(lambda q, c: -torch.cdist(q, c, compute_mode="use_mm_for_euclid_dist"),
+                    queries, candidates, chunk_size, device)
 
 
-def knn_cos(queries: np.ndarray, candidates: np.ndarray, **_) -> np.ndarray:
-    q = queries.astype(np.float64)
-    c = candidates.astype(np.float64)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-    return (q @ c.T).astype(np.float32)
+def knn_cos(queries: np.ndarray, candidates: np.ndarray, *, chunk_size: int = 128, device=None, **_
+            ) -> np.ndarray:
+    """Cosine similarity."""
+    unit = lambda x: x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)  # noqa: E731
+    return _batched(lambda q, c: unit(q) @ unit(c).T, queries, candidates, chunk_size, device)
 
 
 def random(queries: np.ndarray, candidates: np.ndarray, *, query_seeds: np.ndarray | None = None, **_
@@ -64,7 +74,8 @@ def random(queries: np.ndarray, candidates: np.ndarray, *, query_seeds: np.ndarr
                     ).astype(np.float32).reshape(len(queries), len(candidates))
 
 
-RANKERS: dict[str, RankerFn] = {"esvm": esvm, "knn_l2": knn_l2, "knn_cos": knn_cos, "random": random}
+RANKERS: dict[str, RankerFn] = {"esvm": esvm, "esvm_reference": esvm_reference, "knn_l2": knn_l2,
+                                "knn_cos": knn_cos, "random": random}
 
 
 def score(name: str, queries: np.ndarray, candidates: np.ndarray, **settings) -> np.ndarray:

@@ -82,9 +82,11 @@ def score_class(*, dataset: str, encoder: str, ranker: str, cls: int, train_inde
     c_idx = np.flatnonzero(tr_y == cls) if class_conditioned else np.arange(len(tr_y))
     if len(c_idx) == 0:
         raise SimattrError(f"{train_index}: class {cls} has no training images")
-    settings: dict = {}
-    if ranker in ("esvm",):
-        settings = dict(esvm)
+    batched = {"chunk_size": esvm.get("chunk_size") or 128, "device": esvm.get("device") or "auto"}
+    settings: dict = {
+        "esvm": {"C": esvm["C"], **batched},
+        "esvm_reference": {"C": esvm["C"], "tol": esvm["tol"], "max_iter": esvm["max_iter"]},
+        "knn_l2": batched, "knn_cos": batched}.get(ranker, {})
     if ranker == "random":
         settings = {"query_seeds": np.array([store.seed_from("random", dataset, random_seed, int(i)) for i in q_idx])}
     scores = rankers.score(ranker, te_f[q_idx], tr_f[c_idx], progress=progress, **settings)

@@ -63,9 +63,10 @@ def class_scores(wildcards):
     return [path(store.SCORES, encoder=wildcards.encoder, ranker=wildcards.ranker, cls=c) for c in CLASSES]
 
 
-def ranker_setting(wildcards, ranker, section, key):
+def ranker_setting(wildcards, rankers, section, key):
     """A ranker's own setting, and None for the other rankers: changing esvm.C reruns only ESVM scores."""
-    return config[section][key] if wildcards.ranker == ranker else None
+    rankers = (rankers,) if isinstance(rankers, str) else rankers
+    return config[section][key] if wildcards.ranker in rankers else None
 
 
 def local_task_threads(wildcards):

@@ -16,9 +16,11 @@ rule score:
         dataset=D,
         class_conditioned=config["score"]["class_conditioned"],
         topk=config["score"]["topk"],
-        C=lambda wildcards: ranker_setting(wildcards, "esvm", "esvm", "C"),
-        tol=lambda wildcards: ranker_setting(wildcards, "esvm", "esvm", "tol"),
-        max_iter=lambda wildcards: ranker_setting(wildcards, "esvm", "esvm", "max_iter"),
+        C=lambda wildcards: ranker_setting(wildcards, ("esvm", "esvm_reference"), "esvm", "C"),
+        tol=lambda wildcards: ranker_setting(wildcards, "esvm_reference", "esvm", "tol"),
+        max_iter=lambda wildcards: ranker_setting(wildcards, "esvm_reference", "esvm", "max_iter"),
+        chunk_size=lambda wildcards: ranker_setting(wildcards, ("esvm", "knn_l2", "knn_cos"), "esvm", "chunk_size"),
+        device=lambda wildcards: ranker_setting(wildcards, ("esvm", "knn_l2", "knn_cos"), "esvm", "device"),
         random_seed=lambda wildcards: ranker_setting(wildcards, "random", "score", "random_seed"),
     threads: 1
     resources:
@@ -30,4 +32,5 @@ rule score:
         " --ranker {wildcards.ranker} --class {wildcards.cls} --train-index {input.train}"
         " --test-index {input.test} --class-conditioned {params.class_conditioned} --topk {params.topk}"
         " --C {params.C} --tol {params.tol} --max-iter {params.max_iter} --random-seed {params.random_seed}"
+        " --chunk-size {params.chunk_size} --device {params.device}"
         " --out {output}"
