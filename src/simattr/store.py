@@ -205,10 +205,6 @@ def read_embeddings(index_path: str | os.PathLike, *, expect_hash: str | None = 
                                    f"manifest says {manifest[key]!r} (stale shard)")
         if idx[0] != sh["start"] or len(idx) != sh["stop"] - sh["start"]:
             raise SimattrError(f"{index_path.parent / sh['file']}: indices do not cover {sh['start']}..{sh['stop']}")
-        if np.issubdtype(f.dtype, np.floating) and not np.isfinite(f).all():
-            r, c = np.argwhere(~np.isfinite(f))[0]
-            raise SimattrError(f"{index_path.parent / sh['file']}: features hold NaN or inf (first at row {r}, "
-                               f"column {c}); expected finite values, re-embed this split")
         feats.append(f)
         labels.append(l)
     return np.concatenate(feats), np.concatenate(labels), manifest
