@@ -195,7 +195,7 @@ def test_lint_reports_nothing(tmp_path):
     (lambda c: c["methods"].append({"encoder": "moco", "ranker": "esvm"}),
      "got 'moco', valid values: pixels, simclr, supervised"),
     (lambda c: c["methods"].append({"encoder": "pixels", "ranker": "trak"}),
-     "got 'trak', valid values: esvm, knn_l2, knn_cos, random"),
+     "got 'trak', valid values: esvm, esvm_reference, knn_l2, knn_cos, random"),
     (lambda c: c["support"].update(seedz=3), "'seedz' was unexpected"),
     (lambda c: c["support"].update(threshold=1.0), "config key 'support.threshold': expected a value < 1"),
     (lambda c: c["methods"].append(dict(c["methods"][0])), "config key 'methods': has the same entry twice"),
