@@ -98,6 +98,11 @@ def _pad_rows(rows: torch.Tensor, cols: torch.Tensor, B: int, pad: int) -> torch
     return idx
 
 
+def _take_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """table[idx] for a (B, k) index matrix (index_select: several times faster than advanced indexing)."""
+    return table.index_select(0, idx.reshape(-1)).view(*idx.shape, *table.shape[1:])
+
+
 def _rows_where(mask: torch.Tensor, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Column indices of the True entries of each row, padded with `pad`: (idx (B, k), valid (B, k)),
     k = the largest count of a row."""
@@ -196,7 +201,7 @@ class _PrimalSystem:
     """
 
     #: at most this many changed rows are handled by Woodbury before refactoring
-    woodbury_max = 128
+    woodbury_max = 64
 
     def __init__(self, neg: _Negatives, B: int, device, dtype):
         self.neg = neg
@@ -206,7 +211,7 @@ class _PrimalSystem:
         self.act = torch.zeros(B, neg.n, dtype=torch.bool, device=device)
 
     def keep(self, sel: torch.Tensor) -> None:
-        self.H, self.L, self.rhs, self.act = self.H[sel], self.L[sel], self.rhs[sel], self.act[sel]
+        self.H, self.L, self.rhs, self.act = (t.index_select(0, sel) for t in (self.H, self.L, self.rhs, self.act))
 
     def solve(self, act: torch.Tensor, actp: torch.Tensor, Qa: torch.Tensor) -> torch.Tensor:
         neg = self.neg
@@ -215,7 +220,7 @@ class _PrimalSystem:
         entered = act[rows, cols]
         enter = _pad_rows(rows[entered], cols[entered], len(act), neg.n)
         leave = _pad_rows(rows[~entered], cols[~entered], len(act), neg.n)
-        Xp, Xm = neg.Na_pad[enter], neg.Na_pad[leave]                  # padding rows are zero
+        Xp, Xm = _take_rows(neg.Na_pad, enter), _take_rows(neg.Na_pad, leave)     # padding rows are zero
         rhs = self.rhs - a2 * (Xp.sum(1) - Xm.sum(1))
         if max(enter.shape[1], leave.shape[1]) > self.woodbury_max:
             self.H.baddbmm_(Xp.mT, Xp, alpha=a2)
@@ -223,7 +228,7 @@ class _PrimalSystem:
                 self.H.baddbmm_(Xm.mT, Xm, alpha=-a2)
             L, info = torch.linalg.cholesky_ex(self.H)
             if bool((info != 0).any()):                # lost definiteness to rounding: rebuild exactly
-                X2 = neg.Na_pad[_rows_where(act, pad=neg.n)[0]]
+                X2 = _take_rows(neg.Na_pad, _rows_where(act, pad=neg.n)[0])
                 self.H = torch.eye(neg.D, dtype=X2.dtype, device=X2.device).repeat(len(X2), 1, 1)
                 self.H.baddbmm_(X2.mT, X2, alpha=a2)
                 L = torch.linalg.cholesky(self.H)
@@ -255,7 +260,7 @@ class _DualSystem:
 
     def keep(self, sel: torch.Tensor) -> None:
         if self.KQ is not None:
-            self.KQ = self.KQ[sel]
+            self.KQ = self.KQ.index_select(0, sel)
 
     def solve(self, act: torch.Tensor, actp: torch.Tensor, Qa: torch.Tensor) -> torch.Tensor:
         neg = self.neg
@@ -267,7 +272,7 @@ class _DualSystem:
         if K is not None:
             Kaa = K[idx[:, :, None], idx[:, None, :]]
         else:
-            X = neg.Na[idx]
+            X = _take_rows(neg.Na, idx)
             Kaa = X @ X.transpose(1, 2)
         if self.KQ is None:
             self.KQ = Qa @ neg.Na.T
@@ -365,11 +370,10 @@ def _solve_chunk(neg: _Negatives, Q: torch.Tensor, info: SolveInfo, max_iter: in
             live = live[:0]
             break
         if n_fin * 2 >= len(live):           # drop finished queries from the batch (a copy of its state)
-            keep = ~finished
-            live, W, Z, zq, f, Qa = live[keep], W[keep], Z[keep], zq[keep], f[keep], Qa[keep]
-            act, actp = act[keep], actp[keep]
+            keep = (~finished).nonzero()[:, 0]
+            live, W, Z, zq, f, Qa, act, actp = (t.index_select(0, keep) for t in (live, W, Z, zq, f, Qa, act, actp))
             system.keep(keep)
-            finished = finished[keep]
+            finished = finished.index_select(0, keep)
     if len(live):
         rest = ~finished
         info.unconverged += int(rest.sum())
