@@ -392,8 +392,8 @@ def exemplar_svm_scores(queries, negatives, C: float = 0.1, *, device=None, dtyp
     Equal, up to the solver tolerance, to scikit-learn's LinearSVC(C, class_weight='balanced',
     squared hinge, tol=1e-6) fitted on [query; negatives] and evaluated by decision_function(negatives).
     `device`: torch device (default: CUDA when present, else CPU). `dtype`: compute dtype (default float32;
-    float16/bfloat16 inputs are computed in float32). `chunk_size`: queries solved together (memory is about
-    chunk_size x n x 4 values). `what` names the input in errors. Returns the same kind of array as
+    float16/bfloat16 inputs are computed in float32). `chunk_size`: queries solved together (memory: a few
+    chunk_size x n arrays, plus chunk_size x (d+1)^2 in the primal or chunk_size x k^2 in the dual, k <= n). `what` names the input in errors. Returns the same kind of array as
     `queries` (numpy float32 for numpy input), and a SolveInfo when `return_info`.
     """
     as_numpy = not isinstance(queries, torch.Tensor)

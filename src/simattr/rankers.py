@@ -10,6 +10,7 @@ scikit-learn loop it is checked against. `knn_l2` / `knn_cos` run on the same ba
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import numpy as np
@@ -19,6 +20,7 @@ from . import esvm as esvm_mod
 from .errors import SimattrError
 
 RankerFn = Callable[..., np.ndarray]
+log = logging.getLogger(__name__)
 
 
 def _device(device) -> torch.device:
@@ -31,8 +33,10 @@ def _device(device) -> torch.device:
 
 def esvm(queries: np.ndarray, candidates: np.ndarray, *, C: float = 0.1, chunk_size: int = 128,
          device=None, progress: bool = False, **_) -> np.ndarray:
-    return esvm_mod.exemplar_svm_scores(queries, candidates, C, device=_device(device), chunk_size=chunk_size,
-                                        progress=progress)
+    scores, info = esvm_mod.exemplar_svm_scores(queries, candidates, C, device=_device(device),
+                                                chunk_size=chunk_size, progress=progress, return_info=True)
+    log.info("esvm: %s", info.summary())
+    return scores
 
 
 def esvm_reference(queries: np.ndarray, candidates: np.ndarray, *, C: float = 0.1, tol: float = 1e-6,
