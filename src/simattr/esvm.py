@@ -201,7 +201,7 @@ class _PrimalSystem:
     """
 
     #: at most this many changed rows are handled by Woodbury before refactoring
-    woodbury_max = 64
+    woodbury_max = 32
 
     def __init__(self, neg: _Negatives, B: int, device, dtype):
         self.neg = neg
@@ -215,40 +215,81 @@ class _PrimalSystem:
 
     def solve(self, act: torch.Tensor, actp: torch.Tensor, Qa: torch.Tensor) -> torch.Tensor:
         neg = self.neg
-        a2 = 2 * neg.Cn
+        B = len(act)
         rows, cols = (act ^ self.act).nonzero(as_tuple=True)
         entered = act[rows, cols]
-        enter = _pad_rows(rows[entered], cols[entered], len(act), neg.n)
-        leave = _pad_rows(rows[~entered], cols[~entered], len(act), neg.n)
-        Xp, Xm = _take_rows(neg.Na_pad, enter), _take_rows(neg.Na_pad, leave)     # padding rows are zero
-        rhs = self.rhs - a2 * (Xp.sum(1) - Xm.sum(1))
-        if max(enter.shape[1], leave.shape[1]) > self.woodbury_max:
-            self.H.baddbmm_(Xp.mT, Xp, alpha=a2)
-            if leave.shape[1]:
-                self.H.baddbmm_(Xm.mT, Xm, alpha=-a2)
-            L, info = torch.linalg.cholesky_ex(self.H)
-            if bool((info != 0).any()):                # lost definiteness to rounding: rebuild exactly
-                X2 = _take_rows(neg.Na_pad, _rows_where(act, pad=neg.n)[0])
-                self.H = torch.eye(neg.D, dtype=X2.dtype, device=X2.device).repeat(len(X2), 1, 1)
-                self.H.baddbmm_(X2.mT, X2, alpha=a2)
-                L = torch.linalg.cholesky(self.H)
-            self.L, self.rhs, self.act = L, rhs, act
-            sol = _chol_solve(L, torch.stack([rhs, Qa], 2))                          # (B, D, 2)
-        else:
-            # (H_L + U S U^T)^-1 B = Y - Y_U (I + S U^T Y_U)^-1 S U^T Y, U = [Xp; Xm]^T, S = 2 Cn diag(+1, -1)
-            X = torch.cat([Xp, Xm], 1)
-            r = X.shape[1]
-            Sd = torch.cat([torch.full(Xp.shape[:2], a2, dtype=Qa.dtype, device=Qa.device),
-                            torch.full(Xm.shape[:2], -a2, dtype=Qa.dtype, device=Qa.device)], 1)
-            Y = _chol_solve(self.L, torch.cat([torch.stack([rhs, Qa], 2), X.mT], 2))
-            Yb, YU = Y[:, :, :2], Y[:, :, 2:]
-            M = torch.eye(r, dtype=Qa.dtype, device=Qa.device) + Sd[:, :, None] * (X @ YU)
-            sol = Yb - YU @ torch.linalg.solve(M, Sd[:, :, None] * (X @ Yb))
+        enter = _pad_rows(rows[entered], cols[entered], B, neg.n)
+        leave = _pad_rows(rows[~entered], cols[~entered], B, neg.n)
+        n_changed = torch.maximum(torch.bincount(rows[entered], minlength=B),
+                                  torch.bincount(rows[~entered], minlength=B))
+        refactor = n_changed > self.woodbury_max
+        n_ref = int(refactor.sum())
+        sol = torch.empty(B, neg.D, 2, dtype=Qa.dtype, device=Qa.device)
+        if not bool(refactor.all()):     # each query by the cheaper route: Woodbury on its old factor ...
+            i = (~refactor).nonzero()[:, 0]
+            e, l_ = self._narrow(enter.index_select(0, i)), self._narrow(leave.index_select(0, i))
+            sol_w, ok = self._woodbury(i, e, l_, Qa.index_select(0, i))
+            sol.index_copy_(0, i, sol_w)
+            refactor = refactor.index_fill(0, i[~ok], True)
+        if bool(refactor.any()):         # ... or the matrix updated by the changed rows and factored again
+            i = refactor.nonzero()[:, 0]
+            e, l_ = self._narrow(enter.index_select(0, i)), self._narrow(leave.index_select(0, i))
+            sol.index_copy_(0, i, self._refactor(i, act.index_select(0, i), e, l_, Qa.index_select(0, i)))
         wq = sol[:, :, 1]
         rho = (2 * neg.Cp) * actp.to(Qa.dtype)
         wb = sol[:, :, 0] + rho[:, None] * wq
         s = (Qa * wb).sum(1) / (1 + rho * (Qa * wq).sum(1))
         return wb - (rho * s)[:, None] * wq
+
+    def _narrow(self, idx: torch.Tensor) -> torch.Tensor:
+        """Drop the columns that are padding in every row."""
+        return idx[:, :int((idx < self.neg.n).sum(1).max())] if idx.shape[1] else idx
+
+    def _state(self, i):
+        return self.H.index_select(0, i), self.L.index_select(0, i), self.rhs.index_select(0, i)
+
+    def _refactor(self, i, act, enter, leave, Qa):
+        """Update the matrix by the rows that entered (+) and left (-), factor it again; (B, D, 2) solutions."""
+        neg, a2 = self.neg, 2 * self.neg.Cn
+        H, _, rhs = self._state(i)
+        Xp, Xm = _take_rows(neg.Na_pad, enter), _take_rows(neg.Na_pad, leave)     # padding rows are zero
+        rhs = rhs - a2 * (Xp.sum(1) - Xm.sum(1))
+        H.baddbmm_(Xp.mT, Xp, alpha=a2)
+        if leave.shape[1]:
+            H.baddbmm_(Xm.mT, Xm, alpha=-a2)
+        L, info = torch.linalg.cholesky_ex(H)
+        if bool((info != 0).any()):                    # lost definiteness to rounding: rebuild exactly
+            X2 = _take_rows(neg.Na_pad, _rows_where(act, pad=neg.n)[0])
+            H = torch.eye(neg.D, dtype=X2.dtype, device=X2.device).repeat(len(X2), 1, 1)
+            H.baddbmm_(X2.mT, X2, alpha=a2)
+            L = torch.linalg.cholesky(H)
+        for mine, new in ((self.H, H), (self.L, L), (self.rhs, rhs), (self.act, act)):
+            mine.index_copy_(0, i, new)
+        return _chol_solve(L, torch.stack([rhs, Qa], 2))
+
+    def _woodbury(self, i, enter, leave, Qa):
+        """[rhs, q] solved with the kept factor of H_L, by two symmetric Woodbury updates: the rows that entered
+        (H1 = H_L + 2Cn Xp^T Xp) then the rows that left (H1 - 2Cn Xm^T Xm, still positive definite). Each
+        needs one small Cholesky (I/(2Cn) +- X H^-1 X^T); returns None where one fails (the caller refactors)."""
+        neg, a2 = self.neg, 2 * self.neg.Cn
+        _, L, rhs = self._state(i)
+        Xp, Xm = _take_rows(neg.Na_pad, enter), _take_rows(neg.Na_pad, leave)
+        rhs = rhs - a2 * (Xp.sum(1) - Xm.sum(1))
+        rp = Xp.shape[1]
+        V = _chol_solve(L, torch.cat([torch.stack([rhs, Qa], 2), Xp.mT, Xm.mT], 2))   # H_L^-1 [b, q, Xp^T, Xm^T]
+        ok = torch.ones(len(Qa), dtype=torch.bool, device=Qa.device)
+        if rp:                                         # H1^-1 v = V - Yp (I/a2 + Xp Yp)^-1 Xp V, Yp = H_L^-1 Xp^T
+            Yp, rest = V[:, :, 2:2 + rp], torch.cat([V[:, :, :2], V[:, :, 2 + rp:]], 2)
+            C, info = torch.linalg.cholesky_ex(torch.eye(rp, dtype=Qa.dtype, device=Qa.device) / a2 + Xp @ Yp)
+            ok &= info == 0
+            V = rest - Yp @ _chol_solve(C, Xp @ rest)
+        if Xm.shape[1]:                                # H2^-1 v = V + Ym (I/a2 - Xm Ym)^-1 Xm V, Ym = H1^-1 Xm^T
+            Ym, rest = V[:, :, 2:], V[:, :, :2]
+            C, info = torch.linalg.cholesky_ex(torch.eye(Xm.shape[1], dtype=Qa.dtype, device=Qa.device) / a2
+                                               - Xm @ Ym)
+            ok &= info == 0
+            V = rest + Ym @ _chol_solve(C, Xm @ rest)
+        return V[:, :, :2], ok
 
 
 class _DualSystem:
