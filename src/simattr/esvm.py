@@ -81,7 +81,7 @@ def check_finite(x, what: str) -> None:
                            "expected finite values")
 
 
-def _default_dtype(device: torch.device, dtype) -> torch.dtype:
+def _default_dtype(dtype) -> torch.dtype:
     if dtype is not None:
         return dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(np.dtype(dtype)))
     return torch.float32
@@ -106,17 +106,9 @@ def _take_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def _rows_where(mask: torch.Tensor, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Column indices of the True entries of each row, padded with `pad`: (idx (B, k), valid (B, k)),
     k = the largest count of a row."""
-    B = mask.shape[0]
-    counts = mask.sum(1)
-    k = int(counts.max()) if B else 0
-    idx = torch.full((B, k), pad, dtype=torch.long, device=mask.device)
-    valid = torch.zeros(B, k, dtype=torch.bool, device=mask.device)
-    if k:
-        rows, cols = mask.nonzero(as_tuple=True)
-        starts = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(len(rows), device=mask.device) - starts[rows]
-        idx[rows, pos] = cols
-        valid[rows, pos] = True
+    rows, cols = mask.nonzero(as_tuple=True)
+    idx = _pad_rows(rows, cols, mask.shape[0], pad)
+    valid = torch.arange(idx.shape[1], device=mask.device)[None] < mask.sum(1)[:, None]
     return idx, valid
 
 
@@ -442,7 +434,7 @@ def exemplar_svm_scores(queries, negatives, C: float = 0.1, *, device=None, dtyp
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
-    dt = _default_dtype(device, dtype)
+    dt = _default_dtype(dtype)
     if dt in (torch.float16, torch.bfloat16):
         dt = torch.float32
     check_finite(queries, f"{what} (queries)")
