@@ -215,39 +215,36 @@ class _PrimalSystem:
         n_changed = torch.maximum(torch.bincount(rows[entered], minlength=B),
                                   torch.bincount(rows[~entered], minlength=B))
         refactor = n_changed > self.woodbury_max
-        n_ref = int(refactor.sum())
         sol = torch.empty(B, neg.D, 2, dtype=Qa.dtype, device=Qa.device)
         if not bool(refactor.all()):     # each query by the cheaper route: Woodbury on its old factor ...
             i = (~refactor).nonzero()[:, 0]
-            e, l_ = self._narrow(enter.index_select(0, i)), self._narrow(leave.index_select(0, i))
-            sol_w, ok = self._woodbury(i, e, l_, Qa.index_select(0, i))
-            sol.index_copy_(0, i, sol_w)
+            sol_w, ok = self._woodbury(i, enter, leave, Qa)
+            _put(sol, i, sol_w)
             refactor = refactor.index_fill(0, i[~ok], True)
         if bool(refactor.any()):         # ... or the matrix updated by the changed rows and factored again
             i = refactor.nonzero()[:, 0]
-            e, l_ = self._narrow(enter.index_select(0, i)), self._narrow(leave.index_select(0, i))
-            sol.index_copy_(0, i, self._refactor(i, act.index_select(0, i), e, l_, Qa.index_select(0, i)))
+            _put(sol, i, self._refactor(i, act, enter, leave, Qa))
         wq = sol[:, :, 1]
         rho = (2 * neg.Cp) * actp.to(Qa.dtype)
         wb = sol[:, :, 0] + rho[:, None] * wq
         s = (Qa * wb).sum(1) / (1 + rho * (Qa * wq).sum(1))
         return wb - (rho * s)[:, None] * wq
 
-    def _narrow(self, idx: torch.Tensor) -> torch.Tensor:
-        """Drop the columns that are padding in every row."""
-        return idx[:, :int((idx < self.neg.n).sum(1).max())] if idx.shape[1] else idx
-
-    def _state(self, i):
-        return self.H.index_select(0, i), self.L.index_select(0, i), self.rhs.index_select(0, i)
+    def _rows(self, i, idx):
+        """The changed rows of queries i (padding rows are zero), without the columns that are padding in all."""
+        idx = _sub(idx, i)
+        if idx.shape[1]:
+            idx = idx[:, :int((idx < self.neg.n).sum(1).max())]
+        return _take_rows(self.neg.Na_pad, idx)
 
     def _refactor(self, i, act, enter, leave, Qa):
         """Update the matrix by the rows that entered (+) and left (-), factor it again; (B, D, 2) solutions."""
         neg, a2 = self.neg, 2 * self.neg.Cn
-        H, _, rhs = self._state(i)
-        Xp, Xm = _take_rows(neg.Na_pad, enter), _take_rows(neg.Na_pad, leave)     # padding rows are zero
+        H, rhs, act = _sub(self.H, i), _sub(self.rhs, i), _sub(act, i)    # H is self.H when i is everyone
+        Xp, Xm = self._rows(i, enter), self._rows(i, leave)
         rhs = rhs - a2 * (Xp.sum(1) - Xm.sum(1))
         H.baddbmm_(Xp.mT, Xp, alpha=a2)
-        if leave.shape[1]:
+        if Xm.shape[1]:
             H.baddbmm_(Xm.mT, Xm, alpha=-a2)
         L, info = torch.linalg.cholesky_ex(H)
         if bool((info != 0).any()):                    # lost definiteness to rounding: rebuild exactly
@@ -255,17 +252,20 @@ class _PrimalSystem:
             H = torch.eye(neg.D, dtype=X2.dtype, device=X2.device).repeat(len(X2), 1, 1)
             H.baddbmm_(X2.mT, X2, alpha=a2)
             L = torch.linalg.cholesky(H)
-        for mine, new in ((self.H, H), (self.L, L), (self.rhs, rhs), (self.act, act)):
-            mine.index_copy_(0, i, new)
-        return _chol_solve(L, torch.stack([rhs, Qa], 2))
+        if len(i) == len(self.H):
+            self.H, self.L, self.rhs, self.act = H, L, rhs, act
+        else:
+            for mine, new in ((self.H, H), (self.L, L), (self.rhs, rhs), (self.act, act)):
+                mine.index_copy_(0, i, new)
+        return _chol_solve(L, torch.stack([rhs, _sub(Qa, i)], 2))
 
     def _woodbury(self, i, enter, leave, Qa):
         """[rhs, q] solved with the kept factor of H_L, by two symmetric Woodbury updates: the rows that entered
         (H1 = H_L + 2Cn Xp^T Xp) then the rows that left (H1 - 2Cn Xm^T Xm, still positive definite). Each
-        needs one small Cholesky (I/(2Cn) +- X H^-1 X^T); returns None where one fails (the caller refactors)."""
-        neg, a2 = self.neg, 2 * self.neg.Cn
-        _, L, rhs = self._state(i)
-        Xp, Xm = _take_rows(neg.Na_pad, enter), _take_rows(neg.Na_pad, leave)
+        needs one small Cholesky (I/(2Cn) +- X H^-1 X^T); `ok` is False where one fails (the caller refactors)."""
+        a2 = 2 * self.neg.Cn
+        L, rhs, Qa = _sub(self.L, i), _sub(self.rhs, i), _sub(Qa, i)
+        Xp, Xm = self._rows(i, enter), self._rows(i, leave)
         rhs = rhs - a2 * (Xp.sum(1) - Xm.sum(1))
         rp = Xp.shape[1]
         V = _chol_solve(L, torch.cat([torch.stack([rhs, Qa], 2), Xp.mT, Xm.mT], 2))   # H_L^-1 [b, q, Xp^T, Xm^T]
@@ -282,6 +282,19 @@ class _PrimalSystem:
             ok &= info == 0
             V = rest + Ym @ _chol_solve(C, Xm @ rest)
         return V[:, :, :2], ok
+
+
+def _sub(t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """t[i] along the first dimension; t itself (no copy) when i is every row in order."""
+    return t if len(i) == len(t) else t.index_select(0, i)
+
+
+def _put(t: torch.Tensor, i: torch.Tensor, v: torch.Tensor) -> None:
+    """t[i] = v along the first dimension."""
+    if len(i) == len(t):
+        t.copy_(v)
+    else:
+        t.index_copy_(0, i, v)
 
 
 class _DualSystem:
