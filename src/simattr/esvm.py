@@ -367,25 +367,34 @@ class _DualSystem:
         return beta[:, :1] * Qa - dense @ neg.Na
 
 
-def _objective(neg: _Negatives, W, Z, zq):
-    hinge = torch.linalg.vector_norm((Z + 1).clamp_min_(0), dim=1)
+def _margins(neg: _Negatives, W: torch.Tensor) -> torch.Tensor:
+    """1 + the scores W x~ of every negative (B, n): a negative is active where this is > 0. The 1 is folded into
+    the intercept (one matrix product, no extra pass over the (B, n) array)."""
+    W1 = W.clone()
+    W1[:, -1] += 1
+    return W1 @ neg.Na.T
+
+
+def _objective(neg: _Negatives, W, M, zq):
+    """The primal objective from the margins M = 1 + scores."""
+    hinge = torch.linalg.vector_norm(M.clamp_min(0), dim=1)
     return 0.5 * (W * W).sum(1) + neg.Cn * hinge * hinge + neg.Cp * (1 - zq).clamp_min(0) ** 2
 
 
-def _line_search(neg: _Negatives, W, dW, Z, dZ, zq, dzq, iters: int = 30) -> torch.Tensor:
+def _line_search(neg: _Negatives, W, dW, M, dM, zq, dzq, iters: int = 30) -> torch.Tensor:
     """argmin over t in [0, 1] of the objective along W + t dW (convex, piecewise quadratic): bracketed Newton."""
     lo = torch.zeros(len(W), dtype=W.dtype, device=W.device)
     hi = torch.ones_like(lo)
     t = torch.full_like(lo, 0.5)
     wd, dd = (W * dW).sum(1), (dW * dW).sum(1)
     for _ in range(iters):
-        Zt = Z + t[:, None] * dZ
-        m = Zt > -1
-        r = torch.where(m, Zt + 1, torch.zeros_like(Zt))
+        Mt = M + t[:, None] * dM
+        m = Mt > 0
+        r = Mt.clamp_min_(0)
         zqt = zq + t * dzq
         mp = zqt < 1
-        g = wd + t * dd + 2 * neg.Cn * (r * dZ).sum(1) - 2 * neg.Cp * torch.where(mp, 1 - zqt, 0) * dzq
-        h = dd + 2 * neg.Cn * (m * dZ * dZ).sum(1) + 2 * neg.Cp * mp * dzq * dzq
+        g = wd + t * dd + 2 * neg.Cn * (r * dM).sum(1) - 2 * neg.Cp * torch.where(mp, 1 - zqt, 0) * dzq
+        h = dd + 2 * neg.Cn * (m * dM * dM).sum(1) + 2 * neg.Cp * mp * dzq * dzq
         lo = torch.where(g < 0, t, lo)
         hi = torch.where(g >= 0, t, hi)
         tn = t - g / h.clamp_min(1e-30)
@@ -405,39 +414,39 @@ def _solve_chunk(neg: _Negatives, Q: torch.Tensor, max_iter: int, warm_m: int
     dt, dev = Q.dtype, Q.device
     Qa = torch.cat([Q, torch.ones(B, 1, dtype=dt, device=dev)], 1)
     W = _warm_start(neg, Q, warm_m)
-    Z = W @ neg.Na.T
+    M = _margins(neg, W)                             # 1 + scores of the negatives
     zq = (W * Qa).sum(1)
-    f = _objective(neg, W, Z, zq)
+    f = _objective(neg, W, M, zq)
     out = torch.empty(B, neg.n, dtype=dt, device=dev)
     steps = torch.zeros(B, dtype=torch.long)
     live = torch.arange(B, device=dev)
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
     system = (_PrimalSystem if neg.backend == "primal" else _DualSystem)(neg, B, dev, dt)
-    act, actp = Z > -1, zq < 1
+    act, actp = M > 0, zq < 1
     for it in range(max_iter):
         Wn = system.solve(act, actp, Qa)
-        Zn = Wn @ neg.Na.T
+        Mn = _margins(neg, Wn)
         zqn = (Wn * Qa).sum(1)
-        fn = _objective(neg, Wn, Zn, zqn)
+        fn = _objective(neg, Wn, Mn, zqn)
         steps[live[~finished].cpu()] += 1
         worse = fn > f * (1 + 100 * _rtol(dt))          # a real overshoot, not rounding in the sum
         if bool(worse.any()):
             info.line_searches += int(worse.sum())
             b = worse.nonzero()[:, 0]
-            t = _line_search(neg, W[b], Wn[b] - W[b], Z[b], Zn[b] - Z[b], zq[b], zqn[b] - zq[b])
+            t = _line_search(neg, W[b], Wn[b] - W[b], M[b], Mn[b] - M[b], zq[b], zqn[b] - zq[b])
             Wn[b] = W[b] + t[:, None] * (Wn[b] - W[b])
-            Zn[b] = Z[b] + t[:, None] * (Zn[b] - Z[b])
+            Mn[b] = M[b] + t[:, None] * (Mn[b] - M[b])
             zqn[b] = zq[b] + t * (zqn[b] - zq[b])
-            fn[b] = _objective(neg, Wn[b], Zn[b], zqn[b])
-        act_n, actp_n = Zn > -1, zqn < 1
-        same = (act_n == act).all(1) & (actp_n == actp) & ~worse
+            fn[b] = _objective(neg, Wn[b], Mn[b], zqn[b])
+        act_n, actp_n = Mn > 0, zqn < 1
+        same = ~(act_n ^ act).any(1) & (actp_n == actp) & ~worse
         tiny = (Wn - W).norm(dim=1) <= _rtol(dt) * Wn.norm(dim=1)
         stalled = ((f - fn) <= _rtol(dt) * f) & ~worse      # no progress left at this precision
         done = same | tiny | stalled
-        W, Z, zq, f, act, actp = Wn, Zn, zqn, fn, act_n, actp_n
+        W, M, zq, f, act, actp = Wn, Mn, zqn, fn, act_n, actp_n
         new = done & ~finished
         if bool(new.any()):                  # a finished query's answer is final; later steps leave it alone
-            out[live[new]] = Z[new]
+            out[live[new]] = M[new] - 1
             finished |= new
         n_fin = int(finished.sum())
         if n_fin == len(live):
@@ -445,13 +454,13 @@ def _solve_chunk(neg: _Negatives, Q: torch.Tensor, max_iter: int, warm_m: int
             break
         if n_fin * 2 >= len(live):           # drop finished queries from the batch (a copy of its state)
             keep = (~finished).nonzero()[:, 0]
-            live, W, Z, zq, f, Qa, act, actp = (t.index_select(0, keep) for t in (live, W, Z, zq, f, Qa, act, actp))
+            live, W, M, zq, f, Qa, act, actp = (t.index_select(0, keep) for t in (live, W, M, zq, f, Qa, act, actp))
             system.keep(keep)
             finished = finished.index_select(0, keep)
     if len(live):
         rest = ~finished
         info.unconverged += int(rest.sum())
-        out[live[rest]] = Z[rest]
+        out[live[rest]] = M[rest] - 1
     info.newton_steps.extend(steps.tolist())
     info.active.extend((out > -1).sum(1).tolist())
     return out, info
