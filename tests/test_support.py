@@ -37,6 +37,28 @@ def test_small_budget_gives_an_upper_bound():
     assert found is not None and found >= 5 and len(probes) == 3
 
 
+def test_check_k_spreads_unprobed_values_above_the_support():
+    assert support.check_k(4, 16, {16, 0, 8, 4, 6, 5}, 1) == [12]     # the middle of 7, 9, 10, ..., 15
+    ks = support.check_k(4, 16, {16, 0, 8, 4, 6, 5}, 3)
+    assert len(ks) == 3 and all(4 < k < 16 and k not in {8, 6, 5} for k in ks) and ks == sorted(ks)
+    assert support.check_k(4, 16, set(), 100) == list(range(5, 16))      # fewer free values than asked
+    assert support.check_k(15, 16, set(), 2) == [] and support.check_k(3, 16, set(), 0) == []
+
+
+def test_monotone_checks_count_a_violation_bisection_cannot_see():
+    def probe(k):                       # flipped from 4 on, except at 10 (a non-monotone image)
+        flipped = k >= 4 and k != 10
+        return Probe(k=k, accuracy=0.0 if flipped else 1.0, n_models=1, flipped=flipped)
+    found, probes = support.search(probe, 16, 4)
+    assert found == 4 and all(p.flipped == (p.k >= 4) for p in probes)     # bisection saw nothing wrong
+    assert sorted(p.k for p in probes) == [0, 2, 3, 4, 8, 16]
+    checks = support.monotone_checks(probe, found, 16, probes, 1)
+    assert [c.k for c in checks] == [10] and not checks[0].flipped
+    assert support.monotone_checks(oracle(4), found, 16, probes, 3) and \
+        all(c.flipped for c in support.monotone_checks(oracle(4), found, 16, probes, 3))
+    assert support.monotone_checks(probe, None, 16, probes, 3) == []
+
+
 def test_models_needed_matches_training_every_model():
     rng = np.random.default_rng(0)
     for n_total in range(1, 8):

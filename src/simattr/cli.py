@@ -130,9 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, required=True)
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--early-stop", type=_bool, default=True)
+    p.add_argument("--monotone-checks", type=int, default=1)
     p.add_argument("--cluster", default="local")
     p.add_argument("--parallelism", type=int, default=2)
     p.add_argument("--timeout-min", type=int, default=60)
+    p.add_argument("--signal-delay-s", type=int, default=90)
+    p.add_argument("--max-requeues", type=int, default=3)
     p.add_argument("--cpus-per-task", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--mem-gb", type=float, default=4.0)
@@ -186,13 +189,14 @@ def run(argv: list[str] | None = None) -> int:
         r = _recipe(a)
         settings = {"dataset": a.dataset, "encoder": a.encoder, "ranker": a.ranker, "k_max": a.k_max,
                     "bisection_steps": a.bisection_steps, "seeds": a.seeds, "threshold": a.threshold,
-                    "early_stop": a.early_stop,
+                    "early_stop": a.early_stop, "monotone_checks": a.monotone_checks,
                     "model": {"name": r.name, "hidden": r.hidden, "steps": r.steps, "lr": r.lr,
                               "weight_decay": r.weight_decay}}
         launch = LaunchSettings(cluster=a.cluster, folder=a.submitit_dir, parallelism=a.parallelism,
                                 timeout_min=a.timeout_min, cpus_per_task=a.cpus_per_task,
                                 gpus_per_node=a.gpus_per_node, mem_gb=a.mem_gb,
-                                slurm_partition=a.slurm_partition or None)
+                                slurm_partition=a.slurm_partition or None, signal_delay_s=a.signal_delay_s,
+                                max_requeues=a.max_requeues)
         stages.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir,
                              gather_out=a.out, metric=a.metric, settings=settings, launch=launch, progress=progress)
     elif a.cmd == "report":

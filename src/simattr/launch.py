@@ -3,6 +3,11 @@
 `local` starts one process per task; submitit itself would start them all at once, so tasks are fed to it
 `parallelism` at a time. `slurm` submits one job array (slurm_array_parallelism caps what runs at once).
 `debug` runs every task in this process (for tests and pdb).
+
+Every task is a submitit Checkpointable: when SLURM preempts it or its time limit comes near (submitit asks
+for USR2 `signal_delay_s` seconds before), the task is requeued with the same arguments, up to
+`max_requeues` times for time limits (preemptions and `scontrol requeue` do not count). The work itself is
+resumable (support answers keep a journal of every model they trained), so a requeued task redoes nothing.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from submitit.helpers import Checkpointable as _Checkpointable
 from tqdm import tqdm
 
 CLUSTERS = ("local", "debug", "slurm")
@@ -27,6 +33,8 @@ class LaunchSettings:
     gpus_per_node: int = 0
     mem_gb: float = 4.0
     slurm_partition: str | None = None
+    signal_delay_s: int = 90
+    max_requeues: int = 3
 
 
 @dataclass
@@ -39,8 +47,9 @@ class Failure:
         return f"{self.label}: {self.error} (log: {self.log})"
 
 
-class _Task:
-    """Picklable callable: limit BLAS threads to the task's cores, then call fn(**kwargs)."""
+class _Task(_Checkpointable):
+    """Picklable callable: limit BLAS threads to the task's cores, then call fn(**kwargs). Checkpointable:
+    on preemption or near its time limit it is requeued as it was called (the work resumes itself)."""
 
     def __init__(self, fn: Callable[..., Any], threads: int):
         self.fn, self.threads = fn, threads
@@ -57,11 +66,14 @@ def _executor(s: LaunchSettings, name: str):
 
     if s.cluster not in CLUSTERS:
         raise ValueError(f"unknown cluster '{s.cluster}'; valid: {', '.join(CLUSTERS)}")
-    ex = submitit.AutoExecutor(folder=s.folder, cluster=s.cluster)
+    ex = submitit.AutoExecutor(folder=s.folder, cluster=s.cluster, slurm_max_num_timeout=s.max_requeues)
     params: dict[str, Any] = {"name": name, "timeout_min": s.timeout_min}
     if s.cluster == "slurm":
+        if s.signal_delay_s >= s.timeout_min * 60:
+            raise ValueError(f"launch.signal_delay_s ({s.signal_delay_s}) must be shorter than the time limit "
+                             f"(launch.timeout_min = {s.timeout_min} min)")
         params.update(cpus_per_task=s.cpus_per_task, gpus_per_node=s.gpus_per_node, mem_gb=s.mem_gb,
-                      slurm_array_parallelism=s.parallelism)
+                      slurm_array_parallelism=s.parallelism, slurm_signal_delay_s=s.signal_delay_s)
         if s.slurm_partition:
             params["slurm_partition"] = s.slurm_partition
     ex.update_parameters(**params)

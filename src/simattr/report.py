@@ -4,7 +4,7 @@ Inputs are the gathers of the support stage (store.SUPPORT_GATHER, one per encod
 
     {"dataset", "encoder", "ranker", "metric": "removal"|"mislabel", "k_max",
      "answers": [{"test_index", "label", "flip_class", "support": int|null, "k_max", "trainings",
-                  "probes": [...], "wall_s"}, ...]}
+                  "probes": [...], "checks": [...], "violations", "wall_s"}, ...]}
 
 An answer's support is the smallest k whose removal (or relabelling) of the method's top-k training images
 flips the test prediction; null means "not flipped even at k_max" (right-censored) and is treated as +inf
@@ -22,6 +22,8 @@ Conventions
   the bounds are observed supports or +inf). An infinite bound is None with ci_*_censored=True.
 * auc: mean over k = 1..k_max of the fraction of answers with support <= k (in [0, 1], higher = better);
   k_max is the gather's.
+* monotonicity: `checked` counts answers with check probes at unprobed k between their support and k_max
+  (support.monotone_checks); `violations` counts those where the image was not flipped at such a k.
 * win rates: over the test images both methods answered, the fraction where A's support < B's
   (null = +inf, so null vs null is a tie).
 
@@ -46,7 +48,7 @@ METRICS = ("removal", "mislabel")
 SUPPORT_COLUMNS = (
     "dataset", "method", "encoder", "ranker", "metric", "k_max", "n_test", "n_flipped", "frac_flipped",
     "median_support", "median_censored", "ci_low", "ci_high", "ci_low_censored", "ci_high_censored",
-    "auc", "mean_trainings", "mean_wall_s",
+    "auc", "mean_trainings", "mean_wall_s", "checked", "violations",
 )
 
 _GATHER_KEYS = ("dataset", "encoder", "ranker", "metric", "k_max", "answers")
@@ -150,6 +152,10 @@ def summarize(gathers: list[dict], *, n_boot: int, seed: int) -> list[dict]:
             "median_support": None, "median_censored": False,
             "ci_low": None, "ci_high": None, "ci_low_censored": False, "ci_high_censored": False,
             "auc": None, "mean_trainings": None, "mean_wall_s": None,
+            # monotonicity: answers with at least one check probe above their support, and how many of
+            # those found the image not flipped at a larger k (bisection assumes that never happens)
+            "checked": sum(bool(a.get("checks")) for a in g["answers"]),
+            "violations": sum(int(a.get("violations", 0)) > 0 for a in g["answers"]),
         }
         if n:
             med = float(_lower_median(np.sort(s)))
@@ -466,10 +472,11 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[st
             ci = f"[{lo}, {hi}]" if (lo or hi) else ""
             body.append([f"`{r['method']}`", str(r["n_test"]), str(r["n_flipped"]),
                          _pct(r.get("frac_flipped")), med or "n/a", ci, _fmt(r.get("auc"), 3),
-                         _fmt(r.get("mean_trainings"), 2), str(r["k_max"])])
+                         _fmt(r.get("mean_trainings"), 2), str(r["k_max"]),
+                         f"{r.get('violations', 0)} / {r.get('checked', 0)}"])
         out += [f"### {metric}", "",
                 _md_table(["method", "n", "flipped", "% flipped", "median support", "95% CI", "AUC",
-                           "mean trainings", "k_max"], body)]
+                           "mean trainings", "k_max", "monotonicity violations / checked"], body)]
     out += ["## Win rates", "",
             "Cell (row A, column B): percent of the test images both methods answered where A's support "
             "is smaller than B's (null = +inf; equal supports, including both censored, are ties and "

@@ -249,6 +249,25 @@ def expected_answer(*, queries_path: str, scores_path: str, out_path: str, test_
     return finished_answer(out_path, answer_hash(metric, test_index, settings, inputs))
 
 
+def check_k(support: int, k_max: int, probed: set[int], n: int) -> list[int]:
+    """Up to n values of k in (support, k_max) not probed yet, evenly spread, to test the monotonicity that
+    bisection assumes (an image flipped at `support` should stay flipped at every larger k)."""
+    free = [k for k in range(support + 1, k_max) if k not in probed]
+    if n <= 0 or not free:
+        return []
+    picks = np.linspace(0, len(free) - 1, num=min(n, len(free)) + 2)[1:-1] if len(free) > n else range(len(free))
+    return sorted({free[int(round(i))] for i in picks})
+
+
+def monotone_checks(probe: Callable[[int], Probe], support: int | None, k_max: int, probes: list[Probe],
+                    n: int) -> list[Probe]:
+    """Probe up to n unprobed k above the support; each one that is not flipped is a monotonicity violation
+    (flipped at the support, not at a larger k). Nothing to check when the support is None."""
+    if support is None:
+        return []
+    return [probe(k) for k in check_k(support, k_max, {p.k for p in probes}, n)]
+
+
 def search(probe: Callable[[int], Probe], k_max: int, budget: int) -> tuple[int | None, list[Probe]]:
     """The protocol: k_max first (not flipped: None); then k = 0 (flipped already without any change: 0,
     the image sits on a seed-noise boundary and bisection's assumption fails); then bisection."""
@@ -269,7 +288,7 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
     """Compute (or reuse) one test image's support answer; write it atomically to out_path.
 
     settings: dataset, encoder, ranker, k_max, bisection_steps, seeds, threshold, early_stop,
-    model {name, hidden, steps, lr, weight_decay}.
+    monotone_checks, model {name, hidden, steps, lr, weight_decay}.
     """
     t0 = time.perf_counter()
     inputs = _inputs(load_queries(queries_path), load_scores(scores_path), test_index)
@@ -288,13 +307,15 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
                        test_index=test_index, journal=journal)
     try:
         support, probes = search(probe, k_max, int(settings["bisection_steps"]))
+        checks = monotone_checks(probe, support, k_max, probes, int(settings.get("monotone_checks", 0)))
     finally:
         journal.close()
     result = {
         "dataset": settings["dataset"], "encoder": settings["encoder"], "ranker": settings["ranker"],
         "metric": metric, "test_index": int(test_index), "label": inputs["label"], "flip_class": flip,
-        "support": support, "k_max": k_max, "trainings": int(sum(p.n_models for p in probes)),
-        "probes": [p.as_dict() for p in probes], "wall_s": round(time.perf_counter() - t0, 4),
+        "support": support, "k_max": k_max, "trainings": int(sum(p.n_models for p in probes + checks)),
+        "probes": [p.as_dict() for p in probes], "checks": [p.as_dict() for p in checks],
+        "violations": sum(not p.flipped for p in checks), "wall_s": round(time.perf_counter() - t0, 4),
         "settings_hash": a_hash, "models_reused": journal.reused,
     }
     store.write_json(out_path, result)

@@ -51,6 +51,7 @@ rule support:
         seeds=config["support"]["seeds"],
         threshold=config["support"]["threshold"],
         early_stop=config["support"]["early_stop"],
+        monotone_checks=config["support"]["monotone_checks"],
         model=config["model"]["name"],
         hidden=config["model"]["hidden"],
         steps=config["model"]["steps"],
@@ -67,6 +68,8 @@ rule support:
         submitit_gpus_per_node=config["launch"]["gpus_per_node"],
         submitit_mem_gb=str(config["launch"]["mem_gb"]),
         submitit_partition=config["launch"]["slurm_partition"] or "",
+        submitit_signal_delay_s=config["launch"]["signal_delay_s"],
+        submitit_max_requeues=config["launch"]["max_requeues"],
     localrule: True
     # on the local executor the tasks run on this machine: reserve their cores so that Snakemake does
     # not start other jobs on top of them
@@ -78,9 +81,11 @@ rule support:
         " --ranker {wildcards.ranker} --metric {wildcards.metric} --queries {input.queries}"
         " --scores {input.scores} --k-max {params.k_max} --bisection-steps {params.bisection_steps}"
         " --seeds {params.seeds} --threshold {params.threshold} --early-stop {params.early_stop}"
+        " --monotone-checks {params.monotone_checks}"
         " --model {params.model} --hidden {params.hidden} --steps {params.steps} --lr {params.lr}"
         " --weight-decay {params.weight_decay} --cluster {resources.submitit_cluster}"
         " --parallelism {resources.submitit_parallelism} --timeout-min {resources.submitit_timeout_min}"
         " --cpus-per-task {resources.submitit_cpus_per_task} --gpus-per-node {resources.submitit_gpus_per_node}"
         " --mem-gb {resources.submitit_mem_gb} --slurm-partition '{resources.submitit_partition}'"
+        " --signal-delay-s {resources.submitit_signal_delay_s} --max-requeues {resources.submitit_max_requeues}"
         " --submitit-dir {params.submitit} --answers-dir {params.answers} --out {output}"
