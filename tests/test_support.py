@@ -78,6 +78,25 @@ def test_models_needed_matches_training_every_model():
                 assert trained <= n_total
 
 
+def test_k0_probe_reuses_the_full_data_models_and_trains_nothing(monkeypatch):
+    X, y = _toy()
+    calls = []
+    real = models.train_predict
+    monkeypatch.setattr(models, "train_predict", lambda *a, **kw: calls.append(kw["seeds"]) or real(*a, **kw))
+    kw = dict(X_train=X, y_train=y, x_query=X[0], label=0, ranking=np.arange(40), metric="removal", flip_class=None,
+              n_classes=3, recipe=models.Recipe(hidden=8, steps=20, lr=0.05), threshold=0.5, dataset="toy",
+              test_index=0)
+    journal = support.Journal(None, "")
+    p = support.make_probe(seeds=3, early_stop=True, full_correct=np.array([0, 0, 1, 1, 1], bool),
+                           journal=journal, **kw)(0)
+    assert (p.flipped, p.n_models, p.reused) == (True, 2, 2) and calls == [] and not journal.models
+    p = support.make_probe(seeds=5, early_stop=False, full_correct=np.array([1, 0, 1], bool), **kw)(0)
+    assert (p.n_models, p.reused) == (5, 3) and len(calls) == 1 and len(calls[0]) == 2   # 2 seeds beyond them
+    assert p.as_dict()["full_data_models"] == 3
+    support.make_probe(seeds=3, early_stop=True, full_correct=np.ones(5, bool), **kw)(4)  # k > 0: trained
+    assert len(calls) == 2
+
+
 def _toy():
     rng = np.random.default_rng(1)
     centers = rng.normal(size=(3, 5)) * 3
@@ -144,7 +163,7 @@ def test_support_stage_answers_every_image_and_resumes_without_retraining(metric
     assert [a["test_index"] for a in g1["answers"]] == [0, 1, 2, 3]
     for a in g1["answers"]:
         assert a["support"] is None or 1 <= a["support"] <= 40
-        assert a["trainings"] == sum(p["n_models"] for p in a["probes"])
+        assert a["trainings"] == sum(p["n_models"] for p in a["probes"] + a["checks"])   # no full-data models here
     # a finished answer is kept as it is; a missing one is recomputed, identically
     kept = tmp_path / "answers" / "1.json"
     marked = store.read_json(kept)

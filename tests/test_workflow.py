@@ -113,9 +113,11 @@ def test_every_file_of_the_contract_with_values_in_range(run):
                                   f"{a['test_index']}.json").read_text())
                 assert one == a
                 assert a["k_max"] <= cfg["support"][metric]["k_max"]
-                assert a["support"] is None or 1 <= a["support"] <= a["k_max"]
+                assert a["support"] is None or 0 <= a["support"] <= a["k_max"]
                 assert a["probes"][0]["k"] == a["k_max"]
-                assert a["trainings"] == sum(p["n_models"] for p in a["probes"])
+                assert a["trainings"] == sum(p["n_models"] - p.get("full_data_models", 0)
+                                             for p in a["probes"] + a["checks"])
+                assert a["violations"] == sum(not c["flipped"] for c in a["checks"])
                 assert all(0.0 <= p["accuracy"] <= 1.0 and 1 <= p["n_models"] <= cfg["support"]["seeds"]
                            for p in a["probes"])
                 if a["support"] is not None:

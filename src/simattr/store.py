@@ -28,7 +28,7 @@ import numpy as np
 from . import __version__
 from .errors import SimattrError
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2   # 2: queries.h5 full_correct; answers carry checks and violations
 
 # Path templates (relative to the results root). The workflow rules build their patterns from these.
 ENCODER_STATE = "{dataset}/encoders/{encoder}.pt"
@@ -248,7 +248,12 @@ def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: 
                 f.attrs[k] = v
 
 
-def read_arrays(path: str | os.PathLike, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_arrays(path: str | os.PathLike, keys: tuple[str, ...], optional: tuple[str, ...] = ()
+                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The datasets `keys` (each required: a missing one is an error naming the file) and those of `optional`
+    that the file has, with the file's attributes."""
     path = Path(path)
     with _open_h5(path, "file") as f:
-        return {k: _need(f, path, k) for k in keys}, _attrs(f)
+        arrays = {k: _need(f, path, k) for k in keys}
+        arrays.update({k: _need(f, path, k) for k in optional if k in f})
+        return arrays, _attrs(f)

@@ -27,7 +27,8 @@ from . import __version__, models, store
 from .errors import SimattrError
 
 METRICS = ("removal", "mislabel")
-PROTOCOL_VERSION = 2   # 2: k = 0 is probed after a flipping k_max probe
+PROTOCOL_VERSION = 3   # 2: k = 0 is probed after a flipping k_max probe; 3: the k = 0 probe reuses the
+                       # full-data models of the queries stage
 
 
 @dataclass
@@ -36,10 +37,13 @@ class Probe:
     accuracy: float
     n_models: int
     flipped: bool
+    reused: int = 0          # of n_models, how many were already trained elsewhere (the full-data models)
 
     def as_dict(self) -> dict:
-        return {"k": self.k, "accuracy": round(self.accuracy, 6), "n_models": self.n_models,
-                "flipped": self.flipped}
+        d = {"k": self.k, "accuracy": round(self.accuracy, 6), "n_models": self.n_models, "flipped": self.flipped}
+        if self.reused:
+            d["full_data_models"] = self.reused
+        return d
 
 
 def bisect_support(probe: Callable[[int], Probe], k_max: int, budget: int, *, first: Probe | None = None
@@ -140,10 +144,13 @@ class Journal:
 def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, label: int, ranking: np.ndarray,
                metric: str, flip_class: int | None, n_classes: int, recipe: models.Recipe, seeds: int,
                threshold: float, early_stop: bool, dataset: str, test_index: int,
-               journal: Journal | None = None) -> Callable[[int], Probe]:
+               journal: Journal | None = None, full_correct: np.ndarray | None = None) -> Callable[[int], Probe]:
     """A probe(k) for one test image: retrain on the training set with its top-k removed or relabelled.
 
-    Models already in `journal` are not trained again; new ones are added to it as they finish."""
+    Models already in `journal` are not trained again; new ones are added to it as they finish.
+    `full_correct`: whether each full-data model of the queries stage gets this image right; at k = 0 the
+    training set is the full one, so seed index i < len(full_correct) uses full-data model i instead of
+    training a model (probe.reused counts them)."""
     journal = journal if journal is not None else Journal(None, "")
     if metric not in METRICS:
         raise SimattrError(f"unknown metric '{metric}'; valid: {', '.join(METRICS)}")
@@ -160,14 +167,16 @@ def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray,
             X, y = X_train, y_train.copy()
             y[top] = flip_class
         limit = math.floor(threshold * seeds + 1e-9)   # flipped iff correct models <= limit
-        correct, trained = 0, 0
+        known = {i: bool(c) for i, c in enumerate(full_correct)} if k == 0 and full_correct is not None else {}
+        correct, trained, reused = 0, 0, 0
         pending = list(range(seeds))
         while pending:
             n_next = models_needed(correct, trained, seeds, threshold) if early_stop else len(pending)
             if n_next == 0:
                 break
             batch, pending = pending[:n_next], pending[n_next:]
-            todo = [i for i in batch if journal.get(k, i) is None]
+            reused += sum(i in known for i in batch)
+            todo = [i for i in batch if i not in known and journal.get(k, i) is None]
             if todo:
                 s = [model_seed(dataset, test_index, k, i) for i in todo]
                 probs = models.train_predict(X, y, x_query[None], seeds=s, n_classes=n_classes, recipe=recipe)
@@ -175,10 +184,10 @@ def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray,
                     p_y = min(max(float(p[label]), 1e-12), 1.0 - 1e-12)
                     journal.add(k, i, seed, pred=int(p.argmax()), correct=bool(p.argmax() == label),
                                 margin=math.log(p_y) - math.log(1 - p_y))
-            correct += sum(journal.models[(k, i)]["correct"] for i in batch)
+            correct += sum(known[i] if i in known else journal.models[(k, i)]["correct"] for i in batch)
             trained += len(batch)
         # settled (or complete): the decision equals the one all `seeds` models would give
-        return Probe(k=k, accuracy=correct / trained, n_models=trained, flipped=correct <= limit)
+        return Probe(k=k, accuracy=correct / trained, n_models=trained, flipped=correct <= limit, reused=reused)
 
     return probe
 
@@ -187,7 +196,7 @@ QUERY_KEYS = ("X_train", "y_train", "test_indices", "X_query", "y_query", "flip_
 
 
 def load_queries(path: str) -> dict:
-    arrays, attrs = store.read_arrays(path, QUERY_KEYS)
+    arrays, attrs = store.read_arrays(path, QUERY_KEYS, optional=("full_correct",))
     return {"path": str(path), "arrays": arrays, "attrs": attrs}
 
 
@@ -207,7 +216,9 @@ def _inputs(queries: dict, scores: dict, test_index: int) -> dict:
     if len(row) != 1:
         raise SimattrError(f"{scores['path']}: no scores for test image {test_index}")
     ranking = scores["train_indices"][np.argsort(-scores["scores"][row[0]], kind="stable")]
+    full = arrays.get("full_correct")
     return {"X_train": arrays["X_train"], "y_train": arrays["y_train"], "x_query": arrays["X_query"][qi],
+            "full_correct": None if full is None else full[:, qi].astype(bool),
             "label": int(arrays["y_query"][qi]), "flip_class": int(arrays["flip_class"][qi]), "ranking": ranking,
             "n_classes": int(qattrs["n_classes"]), "queries_hash": str(qattrs.get("config_hash", ""))}
 
@@ -304,7 +315,7 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
                        n_classes=inputs["n_classes"], recipe=models.Recipe(**settings["model"]),
                        seeds=int(settings["seeds"]), threshold=float(settings["threshold"]),
                        early_stop=bool(settings["early_stop"]), dataset=settings["dataset"],
-                       test_index=test_index, journal=journal)
+                       test_index=test_index, journal=journal, full_correct=inputs["full_correct"])
     try:
         support, probes = search(probe, k_max, int(settings["bisection_steps"]))
         checks = monotone_checks(probe, support, k_max, probes, int(settings.get("monotone_checks", 0)))
@@ -313,7 +324,7 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
     result = {
         "dataset": settings["dataset"], "encoder": settings["encoder"], "ranker": settings["ranker"],
         "metric": metric, "test_index": int(test_index), "label": inputs["label"], "flip_class": flip,
-        "support": support, "k_max": k_max, "trainings": int(sum(p.n_models for p in probes + checks)),
+        "support": support, "k_max": k_max, "trainings": int(sum(p.n_models - p.reused for p in probes + checks)),
         "probes": [p.as_dict() for p in probes], "checks": [p.as_dict() for p in checks],
         "violations": sum(not p.flipped for p in checks), "wall_s": round(time.perf_counter() - t0, 4),
         "settings_hash": a_hash, "models_reused": journal.reused,
@@ -358,6 +369,7 @@ def prepare_queries(*, dataset: str, test_fraction: float, split_seed: int, n_te
         "test_indices": chosen.astype(np.int64), "y_query": te.labels[chosen].astype(np.int64),
         "flip_class": flip.astype(np.int64), "full_accuracy": acc[chosen].astype(np.float32),
         "mean_probs": mean_probs[chosen].astype(np.float32), "X_query": X_test[chosen],
+        "full_correct": (probs.argmax(-1) == te.labels[None])[:, chosen].astype(np.uint8),
         "X_train": X_train, "y_train": tr.labels.astype(np.int64),
     }, attrs)
     if log:
