@@ -180,6 +180,36 @@ def test_support_stage_answers_every_image_and_resumes_without_retraining(metric
     assert g3["answers"][1]["wall_s"] != -1.0
 
 
+def test_several_images_per_task_give_the_same_answers_and_isolate_a_failing_image(tmp_path, monkeypatch):
+    from simattr import stages
+    from simattr.errors import SimattrError
+    from simattr.launch import LaunchSettings
+
+    queries, files = _support_inputs(tmp_path)
+    kw = dict(queries=queries, score_files=files, metric="removal", settings=SETTINGS, progress=False)
+    one = stages.support_stage(answers_dir=str(tmp_path / "a1"), gather_out=str(tmp_path / "g1.json"),
+                               launch=LaunchSettings(cluster="debug", folder=str(tmp_path / "s1")), **kw)
+    three = LaunchSettings(cluster="debug", folder=str(tmp_path / "s3"), images_per_task=3)
+    got = stages.support_stage(answers_dir=str(tmp_path / "a3"), gather_out=str(tmp_path / "g3.json"),
+                               launch=three, **kw)
+    strip = lambda a: {k: v for k, v in a.items() if k != "wall_s"}
+    assert [strip(a) for a in got["answers"]] == [strip(a) for a in one["answers"]]
+    # image 1 raises inside the first task (images 0, 1, 2): 0 and 2 are still answered and kept
+    real = stages._answer_task
+
+    def flaky(**u):
+        if u["test_index"] == 1:
+            raise ValueError("disk on fire")
+        return real(**u)
+
+    monkeypatch.setattr(stages, "_answer_task", flaky)
+    with pytest.raises(SimattrError, match=r"test image 1: ValueError: disk on fire"):
+        stages.support_stage(answers_dir=str(tmp_path / "af"), gather_out=str(tmp_path / "gf.json"),
+                             launch=LaunchSettings(cluster="debug", folder=str(tmp_path / "sf"), images_per_task=3),
+                             **kw)
+    assert sorted(p.name for p in (tmp_path / "af").glob("*.json")) == ["0.json", "2.json", "3.json"]
+
+
 def test_search_reports_zero_when_the_image_flips_without_any_change():
     calls = []
 

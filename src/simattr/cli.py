@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-min", type=int, default=60)
     p.add_argument("--signal-delay-s", type=int, default=90)
     p.add_argument("--max-requeues", type=int, default=3)
+    p.add_argument("--images-per-task", type=int, default=1)
     p.add_argument("--cpus-per-task", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--mem-gb", type=float, default=4.0)
@@ -196,7 +197,7 @@ def run(argv: list[str] | None = None) -> int:
                                 timeout_min=a.timeout_min, cpus_per_task=a.cpus_per_task,
                                 gpus_per_node=a.gpus_per_node, mem_gb=a.mem_gb,
                                 slurm_partition=a.slurm_partition or None, signal_delay_s=a.signal_delay_s,
-                                max_requeues=a.max_requeues)
+                                max_requeues=a.max_requeues, images_per_task=a.images_per_task)
         stages.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir,
                              gather_out=a.out, metric=a.metric, settings=settings, launch=launch, progress=progress)
     elif a.cmd == "report":

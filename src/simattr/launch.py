@@ -35,6 +35,7 @@ class LaunchSettings:
     slurm_partition: str | None = None
     signal_delay_s: int = 90
     max_requeues: int = 3
+    images_per_task: int = 1
 
 
 @dataclass

@@ -106,6 +106,22 @@ def _answer_task(**kw):
     return support.answer(**kw)
 
 
+def _answer_chunk(units: list[dict]) -> list[dict]:
+    """Several answers in one task, one after the other (one process start for all of them). Every answer
+    is attempted; if some raise, the task raises afterwards naming each failed image (the others are written
+    and a rerun reuses them)."""
+    out, errors = [], []
+    for u in units:
+        try:
+            out.append(_answer_task(**u))
+        except Exception as e:  # noqa: BLE001 - reported below, with the image it belongs to
+            log.exception("test image %s failed", u["test_index"])
+            errors.append(f"test image {u['test_index']}: {type(e).__name__}: {e}")
+    if errors:
+        raise SimattrError(f"{len(errors)} of {len(units)} answers of this task failed: " + "; ".join(errors))
+    return out
+
+
 def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gather_out: str, metric: str,
                   settings: dict, launch, progress: bool = True) -> dict:
     """Submit one array task per sampled test image; wait; gather the answers into `gather_out`."""
@@ -143,13 +159,16 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
     if done:
         log.info("%s: %d of %d answers already computed with these settings; running %d", name, len(done),
                  len(test_indices), len(units))
-    fresh, failures = launch_mod.run_tasks(_answer_task, units, labels, launch, name=name, progress=progress,
-                                           log=log)
-    done.update({u["test_index"]: r for u, r in zip(units, fresh) if r is not None})
+    size = max(1, int(launch.images_per_task))
+    chunks = [units[i:i + size] for i in range(0, len(units), size)]
+    chunk_labels = [", ".join(labels[i:i + size]) for i in range(0, len(units), size)]
+    fresh, failures = launch_mod.run_tasks(_answer_chunk, [{"units": c} for c in chunks], chunk_labels, launch,
+                                           name=name, progress=progress, log=log)
+    done.update({a["test_index"]: a for got in fresh if got is not None for a in got})
     if failures:
         for f in failures:
             log.error("%s", f)
-        raise SimattrError(f"{len(failures)} of {len(units)} support tasks failed; first: {failures[0]}")
+        raise SimattrError(f"{len(failures)} of {len(chunks)} support tasks failed; first: {failures[0]}")
     answers = [done[t] for t in test_indices]
     gather = {"dataset": settings["dataset"], "encoder": settings["encoder"], "ranker": settings["ranker"],
               "metric": metric, "k_max": max(a["k_max"] for a in answers), "settings": settings,

@@ -70,6 +70,7 @@ rule support:
         submitit_partition=config["launch"]["slurm_partition"] or "",
         submitit_signal_delay_s=config["launch"]["signal_delay_s"],
         submitit_max_requeues=config["launch"]["max_requeues"],
+        submitit_images_per_task=config["launch"]["images_per_task"],
     localrule: True
     # on the local executor the tasks run on this machine: reserve their cores so that Snakemake does
     # not start other jobs on top of them
@@ -88,4 +89,5 @@ rule support:
         " --cpus-per-task {resources.submitit_cpus_per_task} --gpus-per-node {resources.submitit_gpus_per_node}"
         " --mem-gb {resources.submitit_mem_gb} --slurm-partition '{resources.submitit_partition}'"
         " --signal-delay-s {resources.submitit_signal_delay_s} --max-requeues {resources.submitit_max_requeues}"
+        " --images-per-task {resources.submitit_images_per_task}"
         " --submitit-dir {params.submitit} --answers-dir {params.answers} --out {output}"
