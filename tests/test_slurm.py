@@ -1,0 +1,269 @@
+"""The support engine on a real SLURM cluster (the local one-node cluster of scripts/slurm/start-local.sh).
+
+These tests need `sinfo` to answer. When it does not and we are root on Debian, the session fixture starts the
+local cluster with scripts/slurm/start-local.sh (and stops what it started at the end); otherwise they skip
+with the reason. CI sets SIMATTR_REQUIRE_SLURM=1, which turns a skip into a failure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from simattr import launch, stages, support
+from simattr.launch import LaunchSettings
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_support import SETTINGS, _support_inputs  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts" / "slurm"
+pytestmark = pytest.mark.slurm
+
+
+def _cluster_answers() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and any(s.strip(" *~#") in ("idle", "mix", "alloc") for s in r.stdout.split())
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A SLURM cluster that answers; started (and stopped afterwards) by this session when needed and possible."""
+    if _cluster_answers():
+        yield
+        return
+    started = False
+    if os.geteuid() == 0 and Path("/etc/debian_version").exists():
+        r = subprocess.run(["bash", str(SCRIPTS / "start-local.sh")], capture_output=True, text=True, timeout=900)
+        started = r.returncode == 0 and _cluster_answers()
+        reason = ("scripts/slurm/start-local.sh did not bring a cluster up: "
+                  + ((r.stderr or r.stdout).strip().splitlines() or ["no output"])[-1])
+    else:
+        reason = ("no SLURM cluster answers `sinfo`, and only root on Debian can start the local one "
+                  "(bash scripts/slurm/start-local.sh)")
+    if not started:
+        if os.environ.get("SIMATTR_REQUIRE_SLURM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield
+    finally:
+        subprocess.run(["bash", str(SCRIPTS / "stop-local.sh")], capture_output=True, timeout=120)
+
+
+def _settings(**model) -> dict:
+    return {**SETTINGS, "monotone_checks": 1, "model": {**SETTINGS["model"], **model}}
+
+
+def _unit(queries: str, files: list[str], out_dir: Path, test_index: int, settings: dict, metric="removal") -> dict:
+    cls = {0: 0, 1: 1, 2: 2, 3: 0}[test_index]          # the toy queries' labels (test_support._support_inputs)
+    return {"queries_path": queries, "scores_path": files[cls], "out_path": str(out_dir / f"{test_index}.json"),
+            "test_index": test_index, "metric": metric, "settings": settings}
+
+
+def _strip(a: dict) -> dict:
+    return {k: v for k, v in a.items() if k not in ("wall_s", "models_reused")}
+
+
+def _journal_keys(answer_path: str) -> list[tuple[int, int]]:
+    lines = support.journal_path(answer_path).read_text().splitlines()
+    return [(e["k"], e["seed_index"]) for e in map(json.loads, lines)]
+
+
+def _slurm_launch(tmp: Path, **kw) -> LaunchSettings:
+    base = dict(cluster="slurm", folder=str(tmp / "submitit"), parallelism=4, timeout_min=10, mem_gb=0.5,
+                signal_delay_s=30)
+    return LaunchSettings(**{**base, **kw})
+
+
+def _sacct(job: str, fields: str) -> list[str]:
+    r = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job, "-o", fields], capture_output=True, text=True,
+                       timeout=30)
+    return [ln for ln in r.stdout.splitlines() if ln.strip()]
+
+
+def _sacct_runs(job: str) -> list[str]:
+    """The states of every run of a (possibly requeued) job, oldest first (sacct --duplicates)."""
+    r = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", job, "-o", "State"], capture_output=True,
+                       text=True, timeout=30)
+    return [ln.strip() for ln in r.stdout.splitlines() if ln.strip()]
+
+
+def _run_in_thread(fn, *args, **kw):
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn(*args, **kw)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            box["error"] = e
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    return th, box
+
+
+def _job_of(name: str, timeout: float = 120) -> str:
+    """The SLURM job id of the running task named `name` (%A: unique per array task)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        r = subprocess.run(["squeue", "-h", "-n", name, "-t", "RUNNING", "-o", "%A"], capture_output=True,
+                           text=True, timeout=20)
+        ids = r.stdout.split()
+        if ids:
+            return ids[0]
+        time.sleep(1)
+    raise AssertionError(f"no running SLURM task named {name} after {timeout} s")
+
+
+def _wait_for(cond, timeout: float, what: str):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_support_stage_runs_as_a_slurm_array_with_the_same_answers(slurm, tmp_path):
+    queries, files = _support_inputs(tmp_path)
+    settings = _settings()
+    common = dict(queries=queries, score_files=files, metric="removal", settings=settings, progress=False)
+    t0 = time.perf_counter()
+    on_slurm = stages.support_stage(answers_dir=str(tmp_path / "slurm"), gather_out=str(tmp_path / "slurm.json"),
+                                    launch=_slurm_launch(tmp_path), **common)
+    wall = time.perf_counter() - t0
+    local = stages.support_stage(answers_dir=str(tmp_path / "debug"), gather_out=str(tmp_path / "debug.json"),
+                                 launch=LaunchSettings(cluster="debug", folder=str(tmp_path / "dbg")), **common)
+    assert [_strip(a) for a in on_slurm["answers"]] == [_strip(a) for a in local["answers"]]
+    # the tasks really were one SLURM array (submitit's folder holds one log per array task)
+    logs = sorted((tmp_path / "submitit").glob("*_*_log.out"))
+    assert len(logs) == 4, logs
+    array = logs[0].name.split("_")[0]
+    _wait_for(lambda: len(_sacct(array, "JobID,State")) == 4, 60, "accounting of the 4 array tasks")
+    states = _sacct(array, "JobID,State")
+    assert sorted(s.split("|")[0] for s in states) == [f"{array}_{i}" for i in range(4)], states
+    assert all(s.endswith("|COMPLETED") for s in states), states
+    print(f"support stage as a SLURM array: 4 tasks in {wall:.1f} s")
+
+
+def test_a_task_that_raises_is_reported_with_its_log_while_the_rest_complete(slurm, tmp_path):
+    queries, files = _support_inputs(tmp_path)
+    settings = _settings()
+    units = [_unit(queries, files, tmp_path / "ans", t, settings) for t in (0, 1)]
+    units.append({**units[0], "test_index": 999, "out_path": str(tmp_path / "ans" / "999.json")})
+    results, failures = launch.run_tasks(stages._answer_task, units, ["image 0", "image 1", "image 999"],
+                                         _slurm_launch(tmp_path), name=f"simattr-fail-{uuid.uuid4().hex[:6]}",
+                                         progress=False)
+    assert results[0]["test_index"] == 0 and results[1]["test_index"] == 1 and results[2] is None
+    assert len(failures) == 1 and failures[0].label == "image 999"
+    assert "test image 999 is not among the sampled queries" in failures[0].error
+    log = Path(failures[0].log)
+    assert log.exists() and "test image 999 is not among the sampled queries" in log.read_text()
+    assert str(log) in str(failures[0])
+
+
+# An answer that takes tens of seconds: long enough to requeue it, or to reach a one-minute limit, midway.
+SLOW = {"steps": 80000}
+
+
+@pytest.fixture(scope="module")
+def slow_reference(tmp_path_factory):
+    """The uninterrupted answer of the slow unit, computed in this process."""
+    tmp = tmp_path_factory.mktemp("slow")
+    queries, files = _support_inputs(tmp)
+    unit = _unit(queries, files, tmp / "ref", 1, _settings(**SLOW))
+    t0 = time.perf_counter()
+    ref = stages._answer_task(**unit)
+    return ref, time.perf_counter() - t0
+
+
+def _check_resumed(answer: dict, ref: dict, out_path: str) -> None:
+    assert _strip(answer) == _strip(ref)
+    keys = _journal_keys(out_path)
+    assert len(keys) == len(set(keys)), "a model was trained twice"
+    assert len(keys) == ref["trainings"]
+    assert answer["models_reused"] > 0          # the second run started from the journal
+
+
+def test_scontrol_requeue_of_a_running_task_resumes_from_its_journal(slurm, slow_reference, tmp_path):
+    ref, ref_s = slow_reference
+    queries, files = _support_inputs(tmp_path)
+    unit = _unit(queries, files, tmp_path / "ans", 1, _settings(**SLOW))
+    name = f"simattr-requeue-{uuid.uuid4().hex[:6]}"
+    th, box = _run_in_thread(launch.run_tasks, stages._answer_task, [unit], ["image 1"], _slurm_launch(tmp_path),
+                             name=name, progress=False)
+    job = _job_of(name)
+    journal = support.journal_path(unit["out_path"])
+    _wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 3, 120, "3 journaled models")
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+    t0 = time.perf_counter()
+    th.join(timeout=600)
+    assert not th.is_alive(), "the requeued task did not finish within 10 minutes"
+    assert "error" not in box, box.get("error")
+    results, failures = box["result"]
+    assert not failures, failures
+    _check_resumed(results[0], ref, unit["out_path"])
+    runs = _sacct_runs(job)
+    assert runs[0] == "REQUEUED" and runs[-1] == "COMPLETED", runs     # SLURM ran it twice
+    print(f"requeue: reference {ref_s:.1f} s in-process; requeued task finished {time.perf_counter() - t0:.1f} s "
+          f"after the requeue; {results[0]['models_reused']} of {ref['trainings']} models reused")
+
+
+def test_a_task_reaching_its_time_limit_is_checkpointed_and_resumed(slurm, slow_reference, tmp_path):
+    ref, ref_s = slow_reference
+    assert ref_s > 40, f"the slow unit took only {ref_s:.0f} s: too short to reach a one-minute limit"
+    queries, files = _support_inputs(tmp_path)
+    unit = _unit(queries, files, tmp_path / "ans", 1, _settings(**SLOW))
+    t0 = time.perf_counter()
+    results, failures = launch.run_tasks(stages._answer_task, [unit], ["image 1"],
+                                         # SLURM checks limits every 30 s, so the signal may come up to 30 s early:
+                                         # with a 20 s delay it comes 10-40 s into each run, before the kill
+                                         _slurm_launch(tmp_path, timeout_min=1, signal_delay_s=20, max_requeues=10),
+                                         name=f"simattr-timeout-{uuid.uuid4().hex[:6]}", progress=False)
+    wall = time.perf_counter() - t0
+    assert not failures, failures
+    _check_resumed(results[0], ref, unit["out_path"])
+    logs = sorted((tmp_path / "submitit").glob("*_log.err"))
+    text = "\n".join(p.read_text(errors="replace") for p in logs)
+    assert "timed-out" in text.lower() or "timeout" in text.lower() or "requeu" in text.lower(), text[-2000:]
+    print(f"time limit: reference {ref_s:.1f} s; with a 1-minute limit the task finished after {wall:.1f} s, "
+          f"{results[0]['models_reused']} of {ref['trainings']} models reused")
+
+
+def test_the_test_workflow_runs_as_slurm_jobs_through_the_repo_profile(slurm, tmp_path):
+    import re
+
+    from test_workflow import smk_cmd
+
+    cmd, env = smk_cmd("--profile", str(REPO / "profiles" / "slurm"), workdir=tmp_path)
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800)
+    wall = time.perf_counter() - t0
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert list(tmp_path.glob("results/*/report/report.md")), out[-2000:]
+    jobs = dict((rule, job) for job, rule in
+                re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_([a-z_]+)/", out))
+    assert {"train_simclr", "score", "embed", "queries", "report"} <= set(jobs), sorted(jobs)
+    tres = _sacct(jobs["train_simclr"], "AllocTRES")
+    assert tres and "gres/gpu=1" in tres[0], tres                 # the training rule got a (fake) GPU
+    assert "support" not in jobs                                   # a local rule ...
+    arrays = [ln for ln in subprocess.run(["sacct", "-n", "-P", "-X", "-S", "now-1hours", "-o", "JobID,JobName"],
+                                          capture_output=True, text=True, timeout=30).stdout.splitlines()
+              if "|support-" in ln and "_" in ln.split("|")[0]]
+    assert arrays, "no submitit support array tasks in sacct"      # ... whose tasks were SLURM array tasks
+    print(f"test workflow through profiles/slurm: {wall:.0f} s, {len(jobs)} rules as SLURM jobs")
