@@ -92,14 +92,7 @@ def released_answer(X_train, y_train, x_query, label, flip_class, ranking, *, me
     models_out, probes = [], []
 
     def probe(k: int) -> bool:
-        top = ranking[:k]
-        if metric == "removal":
-            keep = np.ones(len(y_train), bool)
-            keep[top] = False
-            X, y = X_train[keep], y_train[keep]
-        else:
-            X, y = X_train, y_train.copy()
-            y[top] = flip_class
+        X, y = support.modified_training_set(X_train, y_train, ranking, k, metric, flip_class)
         acc = []
         for i in range(seeds):
             seed = support.model_seed(DATASET, test_index, k, i)

@@ -141,6 +141,20 @@ class Journal:
             self._fh.close()
 
 
+def modified_training_set(X_train: np.ndarray, y_train: np.ndarray, ranking: np.ndarray, k: int, metric: str,
+                          flip_class: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The training set of a probe at k: the ranking's top k removed (removal) or relabelled to the flip
+    class (mislabel)."""
+    top = ranking[:k]
+    if metric == "removal":
+        keep = np.ones(len(y_train), bool)
+        keep[top] = False
+        return X_train[keep], y_train[keep]
+    y = y_train.copy()
+    y[top] = flip_class
+    return X_train, y
+
+
 def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, label: int, ranking: np.ndarray,
                metric: str, flip_class: int | None, n_classes: int, recipe: models.Recipe, seeds: int,
                threshold: float, early_stop: bool, dataset: str, test_index: int,
@@ -158,14 +172,7 @@ def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray,
         raise SimattrError(f"support.threshold must be in [0, 1) and support.seeds >= 1 (got {threshold}, {seeds})")
 
     def probe(k: int) -> Probe:
-        top = ranking[:k]
-        if metric == "removal":
-            keep = np.ones(len(y_train), bool)
-            keep[top] = False
-            X, y = X_train[keep], y_train[keep]
-        else:
-            X, y = X_train, y_train.copy()
-            y[top] = flip_class
+        X, y = modified_training_set(X_train, y_train, ranking, k, metric, flip_class)
         limit = math.floor(threshold * seeds + 1e-9)   # flipped iff correct models <= limit
         known = {i: bool(c) for i, c in enumerate(full_correct)} if k == 0 and full_correct is not None else {}
         correct, trained, reused = 0, 0, 0
