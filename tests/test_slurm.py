@@ -256,8 +256,8 @@ def test_the_test_workflow_runs_as_slurm_jobs_through_the_repo_profile(slurm, tm
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert list(tmp_path.glob("results/*/report/report.md")), out[-2000:]
-    jobs = dict((rule, job) for job, rule in
-                re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_([a-z_]+)/", out))
+    submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_([a-z_]+)/", out)
+    jobs = {rule: job for job, rule in submitted}
     assert {"train_simclr", "score", "embed", "queries", "report"} <= set(jobs), sorted(jobs)
     tres = _sacct(jobs["train_simclr"], "AllocTRES")
     assert tres and "gres/gpu=1" in tres[0], tres                 # the training rule got a (fake) GPU
@@ -266,4 +266,5 @@ def test_the_test_workflow_runs_as_slurm_jobs_through_the_repo_profile(slurm, tm
                                           capture_output=True, text=True, timeout=30).stdout.splitlines()
               if "|support-" in ln and "_" in ln.split("|")[0]]
     assert arrays, "no submitit support array tasks in sacct"      # ... whose tasks were SLURM array tasks
-    print(f"test workflow through profiles/slurm: {wall:.0f} s, {len(jobs)} rules as SLURM jobs")
+    print(f"test workflow through profiles/slurm: {wall:.0f} s, {len(submitted)} SLURM jobs of {len(jobs)} rules, "
+          f"{len(arrays)} support array tasks")
