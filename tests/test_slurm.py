@@ -247,10 +247,11 @@ def test_a_task_reaching_its_time_limit_is_checkpointed_and_resumed(slurm, slow_
 def test_the_test_workflow_runs_as_slurm_jobs_through_the_repo_profile(slurm, tmp_path):
     import re
 
-    from test_workflow import smk_cmd
+    import yaml
+    from test_workflow import TEST_CFG, smk_cmd
 
     cmd, env = smk_cmd("--profile", str(REPO / "profiles" / "slurm"), workdir=tmp_path)
-    t0 = time.perf_counter()
+    t0, since = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800)
     wall = time.perf_counter() - t0
     out = r.stdout + r.stderr
@@ -262,9 +263,11 @@ def test_the_test_workflow_runs_as_slurm_jobs_through_the_repo_profile(slurm, tm
     tres = _sacct(jobs["train_simclr"], "AllocTRES")
     assert tres and "gres/gpu=1" in tres[0], tres                 # the training rule got a (fake) GPU
     assert "support" not in jobs                                   # a local rule ...
-    arrays = [ln for ln in subprocess.run(["sacct", "-n", "-P", "-X", "-S", "now-1hours", "-o", "JobID,JobName"],
+    cfg = yaml.safe_load(TEST_CFG.read_text())
+    names = {f"support-{m['encoder']}-{m['ranker']}-{metric}" for m in cfg["methods"] for metric in cfg["support"]["metrics"]}
+    arrays = [ln for ln in subprocess.run(["sacct", "-n", "-P", "-X", "-S", since, "-o", "JobID,JobName"],
                                           capture_output=True, text=True, timeout=30).stdout.splitlines()
-              if "|support-" in ln and "_" in ln.split("|")[0]]
+              if ln.split("|")[1] in names and "_" in ln.split("|")[0]]
     assert arrays, "no submitit support array tasks in sacct"      # ... whose tasks were SLURM array tasks
     print(f"test workflow through profiles/slurm: {wall:.0f} s, {len(submitted)} SLURM jobs of {len(jobs)} rules, "
           f"{len(arrays)} support array tasks")
