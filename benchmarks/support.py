@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -89,9 +88,9 @@ def make_inputs(workdir: Path, n_test: int) -> tuple[str, list[str]]:
 def released_answer(X_train, y_train, x_query, label, flip_class, ranking, *, metric, test_index, k_max, steps,
                     seeds, threshold, n_classes, keep_probs=False) -> dict:
     """The released protocol for one image: k_max, then fixed-budget bisection; every seed, one model at a time."""
-    models_out, probes = [], []
+    models_out = []
 
-    def probe(k: int) -> bool:
+    def probe(k: int) -> support.Probe:
         X, y = support.modified_training_set(X_train, y_train, ranking, k, metric, flip_class)
         acc = []
         for i in range(seeds):
@@ -99,28 +98,17 @@ def released_answer(X_train, y_train, x_query, label, flip_class, ranking, *, me
             t0 = time.perf_counter()
             p = models.train_predict(X, y, x_query[None], seeds=[seed], n_classes=n_classes, recipe=RECIPE)[0, 0]
             train_s = time.perf_counter() - t0
-            p_y = min(max(float(p[label]), 1e-12), 1.0 - 1e-12)
             acc.append(float(p.argmax() == label))
             models_out.append({"k": k, "seed_index": i, "seed": seed, "pred": int(p.argmax()), "train_s": train_s,
-                               "margin": round(math.log(p_y) - math.log(1 - p_y), 6),
+                               "margin": round(support.log_odds(p, label), 6),
                                **({"probs": p.copy(), "X": X, "y": y} if keep_probs and k == k_max else {})})
-        flipped = float(np.mean(acc)) <= threshold
-        probes.append({"k": k, "flipped": flipped, "n_models": seeds})
-        return flipped
+        mean = float(np.mean(acc))
+        return support.Probe(k=k, accuracy=mean, n_models=seeds, flipped=mean <= threshold)
 
     k_max = int(min(k_max, len(ranking)))
-    if k_max < 1 or not probe(k_max):
-        return {"support": None, "probes": probes, "models": models_out, "trainings": seeds * len(probes)}
-    lo, hi = 0, k_max
-    for _ in range(steps):
-        if hi - lo <= 1:
-            break
-        mid = (lo + hi) // 2
-        if probe(mid):
-            hi = mid
-        else:
-            lo = mid
-    return {"support": hi, "probes": probes, "models": models_out, "trainings": seeds * len(probes)}
+    found, probes = support.bisect_support(probe, k_max, steps)     # k_max first, then fixed-budget bisection
+    return {"support": found, "probes": [p.as_dict() for p in probes], "models": models_out,
+            "trainings": seeds * len(probes)}
 
 
 def run_released(queries: str, score_files: list[str], *, metric, k_max, steps, seeds, threshold,
@@ -131,17 +119,13 @@ def run_released(queries: str, score_files: list[str], *, metric, k_max, steps, 
     a = q["arrays"]
     n_classes = int(q["attrs"]["n_classes"])
     answers = {}
-    for j, (t, label, flip) in enumerate(zip(a["test_indices"].tolist(), a["y_query"].tolist(),
-                                              a["flip_class"].tolist())):
-        sc = by_class[label]
-        row = int(np.flatnonzero(sc["test_indices"] == t)[0])
-        ranking = sc["train_indices"][np.argsort(-sc["scores"][row], kind="stable")]
+    for j, (t, label) in enumerate(zip(a["test_indices"].tolist(), a["y_query"].tolist())):
+        inp = support.answer_inputs(q, by_class[label], t)     # the very inputs the engine's tasks read
         t1 = time.perf_counter()
-        ans = released_answer(a["X_train"], a["y_train"], a["X_query"][j], label, flip, ranking, metric=metric,
-                              test_index=t, k_max=k_max, steps=steps, seeds=seeds, threshold=threshold,
-                              n_classes=n_classes, keep_probs=j < n_bitwise)
+        ans = released_answer(inp["X_train"], inp["y_train"], inp["x_query"], inp["label"], inp["flip_class"],
+                              inp["ranking"], metric=metric, test_index=t, k_max=k_max, steps=steps, seeds=seeds,
+                              threshold=threshold, n_classes=n_classes, keep_probs=j < n_bitwise)
         ans["wall_s"] = time.perf_counter() - t1
-        ans["ranking"] = ranking
         answers[t] = ans
     return {"answers": answers, "wall_s": time.perf_counter() - t0, "n_classes": n_classes,
             "X_query": {t: a["X_query"][j] for j, t in enumerate(a["test_indices"].tolist())}}
@@ -319,12 +303,6 @@ def main(argv=None) -> int:
     eng = run_engine(queries, score_files, workdir, parallelism=a.parallelism, images_per_task=a.images_per_task,
                      **kw)
     print(f"# load average after both arms {os.getloadavg()[0]:.2f} (the arms' own processes included)")
-    loaded_q = support.load_queries(queries)             # same rankings: what the engine's tasks read
-    by_class = {int(s["attrs"]["class"]): s for s in map(support.load_scores, score_files)}
-    for t_idx, r in rel["answers"].items():
-        seen = support._inputs(loaded_q, by_class[int(eng["answers"][t_idx]["label"])], t_idx)["ranking"]
-        if not np.array_equal(seen, r["ranking"]):
-            raise SystemExit(f"test image {t_idx}: the released arm ranked differently from the engine's inputs")
     cmp = compare(rel, eng)
     bit = bitwise_batching(rel, a.seeds)
     rows, ratios = summarise(rel, eng, a.seeds)

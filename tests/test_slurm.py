@@ -69,7 +69,8 @@ def _settings(**model) -> dict:
 
 
 def _unit(queries: str, files: list[str], out_dir: Path, test_index: int, settings: dict, metric="removal") -> dict:
-    cls = {0: 0, 1: 1, 2: 2, 3: 0}[test_index]          # the toy queries' labels (test_support._support_inputs)
+    arrays = support.load_queries(queries)["arrays"]
+    cls = int(arrays["y_query"][arrays["test_indices"].tolist().index(test_index)])   # files[c]: class c
     return {"queries_path": queries, "scores_path": files[cls], "out_path": str(out_dir / f"{test_index}.json"),
             "test_index": test_index, "metric": metric, "settings": settings}
 

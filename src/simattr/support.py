@@ -88,6 +88,12 @@ def models_needed(n_correct: int, n_trained: int, n_total: int, threshold: float
     return max(1, min(to_flip, to_keep, remaining))
 
 
+def log_odds(p: np.ndarray, label: int) -> float:
+    """log(p_label / (1 - p_label)) of a probability vector, clipped away from 0 and 1: a model's margin."""
+    p_y = min(max(float(p[label]), 1e-12), 1.0 - 1e-12)
+    return math.log(p_y) - math.log(1 - p_y)
+
+
 def model_seed(dataset: str, test_index: int, k: int, seed_index: int) -> int:
     return store.seed_from("model", dataset, test_index, k, seed_index)
 
@@ -188,9 +194,8 @@ def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray,
                 s = [model_seed(dataset, test_index, k, i) for i in todo]
                 probs = models.train_predict(X, y, x_query[None], seeds=s, n_classes=n_classes, recipe=recipe)
                 for i, seed, p in zip(todo, s, probs[:, 0]):
-                    p_y = min(max(float(p[label]), 1e-12), 1.0 - 1e-12)
                     journal.add(k, i, seed, pred=int(p.argmax()), correct=bool(p.argmax() == label),
-                                margin=math.log(p_y) - math.log(1 - p_y))
+                                margin=log_odds(p, label))
             correct += sum(known[i] if i in known else journal.models[(k, i)]["correct"] for i in batch)
             trained += len(batch)
         # settled (or complete): the decision equals the one all `seeds` models would give
@@ -211,7 +216,7 @@ def load_scores(path: str) -> dict:
     return {"path": str(path), **store.read_scores(path)}
 
 
-def _inputs(queries: dict, scores: dict, test_index: int) -> dict:
+def answer_inputs(queries: dict, scores: dict, test_index: int) -> dict:
     """Everything one answer reads: the retraining data, the image, its label and flip class, its ranking.
     `queries` and `scores` come from load_queries / load_scores (read once, shared by many images)."""
     arrays, qattrs = queries["arrays"], queries["attrs"]
@@ -263,7 +268,7 @@ def expected_answer(*, queries_path: str, scores_path: str, out_path: str, test_
                     settings: dict, queries: dict | None = None, scores: dict | None = None) -> dict | None:
     """The stored answer if it is still valid for these inputs, else None (the task must run).
     `queries` / `scores`: the files already loaded, when the caller checks many images."""
-    inputs = _inputs(queries or load_queries(queries_path), scores or load_scores(scores_path), test_index)
+    inputs = answer_inputs(queries or load_queries(queries_path), scores or load_scores(scores_path), test_index)
     return finished_answer(out_path, answer_hash(metric, test_index, settings, inputs))
 
 
@@ -309,7 +314,7 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
     monotone_checks, model {name, hidden, steps, lr, weight_decay}.
     """
     t0 = time.perf_counter()
-    inputs = _inputs(load_queries(queries_path), load_scores(scores_path), test_index)
+    inputs = answer_inputs(load_queries(queries_path), load_scores(scores_path), test_index)
     a_hash = answer_hash(metric, test_index, settings, inputs)
     prev = finished_answer(out_path, a_hash)
     if prev is not None:
@@ -358,7 +363,8 @@ def prepare_queries(*, dataset: str, test_fraction: float, split_seed: int, n_te
     seeds = [store.seed_from("full", dataset, i) for i in range(flip_models)]
     probs = models.train_predict(X_train, tr.labels, X_test, seeds=seeds, n_classes=n_classes, recipe=recipe)
     mean_probs = probs.mean(0)
-    acc = (probs.argmax(-1) == te.labels[None]).mean(0)           # per test image, over models
+    correct = probs.argmax(-1) == te.labels[None]                  # (models, test images)
+    acc = correct.mean(0)                                          # per test image, over models
     eligible = np.flatnonzero(acc > 0.5)
     if len(eligible) < n_test:
         raise SimattrError(f"support.n_test={n_test} but only {len(eligible)} of {len(te.labels)} test images are "
@@ -370,13 +376,13 @@ def prepare_queries(*, dataset: str, test_fraction: float, split_seed: int, n_te
     identity = {"dataset": dataset, "test_fraction": test_fraction, "split_seed": split_seed, "n_test": n_test,
                 "sample_seed": sample_seed, "flip_models": flip_models, "recipe": recipe.__dict__}
     attrs = {"dataset": dataset, "config_hash": store.config_hash(identity), "n_classes": n_classes, "n_eligible": int(len(eligible)),
-             "full_model_accuracy": float((probs.argmax(-1) == te.labels[None]).mean()),
+             "full_model_accuracy": float(correct.mean()),
              "flip_models": flip_models}
     store.write_arrays(out_path, {
         "test_indices": chosen.astype(np.int64), "y_query": te.labels[chosen].astype(np.int64),
         "flip_class": flip.astype(np.int64), "full_accuracy": acc[chosen].astype(np.float32),
         "mean_probs": mean_probs[chosen].astype(np.float32), "X_query": X_test[chosen],
-        "full_correct": (probs.argmax(-1) == te.labels[None])[:, chosen].astype(np.uint8),
+        "full_correct": correct[:, chosen].astype(np.uint8),
         "X_train": X_train, "y_train": tr.labels.astype(np.int64),
     }, attrs)
     if log:
