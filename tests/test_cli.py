@@ -33,6 +33,21 @@ def test_corrupt_shard_names_the_file(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_feature_dimension_mismatch_between_train_and_test_is_named(tmp_path):
+    import numpy as np
+
+    from simattr import store
+
+    for split, d in (("train", 3), ("test", 5)):
+        store.write_embeddings(tmp_path / split, np.ones((4, d), np.float32), np.zeros(4, int), shard_size=2,
+                               dataset="digits", split=split, encoder="pixels", config_hash="h")
+    tr, te = tmp_path / "train" / "index.json", tmp_path / "test" / "index.json"
+    r = simattr("score", "--dataset", "digits", "--encoder", "pixels", "--ranker", "esvm", "--class", "0",
+                "--train-index", str(tr), "--test-index", str(te), "--topk", "4", "--out", str(tmp_path / "c.h5"))
+    assert r.returncode == 2 and f"{tr} holds 3-d features but {te} 5-d" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "c.h5").exists()
+
+
 def test_unknown_dataset_lists_the_valid_ones(tmp_path):
     r = simattr("queries", "--dataset", "mnist", "--test-fraction", "0.2", "--split-seed", "0", "--hidden", "8",
                 "--steps", "5", "--lr", "0.01", "--n-test", "2", "--flip-models", "1", "--out", str(tmp_path / "q.h5"))

@@ -67,3 +67,61 @@ def test_scores_round_trip(tmp_path):
 def test_seeds_depend_only_on_identity():
     assert store.seed_from("model", "digits", 3, 5, 0) == store.seed_from("model", "digits", 3, 5, 0)
     assert store.seed_from("model", "digits", 3, 5, 0) != store.seed_from("model", "digits", 3, 5, 1)
+
+
+def _shard(path, start, stop, d=3, config_hash="h", names=("a", "b")):
+    store.write_shard(path, np.ones((stop - start, d), np.float32), np.zeros(stop - start, int),
+                      np.arange(start, stop), dataset="imagefolder", split="train", encoder="resnet",
+                      config_hash=config_hash, class_names=names)
+
+
+EXPECT = {"dataset": "imagefolder", "split": "train", "encoder": "resnet", "config_hash": "h"}
+
+
+def test_index_of_separately_written_shards(tmp_path):
+    assert store.shard_ranges(25, 10) == [(0, 10), (10, 20), (20, 25)]
+    assert store.shard_ranges(25, 0) == [(0, 25)] and store.shard_ranges(0, 10) == []
+    files = [tmp_path / store.SHARD_NAME.format(shard=s) for s in range(3)]
+    for f, (a, b) in zip(files, store.shard_ranges(25, 10)):
+        _shard(f, a, b)
+    _shard(tmp_path / "shard-00007.h5", 70, 80)            # left over from another shard_size
+    m = store.write_index(tmp_path, files[::-1], n=25, expect=EXPECT, skipped=["train/a/bad.png"])
+    assert [s["file"] for s in m["shards"]] == [f.name for f in files]
+    assert m["class_names"] == ["a", "b"] and m["skipped"] == ["train/a/bad.png"] and m["feature_dim"] == 3
+    assert not (tmp_path / "shard-00007.h5").exists()
+    feats, labels, manifest = store.read_embeddings(tmp_path / "index.json", expect_hash="h")
+    assert feats.shape == (25, 3) and manifest["n"] == 25
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda p: _shard(p / "shard-00001.h5", 10, 20, config_hash="old"),
+     r"shard-00001\.h5: config_hash='old' but the current settings give 'h' \(stale shard"),
+    (lambda p: _shard(p / "shard-00001.h5", 10, 20, d=4), r"shard-00001\.h5: feature_dim=4 differs"),
+    (lambda p: _shard(p / "shard-00001.h5", 10, 20, names=("a", "c")), r"shard-00001\.h5: class_names=.*differs"),
+    (lambda p: _shard(p / "shard-00001.h5", 12, 22), r"shard-00001\.h5: holds indices 12\.\.21, expected to start "
+                                                      r"at 10"),
+    (lambda p: (p / "shard-00002.h5").unlink(), r"the shards cover 20 images, the split has 25"),
+])
+def test_index_refuses_stale_shards(tmp_path, breakage, message):
+    files = [tmp_path / store.SHARD_NAME.format(shard=s) for s in range(3)]
+    for f, (a, b) in zip(files, store.shard_ranges(25, 10)):
+        _shard(f, a, b)
+    breakage(tmp_path)
+    with pytest.raises(SimattrError, match=message):
+        store.write_index(tmp_path, [f for f in files if f.exists()], n=25, expect=EXPECT)
+    assert not (tmp_path / "index.json").exists()
+
+
+def test_float16_shards(tmp_path):
+    f = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    store.write_shard(tmp_path / "h.h5", f, np.zeros(5, int), np.arange(5), dataset="d", split="train",
+                      encoder="e", config_hash="h", float16=True)
+    import h5py
+    with h5py.File(tmp_path / "h.h5") as h:
+        assert h["features"].dtype == np.float16
+    back, *_ = store.read_shard(tmp_path / "h.h5")
+    assert back.dtype == np.float32 and np.allclose(back, f, atol=2e-3)
+    with pytest.raises(SimattrError, match=r"big\.h5: features of encoder 'e' overflow float16"):
+        store.write_shard(tmp_path / "big.h5", f * 1e5, np.zeros(5, int), np.arange(5), dataset="d",
+                          split="train", encoder="e", config_hash="h", float16=True)
+    assert not (tmp_path / "big.h5").exists()

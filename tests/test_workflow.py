@@ -71,7 +71,7 @@ def test_every_file_of_the_contract_with_values_in_range(run):
         for split in ("train", "test"):
             d = root / "embeddings" / enc / split
             manifest = json.loads((d / "index.json").read_text())
-            assert len(manifest["shards"]) >= 2          # shard_size 200 splits every split
+            assert len(manifest["shards"]) >= 2          # shard_size 300 splits every split
             seen = 0
             for sh in manifest["shards"]:
                 with h5py.File(d / sh["file"]) as f:

@@ -52,9 +52,20 @@ def _setup_logging(path: str | None) -> None:
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--test-fraction", type=float, required=True)
-    p.add_argument("--split-seed", type=int, required=True)
+    """The dataset's spec (datasets.Spec.cli_args writes these)."""
+    p.add_argument("--dataset", required=True, help="digits, cifar10, imagenet or imagefolder")
+    p.add_argument("--dataset-root", default=None, help="local folder of cifar10 / imagenet / imagefolder")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="digits: held-out fraction")
+    p.add_argument("--split-seed", type=int, default=0, help="digits: seed of the stratified split")
+    p.add_argument("--image-size", type=int, default=None, help="folder datasets: decoded size (default 224)")
+    p.add_argument("--bad-images", default="error", help="folder datasets: error or skip unreadable files")
+
+
+def _spec(a):
+    from .datasets import Spec
+
+    return Spec(name=a.dataset, root=a.dataset_root, test_fraction=a.test_fraction, split_seed=a.split_seed,
+                image_size=a.image_size, bad_images=a.bad_images)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -77,20 +88,34 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("train-encoder", help="train a self-supervised or supervised encoder on the train split")
+    p = sub.add_parser("train-encoder", help="make an encoder state: train simclr / supervised on the train split, "
+                       "or import resnet from --param checkpoint=FILE")
     _dataset_args(p)
     p.add_argument("--encoder", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--param", type=_kv, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("embed", help="embed one split into HDF5 shards")
+    p = sub.add_parser("embed", help="embed one shard of a split (--shard, --out) or the whole split (--out-dir)")
     _dataset_args(p)
     p.add_argument("--encoder", required=True)
-    p.add_argument("--state", help="trained encoder state (.pt) for trainable encoders")
+    p.add_argument("--state", help="encoder state (.pt) of encoders made by a rule of their own")
     p.add_argument("--split", required=True)
     p.add_argument("--shard-size", type=int, default=0)
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--shard", type=int, help="embed only this shard, into --out")
+    p.add_argument("--batch-size", type=int, default=256, help="images decoded and encoded at once")
+    p.add_argument("--float16", type=_bool, default=False, help="store features as float16")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="the shard file (with --shard)")
+    where.add_argument("--out-dir", help="folder of the split's shards and index.json (without --shard)")
+
+    p = sub.add_parser("embed-index", help="check a split's shards against the settings, write index.json")
+    _dataset_args(p)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--state", help="encoder state (.pt) of encoders made by a rule of their own")
+    p.add_argument("--split", required=True)
+    p.add_argument("--shards", nargs="*", default=[])
+    p.add_argument("--out", required=True)
 
     p = sub.add_parser("score", help="score one class's test images against the training images")
     p.add_argument("--dataset", required=True)
@@ -165,12 +190,20 @@ def run(argv: list[str] | None = None) -> int:
     from . import stages
 
     if a.cmd == "train-encoder":
-        stages.train_encoder(dataset=a.dataset, test_fraction=a.test_fraction, split_seed=a.split_seed,
-                             encoder=a.encoder, params=dict(a.param), seed=a.seed, out=a.out, progress=progress)
+        stages.train_encoder(data=_spec(a), encoder=a.encoder, params=dict(a.param), seed=a.seed, out=a.out,
+                             progress=progress)
     elif a.cmd == "embed":
-        stages.embed(dataset=a.dataset, test_fraction=a.test_fraction, split_seed=a.split_seed, encoder=a.encoder,
-                     split=a.split, shard_size=a.shard_size,
-                     out_dir=a.out_dir, state_path=a.state, progress=progress)
+        kw = dict(data=_spec(a), encoder=a.encoder, split=a.split, shard_size=a.shard_size, state_path=a.state,
+                  batch_size=a.batch_size, float16=a.float16, progress=progress)
+        if (a.shard is None) != (a.out is None):
+            raise SimattrError("embed: give --shard with --out, or --out-dir alone")
+        if a.shard is None:
+            stages.embed(out_dir=a.out_dir, **kw)
+        else:
+            stages.embed_shard(shard=a.shard, out=a.out, **kw)
+    elif a.cmd == "embed-index":
+        stages.embed_index(data=_spec(a), encoder=a.encoder, split=a.split, shards=a.shards, out=a.out,
+                           state_path=a.state)
     elif a.cmd == "score":
         stages.score_class(dataset=a.dataset, encoder=a.encoder, ranker=a.ranker, cls=a.cls,
                            train_index=a.train_index, test_index=a.test_index,
@@ -181,8 +214,7 @@ def run(argv: list[str] | None = None) -> int:
     elif a.cmd == "queries":
         from . import support
 
-        support.prepare_queries(dataset=a.dataset, test_fraction=a.test_fraction, split_seed=a.split_seed,
-                                n_test=a.n_test, sample_seed=a.sample_seed, flip_models=a.flip_models,
+        support.prepare_queries(data=_spec(a), n_test=a.n_test, sample_seed=a.sample_seed, flip_models=a.flip_models,
                                 recipe=_recipe(a), out_path=a.out, log=stages.log)
     elif a.cmd == "support":
         from .launch import LaunchSettings
@@ -201,8 +233,7 @@ def run(argv: list[str] | None = None) -> int:
         stages.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir,
                              gather_out=a.out, metric=a.metric, settings=settings, launch=launch, progress=progress)
     elif a.cmd == "report":
-        stages.report_stage(dataset=a.dataset, test_fraction=a.test_fraction, split_seed=a.split_seed,
-                            gathers=a.gathers, score_files=a.scores,
+        stages.report_stage(data=_spec(a), gathers=a.gathers, score_files=a.scores,
                             benchmarks=[b.split("=", 1) for b in a.benchmarks],
                             stored=[s.split("=", 1) for s in a.stored], n_boot=a.n_boot, seed=a.seed,
                             grid_images=a.grid_images, out_dir=a.out_dir)

@@ -10,7 +10,7 @@ import yaml
 from .errors import SimattrError
 
 # The registries' names, known without importing torch (the schema lists them too; a test checks both agree).
-ENCODERS = ("pixels", "simclr", "supervised")
+ENCODERS = ("pixels", "simclr", "supervised", "resnet")
 RANKERS = ("esvm", "esvm_reference", "knn_l2", "knn_cos", "random")
 METRICS = ("removal", "mislabel")
 

@@ -1,57 +1,343 @@
-"""Datasets: images, labels and a seeded stratified train/test split.
+"""Datasets: images, labels and the train/test split, for every dataset simattr can read.
 
-Images are float32 arrays (N, C, H, W) scaled to [0, 1]; labels int64. The position of an image in its
-split (0..N-1) is its index everywhere in the data contract.
+    digits       scikit-learn's bundled 8x8 digits (no download); a seeded stratified split (test_fraction)
+    cifar10      torchvision's CIFAR10 from a local root (ROOT/cifar-10-batches-py/...); never downloads
+    imagenet     ImageNet in ImageFolder layout: ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG
+    imagefolder  any ImageFolder: ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (or ROOT/test/)
+
+Images are float32 arrays (N, C, H, W) scaled to [0, 1]; labels int64. The position of an image in its split
+(0..N-1) is its index everywhere in the data contract. Folder datasets are listed without decoding (sorted
+classes, sorted files within a class, as torchvision's ImageFolder) and decoded on demand: RGB, the shorter
+side resized to `image_size`, then centre-cropped to image_size x image_size.
+
+Importing this module is cheap (the workflow calls `n_classes` while building its DAG): torch, torchvision and
+PIL are imported where they are used.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .errors import SimattrError
 
 SPLITS = ("train", "test")
+NAMES = ("digits", "cifar10", "imagenet", "imagefolder")
+FOLDER_DATASETS = ("imagenet", "imagefolder")
+#: the file endings torchvision's ImageFolder accepts as images
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+BAD_IMAGES = ("error", "skip")
+DEFAULT_IMAGE_SIZE = 224
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
 @dataclass(frozen=True)
+class Spec:
+    """What a dataset is: everything that changes its images, labels or split (the config's `dataset`)."""
+    name: str = "digits"
+    root: str | None = None             # cifar10, imagenet, imagefolder
+    test_fraction: float = 0.2          # digits: held-out fraction of the stratified split
+    split_seed: int = 0                 # digits: seed of the split
+    image_size: int | None = None       # folder datasets: decoded size (default 224)
+    bad_images: str = "error"           # folder datasets: 'error' names the first bad file; 'skip' drops them
+
+    def __post_init__(self):
+        if self.name not in NAMES:
+            raise SimattrError(f"unknown dataset '{self.name}'; valid: {', '.join(NAMES)}")
+        if self.name == "digits":
+            if not 0.0 < self.test_fraction < 1.0:
+                raise SimattrError(f"dataset.test_fraction must be in (0, 1), got {self.test_fraction}")
+        elif not self.root:
+            raise SimattrError(f"dataset '{self.name}' needs dataset.root (a local folder; nothing is downloaded)")
+        if self.image_size is not None and self.name not in FOLDER_DATASETS:
+            raise SimattrError(f"dataset.image_size applies to {', '.join(FOLDER_DATASETS)} only "
+                               f"({self.name} images have a fixed size)")
+        if self.image_size is not None and self.image_size < 1:
+            raise SimattrError(f"dataset.image_size must be >= 1, got {self.image_size}")
+        if self.bad_images not in BAD_IMAGES:
+            raise SimattrError(f"dataset.bad_images must be one of {', '.join(BAD_IMAGES)}, got {self.bad_images!r}")
+
+    @classmethod
+    def from_config(cls, section: dict) -> "Spec":
+        """From the config's `dataset` mapping (schema-validated; unknown keys are the schema's business)."""
+        keys = {k: section[k] for k in cls.__dataclass_fields__ if section.get(k) is not None}
+        return cls(**keys)
+
+    def identity(self) -> dict:
+        """The fields that determine the data (hashed into every output's config_hash)."""
+        d = asdict(self)
+        if self.name == "digits":
+            d.pop("root"), d.pop("image_size"), d.pop("bad_images")
+        else:
+            d.pop("test_fraction"), d.pop("split_seed")
+            if self.name == "cifar10":
+                d.pop("image_size"), d.pop("bad_images")
+        return d
+
+    def cli_args(self) -> list[str]:
+        """The `simattr` command-line arguments that rebuild this spec (see cli._dataset_args)."""
+        args = ["--dataset", self.name]
+        if self.name == "digits":
+            args += ["--test-fraction", str(self.test_fraction), "--split-seed", str(self.split_seed)]
+        else:
+            args += ["--dataset-root", str(self.root)]
+        if self.image_size is not None:
+            args += ["--image-size", str(self.image_size)]
+        if self.bad_images != "error":
+            args += ["--bad-images", self.bad_images]
+        return args
+
+
 class Split:
-    images: np.ndarray        # (N, C, H, W) float32 in [0, 1]
-    labels: np.ndarray        # (N,) int64
-    source_index: np.ndarray  # (N,) int64, position in the dataset before splitting
-    class_names: tuple[str, ...]
+    """One split of a dataset: labels known up front, images decoded on demand (`load`) or all at once
+    (`images`, cached; for datasets that fit in memory)."""
+
+    def __init__(self, labels: np.ndarray, source_index: np.ndarray, class_names: tuple[str, ...],
+                 loader: Callable[[np.ndarray], np.ndarray], sources: tuple[str, ...] | None = None,
+                 skipped: tuple[str, ...] = ()):
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.source_index = np.asarray(source_index, dtype=np.int64)   # position in the dataset before splitting
+        self.class_names = tuple(class_names)
+        self.sources = sources              # folder datasets: file paths relative to the root, per image
+        self.skipped = skipped              # folder datasets with bad_images: skip: the files left out
+        self._loader = loader
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """One image (C, H, W), decoded on demand (a Split can stand in for an image array where images are
+        looked up one at a time)."""
+        return self.load(np.asarray([i]))[0]
+
+    def load(self, index) -> np.ndarray:
+        """Images at positions `index` of this split: float32 (n, C, H, W) in [0, 1]."""
+        return self._loader(np.asarray(index, dtype=np.int64))
+
+    @functools.cached_property
+    def images(self) -> np.ndarray:
+        return self.load(np.arange(len(self)))
 
 
-# name -> number of classes; known without loading anything (the workflow expands class files from it)
-N_CLASSES = {"digits": 10}
+def _spec(data, test_fraction: float | None, seed: int | None) -> Spec:
+    if isinstance(data, Spec):
+        return data
+    kw = {"name": data}
+    if test_fraction is not None:
+        kw["test_fraction"] = test_fraction
+    if seed is not None:
+        kw["split_seed"] = seed
+    return Spec(**kw)
 
 
-def n_classes(name: str) -> int:
-    if name not in N_CLASSES:
-        raise SimattrError(f"unknown dataset '{name}'; valid: {', '.join(sorted(N_CLASSES))}")
-    return N_CLASSES[name]
+def load_split(data: Spec | str, split: str, *, test_fraction: float | None = None, seed: int | None = None
+               ) -> Split:
+    """The `split` ('train' or 'test') of a dataset, given as a Spec or (digits) a name plus split settings."""
+    spec = _spec(data, test_fraction, seed)
+    if split not in SPLITS:
+        raise SimattrError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
+    if spec.name == "digits":
+        return _digits_split(spec, split)
+    if spec.name == "cifar10":
+        return _cifar_split(spec, split)
+    return _folder_split(spec, split)
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def n_classes(data: Spec | str) -> int:
+    """How many classes (known without decoding any image: the workflow expands per-class jobs from it)."""
+    spec = _spec(data, None, None)
+    if spec.name in ("digits", "cifar10"):
+        return 10
+    return len(_folder_classes(spec))
+
+
+def split_size(data: Spec | str, split: str) -> int:
+    """How many images a split has (folder datasets: listed, not decoded; CIFAR-10: its batch files read)."""
+    return len(load_split(data, split))
+
+
+# ------------------------------------------------------------------------------------------------ digits
+def _digits_split(spec: Spec, split: str) -> Split:
     from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     d = load_digits()
     images = (d.images.astype(np.float32) / 16.0)[:, None, :, :]
-    return images, d.target.astype(np.int64), tuple(str(c) for c in d.target_names)
-
-
-def load_split(name: str, split: str, *, test_fraction: float, seed: int) -> Split:
-    """The `split` part of dataset `name`, split by a stratified shuffle seeded by `seed`."""
-    if split not in SPLITS:
-        raise SimattrError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
-    n_classes(name)
-    if not 0.0 < test_fraction < 1.0:
-        raise SimattrError(f"dataset.test_fraction must be in (0, 1), got {test_fraction}")
-    images, labels, class_names = _digits()
-    from sklearn.model_selection import train_test_split
-
-    order = np.arange(len(labels))
-    tr, te = train_test_split(order, test_size=test_fraction, random_state=seed, stratify=labels)
+    labels = d.target.astype(np.int64)
+    tr, te = train_test_split(np.arange(len(labels)), test_size=spec.test_fraction, random_state=spec.split_seed,
+                              stratify=labels)
     idx = np.sort(tr if split == "train" else te)
-    return Split(images=images[idx], labels=labels[idx], source_index=idx.astype(np.int64),
-                 class_names=class_names)
+    chosen = images[idx]
+    return Split(labels[idx], idx, tuple(str(c) for c in d.target_names), lambda i: chosen[i])
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR-10
+def _cifar_split(spec: Spec, split: str) -> Split:
+    """torchvision's CIFAR10 reader on ROOT/cifar-10-batches-py. The files' presence is checked here (with an
+    error that says what to put where); their md5 sums are not, so subsets and test fixtures load too."""
+    import pickle
+
+    from torchvision.datasets import CIFAR10
+
+    folder = Path(spec.root) / CIFAR_FOLDER
+    need = CIFAR_FILES["train"] + CIFAR_FILES["test"] + ["batches.meta"]
+    missing = [f for f in need if not (folder / f).is_file()]
+    if missing:
+        raise SimattrError(f"dataset.root={spec.root}: expected {folder}/ holding {', '.join(need)} (extract "
+                           f"{CIFAR_URL} into {spec.root}); missing: {', '.join(missing)}")
+
+    class LocalCIFAR10(CIFAR10):
+        def _check_integrity(self) -> bool:
+            return True
+
+        def _load_meta(self) -> None:
+            with open(folder / "batches.meta", "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")["label_names"]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    try:
+        ds = LocalCIFAR10(spec.root, train=split == "train", download=False)
+    except Exception as e:  # noqa: BLE001 - find the file it was, and say so in one line
+        for name in CIFAR_FILES[split] + ["batches.meta"]:
+            try:
+                with open(folder / name, "rb") as f:
+                    entry = pickle.load(f, encoding="latin1")
+                if name != "batches.meta" and (np.asarray(entry["data"]).shape[-1] != 3 * 32 * 32
+                                               or len(entry["data"]) != len(entry["labels"])):
+                    raise ValueError("'data' is not (N, 3072) or 'labels' differs in length")
+            except Exception as inner:  # noqa: BLE001
+                raise SimattrError(f"{folder / name}: not a CIFAR-10 batch file ({type(inner).__name__}: "
+                                   f"{inner})") from None
+        raise SimattrError(f"{folder}: could not read CIFAR-10 ({type(e).__name__}: {e})") from None
+    data = np.ascontiguousarray(ds.data)                     # (N, 32, 32, 3) uint8
+    labels = np.asarray(ds.targets, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(ds.classes)):
+        raise SimattrError(f"{folder}: labels outside 0..{len(ds.classes) - 1}")
+
+    def load(i):
+        return data[i].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+    return Split(labels, np.arange(len(labels)), tuple(ds.classes), load)
+
+
+# --------------------------------------------------------------------------------------- image folders
+def _folder_dir(spec: Spec, split: str) -> Path:
+    root = Path(spec.root)
+    if not root.is_dir():
+        raise SimattrError(f"dataset.root={spec.root}: not a folder (expected {spec.root}/train/<class>/<image> "
+                           f"and {spec.root}/val/<class>/<image>)")
+    if split == "train":
+        d = root / "train"
+    else:
+        d = next((root / s for s in ("val", "test") if (root / s).is_dir()), root / "val")
+    if not d.is_dir():
+        raise SimattrError(f"dataset.root={spec.root}: no {d.name}/ folder (expected the ImageFolder layout "
+                           f"{spec.root}/train/<class>/<image> and {spec.root}/val/<class>/<image>)")
+    return d
+
+
+def _visible(entries) -> list[os.DirEntry]:
+    return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_classes(spec: Spec) -> tuple[str, ...]:
+    d = _folder_dir(spec, "train")
+    with os.scandir(d) as it:
+        entries = _visible(it)
+    stray = [e.name for e in entries if not e.is_dir()]
+    if stray:
+        raise SimattrError(f"{d / stray[0]}: a file directly in {d.name}/ (expected one folder per class, "
+                           f"{d}/<class>/<image>)")
+    if not entries:
+        raise SimattrError(f"{d}: no class folders (expected {d}/<class>/<image>)")
+    return tuple(e.name for e in entries)
+
+
+def _check_image(path: Path) -> str | None:
+    """None when PIL can open and verify the file, else why not."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # noqa: BLE001 - any failure to read means a bad image
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_listing(spec: Spec, split: str) -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]:
+    """(files relative to the root, labels, skipped files) of one split, sorted by class then file name."""
+    classes = _folder_classes(spec)
+    d = _folder_dir(spec, split)
+    root = Path(spec.root)
+    with os.scandir(d) as it:
+        present = _visible(it)
+    foreign = [e.name for e in present if e.is_dir() and e.name not in classes]
+    if foreign:
+        raise SimattrError(f"{d / foreign[0]}: class folder not in {root / 'train'} (test classes must be train "
+                           "classes)")
+    stray = [e.name for e in present if not e.is_dir()]
+    if stray:
+        raise SimattrError(f"{d / stray[0]}: a file directly in {d.name}/ (expected {d}/<class>/<image>)")
+    files, labels, skipped = [], [], []
+    for c, name in enumerate(classes):
+        cdir = d / name
+        if not cdir.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(cdir):
+            dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
+            for fn in sorted(f for f in filenames if not f.startswith(".")):
+                p = Path(dirpath) / fn
+                why = None if fn.lower().endswith(IMAGE_EXTENSIONS) else \
+                    f"not an image file (endings read: {' '.join(IMAGE_EXTENSIONS)})"
+                if why is None and spec.bad_images == "skip":
+                    why = _check_image(p)
+                if why is not None:
+                    if spec.bad_images == "error":
+                        raise SimattrError(f"{p}: {why}; remove it, or set dataset.bad_images: skip to leave out "
+                                           "files that cannot be read")
+                    skipped.append(str(p.relative_to(root)))
+                    continue
+                files.append(str(p.relative_to(root)))
+                labels.append(c)
+    if not files:
+        raise SimattrError(f"{d}: no images in any class folder (expected {d}/<class>/<image>)")
+    return tuple(files), np.asarray(labels, dtype=np.int64), tuple(skipped)
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    """One image file as uint8 (3, size, size): RGB, shorter side resized to `size`, centre crop."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im = TF.center_crop(TF.resize(im, size), [size, size])
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - a file that lists fine but does not decode
+        raise SimattrError(f"{path}: cannot decode the image ({type(e).__name__}: {e}); remove or replace it"
+                           ) from None
+    return arr.transpose(2, 0, 1)
+
+
+def _folder_split(spec: Spec, split: str) -> Split:
+    files, labels, skipped = _folder_listing(spec, split)
+    size = spec.image_size or DEFAULT_IMAGE_SIZE
+    root = Path(spec.root)
+
+    def load(i):
+        out = np.empty((len(i), 3, size, size), dtype=np.float32)
+        for j, k in enumerate(i):
+            out[j] = _decode(root / files[k], size)
+        return out / 255.0
+
+    return Split(labels, np.arange(len(labels)), _folder_classes(spec), load, sources=files, skipped=skipped)

@@ -3,6 +3,8 @@
     pixels      flattened pixels standardised with the train mean/std (no network, nothing learned but the scaling)
     simclr      a small conv net trained self-supervised (SimCLR, NT-Xent) on the train images only; labels unused
     supervised  the same conv net trained as a classifier with cross-entropy; features = penultimate layer
+    resnet      a torchvision ResNet-18/50 from a local checkpoint (MoCo v2/v3, SimCLR/solo-learn, lightly or
+                torchvision layout; see simattr.backbones), head dropped: nothing is trained
 
 `fit` returns a state: a plain dict of python values and torch tensors (loadable with
 `torch.load(weights_only=True)`) holding "encoder", "params" and what `encode` needs. For the networks the
@@ -23,21 +25,24 @@ import numpy as np
 
 from .errors import SimattrError
 
-ENCODERS = ("pixels", "simclr", "supervised")
-TRAINABLE = ("simclr", "supervised")  # these need a fit step whose state is saved to a .pt file
+ENCODERS = ("pixels", "simclr", "supervised", "resnet")
+TRAINABLE = ("simclr", "supervised", "resnet")  # their state (.pt) comes from a workflow rule of its own
 
 # The params each encoder requires (exactly these keys; the caller fills in the defaults).
 PARAM_KEYS = {
     "pixels": (),
     "simclr": ("epochs", "batch_size", "lr", "temperature", "feature_dim", "proj_dim"),
     "supervised": ("epochs", "batch_size", "lr", "hidden"),
+    "resnet": ("arch", "checkpoint", "layout", "feature", "normalize"),
 }
+_TEXT_PARAMS = {"arch", "checkpoint", "layout", "feature", "normalize"}
 # Recommended params. Measured on the digits train split (1437 images), 2 CPU cores, seeds 0 and 1: simclr fit
 # ~36 s, test accuracy of a 1-NN (cosine) on the features 0.989; supervised ~5-7 s, 0.994-0.997; pixels 0.983.
 DEFAULT_PARAMS = {
     "pixels": {},
     "simclr": {"epochs": 100, "batch_size": 256, "lr": 2e-3, "temperature": 0.2, "feature_dim": 128, "proj_dim": 64},
     "supervised": {"epochs": 15, "batch_size": 128, "lr": 2e-3, "hidden": 128},
+    "resnet": {"arch": "resnet50", "checkpoint": None, "layout": "auto", "feature": "pool", "normalize": "imagenet"},
 }
 
 # A pixel's std is floored at this before dividing: a pixel (almost) constant on the train images (the digits'
@@ -70,6 +75,10 @@ def _check_params(name: str, params: Any) -> dict:
     ints = {"epochs", "batch_size", "feature_dim", "proj_dim", "hidden"}
     for k in want:
         v = params[k]
+        if k in _TEXT_PARAMS:
+            if not isinstance(v, str) or not v:
+                raise SimattrError(f"encoder '{name}' params: '{k}' must be a non-empty string, got {v!r}")
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (k in ints and not isinstance(v, int)):
             raise SimattrError(f"encoder '{name}' params: '{k}' must be {'an integer' if k in ints else 'a number'}, "
                                f"got {v!r}")
@@ -111,11 +120,18 @@ def _backbone(in_shape, feature_dim: int):
 
 def _net_dim(state: dict) -> int:
     p = state["params"]
+    if state["encoder"] == "resnet":
+        return _build(state).dim
     return int(p["feature_dim"] if state["encoder"] == "simclr" else p["hidden"])
 
 
 def _build(state: dict):
-    """The backbone of a network state, weights loaded, in eval mode."""
+    """The backbone of a network state, weights loaded, in eval mode (resnet: a backbones.Features)."""
+    if state["encoder"] == "resnet":
+        from .backbones import Features
+
+        p = state["params"]
+        return Features(p["arch"], state["backbone"], bool(state["cifar_stem"]), p["feature"], p["normalize"])
     net = _backbone(tuple(state["input_shape"]), _net_dim(state))
     net.load_state_dict(state["backbone"])
     return net.eval()
@@ -335,10 +351,27 @@ def _fit_supervised(images: np.ndarray, labels: np.ndarray, params: dict, seed: 
             "n_classes": n_classes}
 
 
+def from_checkpoint(params: dict, log=None) -> dict:
+    """The `resnet` encoder's state: the backbone weights found in params['checkpoint'] (nothing is trained)."""
+    from .backbones import load_checkpoint
+
+    params = _check_params("resnet", params)
+    backbone, found = load_checkpoint(params["checkpoint"], params["arch"], params["layout"])
+    if log is not None:
+        log.info("resnet: %s backbone from %s (layout %s, prefix '%s', %s stem)", params["arch"],
+                 params["checkpoint"], found["layout"], found["prefix"], "CIFAR" if found["cifar_stem"] else "ImageNet")
+    state = {"encoder": "resnet", "params": params, "input_shape": [3, 1, 1], "seed": 0, "backbone": backbone,
+             "cifar_stem": found["cifar_stem"], "layout_found": found["layout"]}
+    _validate_state(state, params["checkpoint"], "resnet")
+    return state
+
+
 def fit(name: str, train_images: np.ndarray, train_labels: np.ndarray, params: dict, *, seed: int,
         progress: bool = True, log=None) -> dict:
-    """Fit encoder `name` on the train images (and, for "supervised" only, their labels); return its state."""
-    _check_name(name)
+    """Fit encoder `name` on the train images (and, for "supervised" only, their labels); return its state.
+    (`resnet` is not fitted: see from_checkpoint.)"""
+    if _check_name(name) == "resnet":
+        raise SimattrError("encoder 'resnet' is pretrained: its state comes from encoders.from_checkpoint")
     params = _check_params(name, params)
     images = _check_images(train_images, f"encoder '{name}' train images")
     state: dict[str, Any] = {"encoder": name, "params": params, "input_shape": [int(s) for s in images.shape[1:]],
@@ -435,7 +468,8 @@ def feature_dim(state: dict) -> int:
 def encode(state: dict, images: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
     """Features (N, d) float32 of `images` (N, C, H, W) in [0, 1]: deterministic, eval mode, no gradients."""
     name = _check_name(state.get("encoder") if isinstance(state, dict) else None)
-    images = _check_images(images, f"encoder '{name}' input", tuple(state["input_shape"]))
+    images = _check_images(images, f"encoder '{name}' input",
+                           None if name == "resnet" else tuple(state["input_shape"]))
     if batch_size < 1:
         raise SimattrError(f"encode: batch_size must be >= 1, got {batch_size}")
     if name == "pixels":
@@ -445,6 +479,8 @@ def encode(state: dict, images: np.ndarray, *, batch_size: int = 1024) -> np.nda
     import torch
 
     net = _build(state)
+    if name == "resnet":
+        return np.concatenate([net(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
     out = np.empty((len(images), feature_dim(state)), dtype=np.float32)
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):

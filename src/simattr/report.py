@@ -337,11 +337,12 @@ def _lookup(topk: Mapping[Any, Sequence[int]], t: int) -> Sequence[int] | None:
     return None
 
 
-def plot_topk_grid(test_images: np.ndarray, train_images: np.ndarray,
+def plot_topk_grid(test_images, train_images,
                    topk_by_method: dict[str, dict[int, list[int]]], test_indices: list[int],
                    path: str | os.PathLike, k: int = 8) -> None:
     """Rows: for each test index, one row per method (in the dict's order): the test image, then the
-    method's top-k training images (best first). Missing entries leave blank cells."""
+    method's top-k training images (best first). Missing entries leave blank cells. The images are (N, C, H, W)
+    arrays or anything with len() and [i] (a datasets.Split decodes only the images shown)."""
     if k < 1:
         raise ValueError("k must be >= 1")
     methods = list(topk_by_method)

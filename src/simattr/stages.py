@@ -18,53 +18,115 @@ from .errors import SimattrError
 log = logging.getLogger("simattr")
 
 
-def embed_settings(dataset: str, test_fraction: float, split_seed: int, encoder: str, params: dict,
-                   seed: int) -> dict:
-    return {"dataset": dataset, "test_fraction": test_fraction, "split_seed": split_seed, "encoder": encoder,
-            "params": params, "seed": seed}
+def embed_settings(data: datasets.Spec, encoder: str, params: dict, seed: int) -> dict:
+    return {**data.identity(), "encoder": encoder, "params": params, "seed": seed}
 
 
-def train_encoder(*, dataset: str, test_fraction: float, split_seed: int, encoder: str, params: dict, seed: int,
-                  out: str, progress: bool = True) -> None:
+def train_encoder(*, data: datasets.Spec, encoder: str, params: dict, seed: int, out: str,
+                  progress: bool = True) -> None:
     from . import encoders
 
     if encoder not in encoders.TRAINABLE:
         raise SimattrError(f"encoder '{encoder}' has no training step; trainable: {', '.join(encoders.TRAINABLE)}")
     t0 = time.perf_counter()
-    tr = datasets.load_split(dataset, "train", test_fraction=test_fraction, seed=split_seed)
-    state = encoders.fit(encoder, tr.images, tr.labels, params, seed=seed, progress=progress, log=log)
-    state["settings"] = json.dumps(embed_settings(dataset, test_fraction, split_seed, encoder, params, seed),
-                                   sort_keys=True)
+    if encoder == "resnet":                       # pretrained: the state is the checkpoint's backbone
+        state, n = encoders.from_checkpoint(params, log=log), 0
+    else:
+        tr = datasets.load_split(data, "train")
+        state = encoders.fit(encoder, tr.images, tr.labels, params, seed=seed, progress=progress, log=log)
+        n = len(tr)
+    state["settings"] = json.dumps(embed_settings(data, encoder, params, seed), sort_keys=True)
     encoders.save_state(state, out)
-    log.info("trained %s on %d train images in %.1f s -> %s", encoder, len(tr.labels), time.perf_counter() - t0, out)
+    log.info("%s state from %d train images in %.1f s -> %s", encoder, n, time.perf_counter() - t0, out)
 
 
-def embed(*, dataset: str, test_fraction: float, split_seed: int, encoder: str, split: str, shard_size: int,
-          out_dir: str, state_path: str | None = None, progress: bool = True) -> dict:
-    """Embed one split. Trainable encoders come from their state file, whose settings (dataset split,
-    training parameters, seed) give the shards' config_hash; `pixels` is fitted on the train split here."""
+def _encoder_state(data: datasets.Spec, encoder: str, state_path: str | None, fit: bool = True
+                   ) -> tuple[dict | None, dict]:
+    """(encoder state, the settings hashed into the shards' config_hash). Encoders with a state rule come from
+    their file, checked to be made for this data; `pixels` is fitted on the train split here (unless not `fit`:
+    then the state is None)."""
     from . import encoders
 
-    t0 = time.perf_counter()
     if encoder in encoders.TRAINABLE:
         if not state_path:
-            raise SimattrError(f"encoder '{encoder}' needs its trained state (--state)")
+            raise SimattrError(f"encoder '{encoder}' needs its state file (--state)")
         state = encoders.load_state(state_path, expect_name=encoder)
         settings = json.loads(state["settings"])
-        if (settings["dataset"], settings["test_fraction"], settings["split_seed"]) != (
-                dataset, test_fraction, split_seed):
-            raise SimattrError(f"{state_path}: trained on another split ({settings}); rerun its training rule")
-    else:
-        settings = embed_settings(dataset, test_fraction, split_seed, encoder, {}, 0)
-        tr = datasets.load_split(dataset, "train", test_fraction=test_fraction, seed=split_seed)
-        state = encoders.fit(encoder, tr.images, tr.labels, {}, seed=0, progress=False)
-    data = datasets.load_split(dataset, split, test_fraction=test_fraction, seed=split_seed)
-    feats = encoders.encode(state, data.images)
-    manifest = store.write_embeddings(out_dir, feats, data.labels, shard_size=shard_size, dataset=dataset,
-                                      split=split, encoder=encoder, config_hash=store.config_hash(settings))
-    log.info("embedded %d %s images with %s (d=%d) into %d shard(s) in %.1f s", len(feats), split, encoder,
-             feats.shape[1], len(manifest["shards"]), time.perf_counter() - t0)
+        trained_on = {k: settings.get(k) for k in data.identity()}
+        if trained_on != data.identity():
+            raise SimattrError(f"{state_path}: made for other data ({trained_on}, now {data.identity()}); "
+                               "rerun its rule")
+        return state, settings
+    settings = embed_settings(data, encoder, {}, 0)
+    if not fit:
+        return None, settings
+    tr = datasets.load_split(data, "train")
+    return encoders.fit(encoder, tr.images, tr.labels, {}, seed=0, progress=False), settings
+
+
+def _encode_range(state: dict, part: datasets.Split, start: int, stop: int, batch_size: int, progress: bool,
+                  what: str) -> np.ndarray:
+    """Features of images start..stop-1 of a split, decoded and encoded batch by batch (progress bar, log)."""
+    from tqdm import tqdm
+
+    from . import encoders
+
+    feats, t0, last = [], time.perf_counter(), time.perf_counter()
+    with tqdm(total=stop - start, desc=what, unit="img", disable=not progress, leave=False) as bar:
+        for s in range(start, stop, batch_size):
+            idx = np.arange(s, min(s + batch_size, stop))
+            feats.append(encoders.encode(state, part.load(idx), batch_size=batch_size))
+            bar.update(len(idx))
+            if time.perf_counter() - last > 30:
+                last = time.perf_counter()
+                log.info("%s: %d of %d images, %.0f images/s", what, idx[-1] + 1 - start, stop - start,
+                         (idx[-1] + 1 - start) / (last - t0))
+    return np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
+
+
+def embed_shard(*, data: datasets.Spec, encoder: str, split: str, shard: int, shard_size: int, out: str,
+                state_path: str | None = None, batch_size: int = 256, float16: bool = False,
+                progress: bool = True) -> None:
+    """Embed shard `shard` of one split (images shard*shard_size .. ; shard_size 0: the whole split)."""
+    t0 = time.perf_counter()
+    state, settings = _encoder_state(data, encoder, state_path)
+    part = datasets.load_split(data, split)
+    ranges = store.shard_ranges(len(part), shard_size)
+    if not 0 <= shard < len(ranges):
+        raise SimattrError(f"shard {shard} does not exist: the {split} split has {len(part)} images, "
+                           f"{len(ranges)} shard(s) of {shard_size or len(part)}")
+    start, stop = ranges[shard]
+    feats = _encode_range(state, part, start, stop, batch_size, progress, f"{encoder}/{split} shard {shard}")
+    store.write_shard(out, feats, part.labels[start:stop], np.arange(start, stop), dataset=data.name, split=split,
+                      encoder=encoder, config_hash=store.config_hash(settings), class_names=part.class_names,
+                      float16=float16)
+    log.info("embedded %s images %d..%d with %s (d=%d) in %.1f s -> %s", split, start, stop - 1, encoder,
+             feats.shape[1], time.perf_counter() - t0, out)
+
+
+def embed_index(*, data: datasets.Spec, encoder: str, split: str, shards: list[str], out: str,
+                state_path: str | None = None) -> dict:
+    """The split's manifest from its shards, each checked against the current settings (stale shards refused)."""
+    _, settings = _encoder_state(data, encoder, state_path, fit=False)
+    part = datasets.load_split(data, split)
+    expect = {"dataset": data.name, "split": split, "encoder": encoder, "config_hash": store.config_hash(settings)}
+    manifest = store.write_index(Path(out).parent, shards, n=len(part), expect=expect, skipped=part.skipped)
+    log.info("%s/%s: %d images in %d shard(s), d=%d%s", encoder, split, manifest["n"], len(manifest["shards"]),
+             manifest["feature_dim"], f", {len(part.skipped)} bad file(s) skipped" if part.skipped else "")
     return manifest
+
+
+def embed(*, data: datasets.Spec, encoder: str, split: str, shard_size: int, out_dir: str,
+          state_path: str | None = None, batch_size: int = 256, float16: bool = False, progress: bool = True) -> dict:
+    """Embed one whole split in this process: every shard, then the manifest."""
+    n = len(datasets.load_split(data, split))
+    files = []
+    for s in range(len(store.shard_ranges(n, shard_size))):
+        files.append(str(Path(out_dir) / store.SHARD_NAME.format(shard=s)))
+        embed_shard(data=data, encoder=encoder, split=split, shard=s, shard_size=shard_size, out=files[-1],
+                    state_path=state_path, batch_size=batch_size, float16=float16, progress=progress)
+    return embed_index(data=data, encoder=encoder, split=split, shards=files,
+                       out=str(Path(out_dir) / "index.json"), state_path=state_path)
 
 
 def score_class(*, dataset: str, encoder: str, ranker: str, cls: int, train_index: str, test_index: str,
@@ -75,6 +137,9 @@ def score_class(*, dataset: str, encoder: str, ranker: str, cls: int, train_inde
     t0 = time.perf_counter()
     tr_f, tr_y, tr_m = store.read_embeddings(train_index)
     te_f, te_y, te_m = store.read_embeddings(test_index)
+    if tr_f.shape[1] != te_f.shape[1]:
+        raise SimattrError(f"{train_index} holds {tr_f.shape[1]}-d features but {test_index} {te_f.shape[1]}-d "
+                           "(embedded by different encoders); rerun the embed stage")
     if tr_m["config_hash"] != te_m["config_hash"]:
         raise SimattrError(f"{train_index} and {test_index} come from different settings "
                            f"({tr_m['config_hash']} vs {te_m['config_hash']}); rerun the embed stage")
@@ -180,7 +245,7 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
     return gather
 
 
-def report_stage(*, dataset: str, test_fraction: float, split_seed: int, gathers: list[str],
+def report_stage(*, data: datasets.Spec, gathers: list[str],
                  score_files: list[str], benchmarks: list[tuple[str, str]], stored: list[tuple[str, str]],
                  n_boot: int, seed: int, grid_images: int, out_dir: str) -> list[dict]:
     from . import report
@@ -198,8 +263,8 @@ def report_stage(*, dataset: str, test_fraction: float, split_seed: int, gathers
     out = Path(out_dir)
     report.plot_cdf(g, out / "support_cdf.png")
     # the top-k grid: the first few sampled test images, each method's best training images
-    tr = datasets.load_split(dataset, "train", test_fraction=test_fraction, seed=split_seed)
-    te = datasets.load_split(dataset, "test", test_fraction=test_fraction, seed=split_seed)
+    tr = datasets.load_split(data, "train")
+    te = datasets.load_split(data, "test")
     shown = sorted({a["test_index"] for x in g for a in x["answers"]})[:grid_images]
     topk_by_method: dict[str, dict[int, list[int]]] = {}
     for f in score_files:
@@ -209,7 +274,7 @@ def report_stage(*, dataset: str, test_fraction: float, split_seed: int, gathers
         for t in shown:
             if t in rows_of:
                 topk_by_method.setdefault(method, {})[t] = sc["topk"][rows_of[t]].tolist()
-    report.plot_topk_grid(te.images, tr.images, topk_by_method, shown, out / "topk_grid.png", k=8)
+    report.plot_topk_grid(te, tr, topk_by_method, shown, out / "topk_grid.png", k=8)
     report.write_tables(rows, wins, costs, out)
     log.info("report written to %s\n%s", out / "report.md", (out / "report.md").read_text())
     return rows

@@ -28,13 +28,15 @@ import numpy as np
 from . import __version__
 from .errors import SimattrError
 
-CONTRACT_VERSION = 2   # 2: queries.h5 full_correct; answers carry checks and violations
+CONTRACT_VERSION = 3   # 2: queries.h5 full_correct; answers carry checks and violations. 3: embeddings carry
+                       # the label map (class_names) and the files a folder dataset left out (skipped)
 
 # Path templates (relative to the results root). The workflow rules build their patterns from these.
 ENCODER_STATE = "{dataset}/encoders/{encoder}.pt"
 EMBED_DIR = "{dataset}/embeddings/{encoder}/{split}"
 EMBED_INDEX = EMBED_DIR + "/index.json"
 SHARD_NAME = "shard-{shard:05d}.h5"
+EMBED_SHARD = EMBED_DIR + "/shard-{shard}.h5"     # the workflow's pattern: {shard} is SHARD_NAME's 5 digits
 SCORES = "{dataset}/scores/{encoder}/{ranker}/class-{cls}.h5"
 QUERIES = "{dataset}/support/queries.h5"
 SUPPORT_DIR = "{dataset}/support/{encoder}/{ranker}/{metric}"
@@ -128,7 +130,9 @@ def provenance(**attrs: Any) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------- shards
 def write_shard(path: str | os.PathLike, features: np.ndarray, labels: np.ndarray, indices: np.ndarray,
-                *, dataset: str, split: str, encoder: str, config_hash: str) -> None:
+                *, dataset: str, split: str, encoder: str, config_hash: str, class_names=(),
+                float16: bool = False) -> None:
+    """One shard: features (float32, or float16 to halve the bytes; read back as float32), labels, indices."""
     import h5py
 
     features = np.asarray(features, dtype=np.float32)
@@ -136,13 +140,20 @@ def write_shard(path: str | os.PathLike, features: np.ndarray, labels: np.ndarra
         raise ValueError("shard arrays disagree in length or features is not 2-d")
     if not np.isfinite(features).all():
         raise SimattrError(f"{path}: encoder '{encoder}' produced NaN or inf features")
+    if float16:
+        with np.errstate(over="ignore"):            # checked on the next line, with the file's name
+            features = features.astype(np.float16)
+        if not np.isfinite(features).all():
+            raise SimattrError(f"{path}: features of encoder '{encoder}' overflow float16 (|x| > 65504); set "
+                               "embed.float16: false")
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("features", data=features)
             f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
             f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
             for k, v in provenance(dataset=dataset, split=split, encoder=encoder,
-                                   feature_dim=int(features.shape[1]), config_hash=config_hash).items():
+                                   feature_dim=int(features.shape[1]), config_hash=config_hash,
+                                   class_names=json.dumps(list(class_names))).items():
                 f.attrs[k] = v
 
 
@@ -164,28 +175,68 @@ def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndar
     return feats.astype(np.float32, copy=False), labels, idx, attrs
 
 
-def write_embeddings(out_dir: str | os.PathLike, features: np.ndarray, labels: np.ndarray,
-                     *, shard_size: int, dataset: str, split: str, encoder: str, config_hash: str) -> dict:
-    """Write one split's features as shards, then the manifest index.json (the completion mark)."""
-    out_dir = Path(out_dir)
-    n = len(features)
+def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each shard of a split of n images (shard_size 0: one shard; an empty split: none)."""
     size = shard_size if shard_size > 0 else max(n, 1)
-    shards = []
-    for s, start in enumerate(range(0, n, size)):
-        stop = min(start + size, n)
-        name = SHARD_NAME.format(shard=s)
-        write_shard(out_dir / name, features[start:stop], labels[start:stop], np.arange(start, stop),
-                    dataset=dataset, split=split, encoder=encoder, config_hash=config_hash)
-        shards.append({"file": name, "start": start, "stop": stop})
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def write_index(out_dir: str | os.PathLike, shard_files: list, *, n: int, expect: dict[str, Any],
+                skipped=()) -> dict:
+    """Check the shards of one split and write their manifest index.json (the split's completion mark).
+
+    Every shard must carry the attributes in `expect` (dataset, split, encoder, config_hash) and the same
+    feature_dim and class_names as the others, and together they must cover indices 0..n-1 in order; a shard
+    that does not (stale: written under other settings, or of another shard_size) is refused by name.
+    Shard files in `out_dir` that the manifest does not list are removed."""
+    out_dir = Path(out_dir)
+    shards, first, labels = [], None, []
+    for p in sorted(Path(f) for f in shard_files):
+        _, lab, idx, attrs = read_shard(p)
+        for key, want in expect.items():
+            if attrs.get(key) != want:
+                raise SimattrError(f"{p}: {key}={attrs.get(key)!r} but the current settings give {want!r} (stale "
+                                   "shard: delete it, or rerun the embed stage)")
+        first = first or attrs
+        for key in ("feature_dim", "class_names"):
+            if attrs.get(key) != first.get(key):
+                raise SimattrError(f"{p}: {key}={attrs.get(key)!r} differs from {shards[0]['file']}'s "
+                                   f"{first.get(key)!r} (stale shard)")
+        start = shards[-1]["stop"] if shards else 0
+        if len(idx) and (idx[0] != start or not np.array_equal(idx, np.arange(start, start + len(idx)))):
+            raise SimattrError(f"{p}: holds indices {idx[0]}..{idx[-1]}, expected to start at {start} (stale shard "
+                               "of another shard_size?)")
+        shards.append({"file": p.name, "start": start, "stop": start + len(idx)})
+        labels.append(lab)
+    covered = shards[-1]["stop"] if shards else 0
+    if covered != n:
+        raise SimattrError(f"{out_dir}: the shards cover {covered} images, the split has {n}")
     listed = {sh["file"] for sh in shards}
     for old in out_dir.glob("shard-*.h5"):        # shards of an earlier shard_size are not part of this set
         if old.name not in listed:
             old.unlink()
+    labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     classes = {str(int(c)): int((labels == c).sum()) for c in np.unique(labels)}
-    manifest = provenance(dataset=dataset, split=split, encoder=encoder, feature_dim=int(features.shape[1]),
-                          config_hash=config_hash, n=int(n), shards=shards, class_counts=classes)
+    manifest = provenance(**expect, feature_dim=int(first["feature_dim"]) if first else 0, n=int(n), shards=shards,
+                          class_counts=classes,
+                          class_names=json.loads(first["class_names"]) if first and "class_names" in first else [],
+                          skipped=list(skipped))
     write_json(out_dir / "index.json", manifest)
     return manifest
+
+
+def write_embeddings(out_dir: str | os.PathLike, features: np.ndarray, labels: np.ndarray,
+                     *, shard_size: int, dataset: str, split: str, encoder: str, config_hash: str,
+                     class_names=(), skipped=()) -> dict:
+    """Write one split's features (all in memory) as shards, then the manifest (see write_index)."""
+    out_dir = Path(out_dir)
+    files = []
+    for s, (start, stop) in enumerate(shard_ranges(len(features), shard_size)):
+        files.append(out_dir / SHARD_NAME.format(shard=s))
+        write_shard(files[-1], features[start:stop], labels[start:stop], np.arange(start, stop),
+                    dataset=dataset, split=split, encoder=encoder, config_hash=config_hash, class_names=class_names)
+    return write_index(out_dir, files, n=len(features), skipped=skipped,
+                       expect={"dataset": dataset, "split": split, "encoder": encoder, "config_hash": config_hash})
 
 
 def read_embeddings(index_path: str | os.PathLike, *, expect_hash: str | None = None
@@ -203,7 +254,10 @@ def read_embeddings(index_path: str | os.PathLike, *, expect_hash: str | None = 
             if attrs[key] != manifest[key]:
                 raise SimattrError(f"{index_path.parent / sh['file']}: attribute {key}={attrs[key]!r} but the "
                                    f"manifest says {manifest[key]!r} (stale shard)")
-        if idx[0] != sh["start"] or len(idx) != sh["stop"] - sh["start"]:
+        if attrs["feature_dim"] != manifest["feature_dim"]:
+            raise SimattrError(f"{index_path.parent / sh['file']}: {attrs['feature_dim']}-d features but the manifest "
+                               f"says {manifest['feature_dim']} (stale shard)")
+        if (len(idx) and idx[0] != sh["start"]) or len(idx) != sh["stop"] - sh["start"]:
             raise SimattrError(f"{index_path.parent / sh['file']}: indices do not cover {sh['start']}..{sh['stop']}")
         feats.append(f)
         labels.append(l)

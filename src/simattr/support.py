@@ -345,7 +345,7 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
     return result
 
 
-def prepare_queries(*, dataset: str, test_fraction: float, split_seed: int, n_test: int, sample_seed: int,
+def prepare_queries(*, data, n_test: int, sample_seed: int,
                     flip_models: int, recipe: models.Recipe, out_path: str, log=None) -> dict:
     """Train `flip_models` models on the full training data; sample the test images to evaluate.
 
@@ -356,9 +356,10 @@ def prepare_queries(*, dataset: str, test_fraction: float, split_seed: int, n_te
     """
     from . import datasets
 
-    tr = datasets.load_split(dataset, "train", test_fraction=test_fraction, seed=split_seed)
-    te = datasets.load_split(dataset, "test", test_fraction=test_fraction, seed=split_seed)
-    n_classes = datasets.n_classes(dataset)
+    tr = datasets.load_split(data, "train")
+    te = datasets.load_split(data, "test")
+    n_classes = len(tr.class_names)
+    dataset = data.name
     X_train, X_test = models.standardise(tr.images, te.images)
     seeds = [store.seed_from("full", dataset, i) for i in range(flip_models)]
     probs = models.train_predict(X_train, tr.labels, X_test, seeds=seeds, n_classes=n_classes, recipe=recipe)
@@ -373,7 +374,7 @@ def prepare_queries(*, dataset: str, test_fraction: float, split_seed: int, n_te
     chosen = np.sort(rng.choice(eligible, size=n_test, replace=False))
     order = np.argsort(-mean_probs[chosen], axis=1, kind="stable")
     flip = np.where(order[:, 1] == te.labels[chosen], order[:, 0], order[:, 1])
-    identity = {"dataset": dataset, "test_fraction": test_fraction, "split_seed": split_seed, "n_test": n_test,
+    identity = {**data.identity(), "n_test": n_test,
                 "sample_seed": sample_seed, "flip_models": flip_models, "recipe": recipe.__dict__}
     attrs = {"dataset": dataset, "config_hash": store.config_hash(identity), "n_classes": n_classes, "n_eligible": int(len(eligible)),
              "full_model_accuracy": float(correct.mean()),

@@ -2,10 +2,11 @@
 # the data contract (from simattr.store) and the input functions. Nothing heavy is imported here.
 from simattr import config as sconfig
 from simattr import store
-from simattr.datasets import n_classes
+from simattr.datasets import Spec, n_classes, split_size
 from simattr.errors import SimattrError
 from snakemake.exceptions import WorkflowError
 import os
+import shlex
 import shutil
 import sys
 
@@ -26,12 +27,26 @@ config.clear()
 config.update(_validated)
 
 R = config["results"]
-D = config["dataset"]["name"]
-CLASSES = list(range(n_classes(D)))
-TRAINABLE = ["simclr", "supervised"]
+try:
+    DATA = Spec.from_config(config["dataset"])
+    CLASSES = list(range(n_classes(DATA)))
+except SimattrError as e:
+    raise WorkflowError(f"invalid dataset: {e}") from None
+D = DATA.name
+# the dataset's command-line arguments: one param, so a change of any dataset setting reruns what reads images
+DATA_ARGS = " ".join(shlex.quote(a) for a in DATA.cli_args())
+TRAINABLE = ["simclr", "supervised", "resnet"]     # encoders whose state file a rule makes
 ENV = "../../envs/simattr.yaml"  # relative to the rule files
 METHODS = [(m["encoder"], m["ranker"]) for m in config["methods"]]
 ENCODERS_USED = sorted({e for e, _ in METHODS})
+if "resnet" in ENCODERS_USED and not config["encoders"]["resnet"]["checkpoint"]:
+    raise WorkflowError("invalid configuration: config key 'encoders.resnet.checkpoint': a method uses encoder resnet, "
+                        "so a local checkpoint file is required (nothing is downloaded)")
+try:    # shards per split: known from the dataset's listing, without decoding an image
+    N_SHARDS = {s: len(store.shard_ranges(split_size(DATA, s), config["embed"]["shard_size"]))
+                for s in ("train", "test")}
+except SimattrError as e:
+    raise WorkflowError(f"invalid dataset: {e}") from None
 
 
 wildcard_constraints:
@@ -40,6 +55,7 @@ wildcard_constraints:
     metric="|".join(sconfig.METRICS),
     split="train|test",
     cls=r"\d+",
+    shard=r"\d{5}",
 
 
 def path(template, **kw):
@@ -57,6 +73,24 @@ def encoder_state(wildcards):
     if wildcards.encoder in TRAINABLE:
         return path(store.ENCODER_STATE, encoder=wildcards.encoder)
     return []
+
+
+def resnet_checkpoint(wildcards):
+    return config["encoders"]["resnet"]["checkpoint"]
+
+
+def split_shards(wildcards):
+    return [path(store.EMBED_SHARD, encoder=wildcards.encoder, split=wildcards.split, shard=f"{s:05d}")
+            for s in range(N_SHARDS[wildcards.split])]
+
+
+def embed_batch_size(wildcards):
+    return config["encoders"]["resnet"]["batch_size"] if wildcards.encoder == "resnet" else 256
+
+
+def embed_gpus(wildcards):
+    """Embedding a split with a ResNet is GPU work on a cluster (the profile maps `gpu` to a GRES request)."""
+    return 1 if wildcards.encoder == "resnet" and config["embed"]["gpu"] else 0
 
 
 def class_scores(wildcards):
@@ -101,9 +135,10 @@ def report_benchmarks(wildcards):
     pairs = []
     for e in ENCODERS_USED:
         if e in TRAINABLE:
-            pairs.append(("embed", bench("embed", f"train-{e}")))
+            pairs.append(("embed", bench("embed", "import-resnet" if e == "resnet" else f"train-{e}")))
         for s in ("train", "test"):
             pairs.append(("embed", bench("embed", f"{e}-{s}")))
+            pairs += [("embed", bench("embed", f"{e}-{s}-shard-{k:05d}")) for k in range(N_SHARDS[s])]
     for e, r in METHODS:
         for c in CLASSES:
             pairs.append(("score", bench("score", f"{e}-{r}-class-{c}")))

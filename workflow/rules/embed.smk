@@ -9,9 +9,7 @@ rule train_simclr:
     benchmark:
         bench("embed", "train-simclr")
     params:
-        dataset=D,
-        test_fraction=config["dataset"]["test_fraction"],
-        split_seed=config["dataset"]["split_seed"],
+        data=DATA_ARGS,
         seed=config["encoders"]["simclr"]["seed"],
         epochs=config["encoders"]["simclr"]["epochs"],
         batch_size=config["encoders"]["simclr"]["batch_size"],
@@ -25,8 +23,8 @@ rule train_simclr:
     conda:
         ENV
     shell:
-        "simattr --log {log} train-encoder --dataset {params.dataset} --encoder simclr"
-        " --test-fraction {params.test_fraction} --split-seed {params.split_seed} --seed {params.seed}"
+        "simattr --log {log} train-encoder {params.data} --encoder simclr"
+        " --seed {params.seed}"
         " --param epochs={params.epochs} --param batch_size={params.batch_size} --param lr={params.lr}"
         " --param temperature={params.temperature} --param feature_dim={params.feature_dim}"
         " --param proj_dim={params.proj_dim} --out {output}"
@@ -40,9 +38,7 @@ rule train_supervised:
     benchmark:
         bench("embed", "train-supervised")
     params:
-        dataset=D,
-        test_fraction=config["dataset"]["test_fraction"],
-        split_seed=config["dataset"]["split_seed"],
+        data=DATA_ARGS,
         seed=config["encoders"]["supervised"]["seed"],
         epochs=config["encoders"]["supervised"]["epochs"],
         batch_size=config["encoders"]["supervised"]["batch_size"],
@@ -54,15 +50,71 @@ rule train_supervised:
     conda:
         ENV
     shell:
-        "simattr --log {log} train-encoder --dataset {params.dataset} --encoder supervised"
-        " --test-fraction {params.test_fraction} --split-seed {params.split_seed} --seed {params.seed}"
+        "simattr --log {log} train-encoder {params.data} --encoder supervised"
+        " --seed {params.seed}"
         " --param epochs={params.epochs} --param batch_size={params.batch_size} --param lr={params.lr}"
         " --param hidden={params.hidden} --out {output}"
 
 
-rule embed:
+rule import_resnet:
+    input:
+        checkpoint=resnet_checkpoint,
+    output:
+        path(store.ENCODER_STATE, encoder="resnet"),
+    log:
+        logfile("embed", "import-resnet"),
+    benchmark:
+        bench("embed", "import-resnet")
+    params:
+        data=DATA_ARGS,
+        arch=config["encoders"]["resnet"]["arch"],
+        layout=config["encoders"]["resnet"]["layout"],
+        feature=config["encoders"]["resnet"]["feature"],
+        normalize=config["encoders"]["resnet"]["normalize"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        ENV
+    shell:
+        "simattr --log {log} train-encoder {params.data} --encoder resnet --param checkpoint={input.checkpoint:q}"
+        " --param arch={params.arch} --param layout={params.layout} --param feature={params.feature}"
+        " --param normalize={params.normalize} --out {output}"
+
+
+# one job per shard: a cluster embeds a large split on many GPUs at once
+rule embed_shard:
     input:
         state=encoder_state,
+    output:
+        path(store.EMBED_SHARD),
+    log:
+        logfile("embed", "{encoder}-{split}-shard-{shard}"),
+    benchmark:
+        bench("embed", "{encoder}-{split}-shard-{shard}")
+    params:
+        data=DATA_ARGS,
+        shard_size=config["embed"]["shard_size"],
+        float16=config["embed"]["float16"],
+        batch_size=embed_batch_size,
+        state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        gpu=embed_gpus,
+    conda:
+        ENV
+    shell:
+        "simattr --log {log} embed {params.data} --encoder {wildcards.encoder} --split {wildcards.split}"
+        " --shard-size {params.shard_size} --shard {wildcards.shard} --batch-size {params.batch_size}"
+        " --float16 {params.float16} {params.state} --out {output}"
+
+
+# the split's manifest: every shard checked against the current settings (a stale one is refused)
+rule embed_index:
+    input:
+        state=encoder_state,
+        shards=split_shards,
     output:
         path(store.EMBED_INDEX),
     log:
@@ -70,10 +122,7 @@ rule embed:
     benchmark:
         bench("embed", "{encoder}-{split}")
     params:
-        dataset=D,
-        test_fraction=config["dataset"]["test_fraction"],
-        split_seed=config["dataset"]["split_seed"],
-        shard_size=config["embed"]["shard_size"],
+        data=DATA_ARGS,
         state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
     threads: 1
     resources:
@@ -81,6 +130,5 @@ rule embed:
     conda:
         ENV
     shell:
-        "simattr --log {log} embed --dataset {params.dataset} --encoder {wildcards.encoder} --split {wildcards.split}"
-        " --test-fraction {params.test_fraction} --split-seed {params.split_seed}"
-        " --shard-size {params.shard_size} {params.state} --out-dir $(dirname {output})"
+        "simattr --log {log} embed-index {params.data} --encoder {wildcards.encoder} --split {wildcards.split}"
+        " {params.state} --shards {input.shards} --out {output}"

@@ -13,9 +13,7 @@ rule report:
     log:
         logfile("report", "report"),
     params:
-        dataset=D,
-        test_fraction=config["dataset"]["test_fraction"],
-        split_seed=config["dataset"]["split_seed"],
+        data=DATA_ARGS,
         n_boot=config["report"]["n_boot"],
         seed=config["report"]["seed"],
         grid_images=config["report"]["grid_images"],
@@ -34,7 +32,6 @@ rule report:
     conda:
         ENV
     shell:
-        "simattr --log {log} report --dataset {params.dataset} --test-fraction {params.test_fraction}"
-        " --split-seed {params.split_seed} --gathers {input.gathers} --scores {input.scores}"
+        "simattr --log {log} report {params.data} --gathers {input.gathers} --scores {input.scores}"
         " --benchmarks {params.benchmarks} --stored {params.stored} --n-boot {params.n_boot}"
         " --seed {params.seed} --grid-images {params.grid_images} --out-dir {params.out_dir}"

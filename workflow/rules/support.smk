@@ -11,9 +11,7 @@ rule queries:
     benchmark:
         bench("support", "queries")
     params:
-        dataset=D,
-        test_fraction=config["dataset"]["test_fraction"],
-        split_seed=config["dataset"]["split_seed"],
+        data=DATA_ARGS,
         n_test=config["support"]["n_test"],
         sample_seed=config["support"]["sample_seed"],
         flip_models=config["support"]["flip_models"],
@@ -28,8 +26,7 @@ rule queries:
     conda:
         ENV
     shell:
-        "simattr --log {log} queries --dataset {params.dataset} --test-fraction {params.test_fraction}"
-        " --split-seed {params.split_seed} --n-test {params.n_test} --sample-seed {params.sample_seed}"
+        "simattr --log {log} queries {params.data} --n-test {params.n_test} --sample-seed {params.sample_seed}"
         " --flip-models {params.flip_models} --model {params.model} --hidden {params.hidden}"
         " --steps {params.steps} --lr {params.lr} --weight-decay {params.weight_decay} --out {output}"
 

@@ -1,0 +1,172 @@
+"""Pretrained ResNet backbones from local checkpoint files (nothing is downloaded).
+
+A checkpoint is read with `torch.load(weights_only=True)` and its backbone weights are found under the prefix
+of one of the common layouts, then loaded into a torchvision ResNet whose classifier / projection head is
+dropped:
+
+    torchvision  conv1.weight, layer1.0.conv1.weight, ... (fc.* ignored): torchvision's supervised weights
+    moco_v2      state_dict / module.encoder_q.*            (MoCo v1/v2; encoder_k and the fc head ignored)
+    moco_v3      state_dict / module.base_encoder.*         (MoCo v3; momentum_encoder, predictor, fc ignored)
+    simclr       state_dict / backbone.*                    (SimCLR ports, solo-learn; projector ignored)
+    lightly      backbone.0.*, backbone.1.*, backbone.4.0.* (nn.Sequential of the ResNet's children)
+
+`layout: auto` tries each and takes the one whose keys cover the backbone exactly; a checkpoint that no layout
+fits is refused with the keys it lacks and the keys it has. A 3x3 first convolution (the CIFAR variant used by
+SimCLR/solo-learn on 32x32 images) gets the CIFAR stem: conv1 3x3 stride 1, no max-pool.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from .errors import SimattrError
+
+ARCHS = ("resnet18", "resnet50")
+LAYOUTS = ("auto", "torchvision", "moco_v2", "moco_v3", "simclr", "lightly")
+PREFIXES = {"torchvision": ("", "module.", "model."),
+            "moco_v2": ("module.encoder_q.", "encoder_q."),
+            "moco_v3": ("module.base_encoder.", "base_encoder."),
+            "simclr": ("backbone.", "model.backbone.", "module.backbone.", "encoder.", "module.encoder.")}
+# nn.Sequential(*list(resnet.children())[:-1]) numbers the children: lightly's layout
+_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+FEATURES = ("pool", "pool3")        # global average pool of layer4 (the usual) or of layer3
+NORMALIZE = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+             "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+             "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
+
+
+def _resnet(arch: str, cifar_stem: bool):
+    import torchvision
+    from torch import nn
+
+    if arch not in ARCHS:
+        raise SimattrError(f"unknown ResNet arch '{arch}'; valid: {', '.join(ARCHS)}")
+    net = getattr(torchvision.models, arch)(weights=None)
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+@functools.lru_cache(maxsize=8)
+def _backbone_keys(arch: str, cifar_stem: bool) -> set[str]:
+    return set(_resnet(arch, cifar_stem).state_dict())
+
+
+def _state_dict(obj: Any, where: str) -> dict:
+    """The tensor mapping inside a checkpoint: the object itself, or under 'state_dict' / 'model' / 'net'."""
+    import torch
+
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "net", "network", "backbone_state_dict"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner
+        if any(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise SimattrError(f"{where}: no tensor mapping found (expected a state dict, or one under 'state_dict')")
+
+
+def _strip(sd: dict, layout: str) -> dict[str, dict]:
+    """For each prefix of `layout`: the backbone candidates (prefix removed, head keys dropped)."""
+    out = {}
+    if layout == "lightly":
+        cand = {}
+        for k, v in sd.items():
+            parts = k.split(".")
+            if len(parts) > 2 and parts[0] == "backbone" and parts[1].isdigit() and int(parts[1]) < len(_CHILDREN):
+                cand[".".join([_CHILDREN[int(parts[1])], *parts[2:]])] = v
+        out["backbone.<n>."] = cand
+        return out
+    for prefix in PREFIXES[layout]:
+        cand = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        out[prefix] = {k: v for k, v in cand.items() if not k.startswith("fc.")}
+    return out
+
+
+def load_checkpoint(path, arch: str, layout: str = "auto") -> tuple[dict, dict]:
+    """(backbone state dict for torchvision's `arch` without fc, what was found: layout, prefix, cifar_stem)."""
+    import torch
+
+    if layout not in LAYOUTS:
+        raise SimattrError(f"unknown checkpoint layout '{layout}'; valid: {', '.join(LAYOUTS)}")
+    if arch not in ARCHS:
+        raise SimattrError(f"unknown ResNet arch '{arch}'; valid: {', '.join(ARCHS)}")
+    path = Path(path)
+    if not path.is_file():
+        raise SimattrError(f"{path}: checkpoint not found (give a local file; nothing is downloaded)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a foreign or truncated file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise SimattrError(f"{path}: not loadable with torch.load(weights_only=True) ({type(e).__name__}: "
+                           f"{first})") from None
+    sd = _state_dict(obj, str(path))
+    best = None                                       # (missing count, layout, prefix, candidate, missing, extra)
+    for lay in ([layout] if layout != "auto" else [x for x in LAYOUTS if x != "auto"]):
+        for prefix, cand in _strip(sd, lay).items():
+            if not cand:
+                continue
+            conv1 = cand.get("conv1.weight")
+            cifar = conv1 is not None and tuple(conv1.shape[-2:]) == (3, 3)
+            want = _backbone_keys(arch, cifar)
+            missing = sorted(want - set(cand))
+            extra = sorted(set(cand) - want)
+            key = (len(missing) + len(extra), lay, prefix, cand, missing, extra, cifar)
+            if best is None or key[0] < best[0]:
+                best = key
+            if not missing and not extra:
+                shapes = _resnet(arch, cifar).state_dict()
+                bad = [k for k in want if tuple(cand[k].shape) != tuple(shapes[k].shape)]
+                if bad:
+                    raise SimattrError(f"{path}: layout {lay} (prefix '{prefix}') fits {arch}'s keys but not its "
+                                       f"shapes: {bad[0]} is {tuple(cand[bad[0]].shape)}, expected "
+                                       f"{tuple(shapes[bad[0]].shape)} (another arch?)")
+                return ({k: v.float() if v.is_floating_point() else v for k, v in cand.items()},
+                        {"layout": lay, "prefix": prefix, "cifar_stem": cifar})
+    tops = sorted({k.split(".")[0] + "." for k in sd})[:8]
+    tried = f"layout {layout}" if layout != "auto" else f"any layout ({', '.join(LAYOUTS[1:])})"
+    if best is None:
+        raise SimattrError(f"{path}: no {arch} backbone under {tried}; its keys start with {', '.join(tops)}")
+    _, lay, prefix, _, missing, extra, _ = best
+    raise SimattrError(f"{path}: keys do not fit {arch} under {tried}; closest is {lay} (prefix '{prefix}'): "
+                       f"missing {len(missing)} (e.g. {', '.join(missing[:3]) or '-'}), unexpected {len(extra)} "
+                       f"(e.g. {', '.join(extra[:3]) or '-'}); the checkpoint's keys start with {', '.join(tops)}")
+
+
+class Features:
+    """A callable: images (N, C, H, W) float in [0, 1] -> features (N, d), normalised as configured;
+    grayscale images are repeated to 3 channels."""
+
+    def __init__(self, arch: str, backbone: dict, cifar_stem: bool, feature: str = "pool",
+                 normalize: str = "imagenet", device=None):
+        import torch
+
+        if feature not in FEATURES:
+            raise SimattrError(f"unknown ResNet feature '{feature}'; valid: {', '.join(FEATURES)}")
+        if normalize not in NORMALIZE:
+            raise SimattrError(f"unknown normalisation '{normalize}'; valid: {', '.join(NORMALIZE)}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        net = _resnet(arch, cifar_stem)
+        net.load_state_dict(backbone)
+        if feature == "pool3":
+            net.layer4 = torch.nn.Identity()
+        self.net = net.eval().to(self.device)
+        mean, std = NORMALIZE[normalize]
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.dim = {"pool": 512 if arch == "resnet18" else 2048, "pool3": 256 if arch == "resnet18" else 1024}[feature]
+
+    def __call__(self, images):
+        import torch
+
+        x = torch.as_tensor(images, dtype=torch.float32).to(self.device)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[1] != 3:
+            raise SimattrError(f"ResNet encoder: images have {x.shape[1]} channels, expected 1 or 3")
+        with torch.inference_mode():
+            out = self.net((x - self.mean) / self.std)
+        return out.float().cpu().numpy()

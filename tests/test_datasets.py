@@ -1,0 +1,143 @@
+"""Datasets: digits, CIFAR-10 from a local root, ImageFolder trees; and every bad input with its message."""
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+from datafiles import CIFAR_CLASSES, cifar_images, make_cifar_root, make_image_folder
+
+from simattr import datasets
+from simattr.datasets import Spec, load_split, n_classes
+from simattr.errors import SimattrError
+
+
+def test_digits_split_is_stratified_and_seeded():
+    tr = load_split(Spec("digits"), "train")
+    te = load_split("digits", "test", test_fraction=0.2, seed=0)
+    assert len(tr) + len(te) == 1797 and abs(len(te) - 0.2 * 1797) < 2
+    assert not set(tr.source_index) & set(te.source_index)
+    assert tr.images.shape[1:] == (1, 8, 8) and tr.images.dtype == np.float32
+    assert np.array_equal(load_split(Spec("digits", split_seed=1), "test").labels.shape, te.labels.shape)
+    assert not np.array_equal(load_split(Spec("digits", split_seed=1), "test").source_index, te.source_index)
+    assert np.array_equal(te[3], te.images[3])
+    assert n_classes("digits") == 10
+
+
+def test_cifar_root_loads_through_torchvision(tmp_path):
+    root = make_cifar_root(tmp_path / "c", per_batch=12, n_test=20)
+    spec = Spec("cifar10", root=str(root))
+    tr, te = load_split(spec, "train"), load_split(spec, "test")
+    assert len(tr) == 60 and len(te) == 20
+    assert tr.class_names == tuple(CIFAR_CLASSES) and n_classes(spec) == 10
+    raw, labels = cifar_images(12, 0 + 1)                      # data_batch_1 comes first
+    assert tr.labels[:12].tolist() == labels
+    img = tr.load([0])[0]
+    assert img.shape == (3, 32, 32) and img.dtype == np.float32
+    np.testing.assert_allclose(img, raw[0].reshape(3, 32, 32) / 255.0, atol=1e-6)
+    assert spec.identity() == {"name": "cifar10", "root": str(root)}
+
+
+def test_cifar_missing_root_says_what_to_put_where(tmp_path):
+    with pytest.raises(SimattrError, match=r"cifar-10-batches-py.*cifar-10-python\.tar\.gz.*missing: data_batch_1"):
+        load_split(Spec("cifar10", root=str(tmp_path / "nowhere")), "train")
+    root = make_cifar_root(tmp_path / "c")
+    (root / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(SimattrError, match="missing: test_batch$"):
+        load_split(Spec("cifar10", root=str(root)), "train")
+    with pytest.raises(SimattrError, match="needs dataset.root"):
+        Spec("cifar10")
+
+
+def test_cifar_corrupt_batch_is_named(tmp_path):
+    root = make_cifar_root(tmp_path / "c")
+    bad = root / "cifar-10-batches-py" / "data_batch_3"
+    bad.write_bytes(b"not a pickle")
+    with pytest.raises(SimattrError, match=r"data_batch_3: not a CIFAR-10 batch file"):
+        load_split(Spec("cifar10", root=str(root)), "train")
+    with open(bad, "wb") as f:
+        pickle.dump({"data": np.zeros((4, 100), np.uint8), "labels": [0, 1, 2, 3]}, f)
+    with pytest.raises(SimattrError, match=r"data_batch_3: not a CIFAR-10 batch file"):
+        load_split(Spec("cifar10", root=str(root)), "train")
+    assert len(load_split(Spec("cifar10", root=str(root)), "test")) == 30     # the test split does not read it
+
+
+def test_image_folder_lists_sorted_and_decodes(tmp_path):
+    root = make_image_folder(tmp_path / "f", per_class={"cat": 6, "dog": 4, "eel": 5})
+    spec = Spec("imagefolder", root=str(root), image_size=12)
+    tr, te = load_split(spec, "train"), load_split(spec, "test")
+    assert tr.class_names == ("cat", "dog", "eel") and n_classes(spec) == 3
+    assert len(tr) == 15 and len(te) == 9
+    assert tr.labels.tolist() == [0] * 6 + [1] * 4 + [2] * 5
+    assert tr.sources[0] == "train/cat/000.png" and te.sources[-1] == "val/eel/002.png"
+    x = tr.images
+    assert x.shape == (15, 3, 12, 12) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert np.array_equal(tr.load([4, 3]), x[[4, 3]])          # grayscale and RGBA files become RGB
+    means = [x[tr.labels == c].mean(axis=(0, 2, 3)) for c in range(3)]
+    assert np.abs(means[0] - means[1]).max() > 0.1             # the classes' colours survive decoding
+    assert Spec("imagefolder", root=str(root)).image_size is None
+    assert load_split(Spec("imagefolder", root=str(root)), "test").load([0]).shape == (1, 3, 224, 224)
+
+
+def test_image_folder_test_folder_and_missing_classes(tmp_path):
+    root = make_image_folder(tmp_path / "f")
+    (root / "val").rename(root / "test")
+    shutil.rmtree(root / "test" / "dog")
+    te = load_split(Spec("imagefolder", root=str(root), image_size=8), "test")
+    assert sorted(set(te.labels.tolist())) == [0, 2]           # labels follow the train folders' order
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda r: shutil.rmtree(r / "train"), r"no train/ folder"),
+    (lambda r: shutil.rmtree(r / "val"), r"no val/ folder"),
+    (lambda r: (r / "train" / "stray.png").write_bytes(b"x"), r"train/stray\.png: a file directly in train/"),
+    (lambda r: (r / "val" / "fox").mkdir(), r"val/fox: class folder not in"),
+    (lambda r: (r / "val" / "dog" / "notes.txt").write_text("hi"), r"val/dog/notes\.txt: not an image file"),
+    (lambda r: [p.unlink() for p in (r / "val").rglob("*.png")], r"val: no images in any class folder"),
+])
+def test_image_folder_wrong_layout(tmp_path, breakage, message):
+    root = make_image_folder(tmp_path / "f")
+    breakage(root)
+    with pytest.raises(SimattrError, match=message):
+        load_split(Spec("imagefolder", root=str(root), image_size=8), "test")
+    with pytest.raises(SimattrError, match="not a folder"):
+        load_split(Spec("imagenet", root=str(tmp_path / "absent")), "train")
+
+
+def test_corrupt_image_error_or_skip(tmp_path):
+    root = make_image_folder(tmp_path / "f")
+    bad = root / "train" / "dog" / "002.png"
+    bad.write_bytes(bad.read_bytes()[:40])                     # a truncated PNG
+    (root / "train" / "eel" / "readme.md").write_text("x")
+    strict = Spec("imagefolder", root=str(root), image_size=8)
+    with pytest.raises(SimattrError, match=r"eel/readme\.md: not an image file.*bad_images: skip"):
+        load_split(strict, "train")
+    (root / "train" / "eel" / "readme.md").unlink()
+    datasets._folder_listing.cache_clear()
+    tr = load_split(strict, "train")
+    i = tr.sources.index("train/dog/002.png")
+    with pytest.raises(SimattrError, match=r"dog/002\.png: cannot decode the image"):
+        tr.load([i])
+    (root / "train" / "eel" / "readme.md").write_text("x")
+    lenient = load_split(Spec("imagefolder", root=str(root), image_size=8, bad_images="skip"), "train")
+    assert sorted(lenient.skipped) == ["train/dog/002.png", "train/eel/readme.md"]
+    assert len(lenient) == len(tr) - 1 and lenient.images.shape[0] == len(tr) - 1
+
+
+def test_spec_checks_and_cli_round_trip():
+    with pytest.raises(SimattrError, match="unknown dataset 'cifar'"):
+        Spec("cifar")
+    with pytest.raises(SimattrError, match="image_size applies to imagenet, imagefolder only"):
+        Spec("digits", image_size=32)
+    with pytest.raises(SimattrError, match="bad_images must be one of error, skip"):
+        Spec("imagefolder", root="x", bad_images="ignore")
+    from simattr.cli import _spec, build_parser
+
+    for spec in (Spec("digits", test_fraction=0.3, split_seed=2), Spec("cifar10", root="/d/c"),
+                 Spec("imagefolder", root="/d/my images", image_size=64, bad_images="skip")):
+        a = build_parser().parse_args(["embed", *spec.cli_args(), "--encoder", "pixels", "--split", "train",
+                                       "--out-dir", "x"])
+        assert _spec(a) == spec
+    assert Spec.from_config({"name": "imagenet", "root": "/r", "image_size": None, "test_fraction": 0.2}) == \
+        Spec("imagenet", root="/r")
