@@ -23,16 +23,22 @@ def cifar_images(n: int, seed: int) -> tuple[np.ndarray, list[int]]:
     return imgs.reshape(n, 3072), labels
 
 
-def make_cifar_root(root: Path, per_batch: int = 20, n_test: int = 30, seed: int = 0) -> Path:
+def blank_images(n: int) -> tuple[np.ndarray, list[int]]:
+    """n black images with labels 0..9 in turn (a full-size root made in a second, for dry runs)."""
+    return np.zeros((n, 3072), np.uint8), [i % 10 for i in range(n)]
+
+
+def make_cifar_root(root: Path, per_batch: int = 20, n_test: int = 30, seed: int = 0, blank: bool = False) -> Path:
     """ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} as pickled dicts (torchvision's
     format: 'data' uint8 (N, 3072), 'labels' list of int; the meta holds 'label_names')."""
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
+    images = (lambda n, s: blank_images(n)) if blank else cifar_images
     for b in range(1, 6):
-        data, labels = cifar_images(per_batch, seed + b)
+        data, labels = images(per_batch, seed + b)
         with open(folder / f"data_batch_{b}", "wb") as f:
             pickle.dump({"batch_label": f"training batch {b} of 5", "data": data, "labels": labels}, f)
-    data, labels = cifar_images(n_test, seed + 100)
+    data, labels = images(n_test, seed + 100)
     with open(folder / "test_batch", "wb") as f:
         pickle.dump({"batch_label": "testing batch 1 of 1", "data": data, "labels": labels}, f)
     with open(folder / "batches.meta", "wb") as f:
@@ -62,4 +68,15 @@ def make_image_folder(root: Path, classes=("cat", "dog", "eel"), per_class: dict
                 elif i % 5 == 4:
                     im = im.convert("RGBA")
                 im.save(d / f"{i:03d}.png")
+    return Path(root)
+
+
+def make_empty_image_folder(root: Path, n_classes: int, per_class: int, val_per_class: int) -> Path:
+    """An ImageFolder tree of empty .JPEG files: enough for listing (a dry run), not for decoding."""
+    for split, k in (("train", per_class), ("val", val_per_class)):
+        for c in range(n_classes):
+            d = Path(root) / split / f"n{c:08d}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(k):
+                (d / f"{c}_{i}.JPEG").touch()
     return Path(root)

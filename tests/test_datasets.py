@@ -141,3 +141,14 @@ def test_spec_checks_and_cli_round_trip():
         assert _spec(a) == spec
     assert Spec.from_config({"name": "imagenet", "root": "/r", "image_size": None, "test_fraction": 0.2}) == \
         Spec("imagenet", root="/r")
+
+
+def test_embedding_with_decoding_workers_matches_in_process(tmp_path):
+    from simattr import encoders, stages
+
+    root = make_image_folder(tmp_path / "f", per_class=5)
+    part = load_split(Spec("imagefolder", root=str(root), image_size=8), "train")
+    state = encoders.fit("pixels", part.images, part.labels, {}, seed=0, progress=False)
+    a = stages._encode_range(state, part, 2, 13, 4, False, "test", workers=0)
+    b = stages._encode_range(state, part, 2, 13, 4, False, "test", workers=2)
+    assert a.shape == (11, 3 * 8 * 8) and np.array_equal(a, b)

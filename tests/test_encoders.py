@@ -260,3 +260,27 @@ def test_pixels_knn_quality():
     st = E.fit("pixels", tr.images, tr.labels, {}, seed=0, progress=False)
     knn = KNeighborsClassifier(1, metric="cosine").fit(E.encode(st, tr.images), tr.labels)
     assert (knn.predict(E.encode(st, te.images)) == te.labels).mean() >= 0.95
+
+
+def test_rgb_views_are_simclr_crops_and_colour(tmp_path):
+    import torch
+
+    x = torch.rand(6, 3, 16, 16)
+    a = E.augment(x, torch.Generator().manual_seed(0))
+    b = E.augment(x, torch.Generator().manual_seed(0))
+    c = E.augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+    gray = E.augment(x[:1, :1], torch.Generator().manual_seed(0))     # one channel: the digits' views
+    assert gray.shape == (1, 1, 16, 16)
+
+
+def test_simclr_fits_rgb_images(tmp_path):
+    from datafiles import cifar_images
+
+    raw, labels = cifar_images(64, 0)
+    images = raw.reshape(64, 3, 32, 32).astype(np.float32) / 255.0
+    params = {**TINY["simclr"], "epochs": 1, "batch_size": 32}
+    state = E.fit("simclr", images, np.asarray(labels), params, seed=0, progress=False)
+    f = E.encode(state, images[:5])
+    assert f.shape == (5, params["feature_dim"]) and np.isfinite(f).all()

@@ -31,7 +31,54 @@ def test_digits_split_is_stratified_and_seeded():
 
 
 def test_unknown_names_are_clear_errors():
-    with pytest.raises(SimattrError, match="valid: mlp"):
+    with pytest.raises(SimattrError, match="valid: mlp, resnet9"):
         models.Recipe(name="resnet")
     with pytest.raises(SimattrError, match="valid: digits"):
         datasets.load_split("cifar", "train", test_fraction=0.2, seed=0)
+
+
+def _colour_data(n, seed):
+    from datafiles import cifar_images
+
+    raw, labels = cifar_images(n, seed)
+    return raw.reshape(n, 3, 32, 32).astype(np.float32) / 255.0, np.asarray(labels)
+
+
+def test_resnet9_learns_and_a_seed_repeats_exactly():
+    xtr, ytr = _colour_data(160, 0)
+    xte, yte = _colour_data(40, 1)
+    r = models.Recipe(name="resnet9", epochs=4, batch_size=32, lr=0.2, weight_decay=5e-4)
+    Xtr, Xte = models.prepare_inputs(r, xtr, xte)
+    assert Xtr.dtype == np.float16 and Xtr.shape == (160, 3, 32, 32)
+    assert np.allclose(Xtr.astype(np.float32).mean(axis=(0, 2, 3)), 0, atol=1e-2)
+    p = models.train_predict(Xtr, ytr, Xte, seeds=[5, 6], n_classes=10, recipe=r)
+    assert p.shape == (2, 40, 10) and np.allclose(p.sum(-1), 1, atol=1e-5)
+    assert (p.argmax(-1) == yte).mean() > 0.5                 # the classes' colours are learnable
+    again = models.train_predict(Xtr, ytr, Xte, seeds=[6], n_classes=10, recipe=r)
+    np.testing.assert_array_equal(again[0], p[1])             # a model depends on its own seed only
+    assert not np.array_equal(p[0], p[1])
+
+
+def test_augmentation_is_drawn_from_the_generator():
+    import torch
+
+    x = torch.arange(2 * 3 * 12 * 12, dtype=torch.float32).reshape(2, 3, 12, 12) + 1
+    a = models.augment_batch(x, torch.Generator().manual_seed(3), shift=2, cutout=4)
+    b = models.augment_batch(x, torch.Generator().manual_seed(3), shift=2, cutout=4)
+    c = models.augment_batch(x, torch.Generator().manual_seed(4), shift=2, cutout=4)
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == x.shape
+    assert ((a == 0).sum(dim=(1, 2, 3)) == 3 * 16).all()      # one 4x4 cutout per image, all channels
+    assert set(a[a != 0].tolist()) <= set(x.flatten().tolist())   # flips and shifts only move pixels
+
+
+def test_recipe_reads_only_its_fields_and_round_trips_through_the_cli():
+    from simattr.cli import _recipe, build_parser
+
+    mlp = models.Recipe(hidden=16, epochs=3)
+    assert mlp.identity() == {"name": "mlp", "hidden": 16, "steps": 100, "lr": 0.01, "weight_decay": 0.0}
+    cnn = models.Recipe(name="resnet9", lr=0.5, weight_decay=5e-4, epochs=3, batch_size=64)
+    assert "hidden" not in cnn.identity() and cnn.identity()["epochs"] == 3
+    for r in (mlp, cnn):
+        a = build_parser().parse_args(["queries", "--dataset", "digits", "--n-test", "1", "--flip-models", "1",
+                                       "--out", "q.h5", *r.cli_args()])
+        assert _recipe(a).identity() == r.identity()

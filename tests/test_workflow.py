@@ -178,11 +178,43 @@ def test_a_real_rerun_after_changing_esvm_C_recomputes_exactly_the_esvm_answers(
         assert changed == (key.parts[:2] == ("simclr", "esvm")), key
 
 
+def with_fake_inputs(configfile: Path, tmp: Path) -> tuple[Path, dict]:
+    """The config with its dataset root and checkpoint replaced by fakes of full size made here (CIFAR-10:
+    50,000 + 10,000 blank images; ImageNet: 1,000 classes of empty files, listed but never decoded)."""
+    from datafiles import make_cifar_root, make_empty_image_folder
+
+    cfg = yaml.safe_load(configfile.read_text())
+    ds = cfg.get("dataset", {})
+    if ds.get("name") == "cifar10":
+        ds["root"] = str(make_cifar_root(tmp / "cifar10", per_batch=10000, n_test=10000, blank=True))
+    elif ds.get("name") in ("imagenet", "imagefolder"):
+        ds["root"] = str(make_empty_image_folder(tmp / "imagenet", 1000, 13, 5))
+    if cfg.get("encoders", {}).get("resnet", {}).get("checkpoint"):
+        (tmp / "ckpt.pth").touch()
+        cfg["encoders"]["resnet"]["checkpoint"] = str(tmp / "ckpt.pth")
+    p = tmp / configfile.name
+    p.write_text(yaml.safe_dump(cfg))
+    return p, cfg
+
+
 @pytest.mark.parametrize("configfile", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_dry_run_passes_for_every_config(configfile, tmp_path):
-    r = smk("-n", "--cores", "2", workdir=tmp_path, configfile=configfile)
+    cfg_path, cfg = with_fake_inputs(configfile, tmp_path)
+    t = time.perf_counter()
+    r = smk("-n", "--cores", "2", workdir=tmp_path, configfile=cfg_path)
+    took = time.perf_counter() - t
     assert r.returncode == 0, r.stderr[-2000:]
-    assert job_counts(r.stdout).get("report") == 1
+    counts = job_counts(r.stdout)
+    assert counts.get("report") == 1
+    if cfg.get("dataset", {}).get("root"):            # the full-size configs: jobs as the config implies
+        name, shard = cfg["dataset"]["name"], cfg["embed"]["shard_size"]
+        sizes = {"cifar10": (50000, 10000), "imagenet": (13000, 5000)}[name]
+        encoders = {m["encoder"] for m in cfg["methods"]}
+        n_classes = 10 if name == "cifar10" else 1000
+        assert counts["embed_shard"] == len(encoders) * sum(-(-n // shard) for n in sizes)
+        assert counts["score"] == len(cfg["methods"]) * n_classes
+        assert counts["support"] == len(cfg["methods"]) * len(cfg["support"]["metrics"])
+        print(f"{configfile.name}: dry run {took:.1f} s, {counts}")
 
 
 def test_lint_reports_nothing(tmp_path):

@@ -86,6 +86,25 @@ def _strip(sd: dict, layout: str) -> dict[str, dict]:
     return out
 
 
+def one_line(e: Exception) -> str:
+    """An exception as 'Type: first line of its message' (at most 200 characters of it)."""
+    text = str(e).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
+
+
+def torch_load(path: Path, not_found: str, unreadable: str) -> Any:
+    """torch.load(path, weights_only=True) on CPU; a missing or unreadable file is one line naming it."""
+    import torch
+
+    if not Path(path).is_file():
+        raise SimattrError(f"{path}: {not_found}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a foreign or truncated file
+        raise SimattrError(f"{path}: {unreadable} ({one_line(e)})") from None
+
+
 def load_checkpoint(path, arch: str, layout: str = "auto") -> tuple[dict, dict]:
     """(backbone state dict for torchvision's `arch` without fc, what was found: layout, prefix, cifar_stem)."""
     import torch
@@ -95,14 +114,8 @@ def load_checkpoint(path, arch: str, layout: str = "auto") -> tuple[dict, dict]:
     if arch not in ARCHS:
         raise SimattrError(f"unknown ResNet arch '{arch}'; valid: {', '.join(ARCHS)}")
     path = Path(path)
-    if not path.is_file():
-        raise SimattrError(f"{path}: checkpoint not found (give a local file; nothing is downloaded)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a foreign or truncated file
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise SimattrError(f"{path}: not loadable with torch.load(weights_only=True) ({type(e).__name__}: "
-                           f"{first})") from None
+    obj = torch_load(path, "checkpoint not found (give a local file; nothing is downloaded)",
+                     "not loadable with torch.load(weights_only=True)")
     sd = _state_dict(obj, str(path))
     best = None                                       # (missing count, layout, prefix, candidate, missing, extra)
     for lay in ([layout] if layout != "auto" else [x for x in LAYOUTS if x != "auto"]):

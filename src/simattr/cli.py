@@ -69,17 +69,21 @@ def _spec(a):
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="mlp")
-    p.add_argument("--hidden", type=int, required=True)
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--model", default="mlp", help="mlp or resnet9")
+    p.add_argument("--hidden", type=int, default=64, help="mlp: hidden width")
+    p.add_argument("--steps", type=int, default=100, help="mlp: full-batch Adam steps")
+    p.add_argument("--lr", type=float, required=True, help="mlp: Adam's; resnet9: the schedule's peak")
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--epochs", type=int, default=24, help="resnet9")
+    p.add_argument("--batch-size", type=int, default=512, help="resnet9")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="resnet9")
 
 
 def _recipe(a):
     from .models import Recipe
 
-    return Recipe(name=a.model, hidden=a.hidden, steps=a.steps, lr=a.lr, weight_decay=a.weight_decay)
+    return Recipe(name=a.model, hidden=a.hidden, steps=a.steps, lr=a.lr, weight_decay=a.weight_decay,
+                  epochs=a.epochs, batch_size=a.batch_size, label_smoothing=a.label_smoothing)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=int, help="embed only this shard, into --out")
     p.add_argument("--batch-size", type=int, default=256, help="images decoded and encoded at once")
     p.add_argument("--float16", type=_bool, default=False, help="store features as float16")
+    p.add_argument("--workers", type=int, default=0, help="image-decoding processes (0: in this process)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="the shard file (with --shard)")
     where.add_argument("--out-dir", help="folder of the split's shards and index.json (without --shard)")
@@ -194,7 +199,7 @@ def run(argv: list[str] | None = None) -> int:
                              progress=progress)
     elif a.cmd == "embed":
         kw = dict(data=_spec(a), encoder=a.encoder, split=a.split, shard_size=a.shard_size, state_path=a.state,
-                  batch_size=a.batch_size, float16=a.float16, progress=progress)
+                  batch_size=a.batch_size, float16=a.float16, workers=a.workers, progress=progress)
         if (a.shard is None) != (a.out is None):
             raise SimattrError("embed: give --shard with --out, or --out-dir alone")
         if a.shard is None:
@@ -223,8 +228,7 @@ def run(argv: list[str] | None = None) -> int:
         settings = {"dataset": a.dataset, "encoder": a.encoder, "ranker": a.ranker, "k_max": a.k_max,
                     "bisection_steps": a.bisection_steps, "seeds": a.seeds, "threshold": a.threshold,
                     "early_stop": a.early_stop, "monotone_checks": a.monotone_checks,
-                    "model": {"name": r.name, "hidden": r.hidden, "steps": r.steps, "lr": r.lr,
-                              "weight_decay": r.weight_decay}}
+                    "model": r.identity()}
         launch = LaunchSettings(cluster=a.cluster, folder=a.submitit_dir, parallelism=a.parallelism,
                                 timeout_min=a.timeout_min, cpus_per_task=a.cpus_per_task,
                                 gpus_per_node=a.gpus_per_node, mem_gb=a.mem_gb,

@@ -9,8 +9,11 @@
 `fit` returns a state: a plain dict of python values and torch tensors (loadable with
 `torch.load(weights_only=True)`) holding "encoder", "params" and what `encode` needs. For the networks the
 SimCLR projection head / the classifier's last layer are dropped: only the backbone is stored, and the features
-are the backbone's representation. Everything runs on the CPU; the same seed and params give bit-identical
-features on the same machine and torch thread count (a different thread count may change the last bits).
+are the backbone's representation. Training runs on CUDA when present (its rule asks for a GPU on a cluster),
+else on the CPU; augmentations are drawn and applied on the CPU (digits: shifts, rotations, erasing, ink jitter;
+RGB images such as CIFAR-10: SimCLR's resized crops, flips, colour jitter, grayscale). On the CPU the same seed
+and params give bit-identical features on the same machine and torch thread count (a different thread count
+may change the last bits).
 
 torch is imported inside the functions, so importing this module is cheap.
 """
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .backbones import one_line
 from .errors import SimattrError
 
 ENCODERS = ("pixels", "simclr", "supervised", "resnet")
@@ -222,9 +226,51 @@ def _noise(x, gen, max_sigma: float = 0.08):
     return x + sigma * torch.randn(x.shape, generator=gen)
 
 
+def _crop_resize(x, gen, area=(0.25, 1.0)):
+    """SimCLR's random resized crop: a square of a random fraction of the area at a random place, scaled back to
+    the full size (bilinear), then a horizontal flip with probability 1/2."""
+    import torch
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+    f = torch.sqrt(area[0] + torch.rand(b, generator=gen) * (area[1] - area[0]))     # side fraction
+    tx = (torch.rand(b, generator=gen) * 2 - 1) * (1 - f)
+    ty = (torch.rand(b, generator=gen) * 2 - 1) * (1 - f)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    zero = torch.zeros(b)
+    theta = torch.stack([torch.stack([f * flip, zero, tx], 1), torch.stack([zero, f, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _colour(x, gen, p: float = 0.8, strength: float = 0.4, p_gray: float = 0.2):
+    """With probability p, brightness, contrast and saturation jitter (each by up to +-strength); then
+    grayscale with probability p_gray. RGB batches only."""
+    import torch
+
+    b = x.shape[0]
+
+    def factor():
+        return 1 + (torch.rand(b, generator=gen) * 2 - 1)[:, None, None, None] * strength
+
+    on = (torch.rand(b, generator=gen) < p).float()[:, None, None, None]
+    gray = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    y = x * factor()                                                             # brightness
+    y = (y - y.mean(dim=(1, 2, 3), keepdim=True)) * factor() + y.mean(dim=(1, 2, 3), keepdim=True)   # contrast
+    yg = (y * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    y = (y - yg) * factor() + yg                                                 # saturation
+    x = on * y + (1 - on) * x
+    to_gray = (torch.rand(b, generator=gen) < p_gray).float()[:, None, None, None]
+    return to_gray * gray.expand_as(x) + (1 - to_gray) * x
+
+
 def augment(x, gen):
-    """One random view of a batch (B, C, H, W) in [0, 1]; all randomness from `gen`. No flips: digits are not
+    """One random view of a batch (B, C, H, W) in [0, 1]; all randomness from `gen`. RGB images (CIFAR-10,
+    image folders) get SimCLR's views: random resized crop, flip, colour jitter, grayscale. Other images
+    (digits) get small shifts, rotations, zooms, erasing, ink jitter and noise, and no flips: digits are not
     mirror-invariant."""
+    if x.shape[1] == 3:
+        return _colour(_crop_resize(x, gen), gen).clamp(0.0, 1.0)
     x = _translate(x, gen)
     x = _affine(x, gen)
     x = _erase(x, gen)
@@ -241,8 +287,8 @@ def nt_xent(z1, z2, temperature: float):
     b = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     sim = z @ z.T / temperature
-    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool), float("-inf"))
-    target = torch.cat([torch.arange(b, 2 * b), torch.arange(b)])
+    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)
     return F.cross_entropy(sim, target)
 
 
@@ -278,7 +324,8 @@ def _fit_simclr(images: np.ndarray, params: dict, seed: int, progress: bool, log
     fd, epochs = params["feature_dim"], params["epochs"]
     backbone = _backbone(tuple(images.shape[1:]), fd)
     head = nn.Sequential(nn.Linear(fd, fd), nn.ReLU(inplace=True), nn.Linear(fd, params["proj_dim"]))
-    model = nn.Sequential(backbone, head).train()
+    dev = _device()
+    model = nn.Sequential(backbone, head).train().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=_WEIGHT_DECAY)
     steps = epochs * _n_batches(len(x_all), params["batch_size"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps))
@@ -288,7 +335,7 @@ def _fit_simclr(images: np.ndarray, params: dict, seed: int, progress: bool, log
         for idx in _batches(len(x_all), params["batch_size"], gen):
             x = x_all[idx]
             v = torch.cat([augment(x, gen), augment(x, gen)])  # one forward for both views: shared BN statistics
-            z = model(v)
+            z = model(v.to(dev))
             loss = nt_xent(z[:len(idx)], z[len(idx):], params["temperature"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -303,7 +350,15 @@ def _fit_simclr(images: np.ndarray, params: dict, seed: int, progress: bool, log
         bar.set_postfix(loss=f"{mean:.4f}")
         _epoch_log(log, "simclr", epoch, epochs, mean)
     bar.close()
-    return {"backbone": {k: v.detach().clone() for k, v in backbone.state_dict().items()}}
+    return {"backbone": {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}}
+
+
+def _device():
+    """Where encoders train: CUDA when present (the rule asks for a GPU on a cluster), else CPU. Augmentation
+    is drawn and applied on the CPU either way, so the random views do not depend on the device."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _fit_supervised(images: np.ndarray, labels: np.ndarray, params: dict, seed: int, progress: bool,
@@ -325,13 +380,14 @@ def _fit_supervised(images: np.ndarray, labels: np.ndarray, params: dict, seed: 
     y_all = torch.from_numpy(labels.astype(np.int64))
     epochs = params["epochs"]
     backbone = _backbone(tuple(images.shape[1:]), params["hidden"])
-    model = nn.Sequential(backbone, nn.Linear(params["hidden"], n_classes)).train()
+    dev = _device()
+    model = nn.Sequential(backbone, nn.Linear(params["hidden"], n_classes)).train().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=_WEIGHT_DECAY)
     bar = tqdm(range(1, epochs + 1), desc="supervised", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         total, correct, count = 0.0, 0, 0
         for idx in _batches(len(x_all), params["batch_size"], gen):
-            x, y = _translate(x_all[idx], gen), y_all[idx]  # mild augmentation: +-1 pixel shifts
+            x, y = _translate(x_all[idx], gen).to(dev), y_all[idx].to(dev)  # mild augmentation: +-1 pixel shifts
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -347,7 +403,7 @@ def _fit_supervised(images: np.ndarray, labels: np.ndarray, params: dict, seed: 
         bar.set_postfix(loss=f"{mean:.4f}", acc=f"{correct / count:.3f}")
         _epoch_log(log, "supervised", epoch, epochs, mean, f" train acc {correct / count:.4f}")
     bar.close()
-    return {"backbone": {k: v.detach().clone() for k, v in backbone.state_dict().items()},
+    return {"backbone": {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()},
             "n_classes": n_classes}
 
 
@@ -396,12 +452,6 @@ def fit(name: str, train_images: np.ndarray, train_labels: np.ndarray, params: d
 
 
 # -------------------------------------------------------------------------------------- save / load
-def _one_line(e: Exception) -> str:
-    text = str(e).strip()
-    first = text.splitlines()[0].strip() if text else ""
-    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
-
-
 def save_state(state: dict, path) -> None:
     """Write `state` to `path` atomically (a temporary file in the same folder, renamed into place)."""
     import torch
@@ -438,22 +488,17 @@ def _validate_state(state: Any, where: str, expect_name: str | None) -> dict:
     except SimattrError as e:
         raise SimattrError(f"{where}: invalid encoder state ({e})") from None
     except Exception as e:  # noqa: BLE001 - any structural problem means a corrupt or foreign file
-        raise SimattrError(f"{where}: invalid encoder state ({_one_line(e)})") from None
+        raise SimattrError(f"{where}: invalid encoder state ({one_line(e)})") from None
     return state
 
 
 def load_state(path, expect_name: str) -> dict:
     """Load an encoder state saved by `save_state`, checking it holds encoder `expect_name`."""
-    import torch
+    from .backbones import torch_load
 
     _check_name(expect_name)
-    path = Path(path)
-    if not path.exists():
-        raise SimattrError(f"{path}: encoder state not found (fit encoder '{expect_name}' first)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
-        raise SimattrError(f"{path}: not a readable encoder state ({_one_line(e)})") from None
+    state = torch_load(Path(path), f"encoder state not found (fit encoder '{expect_name}' first)",
+                       "not a readable encoder state")
     return _validate_state(state, str(path), expect_name)
 
 

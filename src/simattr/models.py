@@ -1,12 +1,18 @@
 """The models retrained under attribution, behind one call:
 
-    train_predict(X_train, y_train, X_eval, seeds=[...], n_classes=C, **recipe) -> probs (S, n_eval, C)
+    train_predict(X_train, y_train, X_eval, seeds=[...], n_classes=C, recipe=Recipe(...)) -> probs (S, n_eval, C)
 
-The digits recipe is an MLP (in -> hidden -> classes, ReLU) trained full-batch with Adam on standardised
-pixels. It is written in numpy and batched over seeds (one stacked matmul per layer), so a support worker
-starts in a fraction of a second (no torch import) and the models of one probe train together. A model's
-result depends only on its own seed, never on which other seeds share its batch, and BLAS runs on one
-thread so that it does not depend on the cores a task was given either (tasks run side by side instead).
+`mlp` (the digits default): in -> hidden -> classes, ReLU, trained full-batch with Adam on standardised
+pixels. It is written in numpy, so a support worker starts in a fraction of a second (no torch import); BLAS
+runs on one thread so that a model's bits do not depend on the cores its task was given.
+
+`resnet9` (the CIFAR-10 protocol of method.md): the DAWNBench ResNet-9, SGD with Nesterov momentum, a
+triangular learning rate (0 -> lr at 20% of the steps -> 0), label smoothing, random flip + translate (4 px)
++ cutout (8 x 8) drawn from the model's seed. The whole training set sits on the device and is augmented
+there; on CUDA it trains in bfloat16 autocast with channels-last tensors. Inputs are images (N, C, H, W)
+normalised per channel (`prepare_inputs`).
+
+A model's randomness comes only from its own seed (initialisation, batch order, augmentation).
 """
 from __future__ import annotations
 
@@ -16,20 +22,36 @@ import numpy as np
 
 from .errors import SimattrError
 
-MODELS = ("mlp",)
+MODELS = ("mlp", "resnet9")
+CNN_MODELS = ("resnet9",)
+#: the fields each model reads (its identity; the others keep their defaults)
+FIELDS = {"mlp": ("name", "hidden", "steps", "lr", "weight_decay"),
+          "resnet9": ("name", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing")}
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str = "mlp"
-    hidden: int = 64
-    steps: int = 100
-    lr: float = 0.01
+    hidden: int = 64              # mlp
+    steps: int = 100              # mlp: full-batch Adam steps
+    lr: float = 0.01              # mlp: Adam; resnet9: the triangular schedule's peak
     weight_decay: float = 0.0
+    epochs: int = 24              # resnet9
+    batch_size: int = 512         # resnet9
+    label_smoothing: float = 0.1  # resnet9
 
     def __post_init__(self):
         if self.name not in MODELS:
             raise SimattrError(f"unknown model '{self.name}'; valid: {', '.join(MODELS)}")
+
+    def identity(self) -> dict:
+        """The fields this recipe's model reads (what an answer's settings hash)."""
+        return {k: getattr(self, k) for k in FIELDS[self.name]}
+
+    def cli_args(self) -> list[str]:
+        """The `simattr` arguments that rebuild this recipe (cli._model_args): only the fields it reads."""
+        return [a for k, v in self.identity().items()
+                for a in ("--model" if k == "name" else "--" + k.replace("_", "-"), str(v))]
 
 
 _BLAS = None
@@ -43,6 +65,17 @@ def _one_blas_thread():
 
         _BLAS = ThreadpoolController()
     return _BLAS.limit(limits=1, user_api="blas")
+
+
+def prepare_inputs(recipe: Recipe, train_images: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """The model's inputs: flattened standardised pixels (mlp) or images normalised per channel by the train
+    set's mean and std, stored as float16 (resnet9: half the bytes; trained in float32 / bfloat16)."""
+    if recipe.name not in CNN_MODELS:
+        return standardise(train_images, *others)
+    tr = np.asarray(train_images, dtype=np.float32)
+    mean = tr.mean(axis=(0, 2, 3), keepdims=True)
+    std = np.maximum(tr.std(axis=(0, 2, 3), keepdims=True), 1e-3)
+    return [((np.asarray(a, np.float32) - mean) / std).astype(np.float16) for a in (train_images, *others)]
 
 
 def standardise(train_images: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
@@ -118,7 +151,120 @@ def train_predict(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, 
     at a time against 95-123 ms in stacks of 2-5: its (S, n, hidden) arrays no longer fit in cache)."""
     if len(seeds) == 0:
         return np.zeros((0, len(X_eval), n_classes), np.float32)
+    if recipe.name in CNN_MODELS:
+        return np.stack([train_predict_cnn(X_train, y_train, X_eval, int(s), n_classes, recipe) for s in seeds])
     with _one_blas_thread():
         out = [predict_mlp(train_mlp(X_train, y_train, [int(s)], n_classes, hidden=recipe.hidden, steps=recipe.steps,
                                      lr=recipe.lr, weight_decay=recipe.weight_decay), X_eval)[0] for s in seeds]
         return np.stack(out)
+
+
+# ------------------------------------------------------------------------------------------- ResNet-9
+def resnet9(in_channels: int, n_classes: int):
+    """The DAWNBench ResNet-9 (Page 2018): prep 64, [128, pool, res 128], [256, pool], [512, pool, res 512],
+    global max-pool, linear, output scaled by 1/8."""
+    from torch import nn
+
+    def cbr(ci, co):
+        return [nn.Conv2d(ci, co, 3, padding=1, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True)]
+
+    class Residual(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.f = nn.Sequential(*cbr(c, c), *cbr(c, c))
+
+        def forward(self, x):
+            return x + self.f(x)
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            return x * 0.125
+
+    return nn.Sequential(*cbr(in_channels, 64), *cbr(64, 128), nn.MaxPool2d(2), Residual(128),
+                         *cbr(128, 256), nn.MaxPool2d(2), *cbr(256, 512), nn.MaxPool2d(2), Residual(512),
+                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(512, n_classes, bias=False), Scale())
+
+
+def augment_batch(x, gen, shift: int = 4, cutout: int = 8):
+    """Random horizontal flip, translation by up to `shift` pixels (reflect padding) and a cutout square, per
+    image, on x's device; the random numbers come from the CPU generator `gen` (same draws on any device)."""
+    import torch
+    import torch.nn.functional as F
+
+    b, c, h, w = x.shape
+    dev = x.device
+    flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if shift and h > 2 * shift and w > 2 * shift:
+        p = F.pad(x, (shift,) * 4, mode="reflect")
+        dy = torch.randint(0, 2 * shift + 1, (b,), generator=gen).to(dev)
+        dx = torch.randint(0, 2 * shift + 1, (b,), generator=gen).to(dev)
+        rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None].expand(b, c, h, w + 2 * shift)
+        p = torch.gather(p, 2, rows)
+        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :].expand(b, c, h, w)
+        x = torch.gather(p, 3, cols)
+    side = min(cutout, h, w)
+    if side:
+        y0 = torch.randint(0, h - side + 1, (b,), generator=gen).to(dev)
+        x0 = torch.randint(0, w - side + 1, (b,), generator=gen).to(dev)
+        ys, xs = torch.arange(h, device=dev)[None], torch.arange(w, device=dev)[None]
+        m = (((ys >= y0[:, None]) & (ys < (y0 + side)[:, None]))[:, :, None]
+             & ((xs >= x0[:, None]) & (xs < (x0 + side)[:, None]))[:, None, :])
+        x = x.masked_fill(m[:, None], 0.0)
+    return x
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_predict_cnn(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, seed: int, n_classes: int,
+                      recipe: Recipe, device=None) -> np.ndarray:
+    """Train one `recipe` CNN from `seed` on (X_train, y_train); class probabilities (n_eval, C) on X_eval."""
+    import torch
+
+    dev = torch.device(device) if device is not None else _device()
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.random.fork_rng(devices=[dev] if cuda else []):
+        torch.manual_seed(int(seed))
+        net = resnet9(X_train.shape[1], n_classes)
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    net = net.to(dev, memory_format=fmt)
+    X = torch.as_tensor(np.asarray(X_train), device=dev)                 # resident; float16 halves it
+    y = torch.as_tensor(np.asarray(y_train, dtype=np.int64), device=dev)
+    n = len(y)
+    bs = min(recipe.batch_size, max(n, 1))
+    per_epoch = max(1, n // bs) if n >= bs else 1                      # full batches (BatchNorm), at least one
+    total = recipe.epochs * per_epoch
+    peak = max(1, int(0.2 * total))
+    opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
+                          weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: t / peak if t < peak else max(0.0, (total - t) / max(1, total - peak)))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    net.train()
+    for _ in range(recipe.epochs):
+        order = torch.randperm(n, generator=gen).to(dev)
+        for b in range(per_epoch):
+            idx = order[b * bs:(b + 1) * bs]
+            xb = augment_batch(X[idx].float(), gen).contiguous(memory_format=fmt)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+                loss = loss_fn(net(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    if n and not torch.isfinite(loss):
+        raise SimattrError(f"resnet9 training diverged (loss {float(loss)}); lower model.lr (now {recipe.lr})")
+    net.eval()
+    out = []
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+        Xe = torch.as_tensor(np.asarray(X_eval), device=dev)
+        for i in range(0, len(Xe), 1024):
+            out.append(torch.softmax(net(Xe[i:i + 1024].float().contiguous(memory_format=fmt)).float(), -1))
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, n_classes), np.float32)

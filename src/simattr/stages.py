@@ -64,28 +64,48 @@ def _encoder_state(data: datasets.Spec, encoder: str, state_path: str | None, fi
     return encoders.fit(encoder, tr.images, tr.labels, {}, seed=0, progress=False), settings
 
 
+def _image_batches(part: datasets.Split, start: int, stop: int, batch_size: int, workers: int):
+    """Images start..stop-1 of a split in order, batch by batch, decoded in this process (workers 0) or by
+    `workers` torch DataLoader processes (folder datasets: decoding is what limits a GPU's throughput)."""
+    if workers <= 0:
+        for s in range(start, stop, batch_size):
+            yield part.load(np.arange(s, min(s + batch_size, stop)))
+        return
+    import torch.utils.data as tud
+
+    class Images(tud.Dataset):
+        def __len__(self):
+            return stop - start
+
+        def __getitem__(self, i):
+            return part[start + i]
+
+    loader = tud.DataLoader(Images(), batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=np.stack)
+    yield from loader
+
+
 def _encode_range(state: dict, part: datasets.Split, start: int, stop: int, batch_size: int, progress: bool,
-                  what: str) -> np.ndarray:
+                  what: str, workers: int = 0) -> np.ndarray:
     """Features of images start..stop-1 of a split, decoded and encoded batch by batch (progress bar, log)."""
     from tqdm import tqdm
 
     from . import encoders
 
-    feats, t0, last = [], time.perf_counter(), time.perf_counter()
+    feats, t0, last, done = [], time.perf_counter(), time.perf_counter(), 0
     with tqdm(total=stop - start, desc=what, unit="img", disable=not progress, leave=False) as bar:
-        for s in range(start, stop, batch_size):
-            idx = np.arange(s, min(s + batch_size, stop))
-            feats.append(encoders.encode(state, part.load(idx), batch_size=batch_size))
-            bar.update(len(idx))
+        for images in _image_batches(part, start, stop, batch_size, workers):
+            feats.append(encoders.encode(state, images, batch_size=batch_size))
+            done += len(images)
+            bar.update(len(images))
             if time.perf_counter() - last > 30:
                 last = time.perf_counter()
-                log.info("%s: %d of %d images, %.0f images/s", what, idx[-1] + 1 - start, stop - start,
-                         (idx[-1] + 1 - start) / (last - t0))
+                log.info("%s: %d of %d images, %.0f images/s", what, done, stop - start, done / (last - t0))
     return np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
 
 
 def embed_shard(*, data: datasets.Spec, encoder: str, split: str, shard: int, shard_size: int, out: str,
-                state_path: str | None = None, batch_size: int = 256, float16: bool = False,
+                state_path: str | None = None, batch_size: int = 256, float16: bool = False, workers: int = 0,
                 progress: bool = True) -> None:
     """Embed shard `shard` of one split (images shard*shard_size .. ; shard_size 0: the whole split)."""
     t0 = time.perf_counter()
@@ -96,7 +116,8 @@ def embed_shard(*, data: datasets.Spec, encoder: str, split: str, shard: int, sh
         raise SimattrError(f"shard {shard} does not exist: the {split} split has {len(part)} images, "
                            f"{len(ranges)} shard(s) of {shard_size or len(part)}")
     start, stop = ranges[shard]
-    feats = _encode_range(state, part, start, stop, batch_size, progress, f"{encoder}/{split} shard {shard}")
+    feats = _encode_range(state, part, start, stop, batch_size, progress, f"{encoder}/{split} shard {shard}",
+                          workers)
     store.write_shard(out, feats, part.labels[start:stop], np.arange(start, stop), dataset=data.name, split=split,
                       encoder=encoder, config_hash=store.config_hash(settings), class_names=part.class_names,
                       float16=float16)
@@ -117,14 +138,16 @@ def embed_index(*, data: datasets.Spec, encoder: str, split: str, shards: list[s
 
 
 def embed(*, data: datasets.Spec, encoder: str, split: str, shard_size: int, out_dir: str,
-          state_path: str | None = None, batch_size: int = 256, float16: bool = False, progress: bool = True) -> dict:
+          state_path: str | None = None, batch_size: int = 256, float16: bool = False, workers: int = 0,
+          progress: bool = True) -> dict:
     """Embed one whole split in this process: every shard, then the manifest."""
     n = len(datasets.load_split(data, split))
     files = []
     for s in range(len(store.shard_ranges(n, shard_size))):
         files.append(str(Path(out_dir) / store.SHARD_NAME.format(shard=s)))
         embed_shard(data=data, encoder=encoder, split=split, shard=s, shard_size=shard_size, out=files[-1],
-                    state_path=state_path, batch_size=batch_size, float16=float16, progress=progress)
+                    state_path=state_path, batch_size=batch_size, float16=float16, workers=workers,
+                    progress=progress)
     return embed_index(data=data, encoder=encoder, split=split, shards=files,
                        out=str(Path(out_dir) / "index.json"), state_path=state_path)
 

@@ -360,7 +360,7 @@ def prepare_queries(*, data, n_test: int, sample_seed: int,
     te = datasets.load_split(data, "test")
     n_classes = len(tr.class_names)
     dataset = data.name
-    X_train, X_test = models.standardise(tr.images, te.images)
+    X_train, X_test = models.prepare_inputs(recipe, tr.images, te.images)
     seeds = [store.seed_from("full", dataset, i) for i in range(flip_models)]
     probs = models.train_predict(X_train, tr.labels, X_test, seeds=seeds, n_classes=n_classes, recipe=recipe)
     mean_probs = probs.mean(0)
@@ -375,7 +375,7 @@ def prepare_queries(*, data, n_test: int, sample_seed: int,
     order = np.argsort(-mean_probs[chosen], axis=1, kind="stable")
     flip = np.where(order[:, 1] == te.labels[chosen], order[:, 0], order[:, 1])
     identity = {**data.identity(), "n_test": n_test,
-                "sample_seed": sample_seed, "flip_models": flip_models, "recipe": recipe.__dict__}
+                "sample_seed": sample_seed, "flip_models": flip_models, "recipe": recipe.identity()}
     attrs = {"dataset": dataset, "config_hash": store.config_hash(identity), "n_classes": n_classes, "n_eligible": int(len(eligible)),
              "full_model_accuracy": float(correct.mean()),
              "flip_models": flip_models}

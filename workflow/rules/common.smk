@@ -4,6 +4,7 @@ from simattr import config as sconfig
 from simattr import store
 from simattr.datasets import Spec, n_classes, split_size
 from simattr.errors import SimattrError
+from simattr.models import Recipe
 from snakemake.exceptions import WorkflowError
 import os
 import shlex
@@ -33,6 +34,12 @@ try:
 except SimattrError as e:
     raise WorkflowError(f"invalid dataset: {e}") from None
 D = DATA.name
+try:
+    MODEL = Recipe(**config["model"])
+except SimattrError as e:
+    raise WorkflowError(f"invalid configuration: {e}") from None
+# the retrained model's arguments: only the fields its recipe reads, so changing another one reruns nothing
+MODEL_ARGS = " ".join(MODEL.cli_args())
 # the dataset's command-line arguments: one param, so a change of any dataset setting reruns what reads images
 DATA_ARGS = " ".join(shlex.quote(a) for a in DATA.cli_args())
 TRAINABLE = ["simclr", "supervised", "resnet"]     # encoders whose state file a rule makes

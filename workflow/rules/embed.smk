@@ -98,16 +98,17 @@ rule embed_shard:
         float16=config["embed"]["float16"],
         batch_size=embed_batch_size,
         state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
-    threads: 1
+    threads: config["embed"]["workers"] + 1
     resources:
         mem_mb=4000,
         gpu=embed_gpus,
+        embed_workers=config["embed"]["workers"],   # a resource, not a param: it changes no result
     conda:
         ENV
     shell:
         "simattr --log {log} embed {params.data} --encoder {wildcards.encoder} --split {wildcards.split}"
         " --shard-size {params.shard_size} --shard {wildcards.shard} --batch-size {params.batch_size}"
-        " --float16 {params.float16} {params.state} --out {output}"
+        " --float16 {params.float16} --workers {resources.embed_workers} {params.state} --out {output}"
 
 
 # the split's manifest: every shard checked against the current settings (a stale one is refused)

@@ -15,11 +15,7 @@ rule queries:
         n_test=config["support"]["n_test"],
         sample_seed=config["support"]["sample_seed"],
         flip_models=config["support"]["flip_models"],
-        model=config["model"]["name"],
-        hidden=config["model"]["hidden"],
-        steps=config["model"]["steps"],
-        lr=config["model"]["lr"],
-        weight_decay=config["model"]["weight_decay"],
+        model=MODEL_ARGS,
     threads: 1
     resources:
         mem_mb=2000,
@@ -27,8 +23,7 @@ rule queries:
         ENV
     shell:
         "simattr --log {log} queries {params.data} --n-test {params.n_test} --sample-seed {params.sample_seed}"
-        " --flip-models {params.flip_models} --model {params.model} --hidden {params.hidden}"
-        " --steps {params.steps} --lr {params.lr} --weight-decay {params.weight_decay} --out {output}"
+        " --flip-models {params.flip_models} {params.model} --out {output}"
 
 
 rule support:
@@ -49,11 +44,7 @@ rule support:
         threshold=config["support"]["threshold"],
         early_stop=config["support"]["early_stop"],
         monotone_checks=config["support"]["monotone_checks"],
-        model=config["model"]["name"],
-        hidden=config["model"]["hidden"],
-        steps=config["model"]["steps"],
-        lr=config["model"]["lr"],
-        weight_decay=config["model"]["weight_decay"],
+        model=MODEL_ARGS,
         answers=lambda wildcards: path(store.SUPPORT_DIR, **wildcards),
         submitit=lambda wildcards: path("{dataset}/submitit/{encoder}-{ranker}-{metric}", **wildcards),
     # how the tasks run never changes an answer: resources, unlike params, do not trigger reruns
@@ -80,8 +71,7 @@ rule support:
         " --scores {input.scores} --k-max {params.k_max} --bisection-steps {params.bisection_steps}"
         " --seeds {params.seeds} --threshold {params.threshold} --early-stop {params.early_stop}"
         " --monotone-checks {params.monotone_checks}"
-        " --model {params.model} --hidden {params.hidden} --steps {params.steps} --lr {params.lr}"
-        " --weight-decay {params.weight_decay} --cluster {resources.submitit_cluster}"
+        " {params.model} --cluster {resources.submitit_cluster}"
         " --parallelism {resources.submitit_parallelism} --timeout-min {resources.submitit_timeout_min}"
         " --cpus-per-task {resources.submitit_cpus_per_task} --gpus-per-node {resources.submitit_gpus_per_node}"
         " --mem-gb {resources.submitit_mem_gb} --slurm-partition '{resources.submitit_partition}'"
