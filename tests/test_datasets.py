@@ -152,3 +152,15 @@ def test_embedding_with_decoding_workers_matches_in_process(tmp_path):
     a = stages._encode_range(state, part, 2, 13, 4, False, "test", workers=0)
     b = stages._encode_range(state, part, 2, 13, 4, False, "test", workers=2)
     assert a.shape == (11, 3 * 8 * 8) and np.array_equal(a, b)
+
+
+def test_split_indexing_selects_without_decoding(tmp_path):
+    root = make_image_folder(tmp_path / "f", per_class=4)
+    tr = load_split(Spec("imagefolder", root=str(root), image_size=8), "train")
+    keep = np.ones(len(tr), bool)
+    keep[[0, 5]] = False
+    sub = tr[keep]                                    # what a removal probe does to the training set
+    assert len(sub) == len(tr) - 2 and sub.labels.tolist() == np.delete(tr.labels, [0, 5]).tolist()
+    assert sub.sources[0] == tr.sources[1]
+    np.testing.assert_array_equal(sub.load([0, 3]), tr.load([1, 4]))
+    np.testing.assert_array_equal(sub[[2, 0]].images, tr.load([3, 1]))

@@ -82,3 +82,19 @@ def test_recipe_reads_only_its_fields_and_round_trips_through_the_cli():
         a = build_parser().parse_args(["queries", "--dataset", "digits", "--n-test", "1", "--flip-models", "1",
                                        "--out", "q.h5", *r.cli_args()])
         assert _recipe(a).identity() == r.identity()
+
+
+def test_resnet18_streams_a_folder_split_and_repeats_exactly(tmp_path):
+    from datafiles import make_image_folder
+
+    root = make_image_folder(tmp_path / "f", per_class=8, val_per_class=2)
+    spec = datasets.Spec("imagefolder", root=str(root), image_size=16)
+    tr, te = datasets.load_split(spec, "train"), datasets.load_split(spec, "test")
+    r = models.Recipe(name="resnet18", epochs=2, batch_size=8, lr=0.1, weight_decay=5e-5)
+    assert models.prepare_inputs(r, tr, te) == [tr, te]       # streamed: nothing loaded up front
+    keep = np.arange(len(tr)) != 3
+    p = models.train_predict(tr[keep], tr.labels[keep], te, seeds=[1, 2], n_classes=3, recipe=r)
+    assert p.shape == (2, 6, 3) and np.allclose(p.sum(-1), 1, atol=1e-5)
+    q = models.train_predict(tr[keep], tr.labels[keep], te.load(np.arange(6)).astype(np.float16), seeds=[2],
+                             n_classes=3, recipe=r)
+    np.testing.assert_allclose(q[0], p[1], atol=1e-3)          # same seed: same model (eval input float16)

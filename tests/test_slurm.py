@@ -260,7 +260,7 @@ def test_the_test_workflow_runs_as_slurm_jobs_through_the_repo_profile(slurm, tm
     assert list(tmp_path.glob("results/*/report/report.md")), out[-2000:]
     submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_([a-z_]+)/", out)
     jobs = {rule: job for job, rule in submitted}
-    assert {"train_simclr", "score", "embed", "queries", "report"} <= set(jobs), sorted(jobs)
+    assert {"train_simclr", "score", "embed_shard", "embed_index", "queries", "report"} <= set(jobs), sorted(jobs)
     tres = _sacct(jobs["train_simclr"], "AllocTRES")
     assert tres and "gres/gpu=1" in tres[0], tres                 # the training rule got a (fake) GPU
     assert "support" not in jobs                                   # a local rule ...

@@ -69,14 +69,14 @@ def _spec(a):
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="mlp", help="mlp or resnet9")
+    p.add_argument("--model", default="mlp", help="mlp, resnet9 or resnet18")
     p.add_argument("--hidden", type=int, default=64, help="mlp: hidden width")
     p.add_argument("--steps", type=int, default=100, help="mlp: full-batch Adam steps")
-    p.add_argument("--lr", type=float, required=True, help="mlp: Adam's; resnet9: the schedule's peak")
+    p.add_argument("--lr", type=float, required=True, help="mlp: Adam's; resnet9/18: the schedule's peak")
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--epochs", type=int, default=24, help="resnet9")
-    p.add_argument("--batch-size", type=int, default=512, help="resnet9")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="resnet9")
+    p.add_argument("--epochs", type=int, default=24, help="resnet9, resnet18")
+    p.add_argument("--batch-size", type=int, default=512, help="resnet9, resnet18")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="resnet9, resnet18")
 
 
 def _recipe(a):

@@ -111,10 +111,22 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        """One image (C, H, W), decoded on demand (a Split can stand in for an image array where images are
-        looked up one at a time)."""
-        return self.load(np.asarray([i]))[0]
+    def __getitem__(self, i):
+        """An int: one image (C, H, W), decoded on demand. An index array or boolean mask: the Split of those
+        images (nothing decoded). So a Split stands in for an image array where images are looked up one at a
+        time or rows are selected (a training set with images removed)."""
+        if np.ndim(i) == 0:
+            return self.load(np.asarray([i]))[0]
+        return self.take(i)
+
+    def take(self, index) -> "Split":
+        """The Split of the images at `index` (positions or a boolean mask), in that order."""
+        index = np.asarray(index)
+        index = np.flatnonzero(index) if index.dtype == bool else index.astype(np.int64)
+        outer = self._loader
+        return Split(self.labels[index], self.source_index[index], self.class_names,
+                     lambda i: outer(index[np.asarray(i, dtype=np.int64)]),
+                     tuple(self.sources[j] for j in index) if self.sources is not None else None, self.skipped)
 
     def load(self, index) -> np.ndarray:
         """Images at positions `index` of this split: float32 (n, C, H, W) in [0, 1]."""

@@ -238,7 +238,7 @@ def _crop_resize(x, gen, area=(0.25, 1.0)):
     ty = (torch.rand(b, generator=gen) * 2 - 1) * (1 - f)
     flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
     zero = torch.zeros(b)
-    theta = torch.stack([torch.stack([f * flip, zero, tx], 1), torch.stack([zero, f, ty], 1)], 1)
+    theta = torch.stack([torch.stack([f * flip, zero, tx], 1), torch.stack([zero, f, ty], 1)], 1).to(x.device)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 

@@ -22,11 +22,13 @@ import numpy as np
 
 from .errors import SimattrError
 
-MODELS = ("mlp", "resnet9")
-CNN_MODELS = ("resnet9",)
+MODELS = ("mlp", "resnet9", "resnet18")
+CNN_MODELS = ("resnet9", "resnet18")
+STREAMED_MODELS = ("resnet18",)       # trained from the dataset's files, never held in memory or in queries.h5
 #: the fields each model reads (its identity; the others keep their defaults)
 FIELDS = {"mlp": ("name", "hidden", "steps", "lr", "weight_decay"),
-          "resnet9": ("name", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing")}
+          "resnet9": ("name", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing"),
+          "resnet18": ("name", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing")}
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,10 @@ def _one_blas_thread():
 
 def prepare_inputs(recipe: Recipe, train_images: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     """The model's inputs: flattened standardised pixels (mlp) or images normalised per channel by the train
-    set's mean and std, stored as float16 (resnet9: half the bytes; trained in float32 / bfloat16)."""
+    set's mean and std, stored as float16 (resnet9: half the bytes; trained in float32 / bfloat16). Streamed
+    recipes (resnet18) take dataset Splits as they are: they normalise while training."""
+    if recipe.name in STREAMED_MODELS:
+        return [train_images, *others]
     if recipe.name not in CNN_MODELS:
         return standardise(train_images, *others)
     tr = np.asarray(train_images, dtype=np.float32)
@@ -220,23 +225,84 @@ def _device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train_predict_cnn(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, seed: int, n_classes: int,
-                      recipe: Recipe, device=None) -> np.ndarray:
-    """Train one `recipe` CNN from `seed` on (X_train, y_train); class probabilities (n_eval, C) on X_eval."""
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _workers() -> int:
+    """Image-decoding processes for a streamed training set: the task's CPUs but one (SLURM's allocation, else
+    this process's affinity), at most 16."""
+    import os
+
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or len(os.sched_getaffinity(0))
+    return max(0, min(16, cpus - 1))
+
+
+def _resident_batches(X, y, gen, bs: int, per_epoch: int, dev):
+    """An epoch of (images, labels) batches from arrays kept on the device, augmented there (resnet9)."""
     import torch
+
+    order = torch.randperm(len(y), generator=gen).to(dev)
+    for b in range(per_epoch):
+        idx = order[b * bs:(b + 1) * bs]
+        yield augment_batch(X[idx].float(), gen), y[idx]
+
+
+def _streamed_batches(split, gen, bs: int, per_epoch: int, dev, mean, std):
+    """An epoch of batches decoded from a dataset Split by DataLoader workers, normalised, randomly cropped and
+    resized and flipped on the device (resnet18 on ImageNet-size folders)."""
+    import torch
+    import torch.utils.data as tud
+
+    from .encoders import _crop_resize
+
+    class Images(tud.Dataset):
+        def __len__(self):
+            return len(split)
+
+        def __getitem__(self, i):
+            return split[int(i)], int(split.labels[i])
+
+    order = torch.randperm(len(split), generator=gen)[:per_epoch * bs].tolist()
+    workers = _workers() if len(order) > 4 * bs else 0        # a few batches decode faster than workers start
+    loader = tud.DataLoader(Images(), batch_size=bs, sampler=order, num_workers=workers, drop_last=False,
+                            pin_memory=dev.type == "cuda")
+    for xb, yb in loader:
+        xb = _crop_resize(xb.to(dev, non_blocking=True).float(), gen)
+        yield (xb - mean) / std, yb.to(dev)
+
+
+def _eval_batches(X_eval, size: int = 256):
+    """X_eval (an array or a Split) in batches of float32 arrays."""
+    for i in range(0, len(X_eval), size):
+        idx = np.arange(i, min(i + size, len(X_eval)))
+        yield X_eval.load(idx) if hasattr(X_eval, "load") else np.asarray(X_eval[i:i + size], np.float32)
+
+
+def train_predict_cnn(X_train, y_train: np.ndarray, X_eval, seed: int, n_classes: int, recipe: Recipe,
+                      device=None) -> np.ndarray:
+    """Train one `recipe` CNN from `seed` on (X_train, y_train); class probabilities (n_eval, C) on X_eval.
+
+    resnet9: X_train and X_eval are arrays (prepare_inputs), resident on the device. resnet18: they are
+    dataset Splits (images in [0, 1]), streamed by DataLoader workers and normalised with ImageNet's mean/std."""
+    import torch
+    import torchvision
 
     dev = torch.device(device) if device is not None else _device()
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
     gen = torch.Generator().manual_seed(int(seed))
+    streamed = recipe.name in STREAMED_MODELS
     with torch.random.fork_rng(devices=[dev] if cuda else []):
         torch.manual_seed(int(seed))
-        net = resnet9(X_train.shape[1], n_classes)
+        net = torchvision.models.resnet18(num_classes=n_classes) if streamed else \
+            resnet9(X_train.shape[1], n_classes)
     fmt = torch.channels_last if cuda else torch.contiguous_format
     net = net.to(dev, memory_format=fmt)
-    X = torch.as_tensor(np.asarray(X_train), device=dev)                 # resident; float16 halves it
+    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
     y = torch.as_tensor(np.asarray(y_train, dtype=np.int64), device=dev)
+    X = None if streamed else torch.as_tensor(np.asarray(X_train), device=dev)     # resident; float16 halves it
     n = len(y)
     bs = min(recipe.batch_size, max(n, 1))
     per_epoch = max(1, n // bs) if n >= bs else 1                      # full batches (BatchNorm), at least one
@@ -248,23 +314,24 @@ def train_predict_cnn(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarr
         opt, lambda t: t / peak if t < peak else max(0.0, (total - t) / max(1, total - peak)))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     net.train()
+    loss = torch.zeros(())
     for _ in range(recipe.epochs):
-        order = torch.randperm(n, generator=gen).to(dev)
-        for b in range(per_epoch):
-            idx = order[b * bs:(b + 1) * bs]
-            xb = augment_batch(X[idx].float(), gen).contiguous(memory_format=fmt)
+        batches = _streamed_batches(X_train, gen, bs, per_epoch, dev, mean, std) if streamed else \
+            _resident_batches(X, y, gen, bs, per_epoch, dev)
+        for xb, yb in batches:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = loss_fn(net(xb), y[idx])
+                loss = loss_fn(net(xb.contiguous(memory_format=fmt)), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
     if n and not torch.isfinite(loss):
-        raise SimattrError(f"resnet9 training diverged (loss {float(loss)}); lower model.lr (now {recipe.lr})")
+        raise SimattrError(f"{recipe.name} training diverged (loss {float(loss)}); lower model.lr (now {recipe.lr})")
     net.eval()
     out = []
     with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-        Xe = torch.as_tensor(np.asarray(X_eval), device=dev)
-        for i in range(0, len(Xe), 1024):
-            out.append(torch.softmax(net(Xe[i:i + 1024].float().contiguous(memory_format=fmt)).float(), -1))
+        for xe in _eval_batches(X_eval):
+            xe = torch.as_tensor(xe, device=dev).float()
+            xe = (xe - mean) / std if streamed else xe
+            out.append(torch.softmax(net(xe.contiguous(memory_format=fmt)).float(), -1))
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, n_classes), np.float32)

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -204,11 +204,18 @@ def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray,
     return probe
 
 
-QUERY_KEYS = ("X_train", "y_train", "test_indices", "X_query", "y_query", "flip_class")
+QUERY_KEYS = ("y_train", "test_indices", "X_query", "y_query", "flip_class")
 
 
 def load_queries(path: str) -> dict:
-    arrays, attrs = store.read_arrays(path, QUERY_KEYS, optional=("full_correct",))
+    """queries.h5; the training images are its X_train, or (streamed recipes) the dataset its data_spec names."""
+    arrays, attrs = store.read_arrays(path, QUERY_KEYS, optional=("full_correct", "X_train"))
+    if "X_train" not in arrays:
+        if "data_spec" not in attrs:
+            raise SimattrError(f"{path}: holds neither X_train nor data_spec (the training images)")
+        from . import datasets
+
+        arrays["X_train"] = datasets.load_split(datasets.Spec(**json.loads(attrs["data_spec"])), "train")
     return {"path": str(path), "arrays": arrays, "attrs": attrs}
 
 
@@ -360,7 +367,8 @@ def prepare_queries(*, data, n_test: int, sample_seed: int,
     te = datasets.load_split(data, "test")
     n_classes = len(tr.class_names)
     dataset = data.name
-    X_train, X_test = models.prepare_inputs(recipe, tr.images, te.images)
+    streamed = recipe.name in models.STREAMED_MODELS
+    X_train, X_test = models.prepare_inputs(recipe, *((tr, te) if streamed else (tr.images, te.images)))
     seeds = [store.seed_from("full", dataset, i) for i in range(flip_models)]
     probs = models.train_predict(X_train, tr.labels, X_test, seeds=seeds, n_classes=n_classes, recipe=recipe)
     mean_probs = probs.mean(0)
@@ -379,13 +387,17 @@ def prepare_queries(*, data, n_test: int, sample_seed: int,
     attrs = {"dataset": dataset, "config_hash": store.config_hash(identity), "n_classes": n_classes, "n_eligible": int(len(eligible)),
              "full_model_accuracy": float(correct.mean()),
              "flip_models": flip_models}
-    store.write_arrays(out_path, {
+    arrays = {
         "test_indices": chosen.astype(np.int64), "y_query": te.labels[chosen].astype(np.int64),
         "flip_class": flip.astype(np.int64), "full_accuracy": acc[chosen].astype(np.float32),
-        "mean_probs": mean_probs[chosen].astype(np.float32), "X_query": X_test[chosen],
-        "full_correct": correct[:, chosen].astype(np.uint8),
-        "X_train": X_train, "y_train": tr.labels.astype(np.int64),
-    }, attrs)
+        "mean_probs": mean_probs[chosen].astype(np.float32),
+        "X_query": X_test.load(chosen).astype(np.float16) if streamed else X_test[chosen],
+        "full_correct": correct[:, chosen].astype(np.uint8), "y_train": tr.labels.astype(np.int64)}
+    if streamed:        # the workers read the training images from the dataset itself
+        attrs["data_spec"] = json.dumps(asdict(data), sort_keys=True)
+    else:
+        arrays["X_train"] = X_train
+    store.write_arrays(out_path, arrays, attrs)
     if log:
         log.info("full-data models: test accuracy %.4f; %d eligible test images; sampled %d",
                  attrs["full_model_accuracy"], len(eligible), n_test)
