@@ -136,6 +136,33 @@ class Split:
     def images(self) -> np.ndarray:
         return self.load(np.arange(len(self)))
 
+    def batches(self, index, batch_size: int, workers: int = 0, labels: bool = False):
+        """The images at `index`, in that order, batch by batch: float32 arrays (n, C, H, W), with their labels
+        when `labels`; decoded in this process (workers 0) or by `workers` torch DataLoader processes (decoding
+        is what limits a GPU fed from image files)."""
+        index = np.asarray(index, dtype=np.int64)
+        if workers <= 0:
+            for s in range(0, len(index), batch_size):
+                i = index[s:s + batch_size]
+                yield (self.load(i), self.labels[i]) if labels else self.load(i)
+            return
+        import torch.utils.data as tud
+
+        split = self
+
+        class Images(tud.Dataset):
+            def __len__(self):
+                return len(index)
+
+            def __getitem__(self, j):
+                return split[int(index[j])], split.labels[index[j]]
+
+        def collate(items):
+            x = np.stack([im for im, _ in items])
+            return (x, np.asarray([y for _, y in items])) if labels else x
+
+        yield from tud.DataLoader(Images(), batch_size=batch_size, num_workers=workers, collate_fn=collate)
+
 
 def _spec(data, test_fraction: float | None, seed: int | None) -> Spec:
     if isinstance(data, Spec):

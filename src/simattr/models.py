@@ -248,27 +248,17 @@ def _resident_batches(X, y, gen, bs: int, per_epoch: int, dev):
 
 
 def _streamed_batches(split, gen, bs: int, per_epoch: int, dev, mean, std):
-    """An epoch of batches decoded from a dataset Split by DataLoader workers, normalised, randomly cropped and
-    resized and flipped on the device (resnet18 on ImageNet-size folders)."""
+    """An epoch of batches decoded from a dataset Split (by DataLoader workers when it is more than a few
+    batches), normalised, randomly cropped, resized and flipped on the device (resnet18)."""
     import torch
-    import torch.utils.data as tud
 
     from .encoders import _crop_resize
 
-    class Images(tud.Dataset):
-        def __len__(self):
-            return len(split)
-
-        def __getitem__(self, i):
-            return split[int(i)], int(split.labels[i])
-
-    order = torch.randperm(len(split), generator=gen)[:per_epoch * bs].tolist()
+    order = torch.randperm(len(split), generator=gen)[:per_epoch * bs].numpy()
     workers = _workers() if len(order) > 4 * bs else 0        # a few batches decode faster than workers start
-    loader = tud.DataLoader(Images(), batch_size=bs, sampler=order, num_workers=workers, drop_last=False,
-                            pin_memory=dev.type == "cuda")
-    for xb, yb in loader:
-        xb = _crop_resize(xb.to(dev, non_blocking=True).float(), gen)
-        yield (xb - mean) / std, yb.to(dev)
+    for xb, yb in split.batches(order, bs, workers, labels=True):
+        xb = _crop_resize(torch.as_tensor(xb).to(dev, non_blocking=True), gen)
+        yield (xb - mean) / std, torch.as_tensor(yb, dtype=torch.int64).to(dev)
 
 
 def _eval_batches(X_eval, size: int = 256):

@@ -64,27 +64,6 @@ def _encoder_state(data: datasets.Spec, encoder: str, state_path: str | None, fi
     return encoders.fit(encoder, tr.images, tr.labels, {}, seed=0, progress=False), settings
 
 
-def _image_batches(part: datasets.Split, start: int, stop: int, batch_size: int, workers: int):
-    """Images start..stop-1 of a split in order, batch by batch, decoded in this process (workers 0) or by
-    `workers` torch DataLoader processes (folder datasets: decoding is what limits a GPU's throughput)."""
-    if workers <= 0:
-        for s in range(start, stop, batch_size):
-            yield part.load(np.arange(s, min(s + batch_size, stop)))
-        return
-    import torch.utils.data as tud
-
-    class Images(tud.Dataset):
-        def __len__(self):
-            return stop - start
-
-        def __getitem__(self, i):
-            return part[start + i]
-
-    loader = tud.DataLoader(Images(), batch_size=batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=np.stack)
-    yield from loader
-
-
 def _encode_range(state: dict, part: datasets.Split, start: int, stop: int, batch_size: int, progress: bool,
                   what: str, workers: int = 0) -> np.ndarray:
     """Features of images start..stop-1 of a split, decoded and encoded batch by batch (progress bar, log)."""
@@ -94,7 +73,7 @@ def _encode_range(state: dict, part: datasets.Split, start: int, stop: int, batc
 
     feats, t0, last, done = [], time.perf_counter(), time.perf_counter(), 0
     with tqdm(total=stop - start, desc=what, unit="img", disable=not progress, leave=False) as bar:
-        for images in _image_batches(part, start, stop, batch_size, workers):
+        for images in part.batches(np.arange(start, stop), batch_size, workers):
             feats.append(encoders.encode(state, images, batch_size=batch_size))
             done += len(images)
             bar.update(len(images))
