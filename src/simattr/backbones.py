@@ -36,6 +36,13 @@ NORMALIZE = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
              "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
 
 
+def default_device():
+    """Where simattr's networks run unless told otherwise: CUDA when torch sees a device, else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _resnet(arch: str, cifar_stem: bool):
     import torchvision
     from torch import nn
@@ -161,7 +168,7 @@ class Features:
             raise SimattrError(f"unknown ResNet feature '{feature}'; valid: {', '.join(FEATURES)}")
         if normalize not in NORMALIZE:
             raise SimattrError(f"unknown normalisation '{normalize}'; valid: {', '.join(NORMALIZE)}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else default_device()
         net = _resnet(arch, cifar_stem)
         net.load_state_dict(backbone)
         if feature == "pool3":

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .backbones import one_line
+from .backbones import default_device, one_line
 from .errors import SimattrError
 
 ENCODERS = ("pixels", "simclr", "supervised", "resnet")
@@ -324,7 +324,7 @@ def _fit_simclr(images: np.ndarray, params: dict, seed: int, progress: bool, log
     fd, epochs = params["feature_dim"], params["epochs"]
     backbone = _backbone(tuple(images.shape[1:]), fd)
     head = nn.Sequential(nn.Linear(fd, fd), nn.ReLU(inplace=True), nn.Linear(fd, params["proj_dim"]))
-    dev = _device()
+    dev = default_device()     # augmentation is drawn and applied on the CPU either way
     model = nn.Sequential(backbone, head).train().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=_WEIGHT_DECAY)
     steps = epochs * _n_batches(len(x_all), params["batch_size"])
@@ -353,14 +353,6 @@ def _fit_simclr(images: np.ndarray, params: dict, seed: int, progress: bool, log
     return {"backbone": {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}}
 
 
-def _device():
-    """Where encoders train: CUDA when present (the rule asks for a GPU on a cluster), else CPU. Augmentation
-    is drawn and applied on the CPU either way, so the random views do not depend on the device."""
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _fit_supervised(images: np.ndarray, labels: np.ndarray, params: dict, seed: int, progress: bool,
                     log) -> dict:
     import torch
@@ -380,7 +372,7 @@ def _fit_supervised(images: np.ndarray, labels: np.ndarray, params: dict, seed: 
     y_all = torch.from_numpy(labels.astype(np.int64))
     epochs = params["epochs"]
     backbone = _backbone(tuple(images.shape[1:]), params["hidden"])
-    dev = _device()
+    dev = default_device()
     model = nn.Sequential(backbone, nn.Linear(params["hidden"], n_classes)).train().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=_WEIGHT_DECAY)
     bar = tqdm(range(1, epochs + 1), desc="supervised", unit="epoch", disable=not progress, leave=False)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backbones import NORMALIZE, default_device
 from .errors import SimattrError
 
 MODELS = ("mlp", "resnet9", "resnet18")
@@ -219,15 +220,6 @@ def augment_batch(x, gen, shift: int = 4, cutout: int = 8):
     return x
 
 
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
 def _workers() -> int:
     """Image-decoding processes for a streamed training set: the task's CPUs but one (SLURM's allocation, else
     this process's affinity), at most 16."""
@@ -277,7 +269,7 @@ def train_predict_cnn(X_train, y_train: np.ndarray, X_eval, seed: int, n_classes
     import torch
     import torchvision
 
-    dev = torch.device(device) if device is not None else _device()
+    dev = torch.device(device) if device is not None else default_device()
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -289,8 +281,7 @@ def train_predict_cnn(X_train, y_train: np.ndarray, X_eval, seed: int, n_classes
             resnet9(X_train.shape[1], n_classes)
     fmt = torch.channels_last if cuda else torch.contiguous_format
     net = net.to(dev, memory_format=fmt)
-    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, device=dev).view(1, 3, 1, 1) for v in NORMALIZE["imagenet"])
     y = torch.as_tensor(np.asarray(y_train, dtype=np.int64), device=dev)
     X = None if streamed else torch.as_tensor(np.asarray(X_train), device=dev)     # resident; float16 halves it
     n = len(y)
