@@ -14,7 +14,8 @@ from simattr.errors import SimattrError
 
 TINY = {
     "pixels": {},
-    "simclr": {"epochs": 2, "batch_size": 64, "lr": 2e-3, "temperature": 0.2, "feature_dim": 32, "proj_dim": 16},
+    "simclr": {"arch": "small", "epochs": 2, "batch_size": 64, "lr": 2e-3, "temperature": 0.2, "feature_dim": 32,
+               "proj_dim": 16},
     "supervised": {"epochs": 2, "batch_size": 64, "lr": 2e-3, "hidden": 24},
 }
 N_SUB = 200
@@ -70,6 +71,7 @@ def test_unknown_encoder_lists_valid_names(data, tmp_path):
     ("pixels", {"epochs": 1}, "epochs"),
     ("supervised", {**TINY["supervised"], "batch_size": 1}, "batch_size"),
     ("simclr", "not a dict", "mapping"),
+    ("simclr", {**TINY["simclr"], "arch": "vgg"}, r"unknown arch 'vgg'; valid: small, resnet18"),
 ])
 def test_bad_params_raise(data, name, bad, word):
     x, y, _ = data
@@ -284,3 +286,49 @@ def test_simclr_fits_rgb_images(tmp_path):
     state = E.fit("simclr", images, np.asarray(labels), params, seed=0, progress=False)
     f = E.encode(state, images[:5])
     assert f.shape == (5, params["feature_dim"]) and np.isfinite(f).all()
+
+
+def test_simclr_resnet18_trains_and_encodes_512d_deterministically():
+    """arch resnet18: torchvision's ResNet-18 with the CIFAR stem, 512-d features whatever feature_dim says;
+    the same seed gives the same features (CPU, same thread count)."""
+    rng = np.random.default_rng(0)
+    images = rng.random((40, 3, 16, 16), dtype=np.float32)
+    params = {**TINY["simclr"], "arch": "resnet18", "epochs": 1, "batch_size": 20}
+    a = E.fit("simclr", images, None, params, seed=0, progress=False)
+    b = E.fit("simclr", images, None, params, seed=0, progress=False)
+    assert E.feature_dim(a) == 512
+    assert a["backbone"]["conv1.weight"].shape == (64, 3, 3, 3) and "fc.weight" not in a["backbone"]
+    fa = E.encode(a, images[:6])
+    assert fa.shape == (6, 512) and fa.dtype == np.float32 and np.isfinite(fa).all()
+    np.testing.assert_array_equal(fa, E.encode(b, images[:6]))
+
+
+def test_simclr_resnet18_on_grayscale_takes_one_channel(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.random((8, 1, 8, 8), dtype=np.float32)
+    params = {**TINY["simclr"], "arch": "resnet18", "epochs": 1, "batch_size": 8}
+    state = E.fit("simclr", images, None, params, seed=0, progress=False)
+    assert state["backbone"]["conv1.weight"].shape == (64, 1, 3, 3)
+    E.save_state(state, tmp_path / "simclr.pt")
+    loaded = E.load_state(tmp_path / "simclr.pt", "simclr")
+    np.testing.assert_array_equal(E.encode(loaded, images), E.encode(state, images))
+    assert E.encode(loaded, images).shape == (8, 512)
+
+
+def test_simclr_arch_changes_the_settings_hash():
+    from simattr import datasets, stages, store
+
+    spec = datasets.Spec("digits")
+    small = stages.embed_settings(spec, "simclr", TINY["simclr"], 0)
+    r18 = stages.embed_settings(spec, "simclr", {**TINY["simclr"], "arch": "resnet18"}, 0)
+    assert small["params"]["arch"] == "small" and r18["params"]["arch"] == "resnet18"
+    assert store.config_hash(small) != store.config_hash(r18)
+
+
+def test_a_simclr_state_saved_before_arch_existed_loads_as_small(states, data, tmp_path):
+    _, _, xt = data
+    old = {**states["simclr"], "params": {k: v for k, v in TINY["simclr"].items() if k != "arch"}}
+    E.save_state(old, tmp_path / "old.pt")
+    loaded = E.load_state(tmp_path / "old.pt", "simclr")
+    assert loaded["params"]["arch"] == "small"
+    np.testing.assert_array_equal(E.encode(loaded, xt), E.encode(states["simclr"], xt))

@@ -217,6 +217,13 @@ def test_dry_run_passes_for_every_config(configfile, tmp_path):
         print(f"{configfile.name}: dry run {took:.1f} s, {counts}")
 
 
+def test_simclr_arch_reaches_its_training_rule(tmp_path):
+    r = smk("-n", "-p", "--cores", "2", workdir=tmp_path,
+            configfile=variant(tmp_path, lambda c: c["encoders"]["simclr"].update(arch="resnet18")))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "--encoder simclr --seed 0 --param arch=resnet18 " in r.stdout
+
+
 def test_lint_reports_nothing(tmp_path):
     r = smk("--lint", workdir=tmp_path)
     assert r.returncode == 0
@@ -233,6 +240,8 @@ def test_lint_reports_nothing(tmp_path):
     (lambda c: c["support"].update(seedz=3), "'seedz' was unexpected"),
     (lambda c: c["support"].update(threshold=1.0), "config key 'support.threshold': expected a value < 1"),
     (lambda c: c["methods"].append(dict(c["methods"][0])), "config key 'methods': has the same entry twice"),
+    (lambda c: c["encoders"]["simclr"].update(arch="vgg"),
+     "config key 'encoders.simclr.arch': got 'vgg', valid values: small, resnet18"),
 ])
 def test_bad_config_is_one_clear_error_before_any_job(change, expected, tmp_path):
     cfg = variant(tmp_path, change)

@@ -43,7 +43,9 @@ def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _resnet(arch: str, cifar_stem: bool):
+def _resnet(arch: str, cifar_stem: bool, in_channels: int = 3):
+    """torchvision's `arch`, randomly initialised, fc dropped (features: the layer4 average pool); the CIFAR stem
+    is conv1 3x3 stride 1 without max-pool. `in_channels` other than 3 replaces conv1 (e.g. 1 for grayscale)."""
     import torchvision
     from torch import nn
 
@@ -51,8 +53,10 @@ def _resnet(arch: str, cifar_stem: bool):
         raise SimattrError(f"unknown ResNet arch '{arch}'; valid: {', '.join(ARCHS)}")
     net = getattr(torchvision.models, arch)(weights=None)
     if cifar_stem:
-        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     net.fc = nn.Identity()
     return net
 

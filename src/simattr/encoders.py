@@ -1,7 +1,8 @@
 """Encoders: images -> feature vectors, the space in which training images are compared with test images.
 
     pixels      flattened pixels standardised with the train mean/std (no network, nothing learned but the scaling)
-    simclr      a small conv net trained self-supervised (SimCLR, NT-Xent) on the train images only; labels unused
+    simclr      a small conv net (arch small) or a CIFAR-stem ResNet-18 (arch resnet18, 512-d features) trained
+                self-supervised (SimCLR, NT-Xent) on the train images only; labels unused
     supervised  the same conv net trained as a classifier with cross-entropy; features = penultimate layer
     resnet      a torchvision ResNet-18/50 from a local checkpoint (MoCo v2/v3, SimCLR/solo-learn, lightly or
                 torchvision layout; see simattr.backbones), head dropped: nothing is trained
@@ -35,16 +36,19 @@ TRAINABLE = ("simclr", "supervised", "resnet")  # their state (.pt) comes from a
 # The params each encoder requires (exactly these keys; the caller fills in the defaults).
 PARAM_KEYS = {
     "pixels": (),
-    "simclr": ("epochs", "batch_size", "lr", "temperature", "feature_dim", "proj_dim"),
+    "simclr": ("arch", "epochs", "batch_size", "lr", "temperature", "feature_dim", "proj_dim"),
     "supervised": ("epochs", "batch_size", "lr", "hidden"),
     "resnet": ("arch", "checkpoint", "layout", "feature", "normalize"),
 }
 _TEXT_PARAMS = {"arch", "checkpoint", "layout", "feature", "normalize"}
+# simclr's backbones: `small` (_backbone; feature_dim wide) or torchvision's ResNet-18 with the CIFAR stem
+# (conv1 3x3 stride 1, no max-pool; 512-d features whatever feature_dim says)
+SIMCLR_ARCHS = ("small", "resnet18")
 # Recommended params. Measured on the digits train split (1437 images), 2 CPU cores, seeds 0 and 1: simclr fit
 # ~36 s, test accuracy of a 1-NN (cosine) on the features 0.989; supervised ~5-7 s, 0.994-0.997; pixels 0.983.
 DEFAULT_PARAMS = {
     "pixels": {},
-    "simclr": {"epochs": 100, "batch_size": 256, "lr": 2e-3, "temperature": 0.2, "feature_dim": 128, "proj_dim": 64},
+    "simclr": {"arch": "small", "epochs": 100, "batch_size": 256, "lr": 2e-3, "temperature": 0.2, "feature_dim": 128, "proj_dim": 64},
     "supervised": {"epochs": 15, "batch_size": 128, "lr": 2e-3, "hidden": 128},
     "resnet": {"arch": "resnet50", "checkpoint": None, "layout": "auto", "feature": "pool", "normalize": "imagenet"},
 }
@@ -88,6 +92,8 @@ def _check_params(name: str, params: Any) -> dict:
                                f"got {v!r}")
         if not (v > 0 and math.isfinite(v)):
             raise SimattrError(f"encoder '{name}' params: '{k}' must be > 0, got {v!r}")
+    if name == "simclr" and params["arch"] not in SIMCLR_ARCHS:
+        raise SimattrError(f"encoder 'simclr' params: unknown arch '{params['arch']}'; valid: {', '.join(SIMCLR_ARCHS)}")
     if "batch_size" in params and params["batch_size"] < 2:
         raise SimattrError(f"encoder '{name}' params: 'batch_size' must be >= 2 (batch norm, contrastive pairs), "
                            f"got {params['batch_size']}")
@@ -122,11 +128,25 @@ def _backbone(in_shape, feature_dim: int):
     )
 
 
+def _simclr_dim(params: dict) -> int:
+    return 512 if params["arch"] == "resnet18" else int(params["feature_dim"])
+
+
+def _simclr_backbone(in_shape, params: dict):
+    """simclr's backbone for images of `in_shape` (C, H, W): arch small, or resnet18 (CIFAR stem, conv1 taking
+    C channels, fc dropped)."""
+    if params["arch"] == "resnet18":
+        from .backbones import _resnet
+
+        return _resnet("resnet18", cifar_stem=True, in_channels=in_shape[0])
+    return _backbone(in_shape, params["feature_dim"])
+
+
 def _net_dim(state: dict) -> int:
     p = state["params"]
     if state["encoder"] == "resnet":
         return _build(state).dim
-    return int(p["feature_dim"] if state["encoder"] == "simclr" else p["hidden"])
+    return _simclr_dim(p) if state["encoder"] == "simclr" else int(p["hidden"])
 
 
 def _build(state: dict):
@@ -136,7 +156,10 @@ def _build(state: dict):
 
         p = state["params"]
         return Features(p["arch"], state["backbone"], bool(state["cifar_stem"]), p["feature"], p["normalize"])
-    net = _backbone(tuple(state["input_shape"]), _net_dim(state))
+    if state["encoder"] == "simclr":
+        net = _simclr_backbone(tuple(state["input_shape"]), state["params"])
+    else:
+        net = _backbone(tuple(state["input_shape"]), _net_dim(state))
     net.load_state_dict(state["backbone"])
     return net.eval()
 
@@ -321,8 +344,8 @@ def _fit_simclr(images: np.ndarray, params: dict, seed: int, progress: bool, log
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x_all = torch.from_numpy(np.ascontiguousarray(images))
-    fd, epochs = params["feature_dim"], params["epochs"]
-    backbone = _backbone(tuple(images.shape[1:]), fd)
+    fd, epochs = _simclr_dim(params), params["epochs"]
+    backbone = _simclr_backbone(tuple(images.shape[1:]), params)
     head = nn.Sequential(nn.Linear(fd, fd), nn.ReLU(inplace=True), nn.Linear(fd, params["proj_dim"]))
     dev = default_device()     # augmentation is drawn and applied on the CPU either way
     model = nn.Sequential(backbone, head).train().to(dev)
@@ -491,6 +514,8 @@ def load_state(path, expect_name: str) -> dict:
     _check_name(expect_name)
     state = torch_load(Path(path), f"encoder state not found (fit encoder '{expect_name}' first)",
                        "not a readable encoder state")
+    if isinstance(state, dict) and state.get("encoder") == "simclr" and isinstance(state.get("params"), dict):
+        state["params"].setdefault("arch", "small")          # a state saved before simclr had an arch
     return _validate_state(state, str(path), expect_name)
 
 

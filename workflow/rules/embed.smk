@@ -11,6 +11,7 @@ rule train_simclr:
     params:
         data=DATA_ARGS,
         seed=config["encoders"]["simclr"]["seed"],
+        arch=config["encoders"]["simclr"]["arch"],
         epochs=config["encoders"]["simclr"]["epochs"],
         batch_size=config["encoders"]["simclr"]["batch_size"],
         lr=config["encoders"]["simclr"]["lr"],
@@ -24,7 +25,7 @@ rule train_simclr:
         ENV
     shell:
         "simattr --log {log} train-encoder {params.data} --encoder simclr"
-        " --seed {params.seed}"
+        " --seed {params.seed} --param arch={params.arch}"
         " --param epochs={params.epochs} --param batch_size={params.batch_size} --param lr={params.lr}"
         " --param temperature={params.temperature} --param feature_dim={params.feature_dim}"
         " --param proj_dim={params.proj_dim} --out {output}"
