@@ -11,6 +11,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/score.smk"
+include: "workflow/rules/attribution.smk"
 include: "workflow/rules/support.smk"
 include: "workflow/rules/report.smk"
 

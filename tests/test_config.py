@@ -13,9 +13,25 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 def test_registries_and_schema_agree():
     schema = yaml.safe_load(SCHEMA.read_text())
     item = schema["properties"]["methods"]["items"]["properties"]
-    assert tuple(item["encoder"]["enum"]) == config.ENCODERS == encoders.ENCODERS
-    assert tuple(item["ranker"]["enum"]) == config.RANKERS == tuple(rankers.RANKERS)
+    assert tuple(item["encoder"]["enum"]) == config.ENCODERS
+    assert config.ENCODERS == encoders.ENCODERS + (config.MODEL_ENCODER,)
+    assert tuple(item["ranker"]["enum"]) == config.RANKERS
+    # the (queries, candidates) registry, the signed ESVM (labels too) and the model-based rankers
+    assert set(config.RANKERS) == set(rankers.RANKERS) | {"esvm_signed"} | set(config.MODEL_RANKERS)
     assert config.METRICS == support.METRICS
+
+
+@pytest.mark.parametrize("method, ok", [({"encoder": "model", "ranker": "trak"}, True),
+                                        ({"encoder": "model", "ranker": "datamodels"}, True),
+                                        ({"encoder": "simclr", "ranker": "esvm_signed"}, True),
+                                        ({"encoder": "simclr", "ranker": "trak"}, False),
+                                        ({"encoder": "model", "ranker": "esvm"}, False)])
+def test_model_based_rankers_go_with_encoder_model(method, ok):
+    if ok:
+        config.validate({"methods": [method]}, SCHEMA)
+    else:
+        with pytest.raises(SimattrError, match=f"ranker {method['ranker']} needs"):
+            config.validate({"methods": [method]}, SCHEMA)
 
 
 def _walk(node, where=""):

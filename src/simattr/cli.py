@@ -137,6 +137,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-seed", type=_opt(int), default=0)
     p.add_argument("--chunk-size", type=_opt(int), default=128, help="queries solved together (esvm, knn)")
     p.add_argument("--device", type=_opt(str), default="auto", help="auto, cpu or cuda (esvm, knn)")
+    p.add_argument("--neighbours", type=_opt(int), default=10, help="esvm_signed: neighbours naming the runner-up")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("score-model", help="score one class's test images with a model-based ranker (trak, "
+                       "datamodels)")
+    _dataset_args(p)
+    p.add_argument("--ranker", required=True, choices=["trak", "datamodels"])
+    p.add_argument("--class", dest="cls", type=int, required=True)
+    p.add_argument("--class-conditioned", type=_bool, default=True)
+    p.add_argument("--topk", type=int, required=True)
+    p.add_argument("--trak-scores", help="trak: the attribution file of the trak rule")
+    p.add_argument("--subsets", nargs="*", default=[], help="datamodels: the subset-model shards")
+    p.add_argument("--n-alphas", type=_opt(int), default=8, help="datamodels: Lasso strengths tried per test image")
+    p.add_argument("--val-fraction", type=_opt(float), default=0.1, help="datamodels: models held out to choose it")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("subsets", help="train one shard of models on random subsets of the training set "
+                       "(datamodels, LDS), resuming from its journal")
+    _dataset_args(p)
+    _model_args(p)
+    p.add_argument("--purpose", required=True, choices=["datamodels", "lds"])
+    p.add_argument("--alpha", type=float, required=True, help="fraction of the training set each model keeps")
+    p.add_argument("--models", type=int, required=True, help="subset models of this purpose in all")
+    p.add_argument("--shard-size", type=int, required=True)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("trak-checkpoints", help="train the full-data models TRAK attributes")
+    _dataset_args(p)
+    _model_args(p)
+    p.add_argument("--checkpoints", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("trak", help="TRAK scores of every test image against every training image (traker)")
+    _dataset_args(p)
+    _model_args(p)
+    p.add_argument("--checkpoints-file", required=True)
+    p.add_argument("--proj-dim", type=int, required=True)
+    p.add_argument("--projector-seed", type=int, default=0)
+    p.add_argument("--trak-batch-size", type=int, default=128)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("lds", help="linear datamodeling score of one method's scores")
+    p.add_argument("--scores", nargs="+", required=True)
+    p.add_argument("--subsets", nargs="+", required=True, help="the LDS subset-model shards")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("queries", help="train full-data models, sample test images, find their flip classes")
@@ -184,13 +232,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid-images", type=int, default=4)
+    p.add_argument("--lds", nargs="*", default=[], help="the methods' LDS files")
+    p.add_argument("--overlap-k", type=int, nargs="+", default=[10, 100], help="top-k sizes of the overlap table")
+    p.add_argument("--method-costs", nargs="*", default=[], help="METHOD|KIND|VALUE entries of the cost table "
+                   "(KIND: bench, usage, stored, models)")
     p.add_argument("--out-dir", required=True)
     return ap
 
 
+def usage_path(log_path: str | Path) -> Path:
+    """Where a command run with --log LOG records what it used: LOG with the suffix .usage.json."""
+    return Path(log_path).with_suffix(".usage.json")
+
+
+def _write_usage(log_path: str, cmd: str, t0: float) -> None:
+    """{cmd, wall_s, cpu_s, cuda, gpu}: whether this command had a CUDA device (torch imported and a device
+    present: its wall seconds count as GPU seconds in the report's cost table)."""
+    import os
+    import time
+
+    from . import store
+
+    torch = sys.modules.get("torch")
+    cuda = bool(torch is not None and torch.cuda.is_available())
+    t = os.times()
+    store.write_json(usage_path(log_path), {
+        "cmd": cmd, "wall_s": round(time.perf_counter() - t0, 3),
+        "cpu_s": round(t.user + t.system + t.children_user + t.children_system, 3), "cuda": cuda,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None})
+
+
 def run(argv: list[str] | None = None) -> int:
+    import time
+
+    t0 = time.perf_counter()
     a = build_parser().parse_args(argv)
     _setup_logging(a.log)
+    _dispatch(a)
+    if a.log:
+        _write_usage(a.log, a.cmd, t0)
+    return 0
+
+
+def _dispatch(a) -> None:
     progress = not a.no_progress
     from . import stages
 
@@ -214,8 +298,27 @@ def run(argv: list[str] | None = None) -> int:
                            train_index=a.train_index, test_index=a.test_index,
                            class_conditioned=a.class_conditioned, topk=a.topk,
                            esvm={"C": a.C, "tol": a.tol, "max_iter": a.max_iter, "chunk_size": a.chunk_size,
-                                 "device": a.device}, random_seed=a.random_seed or 0,
+                                 "device": a.device, "neighbours": a.neighbours}, random_seed=a.random_seed or 0,
                            out=a.out, progress=progress)
+    elif a.cmd == "score-model":
+        stages.score_model_class(data=_spec(a), ranker=a.ranker, cls=a.cls, class_conditioned=a.class_conditioned,
+                                 topk=a.topk, out=a.out, trak_scores=a.trak_scores, subset_shards=a.subsets,
+                                 datamodels={"n_alphas": a.n_alphas or 8, "val_fraction": a.val_fraction or 0.1},
+                                 progress=progress)
+    elif a.cmd == "subsets":
+        from . import subsets
+
+        subsets.train_shard(data=_spec(a), purpose=a.purpose, alpha=a.alpha, n_models=a.models,
+                            shard_size=a.shard_size, shard=a.shard, recipe=_recipe(a), out=a.out, progress=progress)
+    elif a.cmd == "trak-checkpoints":
+        stages.trak_checkpoints(data=_spec(a), recipe=_recipe(a), n_checkpoints=a.checkpoints, seed=a.seed,
+                                out=a.out, progress=progress)
+    elif a.cmd == "trak":
+        stages.trak_attributions(data=_spec(a), recipe=_recipe(a), checkpoints=a.checkpoints_file,
+                                 proj_dim=a.proj_dim, projector_seed=a.projector_seed, batch_size=a.trak_batch_size,
+                                 out=a.out, progress=progress)
+    elif a.cmd == "lds":
+        stages.lds_stage(score_files=a.scores, subset_shards=a.subsets, n_boot=a.n_boot, seed=a.seed, out=a.out)
     elif a.cmd == "queries":
         from . import support
 
@@ -240,8 +343,15 @@ def run(argv: list[str] | None = None) -> int:
         stages.report_stage(data=_spec(a), gathers=a.gathers, score_files=a.scores,
                             benchmarks=[b.split("=", 1) for b in a.benchmarks],
                             stored=[s.split("=", 1) for s in a.stored], n_boot=a.n_boot, seed=a.seed,
-                            grid_images=a.grid_images, out_dir=a.out_dir)
-    return 0
+                            grid_images=a.grid_images, out_dir=a.out_dir, lds_files=a.lds, overlap_k=a.overlap_k,
+                            method_cost_entries=[_cost_entry(e) for e in a.method_costs])
+
+
+def _cost_entry(text: str) -> tuple[str, str, str]:
+    parts = text.split("|", 2)
+    if len(parts) != 3:
+        raise SimattrError(f"--method-costs entry '{text}': expected METHOD|KIND|VALUE")
+    return parts[0], parts[1], parts[2]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,10 @@ import yaml
 from .errors import SimattrError
 
 # The registries' names, known without importing torch (the schema lists them too; a test checks both agree).
-ENCODERS = ("pixels", "simclr", "supervised", "resnet")
-RANKERS = ("esvm", "esvm_reference", "knn_l2", "knn_cos", "random")
+ENCODERS = ("pixels", "simclr", "supervised", "resnet", "model")
+RANKERS = ("esvm", "esvm_reference", "esvm_signed", "knn_l2", "knn_cos", "random", "trak", "datamodels")
+MODEL_ENCODER = "model"                   # the retrained model itself: the features of the model-based rankers
+MODEL_RANKERS = ("trak", "datamodels")
 METRICS = ("removal", "mislabel")
 
 
@@ -66,7 +68,19 @@ def validate(config: dict, schema_path: str | Path) -> dict:
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         raise SimattrError(_describe(best))
+    if isinstance(config.get("methods"), list):
+        check_methods(config["methods"])
     return config
+
+
+def check_methods(methods: list[dict]) -> None:
+    """Model-based rankers go with encoder `model`, every other ranker with a feature extractor."""
+    for m in methods:
+        if (m["ranker"] in MODEL_RANKERS) != (m["encoder"] == MODEL_ENCODER):
+            want = f"encoder {MODEL_ENCODER}" if m["ranker"] in MODEL_RANKERS else \
+                f"a feature extractor ({', '.join(e for e in ENCODERS if e != MODEL_ENCODER)})"
+            raise SimattrError(f"config key 'methods': {{encoder: {m['encoder']}, ranker: {m['ranker']}}}: ranker "
+                               f"{m['ranker']} needs {want}")
 
 
 def load(path: str | Path, schema_path: str | Path) -> dict:

@@ -78,6 +78,45 @@ def random(queries: np.ndarray, candidates: np.ndarray, *, query_seeds: np.ndarr
                     ).astype(np.float32).reshape(len(queries), len(candidates))
 
 
+def runner_up_classes(queries: np.ndarray, features: np.ndarray, labels: np.ndarray, label: int, *,
+                      neighbours: int = 10, chunk_size: int = 128, device=None) -> np.ndarray:
+    """Each query's runner-up class by similarity (model-agnostic): the class other than `label` whose `neighbours`
+    most cosine-similar training images are, on average, the most similar to the query."""
+    sims = knn_cos(queries, features, chunk_size=chunk_size, device=device)
+    best, out = np.full(len(queries), -np.inf), np.full(len(queries), -1, np.int64)
+    for c in np.unique(labels):
+        if c == label:
+            continue
+        s = sims[:, labels == c]
+        k = min(neighbours, s.shape[1])
+        mean_top = -np.sort(-s, axis=1)[:, :k].mean(axis=1)
+        better = mean_top > best
+        best[better], out[better] = mean_top[better], int(c)
+    return out
+
+
+def esvm_signed(queries: np.ndarray, features: np.ndarray, labels: np.ndarray, label: int, *, C: float = 0.1,
+                neighbours: int = 10, chunk_size: int = 128, device=None, progress: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Signed exemplar-SVM scores of every training image for queries of class `label`.
+
+    Per query q, with r its runner-up class (runner_up_classes): one exemplar SVM of q against the training images
+    of classes `label` and r together; with s their decision values and m the lowest of them, a training image
+    of q's class scores s - m >= 0 (a positive influencer: like q and labelled like q), one of class r scores
+    -(s - m) <= 0 (a negative influencer: like q but labelled as its rival), every other image 0.
+    Returns (full scores (m, n_train) float32, runner-up class per query)."""
+    r = runner_up_classes(queries, features, labels, label, neighbours=neighbours, chunk_size=chunk_size,
+                          device=device)
+    full = np.zeros((len(queries), len(labels)), np.float32)
+    for c in np.unique(r):
+        rows = np.flatnonzero(r == c)
+        cand = np.flatnonzero((labels == label) | (labels == c))
+        s = esvm(queries[rows], features[cand], C=C, chunk_size=chunk_size, device=device, progress=progress)
+        s = s - s.min(axis=1, keepdims=True)
+        full[np.ix_(rows, cand)] = np.where(labels[cand] == label, s, -s)
+    return full, r
+
+
 RANKERS: dict[str, RankerFn] = {"esvm": esvm, "esvm_reference": esvm_reference, "knn_l2": knn_l2,
                                 "knn_cos": knn_cos, "random": random}
 

@@ -232,7 +232,9 @@ def read_benchmark(path: str | os.PathLike) -> dict[str, float | None]:
     if any(w is None for w in walls):
         raise SimattrError(f"{path}: a row has no wall time in column 's'")
     rss = [x for x in (num(r, "max_rss") for r in data) if x is not None]
-    return {"s": float(np.mean(walls)), "max_rss": max(rss) if rss else None}
+    cpu = [x for x in (num(r, "cpu_time") for r in data) if x is not None]
+    return {"s": float(np.mean(walls)), "max_rss": max(rss) if rss else None,
+            "cpu_s": float(np.mean(cpu)) if cpu else None}
 
 
 def _bytes_under(paths: Iterable[str | os.PathLike]) -> int:
@@ -264,6 +266,69 @@ def stage_costs(benchmarks: dict[str, list], stored: dict[str, list]) -> list[di
             "max_rss_mb": max(rss) if rss else None, "bytes": _bytes_under(stored.get(stage, [])),
         })
     return rows
+
+
+def method_costs(entries: Sequence[tuple[str, str, str]]) -> list[dict]:
+    """What each method cost to produce its scores, from (method, kind, value) entries: kind `bench` (a Snakemake
+    benchmark of one of its jobs: the encoder's training, embedding, scoring, the models a model-based ranker
+    trains), `usage` (the job's usage record, simattr.cli.usage_path: whether it had a GPU), `stored` (a file
+    or folder it wrote) and `models` (retrained models it needed). A job shared by several methods (an encoder)
+    counts for each. Rows: method, jobs, wall_s, cpu_s, gpu_s (wall seconds of jobs that had a CUDA device),
+    models_trained, bytes."""
+    import json
+
+    by: dict[str, dict[str, list[str]]] = {}
+    for method, kind, value in entries:
+        if kind not in ("bench", "usage", "stored", "models"):
+            raise SimattrError(f"method cost entry {method}|{kind}|{value}: unknown kind {kind!r}")
+        by.setdefault(method, {}).setdefault(kind, []).append(value)
+    rows = []
+    for method, kinds in by.items():
+        bench = {b: read_benchmark(b) for b in kinds.get("bench", [])}
+        gpu = 0.0
+        for u in kinds.get("usage", []):
+            up = Path(u)
+            if up.exists() and json.loads(up.read_text()).get("cuda"):
+                gpu += float(json.loads(up.read_text()).get("wall_s", 0.0))
+        cpus = [b["cpu_s"] for b in bench.values() if b["cpu_s"] is not None]
+        rows.append({"method": method, "jobs": len(bench), "wall_s": float(sum(b["s"] for b in bench.values())),
+                     "cpu_s": float(sum(cpus)) if cpus else None, "gpu_s": gpu,
+                     "models_trained": int(sum(int(m) for m in kinds.get("models", []))),
+                     "bytes": _bytes_under(kinds.get("stored", []))})
+    return rows
+
+
+def lds_rows(results: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """One row per method from the LDS files (simattr.stages.lds_stage)."""
+    return [{"method": f"{r['encoder']}/{r['ranker']}", "n_test": r["n_test"], "n_models": r["n_models"],
+             "alpha": r["alpha"], "mean": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+             "n_undefined": r["n_undefined"], "weights": r["weights"]} for r in results]
+
+
+def overlap_rows(score_sets: Mapping[str, Sequence[Mapping[str, Any]]], ks: Sequence[int]) -> list[dict]:
+    """Pairwise selection overlap: for methods A and B and each k, the mean over the test images both scored of
+    the Jaccard overlap of their top-k training images (simattr.datamodels.topk_overlap). `score_sets`: method
+    -> its class score files (store.read_scores dicts). Rows: method_a, method_b, k, n, jaccard (A = B: 1)."""
+    from .datamodels import topk_overlap
+
+    tops: dict[str, dict[int, np.ndarray]] = {}
+    kmax = max(ks)
+    for method, files in score_sets.items():
+        rows = tops.setdefault(method, {})
+        for sc in files:
+            s = np.asarray(sc["scores"])
+            order = sc["train_indices"][np.argsort(-s, axis=1, kind="stable")[:, :kmax]]
+            rows.update({int(t): order[i] for i, t in enumerate(sc["test_indices"])})
+    names = sorted(tops)
+    out = []
+    for k in ks:
+        for a in names:
+            for b in names:
+                shared = sorted(set(tops[a]) & set(tops[b]))
+                vals = [float(topk_overlap(tops[a][t][None], tops[b][t][None], k)[0]) for t in shared]
+                out.append({"method_a": a, "method_b": b, "k": int(k), "n": len(shared),
+                            "jaccard": float(np.mean(vals)) if vals else None})
+    return out
 
 
 # ----------------------------------------------------------------------------------------- figures
@@ -447,7 +512,8 @@ def _pct(x: float | None) -> str:
 
 
 def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[str, Any]],
-                    costs: Sequence[Mapping[str, Any]]) -> str:
+                    costs: Sequence[Mapping[str, Any]], lds: Sequence[Mapping[str, Any]] = (),
+                    overlap: Sequence[Mapping[str, Any]] = (), mcosts: Sequence[Mapping[str, Any]] = ()) -> str:
     datasets = sorted({str(r["dataset"]) for r in rows if r.get("dataset") is not None})
     title = f"# simattr report: {', '.join(datasets)}" if datasets else "# simattr report"
     out = [title, "",
@@ -500,6 +566,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[st
         n_txt = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}..{ns[-1]}"
         out += [f"### {metric} ({n_txt} shared test images per pair)", "",
                 _md_table(["A \\ B"] + [f"`{b}`" for b in names], body)]
+    out += _lds_section(lds) + _overlap_section(overlap) + _method_cost_section(mcosts)
     out += ["## Stage costs", ""]
     if costs:
         body = [[str(c["stage"]), str(c["jobs"]), _fmt(float(c["wall_s"]), 1), _hms(float(c["wall_s"])),
@@ -516,6 +583,62 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[st
     return "\n".join(out)
 
 
+def _lds_section(lds: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not lds:
+        return []
+    body = [[f"`{r['method']}`", _fmt(r["mean"], 4), f"[{_fmt(r['ci_low'], 4)}, {_fmt(r['ci_high'], 4)}]",
+             str(r["n_test"]), str(r["n_undefined"]), str(r["n_models"]), str(r["weights"])]
+            for r in sorted(lds, key=lambda r: -(r["mean"] if r["mean"] is not None else -9))]
+    return ["## Linear datamodeling score (LDS)", "",
+            f"Per test image, the Spearman correlation over {lds[0]['n_models']} models trained on random "
+            f"{100 * lds[0]['alpha']:.0f}% subsets between the margin a method's scores predict (the sum of its "
+            "weights over the kept training images) and the model's margin (correct logit minus logsumexp of the "
+            "others); mean over test images with a 95% bootstrap CI. Higher = the scores model the retrained "
+            "model better.", "",
+            _md_table(["method", "LDS", "95% CI", "test images", "undefined", "models", "weights"], body)]
+
+
+def _overlap_section(overlap: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not overlap:
+        return []
+    out = ["## Selection overlap", "",
+           "Cell (row A, column B): mean over test images of the Jaccard overlap |A ∩ B| / |A ∪ B| of the two "
+           "methods' top-k training images (1 = the same images).", ""]
+    for k in sorted({o["k"] for o in overlap}):
+        mine = [o for o in overlap if o["k"] == k]
+        names = sorted({o["method_a"] for o in mine})
+        cell = {(o["method_a"], o["method_b"]): o for o in mine}
+        body = [[f"`{a}`"] + [_fmt(cell[(a, b)]["jaccard"], 3) if (a, b) in cell else "" for b in names]
+                for a in names]
+        out += [f"### top-{k}", "", _md_table(["A \\ B"] + [f"`{b}`" for b in names], body)]
+    return out
+
+
+def _method_cost_section(mcosts: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not mcosts:
+        return []
+    body = [[f"`{c['method']}`", str(c["jobs"]), _fmt(float(c["wall_s"]), 1),
+             "" if c.get("cpu_s") is None else _fmt(float(c["cpu_s"]), 1), _fmt(float(c["gpu_s"]), 1),
+             str(c["models_trained"]), _human_bytes(int(c["bytes"]))] for c in mcosts]
+    return ["## Cost per method", "",
+            "What producing each method's scores took: its encoder's training and the embeddings (shared by the "
+            "methods on that encoder, counted for each), its scoring jobs, and the models a model-based ranker "
+            "trains (TRAK's checkpoints, the datamodels subset models); not the evaluation (support, LDS). Wall "
+            "and CPU seconds are sums over jobs (Snakemake benchmarks); GPU seconds are the wall seconds of jobs "
+            "that had a CUDA device.", "",
+            _md_table(["method", "jobs", "wall s", "CPU s", "GPU s", "models trained", "stored"], body)]
+
+
+def _rows_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else round(r[c], 4) if isinstance(r[c], float) else r[c]
+                    for c in columns])
+    return buf.getvalue()
+
+
 def render_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -525,8 +648,20 @@ def render_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def write_tables(rows: list[dict], wins: list[dict], costs: list[dict], out_dir: str | os.PathLike) -> None:
-    """support.csv (the summarize rows; censored values as ">k_max") and report.md, both atomically."""
+LDS_COLUMNS = ("method", "mean", "ci_low", "ci_high", "n_test", "n_undefined", "n_models", "alpha", "weights")
+OVERLAP_COLUMNS = ("method_a", "method_b", "k", "n", "jaccard")
+COST_COLUMNS = ("method", "jobs", "wall_s", "cpu_s", "gpu_s", "models_trained", "bytes")
+
+
+def write_tables(rows: list[dict], wins: list[dict], costs: list[dict], out_dir: str | os.PathLike,
+                 lds: Sequence[Mapping[str, Any]] = (), overlap: Sequence[Mapping[str, Any]] = (),
+                 mcosts: Sequence[Mapping[str, Any]] = ()) -> None:
+    """support.csv (the summarize rows; censored values as ">k_max"), lds.csv, overlap.csv, cost.csv (each when
+    it has rows) and report.md, all atomically."""
     out_dir = Path(out_dir)
     write_text(out_dir / "support.csv", render_csv(rows))
-    write_text(out_dir / "report.md", render_markdown(rows, wins, costs))
+    for name, got, cols in (("lds.csv", lds, LDS_COLUMNS), ("overlap.csv", overlap, OVERLAP_COLUMNS),
+                            ("cost.csv", mcosts, COST_COLUMNS)):
+        if got:
+            write_text(out_dir / name, _rows_csv(got, cols))
+    write_text(out_dir / "report.md", render_markdown(rows, wins, costs, lds, overlap, mcosts))

@@ -152,19 +152,188 @@ def score_class(*, dataset: str, encoder: str, ranker: str, cls: int, train_inde
     batched = {"chunk_size": esvm.get("chunk_size") or 128, "device": esvm.get("device") or "auto"}
     settings: dict = {
         "esvm": {"C": esvm["C"], **batched},
+        "esvm_signed": {"C": esvm["C"], "neighbours": esvm.get("neighbours") or 10, **batched},
         "esvm_reference": {"C": esvm["C"], "tol": esvm["tol"], "max_iter": esvm["max_iter"]},
         "knn_l2": batched, "knn_cos": batched}.get(ranker, {})
-    if ranker == "random":
-        settings = {"query_seeds": np.array([store.seed_from("random", dataset, random_seed, int(i)) for i in q_idx])}
-    scores = rankers.score(ranker, te_f[q_idx], tr_f[c_idx], progress=progress, **settings)
-    top = c_idx[rankers.topk(scores, topk)] if len(q_idx) else np.zeros((0, min(topk, len(c_idx))), np.int64)
-    attrs = {"dataset": dataset, "encoder": encoder, "ranker": ranker, "class": int(cls),
-             "class_conditioned": bool(class_conditioned), "embedding_config_hash": tr_m["config_hash"],
+    extra = {}
+    if ranker == "esvm_signed":         # every training image scored: its own class +, the runner-up's -
+        full, runner_up = rankers.esvm_signed(te_f[q_idx], tr_f, tr_y, cls, progress=progress, **settings)
+        scores, extra = full[:, c_idx], {"full_scores": full, "runner_up": runner_up}
+    else:
+        if ranker == "random":
+            settings = {"query_seeds": np.array([store.seed_from("random", dataset, random_seed, int(i))
+                                                 for i in q_idx])}
+        scores = rankers.score(ranker, te_f[q_idx], tr_f[c_idx], progress=progress, **settings)
+    attrs = {"dataset": dataset, "encoder": encoder, "ranker": ranker, "embedding_config_hash": tr_m["config_hash"],
+             "n_train": len(tr_y),
              "settings": json.dumps({k: v for k, v in settings.items() if k != "query_seeds"}, sort_keys=True),
-             "random_seed": int(random_seed), "wall_s": time.perf_counter() - t0}
-    store.write_scores(out, test_indices=q_idx, train_indices=c_idx, scores=scores, topk=top, attrs=attrs)
+             "random_seed": int(random_seed)}
+    _write_class_scores(out, cls, q_idx, c_idx, scores, topk, class_conditioned, attrs, extra, t0)
     log.info("%s/%s class %s: %d test x %d train scored in %.2f s", encoder, ranker, cls, len(q_idx), len(c_idx),
              time.perf_counter() - t0)
+
+
+def _write_class_scores(out: str, cls: int, q_idx: np.ndarray, c_idx: np.ndarray, scores: np.ndarray, topk: int,
+                        class_conditioned: bool, attrs: dict, extra: dict, t0: float) -> None:
+    from . import rankers
+
+    top = c_idx[rankers.topk(scores, topk)] if len(q_idx) else np.zeros((0, min(topk, len(c_idx))), np.int64)
+    attrs = {**attrs, "class": int(cls), "class_conditioned": bool(class_conditioned),
+             "wall_s": time.perf_counter() - t0}
+    store.write_scores(out, test_indices=q_idx, train_indices=c_idx, scores=scores, topk=top, attrs=attrs,
+                       extra=extra)
+
+
+def trak_checkpoints(*, data: datasets.Spec, recipe, n_checkpoints: int, seed: int, out: str,
+                     progress: bool = True) -> None:
+    """Train the full-data models whose gradients TRAK uses (seeds from (dataset, seed, i)); save their states."""
+    import torch
+
+    from . import models, trak
+
+    t0 = time.perf_counter()
+    tr = datasets.load_split(data, "train")
+    streamed = recipe.name in models.STREAMED_MODELS
+    (X_train,) = models.prepare_inputs(recipe, tr if streamed else tr.images)
+    seeds = [store.seed_from("trak-checkpoint", data.name, seed, i) for i in range(n_checkpoints)]
+    states = trak.train_checkpoints(recipe=recipe, X_train=X_train, y_train=tr.labels,
+                                    n_classes=len(tr.class_names), seeds=seeds)
+    identity = {**data.identity(), "recipe": recipe.identity(), "n_checkpoints": n_checkpoints, "seed": seed}
+    with store.atomic_path(out) as tmp:
+        torch.save({"states": states, "seeds": seeds, "identity": json.dumps(identity, sort_keys=True),
+                    "config_hash": store.config_hash(identity)}, tmp)
+    log.info("TRAK: %d %s checkpoints trained in %.1f s -> %s", n_checkpoints, recipe.name,
+             time.perf_counter() - t0, out)
+
+
+def trak_attributions(*, data: datasets.Spec, recipe, checkpoints: str, proj_dim: int, projector_seed: int,
+                      batch_size: int, out: str, progress: bool = True) -> None:
+    """TRAK scores of every test image against every training image (through the traker package)."""
+    import tempfile
+
+    from . import backbones, models, trak
+
+    t0 = time.perf_counter()
+    ck = backbones.torch_load(checkpoints, "TRAK checkpoints not found (rule trak_checkpoints makes them)",
+                              "not a TRAK checkpoints file; rerun rule trak_checkpoints")
+    identity = json.loads(ck["identity"])
+    if {k: identity.get(k) for k in data.identity()} != data.identity() or identity["recipe"] != recipe.identity():
+        raise SimattrError(f"{checkpoints}: made for other data or another model ({identity}); rerun its rule")
+    tr = datasets.load_split(data, "train")
+    te = datasets.load_split(data, "test")
+    streamed = recipe.name in models.STREAMED_MODELS
+    X_train, X_test = models.prepare_inputs(recipe, *((tr, te) if streamed else (tr.images, te.images)))
+    device = backbones.default_device()
+    with tempfile.TemporaryDirectory(prefix=".trak-", dir=Path(out).parent) as work:
+        scores = trak.trak_scores(recipe=recipe, X_train=X_train, y_train=tr.labels, X_target=X_test,
+                                  y_target=te.labels, checkpoints=ck["states"], n_classes=len(tr.class_names),
+                                  proj_dim=proj_dim, projector_seed=projector_seed, batch_size=batch_size,
+                                  device=device, save_dir=work, progress=progress)
+    if not np.isfinite(scores).all():
+        raise SimattrError(f"TRAK produced NaN or inf scores (proj_dim {proj_dim}); see {checkpoints}")
+    attrs = {"dataset": data.name, "ranker": "trak", "checkpoints_hash": ck["config_hash"],
+             "n_checkpoints": len(ck["states"]), "proj_dim": proj_dim, "projector_seed": projector_seed,
+             "device": str(device), "wall_s": time.perf_counter() - t0}
+    store.write_arrays(out, {"scores": scores.astype(np.float32), "test_labels": te.labels.astype(np.int64),
+                             "train_labels": tr.labels.astype(np.int64)}, attrs)
+    log.info("TRAK: %d test x %d train images scored with %d checkpoints, proj_dim %d, on %s in %.1f s -> %s",
+             len(te), len(tr), len(ck["states"]), proj_dim, device, time.perf_counter() - t0, out)
+
+
+def score_model_class(*, data: datasets.Spec, ranker: str, cls: int, class_conditioned: bool, topk: int, out: str,
+                      trak_scores: str | None = None, subset_shards: list[str] = (), datamodels: dict | None = None,
+                      progress: bool = True) -> None:
+    """Scores of one class's test images by a model-based ranker (trak, datamodels): every training image is
+    scored (full_scores, signed); the candidates ranked for the support stage are those of score_class."""
+    from . import datamodels as dm
+    from . import subsets
+
+    t0 = time.perf_counter()
+    tr_y = datasets.load_split(data, "train").labels
+    te_y = datasets.load_split(data, "test").labels
+    q_idx = np.flatnonzero(te_y == cls)
+    c_idx = np.flatnonzero(tr_y == cls) if class_conditioned else np.arange(len(tr_y))
+    if len(c_idx) == 0:
+        raise SimattrError(f"class {cls} has no training images")
+    if ranker == "trak":
+        if not trak_scores:
+            raise SimattrError("ranker trak needs its attribution file (--trak-scores)")
+        arrays, attrs = store.read_arrays(trak_scores, ("scores", "test_labels", "train_labels"))
+        if not (np.array_equal(arrays["test_labels"], te_y) and np.array_equal(arrays["train_labels"], tr_y)):
+            raise SimattrError(f"{trak_scores}: made for another split of the data; rerun the trak rule")
+        full = arrays["scores"][q_idx]
+        settings = {k: attrs[k] for k in ("checkpoints_hash", "n_checkpoints", "proj_dim", "projector_seed")}
+    elif ranker == "datamodels":
+        masks, margins, attrs = subsets.read_shards(list(subset_shards), "datamodels")
+        if attrs["n_train"] != len(tr_y) or attrs["n_test"] != len(te_y):
+            raise SimattrError(f"datamodels subset shards hold {attrs['n_train']} train / {attrs['n_test']} test "
+                               f"images, the dataset {len(tr_y)} / {len(te_y)}; rerun the subsets rule")
+        full, info = dm.fit_datamodels(masks, margins[:, q_idx], **(datamodels or {}))
+        settings = {"n_models": len(masks), "alpha": attrs["alpha"], "recipe": attrs["recipe"], **(datamodels or {})}
+        log.info("datamodels class %s: %d models, median nonzeros %s", cls, len(masks),
+                 np.median(info["nonzero"]) if len(q_idx) else "-")
+    else:
+        raise SimattrError(f"'{ranker}' is not a model-based ranker (trak, datamodels)")
+    full = np.asarray(full, np.float32).reshape(len(q_idx), len(tr_y))
+    attrs = {"dataset": data.name, "encoder": "model", "ranker": ranker, "embedding_config_hash": "",
+             "n_train": len(tr_y),
+             "settings": json.dumps(settings, sort_keys=True, default=str), "random_seed": 0}
+    _write_class_scores(out, cls, q_idx, c_idx, full[:, c_idx], topk, class_conditioned, attrs,
+                        {"full_scores": full}, t0)
+    log.info("model/%s class %s: %d test x %d train scored in %.2f s", ranker, cls, len(q_idx), len(tr_y),
+             time.perf_counter() - t0)
+
+
+def attribution_weights(sc: dict) -> np.ndarray:
+    """A score file's rows as weights over every training image, for LDS: full_scores when the ranker gives them
+    (trak, datamodels, esvm_signed: signed, as they are), else each row's candidate scores minus the row's
+    lowest candidate score (>= 0: a similarity ranker's scores say more or less supportive, never harmful) and 0
+    for the training images it does not rank."""
+    if "full_scores" in sc:
+        return np.asarray(sc["full_scores"], np.float32)
+    n_train = int(sc["attrs"]["n_train"])
+    w = np.zeros((len(sc["test_indices"]), n_train), np.float32)
+    s = sc["scores"]
+    w[:, sc["train_indices"]] = s - s.min(axis=1, keepdims=True) if s.size else s
+    return w
+
+
+def lds_stage(*, score_files: list[str], subset_shards: list[str], n_boot: int, seed: int, out: str) -> dict:
+    """LDS of one method: for every test image the method scored, the Spearman correlation over the LDS subset
+    models between the predicted margin (sum of its weights over the kept training images) and the actual one."""
+    from . import datamodels as dm
+    from . import subsets
+
+    t0 = time.perf_counter()
+    masks, margins, sattrs = subsets.read_shards(list(subset_shards), "lds")
+    n_train = int(sattrs["n_train"])
+    rows, tests, first = [], [], None
+    for f in sorted(score_files):
+        sc = store.read_scores(f)
+        sc["attrs"].setdefault("n_train", n_train)
+        w = attribution_weights(sc)
+        if w.shape[1] != n_train:
+            raise SimattrError(f"{f}: scores {w.shape[1]} training images, the LDS models {n_train}")
+        rows.append(w)
+        tests.append(sc["test_indices"])
+        first = first or sc["attrs"]
+    weights, tests = np.concatenate(rows), np.concatenate(tests)
+    if len(tests) and tests.max() >= margins.shape[1]:
+        raise SimattrError(f"score files name test image {tests.max()}, the LDS models saw {margins.shape[1]}")
+    rho = dm.lds(weights, masks, margins[:, tests])
+    mean, low, high = dm.bootstrap_mean_ci(rho, n_boot, seed)
+    fin = lambda x: None if not np.isfinite(x) else round(float(x), 6)  # noqa: E731
+    result = {"dataset": first["dataset"], "encoder": first["encoder"], "ranker": first["ranker"],
+              "weights": "full_scores" if first["ranker"] in ("trak", "datamodels", "esvm_signed") else
+              "candidate scores minus the row minimum, 0 elsewhere",
+              "n_models": int(len(masks)), "alpha": float(sattrs["alpha"]), "n_test": int(len(tests)),
+              "n_undefined": int(np.isnan(rho).sum()), "mean": fin(mean), "ci_low": fin(low), "ci_high": fin(high),
+              "n_boot": n_boot, "seed": seed, "wall_s": round(time.perf_counter() - t0, 3),
+              "per_test": [{"test_index": int(t), "spearman": fin(r)} for t, r in zip(tests, rho)]}
+    store.write_json(out, result)
+    log.info("LDS %s/%s: %.4f [%.4f, %.4f] over %d test images and %d models", result["encoder"],
+             result["ranker"], mean, low, high, len(tests), len(masks))
+    return result
 
 
 def _answer_task(**kw):
@@ -249,7 +418,9 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
 
 def report_stage(*, data: datasets.Spec, gathers: list[str],
                  score_files: list[str], benchmarks: list[tuple[str, str]], stored: list[tuple[str, str]],
-                 n_boot: int, seed: int, grid_images: int, out_dir: str) -> list[dict]:
+                 n_boot: int, seed: int, grid_images: int, out_dir: str, lds_files: list[str] = (),
+                 overlap_k: list[int] = (10, 100), method_cost_entries: list[tuple[str, str, str]] = ()
+                 ) -> list[dict]:
     from . import report
 
     g = [store.read_json(p) for p in gathers]
@@ -269,14 +440,19 @@ def report_stage(*, data: datasets.Spec, gathers: list[str],
     te = datasets.load_split(data, "test")
     shown = sorted({a["test_index"] for x in g for a in x["answers"]})[:grid_images]
     topk_by_method: dict[str, dict[int, list[int]]] = {}
+    score_sets: dict[str, list[dict]] = {}
     for f in score_files:
         sc = store.read_scores(f)
         method = f"{sc['attrs']['encoder']}/{sc['attrs']['ranker']}"
+        score_sets.setdefault(method, []).append(sc)
         rows_of = {int(t): i for i, t in enumerate(sc["test_indices"])}
         for t in shown:
             if t in rows_of:
                 topk_by_method.setdefault(method, {})[t] = sc["topk"][rows_of[t]].tolist()
     report.plot_topk_grid(te, tr, topk_by_method, shown, out / "topk_grid.png", k=8)
-    report.write_tables(rows, wins, costs, out)
+    lds = report.lds_rows([store.read_json(p) for p in lds_files])
+    overlap = report.overlap_rows(score_sets, overlap_k) if len(score_sets) > 1 else []
+    mcosts = report.method_costs(method_cost_entries)
+    report.write_tables(rows, wins, costs, out, lds=lds, overlap=overlap, mcosts=mcosts)
     log.info("report written to %s\n%s", out / "report.md", (out / "report.md").read_text())
     return rows

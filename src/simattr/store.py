@@ -9,7 +9,11 @@ Layout (relative to the results root, see README "Data contract", CONTRACT_VERSI
     {dataset}/support/queries.h5                                 sampled test images, flip classes, retrain data
     {dataset}/support/{encoder}/{ranker}/{metric}/{test_index}.json   one answer
     {dataset}/support/{encoder}/{ranker}/{metric}.json           gather of the answers (rule output)
-    {dataset}/report/{support.csv, report.md, support_cdf.png, topk_grid.png}
+    {dataset}/subsets/{purpose}/shard-{NNNNN}.h5                 models trained on random subsets: masks, margins
+    {dataset}/attributions/trak-checkpoints.pt                   the full-data models TRAK attributes (torch)
+    {dataset}/attributions/trak.h5                               TRAK scores, every test x train image
+    {dataset}/lds/{encoder}/{ranker}.json                        linear datamodeling score of one method
+    {dataset}/report/{support.csv, lds.csv, overlap.csv, cost.csv, report.md, support_cdf.png, topk_grid.png}
 
 Every write is atomic: a temporary file in the same folder, renamed into place when complete.
 """
@@ -28,8 +32,10 @@ import numpy as np
 from . import __version__
 from .errors import SimattrError
 
-CONTRACT_VERSION = 3   # 2: queries.h5 full_correct; answers carry checks and violations. 3: embeddings carry
-                       # the label map (class_names) and the files a folder dataset left out (skipped)
+CONTRACT_VERSION = 4   # 2: queries.h5 full_correct; answers carry checks and violations. 3: embeddings carry
+                       # the label map (class_names) and the files a folder dataset left out (skipped).
+                       # 4: subset-model shards, TRAK attributions, LDS files; score files may carry
+                       # full_scores (every training image, signed)
 
 # Path templates (relative to the results root). The workflow rules build their patterns from these.
 ENCODER_STATE = "{dataset}/encoders/{encoder}.pt"
@@ -42,6 +48,11 @@ QUERIES = "{dataset}/support/queries.h5"
 SUPPORT_DIR = "{dataset}/support/{encoder}/{ranker}/{metric}"
 SUPPORT_ANSWER = SUPPORT_DIR + "/{test_index}.json"
 SUPPORT_GATHER = "{dataset}/support/{encoder}/{ranker}/{metric}.json"
+SUBSETS_DIR = "{dataset}/subsets/{purpose}"
+SUBSET_SHARD = SUBSETS_DIR + "/shard-{shard}.h5"  # {shard}: SHARD_NAME's 5 digits
+TRAK_CHECKPOINTS = "{dataset}/attributions/trak-checkpoints.pt"
+TRAK_SCORES = "{dataset}/attributions/trak.h5"
+LDS = "{dataset}/lds/{encoder}/{ranker}.json"
 REPORT_DIR = "{dataset}/report"
 
 
@@ -92,6 +103,50 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise SimattrError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+class Journal:
+    """Units of work finished inside one job, one JSON line each, flushed and synced as each finishes.
+
+    A job that dies (preempted, killed, out of time) and runs again reads its journal and redoes none of the
+    units listed there. Lines written for other inputs (another `identity`) and lines cut by a crash are
+    dropped when the journal is opened. `key` names the fields that identify a unit (e.g. ("k", "seed_index")).
+    """
+
+    def __init__(self, path: str | os.PathLike | None, identity: str, key: tuple[str, ...]):
+        self.path = Path(path) if path else None
+        self.identity = identity
+        self.key = key
+        self.entries: dict[tuple, dict] = {}
+        if self.path is None:
+            return
+        lines = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:        # a line cut by a crash
+                    continue
+                if isinstance(entry, dict) and entry.get("identity") == identity:
+                    self.entries[tuple(entry[k] for k in key)] = entry
+                    lines.append(line)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:         # keep only this identity's complete lines
+            tmp.write_text("".join(ln + "\n" for ln in lines))
+        self._fh = self.path.open("a")
+
+    def add(self, **entry: Any) -> dict:
+        entry = {"identity": self.identity, **entry}
+        self.entries[tuple(entry[k] for k in self.key)] = entry
+        if self.path is not None:
+            self._fh.write(json.dumps(entry) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        return entry
+
+    def close(self) -> None:
+        if self.path is not None:
+            self._fh.close()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -266,7 +321,10 @@ def read_embeddings(index_path: str | os.PathLike, *, expect_hash: str | None = 
 
 # ----------------------------------------------------------------------------------------- scores
 def write_scores(path: str | os.PathLike, *, test_indices: np.ndarray, train_indices: np.ndarray,
-                 scores: np.ndarray, topk: np.ndarray, attrs: dict[str, Any]) -> None:
+                 scores: np.ndarray, topk: np.ndarray, attrs: dict[str, Any],
+                 extra: dict[str, np.ndarray] | None = None) -> None:
+    """One class's score file. `extra`: optional datasets, e.g. full_scores (m, n_train): the ranker's signed
+    score of every training image (rankers that score beyond their candidates: trak, datamodels, esvm_signed)."""
     import h5py
 
     with atomic_path(path) as tmp:
@@ -275,18 +333,26 @@ def write_scores(path: str | os.PathLike, *, test_indices: np.ndarray, train_ind
             f.create_dataset("train_indices", data=np.asarray(train_indices, dtype=np.int64))
             f.create_dataset("scores", data=np.asarray(scores, dtype=np.float32))
             f.create_dataset("topk", data=np.asarray(topk, dtype=np.int64))
+            for k, v in (extra or {}).items():
+                f.create_dataset(k, data=v)
             for k, v in provenance(**attrs).items():
                 f.attrs[k] = v
+
+
+SCORE_EXTRAS = ("full_scores", "runner_up")
 
 
 def read_scores(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     with _open_h5(path, "score file") as f:
         out = {k: _need(f, path, k) for k in ("test_indices", "train_indices", "scores", "topk")}
+        out.update({k: f[k][()] for k in SCORE_EXTRAS if k in f})
         out["attrs"] = _attrs(f)
     m, n = len(out["test_indices"]), len(out["train_indices"])
     if out["scores"].shape != (m, n):
         raise SimattrError(f"{path}: scores has shape {out['scores'].shape}, expected ({m}, {n})")
+    if "full_scores" in out and (out["full_scores"].ndim != 2 or len(out["full_scores"]) != m):
+        raise SimattrError(f"{path}: full_scores has shape {out['full_scores'].shape}, expected ({m}, n_train)")
     return out
 
 

@@ -98,53 +98,26 @@ def model_seed(dataset: str, test_index: int, k: int, seed_index: int) -> int:
     return store.seed_from("model", dataset, test_index, k, seed_index)
 
 
-class Journal:
-    """Every model trained for one answer, one JSON line each, flushed as it is trained.
-
-    A task that dies (preempted, killed, out of time) and runs again reads its journal and retrains none
-    of the models listed there. Lines written for other inputs (another answer identity) are discarded.
-    """
+class Journal(store.Journal):
+    """Every model trained for one answer (store.Journal keyed by (k, seed_index)): a task that dies and runs
+    again retrains none of the models listed there."""
 
     def __init__(self, path: str | Path | None, identity: str):
-        self.path = Path(path) if path else None
-        self.identity = identity
-        self.models: dict[tuple[int, int], dict] = {}
+        super().__init__(path, identity, key=("k", "seed_index"))
         self.reused = 0
-        if self.path is None:
-            return
-        lines = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:        # a line cut by a crash
-                    continue
-                if entry.get("identity") == identity:
-                    self.models[(entry["k"], entry["seed_index"])] = entry
-                    lines.append(line)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with store.atomic_path(self.path) as tmp:   # keep only this identity's complete lines
-            tmp.write_text("".join(ln + "\n" for ln in lines))
-        self._fh = self.path.open("a")
+
+    @property
+    def models(self) -> dict[tuple[int, int], dict]:
+        return self.entries
 
     def get(self, k: int, seed_index: int) -> dict | None:
-        entry = self.models.get((k, seed_index))
+        entry = self.entries.get((k, seed_index))
         if entry is not None:
             self.reused += 1
         return entry
 
     def add(self, k: int, seed_index: int, seed: int, pred: int, correct: bool, margin: float) -> None:
-        entry = {"identity": self.identity, "k": k, "seed_index": seed_index, "seed": seed, "pred": pred,
-                 "correct": correct, "margin": round(margin, 6)}
-        self.models[(k, seed_index)] = entry
-        if self.path is not None:
-            self._fh.write(json.dumps(entry) + "\n")
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        if self.path is not None:
-            self._fh.close()
+        super().add(k=k, seed_index=seed_index, seed=seed, pred=pred, correct=correct, margin=round(margin, 6))
 
 
 def modified_training_set(X_train: np.ndarray, y_train: np.ndarray, ranking: np.ndarray, k: int, metric: str,

@@ -45,7 +45,10 @@ DATA_ARGS = " ".join(shlex.quote(a) for a in DATA.cli_args())
 TRAINABLE = ["simclr", "supervised", "resnet"]     # encoders whose state file a rule makes
 ENV = "../../envs/simattr.yaml"  # relative to the rule files
 METHODS = [(m["encoder"], m["ranker"]) for m in config["methods"]]
-ENCODERS_USED = sorted({e for e, _ in METHODS})
+FEATURE_ENCODERS = [e for e in sconfig.ENCODERS if e != sconfig.MODEL_ENCODER]
+FEATURE_RANKERS = [r for r in sconfig.RANKERS if r not in sconfig.MODEL_RANKERS]
+ENCODERS_USED = sorted({e for e, _ in METHODS if e != sconfig.MODEL_ENCODER})
+RANKERS_USED = {r for _, r in METHODS}
 if "resnet" in ENCODERS_USED and not config["encoders"]["resnet"]["checkpoint"]:
     raise WorkflowError("invalid configuration: config key 'encoders.resnet.checkpoint': a method uses encoder resnet, "
                         "so a local checkpoint file is required (nothing is downloaded)")
@@ -54,9 +57,14 @@ try:    # shards per split: known from the dataset's listing, without decoding a
                 for s in ("train", "test")}
 except SimattrError as e:
     raise WorkflowError(f"invalid dataset: {e}") from None
+# subset-model shards per purpose (datamodels: only when a method uses it; lds: lds.models > 0)
+N_SUBSET_SHARDS = {p: len(store.shard_ranges(config[p]["models"], config[p]["shard_size"]))
+                   for p in ("datamodels", "lds")}
+LDS_ON = config["lds"]["models"] > 0
 
 
 wildcard_constraints:
+    purpose="datamodels|lds",
     encoder="|".join(sconfig.ENCODERS),
     ranker="|".join(sconfig.RANKERS),
     metric="|".join(sconfig.METRICS),
@@ -100,6 +108,25 @@ def embed_gpus(wildcards):
     return 1 if wildcards.encoder == "resnet" and config["embed"]["gpu"] else 0
 
 
+def retrain_gpus(wildcards):
+    """Jobs that train the retrained model (TRAK checkpoints, subset models) ask for a GPU when the model is a CNN
+    and the support tasks get GPUs too (launch.gpus_per_node > 0)."""
+    return 1 if MODEL.name != "mlp" and config["launch"]["gpus_per_node"] > 0 else 0
+
+
+def subset_shards(purpose):
+    return [path(store.SUBSET_SHARD, purpose=purpose, shard=f"{s:05d}") for s in range(N_SUBSET_SHARDS[purpose])]
+
+
+def model_attribution_inputs(wildcards):
+    """What a model-based ranker's score job reads: TRAK's attribution file, or the datamodels subset shards."""
+    return [path(store.TRAK_SCORES)] if wildcards.ranker == "trak" else subset_shards("datamodels")
+
+
+def lds_files():
+    return [path(store.LDS, encoder=e, ranker=r) for e, r in METHODS] if LDS_ON else []
+
+
 def class_scores(wildcards):
     return [path(store.SCORES, encoder=wildcards.encoder, ranker=wildcards.ranker, cls=c) for c in CLASSES]
 
@@ -126,7 +153,8 @@ def all_scores():
 
 def report_files():
     d = path(store.REPORT_DIR)
-    return [f"{d}/support.csv", f"{d}/report.md", f"{d}/support_cdf.png", f"{d}/topk_grid.png"]
+    return ([f"{d}/support.csv", f"{d}/report.md", f"{d}/support_cdf.png", f"{d}/topk_grid.png", f"{d}/cost.csv"]
+            + ([f"{d}/overlap.csv"] if len(METHODS) > 1 else []) + ([f"{d}/lds.csv"] if LDS_ON else []))
 
 
 def bench(stage, name):
@@ -135,6 +163,42 @@ def bench(stage, name):
 
 def logfile(stage, name):
     return path(f"{{dataset}}/logs/{stage}/{name}.log")
+
+
+def method_cost_entries():
+    """METHOD|KIND|VALUE entries of the report's cost table: per method, the jobs that made its scores (benchmark
+    and usage record of each), what they stored, and the retrained models it needed."""
+    out = []
+
+    def job(method, stage, name):
+        out.append(f"{method}|bench|{bench(stage, name)}")
+        out.append(f"{method}|usage|{logfile(stage, name)[:-len('.log')]}.usage.json")
+
+    for e, r in METHODS:
+        m = f"{e}/{r}"
+        if e in TRAINABLE:
+            job(m, "embed", "import-resnet" if e == "resnet" else f"train-{e}")
+            out.append(f"{m}|stored|{path(store.ENCODER_STATE, encoder=e)}")
+        if e != sconfig.MODEL_ENCODER:
+            for s in ("train", "test"):
+                job(m, "embed", f"{e}-{s}")
+                for k in range(N_SHARDS[s]):
+                    job(m, "embed", f"{e}-{s}-shard-{k:05d}")
+            out.append(f"{m}|stored|{path('{dataset}/embeddings/' + e)}")
+        for c in CLASSES:
+            job(m, "score", f"{e}-{r}-class-{c}")
+        out.append(f"{m}|stored|{path('{dataset}/scores/' + e + '/' + r)}")
+        if r == "trak":
+            job(m, "attribution", "trak-checkpoints")
+            job(m, "attribution", "trak")
+            out += [f"{m}|stored|{path(store.TRAK_CHECKPOINTS)}", f"{m}|stored|{path(store.TRAK_SCORES)}",
+                    f"{m}|models|{config['trak']['checkpoints']}"]
+        if r == "datamodels":
+            for s in range(N_SUBSET_SHARDS["datamodels"]):
+                job(m, "attribution", f"subsets-datamodels-{s:05d}")
+            out += [f"{m}|stored|{path(store.SUBSETS_DIR, purpose='datamodels')}",
+                    f"{m}|models|{config['datamodels']['models']}"]
+    return out
 
 
 def report_benchmarks(wildcards):
@@ -146,7 +210,14 @@ def report_benchmarks(wildcards):
         for s in ("train", "test"):
             pairs.append(("embed", bench("embed", f"{e}-{s}")))
             pairs += [("embed", bench("embed", f"{e}-{s}-shard-{k:05d}")) for k in range(N_SHARDS[s])]
+    if "trak" in RANKERS_USED:
+        pairs += [("trak", bench("attribution", "trak-checkpoints")), ("trak", bench("attribution", "trak"))]
+    for p in ("datamodels", "lds"):
+        if p == "lds" and LDS_ON or p in RANKERS_USED:
+            pairs += [(p, bench("attribution", f"subsets-{p}-{s:05d}")) for s in range(N_SUBSET_SHARDS[p])]
     for e, r in METHODS:
+        if LDS_ON:
+            pairs.append(("lds", bench("attribution", f"lds-{e}-{r}")))
         for c in CLASSES:
             pairs.append(("score", bench("score", f"{e}-{r}-class-{c}")))
         for m in config["support"]["metrics"]:
