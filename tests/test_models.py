@@ -98,3 +98,92 @@ def test_resnet18_streams_a_folder_split_and_repeats_exactly(tmp_path):
     q = models.train_predict(tr[keep], tr.labels[keep], te.load(np.arange(6)).astype(np.float16), seeds=[2],
                              n_classes=3, recipe=r)
     np.testing.assert_allclose(q[0], p[1], atol=1e-3)          # same seed: same model (eval input float16)
+
+
+# ------------------------------------------------------------ logits, margins and torch modules (TRAK)
+def _blobs(n, d, n_classes, seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_classes, d))
+    y = rng.integers(0, n_classes, n)
+    return (centres[y] + rng.standard_normal((n, d))).astype(np.float32), y
+
+
+def test_logits_are_the_same_models_before_the_softmax():
+    X, y = _blobs(150, 64, 4, 0)
+    Xtr, Xte = models.standardise(X[:120], X[120:])
+    r = models.Recipe(hidden=16, steps=30)
+    p = models.train_predict(Xtr, y[:120], Xte, seeds=[3, 4], n_classes=4, recipe=r)
+    z = models.train_predict(Xtr, y[:120], Xte, seeds=[3, 4], n_classes=4, recipe=r, logits=True)
+    assert z.shape == p.shape == (2, 30, 4)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    np.testing.assert_allclose(e / e.sum(-1, keepdims=True), p, rtol=1e-5, atol=1e-7)
+    assert models.train_predict(Xtr, y[:120], Xte, seeds=[], n_classes=4, recipe=r, logits=True).shape == (0, 30, 4)
+
+
+def test_margins_are_correct_logit_minus_logsumexp_of_the_others():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2, 5, 4))
+    y = rng.integers(0, 4, 5)
+    m = models.margins(z, y)                                   # labels (5,) broadcast over the 2 models
+    assert m.shape == (2, 5)
+    for s in range(2):
+        for i in range(5):
+            others = np.delete(z[s, i], y[i])
+            assert np.isclose(m[s, i], z[s, i, y[i]] - np.log(np.exp(others).sum()))
+    p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    pc = np.take_along_axis(p, np.broadcast_to(y, (2, 5))[..., None], -1)[..., 0]
+    np.testing.assert_allclose(m, np.log(pc / (1 - pc)))       # log p / (1 - p) of the correct class
+    big = models.margins(np.array([[1000.0, 0.0, -1000.0], [0.0, 1000.0, 999.0]], np.float32), [0, 2])
+    np.testing.assert_allclose(big, [1000.0, -1.0], atol=1e-9)     # stable where exp overflows
+    assert np.isclose(models.margins(np.array([2.0, -1.0]), 0), 3.0)   # a single example, two classes
+    with pytest.raises(SimattrError, match="C >= 2"):
+        models.margins(np.zeros((3, 1)), [0, 0, 0])
+
+
+def test_importing_models_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, simattr.models; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
+def test_mlp_train_state_in_its_torch_module_gives_train_predicts_logits():
+    import torch
+
+    X, y = _blobs(140, 64, 4, 1)
+    Xtr, Xte = models.standardise(X[:100], X[100:])
+    r = models.Recipe(hidden=32, steps=40, weight_decay=1e-4)
+    state = models.train_state(Xtr, y[:100], 7, 4, r)
+    assert {k: tuple(v.shape) for k, v in state.items()} == {"0.weight": (32, 64), "0.bias": (32,),
+                                                            "2.weight": (4, 32), "2.bias": (4,)}
+    with models._one_blas_thread():
+        w1 = models.train_mlp(Xtr, y[:100], [7], 4, hidden=32, steps=40, lr=r.lr, weight_decay=1e-4)[0][0]
+    np.testing.assert_array_equal(state["0.weight"].numpy(), w1.T)         # the same bits as training
+    net = models.torch_module(r, Xtr.shape[1:], 4)
+    net.load_state_dict(state)
+    with torch.no_grad():
+        z = net(torch.as_tensor(Xte)).numpy()
+    np.testing.assert_allclose(z, models.train_predict(Xtr, y[:100], Xte, seeds=[7], n_classes=4, recipe=r,
+                                                       logits=True)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_resnet9_train_state_in_its_torch_module_gives_train_predicts_logits():
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = rng.random((50, 3, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 4, 50)
+    r = models.Recipe(name="resnet9", epochs=1, batch_size=20, lr=0.1)
+    Xtr, Xte = models.prepare_inputs(r, x[:40], x[40:])
+    before = torch.random.get_rng_state()
+    net = models.torch_module(r, Xtr.shape[1:], 4)
+    assert torch.equal(torch.random.get_rng_state(), before)               # the global RNG is left alone
+    net.load_state_dict(models.train_state(Xtr, y[:40], 5, 4, r, device="cpu"))
+    with torch.no_grad():
+        z = net.eval()(torch.as_tensor(Xte).float()).numpy()
+    ref = models.train_predict(Xtr, y[:40], Xte, seeds=[5], n_classes=4, recipe=r, logits=True)[0]
+    np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-5)
+    p = models.train_predict(Xtr, y[:40], Xte, seeds=[5], n_classes=4, recipe=r)[0]
+    np.testing.assert_allclose(torch.softmax(torch.as_tensor(ref), -1).numpy(), p, rtol=1e-5, atol=1e-6)

@@ -13,6 +13,10 @@ there; on CUDA it trains in bfloat16 autocast with channels-last tensors. Inputs
 normalised per channel (`prepare_inputs`).
 
 A model's randomness comes only from its own seed (initialisation, batch order, augmentation).
+
+For model-based attribution (trak.py): `train_predict(..., logits=True)` gives raw logits, `margins` the
+correct-class margin of datamodels / LDS / TRAK, and `train_state` the trained parameters of one seed's model
+(the same bits as train_predict) as a state_dict for `torch_module`, the recipe's model as a torch nn.Module.
 """
 from __future__ import annotations
 
@@ -140,17 +144,41 @@ def train_mlp(X: np.ndarray, y: np.ndarray, seeds: list[int], n_classes: int, *,
     return params
 
 
-def predict_mlp(params: list[np.ndarray], X: np.ndarray) -> np.ndarray:
+def predict_logits(params: list[np.ndarray], X: np.ndarray) -> np.ndarray:
+    """The MLPs' raw logits on X: (S, n, C) for stacked parameters (train_mlp)."""
     w1, b1, w2, b2 = params
-    z = np.maximum(np.asarray(X, np.float32) @ w1 + b1, 0.0) @ w2 + b2
+    return np.maximum(np.asarray(X, np.float32) @ w1 + b1, 0.0) @ w2 + b2
+
+
+def predict_mlp(params: list[np.ndarray], X: np.ndarray) -> np.ndarray:
+    """The MLPs' class probabilities on X: the softmax of predict_logits."""
+    z = predict_logits(params, X)
     z -= z.max(-1, keepdims=True)
     p = np.exp(z)
     return p / p.sum(-1, keepdims=True)
 
 
+def margins(logits: np.ndarray, labels) -> np.ndarray:
+    """The margin of datamodels, LDS and TRAK: the correct class's logit minus the logsumexp of the other logits
+    (log p / (1 - p) of the correct class). logits (..., C) with C >= 2, labels broadcastable to (...); float64,
+    shape (...). Computed stably (the others' logsumexp is shifted by their max)."""
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 0 or z.shape[-1] < 2:
+        raise SimattrError(f"margins need logits (..., C) with C >= 2, got shape {z.shape}")
+    y = np.broadcast_to(np.asarray(labels, dtype=np.int64), z.shape[:-1])[..., None]
+    correct = np.take_along_axis(z, y, -1)[..., 0]
+    others = z.copy()
+    np.put_along_axis(others, y, -np.inf, -1)
+    top = others.max(-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    lse = np.log(np.exp(others - top).sum(-1)) + top[..., 0]
+    return correct - lse
+
+
 def train_predict(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, *, seeds: list[int],
-                  n_classes: int, recipe: Recipe) -> np.ndarray:
-    """Train one model per seed on (X_train, y_train); class probabilities on X_eval, shape (S, n_eval, C).
+                  n_classes: int, recipe: Recipe, logits: bool = False) -> np.ndarray:
+    """Train one model per seed on (X_train, y_train); class probabilities on X_eval, shape (S, n_eval, C), or
+    the raw logits when `logits` (the same models: only the last softmax is left out).
 
     The models are trained one after the other: on CPU the stacked (batched) computation of train_mlp is
     bit-identical but slower per model here (measured on digits, 1 BLAS thread: about 80-98 ms per model one
@@ -158,11 +186,19 @@ def train_predict(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, 
     if len(seeds) == 0:
         return np.zeros((0, len(X_eval), n_classes), np.float32)
     if recipe.name in CNN_MODELS:
-        return np.stack([train_predict_cnn(X_train, y_train, X_eval, int(s), n_classes, recipe) for s in seeds])
+        return np.stack([train_predict_cnn(X_train, y_train, X_eval, int(s), n_classes, recipe, logits=logits)
+                         for s in seeds])
+    predict = predict_logits if logits else predict_mlp
     with _one_blas_thread():
-        out = [predict_mlp(train_mlp(X_train, y_train, [int(s)], n_classes, hidden=recipe.hidden, steps=recipe.steps,
-                                     lr=recipe.lr, weight_decay=recipe.weight_decay), X_eval)[0] for s in seeds]
+        out = [predict(_train_one_mlp(X_train, y_train, int(s), n_classes, recipe), X_eval)[0] for s in seeds]
         return np.stack(out)
+
+
+def _train_one_mlp(X_train: np.ndarray, y_train: np.ndarray, seed: int, n_classes: int,
+                   recipe: Recipe) -> list[np.ndarray]:
+    """One recipe MLP from `seed` (stacked parameters, S = 1); the caller pins BLAS to one thread."""
+    return train_mlp(X_train, y_train, [seed], n_classes, hidden=recipe.hidden, steps=recipe.steps, lr=recipe.lr,
+                     weight_decay=recipe.weight_decay)
 
 
 # ------------------------------------------------------------------------------------------- ResNet-9
@@ -260,16 +296,47 @@ def _eval_batches(X_eval, size: int = 256):
         yield X_eval.load(idx) if hasattr(X_eval, "load") else np.asarray(X_eval[i:i + size], np.float32)
 
 
+def _imagenet_stats(dev):
+    """ImageNet's per-channel mean and std as (1, 3, 1, 1) tensors on `dev` (what resnet18's inputs are
+    normalised with)."""
+    import torch
+
+    return tuple(torch.tensor(v, device=dev).view(1, 3, 1, 1) for v in NORMALIZE["imagenet"])
+
+
+def net_inputs(recipe: Recipe, X, device=None, batch_size: int = 256):
+    """X batch by batch as the float32 tensors on `device` that the recipe's network takes: prepared arrays
+    (prepare_inputs) as they are; resnet18's dataset Splits decoded and normalised with ImageNet's mean/std,
+    as in training."""
+    import torch
+
+    dev = torch.device(device) if device is not None else default_device()
+    streamed = recipe.name in STREAMED_MODELS
+    mean, std = _imagenet_stats(dev) if streamed else (None, None)
+    for xe in _eval_batches(X, batch_size):
+        xe = torch.as_tensor(xe, device=dev).float()
+        yield (xe - mean) / std if streamed else xe
+
+
 def train_predict_cnn(X_train, y_train: np.ndarray, X_eval, seed: int, n_classes: int, recipe: Recipe,
-                      device=None) -> np.ndarray:
-    """Train one `recipe` CNN from `seed` on (X_train, y_train); class probabilities (n_eval, C) on X_eval.
+                      device=None, logits: bool = False) -> np.ndarray:
+    """Train one `recipe` CNN from `seed` on (X_train, y_train); class probabilities (n_eval, C) on X_eval, or
+    the raw logits when `logits`.
 
     resnet9: X_train and X_eval are arrays (prepare_inputs), resident on the device. resnet18: they are
     dataset Splits (images in [0, 1]), streamed by DataLoader workers and normalised with ImageNet's mean/std."""
     import torch
-    import torchvision
 
     dev = torch.device(device) if device is not None else default_device()
+    net = _train_cnn(X_train, y_train, seed, n_classes, recipe, dev)
+    return _predict_cnn(net, X_eval, n_classes, recipe, dev, logits=logits)
+
+
+def _train_cnn(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: Recipe, dev):
+    """The training half of train_predict_cnn: one `recipe` CNN from `seed`, on `dev`, in eval mode."""
+    import torch
+    import torchvision
+
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -281,7 +348,7 @@ def train_predict_cnn(X_train, y_train: np.ndarray, X_eval, seed: int, n_classes
             resnet9(X_train.shape[1], n_classes)
     fmt = torch.channels_last if cuda else torch.contiguous_format
     net = net.to(dev, memory_format=fmt)
-    mean, std = (torch.tensor(v, device=dev).view(1, 3, 1, 1) for v in NORMALIZE["imagenet"])
+    mean, std = _imagenet_stats(dev)
     y = torch.as_tensor(np.asarray(y_train, dtype=np.int64), device=dev)
     X = None if streamed else torch.as_tensor(np.asarray(X_train), device=dev)     # resident; float16 halves it
     n = len(y)
@@ -308,11 +375,55 @@ def train_predict_cnn(X_train, y_train: np.ndarray, X_eval, seed: int, n_classes
             sched.step()
     if n and not torch.isfinite(loss):
         raise SimattrError(f"{recipe.name} training diverged (loss {float(loss)}); lower model.lr (now {recipe.lr})")
-    net.eval()
+    return net.eval()
+
+
+def _predict_cnn(net, X_eval, n_classes: int, recipe: Recipe, dev, logits: bool = False) -> np.ndarray:
+    """The prediction half of train_predict_cnn: class probabilities (or logits) (n_eval, C) of `net` on X_eval."""
+    import torch
+
+    cuda = dev.type == "cuda"
+    fmt = torch.channels_last if cuda else torch.contiguous_format
     out = []
     with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-        for xe in _eval_batches(X_eval):
-            xe = torch.as_tensor(xe, device=dev).float()
-            xe = (xe - mean) / std if streamed else xe
-            out.append(torch.softmax(net(xe.contiguous(memory_format=fmt)).float(), -1))
+        for xe in net_inputs(recipe, X_eval, dev):
+            z = net(xe.contiguous(memory_format=fmt)).float()
+            out.append(z if logits else torch.softmax(z, -1))
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, n_classes), np.float32)
+
+
+def torch_module(recipe: Recipe, input_shape: tuple[int, ...], n_classes: int):
+    """The torch nn.Module whose forward is the recipe's model on the recipe's prepared inputs of shape
+    `input_shape` (one example; prepare_inputs, net_inputs), randomly initialised (load a train_state into it):
+    mlp: Linear(d, hidden), ReLU, Linear(hidden, C) on the flattened standardised pixels (d = prod(input_shape));
+    resnet9: resnet9(input_shape[0], C); resnet18: torchvision's resnet18(num_classes=C). The global torch RNG is
+    left as it was."""
+    import torch
+    import torchvision
+    from torch import nn
+
+    with torch.random.fork_rng(devices=[]):
+        if recipe.name == "mlp":
+            d = int(np.prod(input_shape))
+            return nn.Sequential(nn.Linear(d, recipe.hidden), nn.ReLU(), nn.Linear(recipe.hidden, n_classes))
+        if recipe.name == "resnet9":
+            return resnet9(int(input_shape[0]), n_classes)
+        return torchvision.models.resnet18(num_classes=n_classes)
+
+
+def train_state(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: Recipe, *,
+                device=None) -> dict:
+    """Train one model from `seed` exactly as train_predict does (the same bits) and return its parameters as a
+    state_dict of CPU tensors for torch_module. mlp: train_mlp's W1 (d, h), b1, W2 (h, C), b2 as the Linear
+    layers' weight (h, d), bias, weight (C, h), bias. CNNs: the trained network's state_dict (BatchNorm running
+    statistics included)."""
+    import torch
+
+    if recipe.name in CNN_MODELS:
+        dev = torch.device(device) if device is not None else default_device()
+        net = _train_cnn(X_train, y_train, int(seed), n_classes, recipe, dev)
+        return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with _one_blas_thread():
+        w1, b1, w2, b2 = (p[0] for p in _train_one_mlp(X_train, y_train, int(seed), n_classes, recipe))
+    return {k: torch.from_numpy(np.ascontiguousarray(v))
+            for k, v in (("0.weight", w1.T), ("0.bias", b1[0]), ("2.weight", w2.T), ("2.bias", b2[0]))}
