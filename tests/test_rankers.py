@@ -47,3 +47,31 @@ def test_random_is_seeded_per_query():
 def test_unknown_ranker_lists_valid_names():
     with pytest.raises(SimattrError, match="esvm, esvm_reference, knn_l2, knn_cos, random"):
         rankers.score("trak", np.zeros((1, 2)), np.zeros((3, 2)))
+
+
+def test_runner_up_class_is_the_most_similar_other_class():
+    rng = np.random.default_rng(2)
+    centers = np.array([[5.0, 0, 0], [4.0, 3.0, 0], [-5.0, 0, 0]])
+    labels = np.repeat([0, 1, 2], 20)
+    feats = centers[labels] + rng.normal(scale=0.3, size=(60, 3))
+    q = np.array([[5.0, 0.5, 0.0], [4.0, -2.0, 0.0]])
+    assert rankers.runner_up_classes(q, feats, labels, 0, neighbours=5).tolist() == [1, 1]
+
+
+def test_esvm_signed_scores_own_class_positive_runner_up_negative_rest_zero():
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(4, 8)) * 3
+    labels = np.repeat(np.arange(4), 30)
+    feats = (centers[labels] + rng.normal(size=(120, 8))).astype(np.float32)
+    q = (centers[[2, 2, 2]] + rng.normal(size=(3, 8))).astype(np.float32)
+    full, r = rankers.esvm_signed(q, feats, labels, 2, C=0.1)
+    assert full.shape == (3, 120) and (r != 2).all()
+    for i in range(3):
+        own, rival = labels == 2, labels == r[i]
+        assert (full[i, own] >= 0).all() and (full[i, rival] <= 0).all() and (full[i, ~own & ~rival] == 0).all()
+        # the values are one ESVM of the query against both classes, shifted by their minimum
+        cand = np.flatnonzero(own | rival)
+        s = rankers.score("esvm", q[i:i + 1], feats[cand], C=0.1)[0]
+        s = s - s.min()
+        np.testing.assert_allclose(np.abs(full[i, cand]), s, rtol=1e-4, atol=1e-4)
+        assert np.abs(full[i, cand]).min() == pytest.approx(0.0, abs=1e-6)     # the least like q scores 0

@@ -231,3 +231,50 @@ def test_load_gathers_roundtrip(tmp_path):
     g = gather("a", "r", "removal", [1, None])
     write_json(tmp_path / "g.json", g)
     assert report.load_gathers([tmp_path / "g.json"]) == [g]
+
+
+def test_method_costs_sum_each_methods_jobs_and_count_gpu_jobs(tmp_path):
+    import json
+
+    b1, b2 = write_bench(tmp_path / "a.tsv", 10.0, 1), write_bench(tmp_path / "b.tsv", 4.0, 1)
+    (tmp_path / "a.usage.json").write_text(json.dumps({"wall_s": 9.0, "cuda": True}))
+    (tmp_path / "b.usage.json").write_text(json.dumps({"wall_s": 3.5, "cuda": False}))
+    (tmp_path / "m.pt").write_bytes(b"\0" * 100)
+    rows = report.method_costs([("x/trak", "bench", str(b1)), ("x/trak", "usage", str(tmp_path / "a.usage.json")),
+                                ("x/trak", "bench", str(b2)), ("x/trak", "usage", str(tmp_path / "b.usage.json")),
+                                ("x/trak", "stored", str(tmp_path / "m.pt")), ("x/trak", "models", "5"),
+                                ("y/knn", "bench", str(b2)), ("y/knn", "usage", str(tmp_path / "absent.json"))])
+    assert rows == [
+        {"method": "x/trak", "jobs": 2, "wall_s": 14.0, "cpu_s": 14.0, "gpu_s": 9.0, "models_trained": 5,
+         "bytes": 100},
+        {"method": "y/knn", "jobs": 1, "wall_s": 4.0, "cpu_s": 4.0, "gpu_s": 0.0, "models_trained": 0, "bytes": 0}]
+    with pytest.raises(SimattrError, match="unknown kind 'time'"):
+        report.method_costs([("x", "time", "1")])
+
+
+def _scores(test, train, s):
+    return {"test_indices": np.array(test), "train_indices": np.array(train), "scores": np.array(s, float)}
+
+
+def test_overlap_of_a_method_with_itself_is_one_and_a_hand_case():
+    a = [_scores([0, 1], [10, 11, 12, 13], [[4, 3, 2, 1], [1, 2, 3, 4]])]   # top-2: {10, 11}, {13, 12}
+    b = [_scores([0, 1], [10, 11, 12, 13], [[4, 1, 3, 2], [1, 2, 3, 4]])]   # top-2: {10, 12}, {13, 12}
+    rows = {(r["method_a"], r["method_b"], r["k"]): r for r in report.overlap_rows({"a": a, "b": b}, [2, 4])}
+    assert rows[("a", "a", 2)]["jaccard"] == 1.0 and rows[("b", "b", 4)]["jaccard"] == 1.0
+    # image 0: |{10}| / |{10, 11, 12}| = 1/3; image 1: 1; mean 2/3
+    assert rows[("a", "b", 2)]["jaccard"] == pytest.approx(2 / 3) and rows[("a", "b", 2)]["n"] == 2
+    assert rows[("b", "a", 4)]["jaccard"] == 1.0            # all four candidates: the same set
+
+
+def test_lds_overlap_and_cost_tables_in_the_report(tmp_path):
+    lds = report.lds_rows([{"encoder": "e", "ranker": "r", "n_test": 3, "n_models": 20, "alpha": 0.5, "mean": 0.25,
+                            "ci_low": 0.1, "ci_high": 0.4, "n_undefined": 0, "weights": "full_scores"}])
+    overlap = [{"method_a": "e/r", "method_b": "e/r", "k": 10, "n": 3, "jaccard": 1.0}]
+    costs = [{"method": "e/r", "jobs": 2, "wall_s": 1.5, "cpu_s": None, "gpu_s": 0.0, "models_trained": 0,
+              "bytes": 2048}]
+    report.write_tables([], [], [], tmp_path, lds=lds, overlap=overlap, mcosts=costs)
+    md = (tmp_path / "report.md").read_text()
+    assert "| `e/r` | 0.2500 | [0.1000, 0.4000] | 3 | 0 | 20 | full_scores |" in md
+    assert "### top-10" in md and "| `e/r` | 1.000 |" in md and "| `e/r` | 2 | 1.5 |  | 0.0 | 0 | 2.00 KiB |" in md
+    assert (tmp_path / "lds.csv").read_text().splitlines()[1] == "e/r,0.25,0.1,0.4,3,0,20,0.5,full_scores"
+    assert (tmp_path / "cost.csv").read_text().splitlines()[1] == "e/r,2,1.5,,0.0,0,2048"

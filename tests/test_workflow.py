@@ -67,7 +67,7 @@ def test_every_file_of_the_contract_with_values_in_range(run):
     cfg = yaml.safe_load(TEST_CFG.read_text())
     root = run / "results" / "digits"
     n_train = n_test = None
-    for enc in {m["encoder"] for m in cfg["methods"]}:
+    for enc in {m["encoder"] for m in cfg["methods"]} - {"model"}:
         for split in ("train", "test"):
             d = root / "embeddings" / enc / split
             manifest = json.loads((d / "index.json").read_text())
@@ -131,6 +131,26 @@ def test_every_file_of_the_contract_with_values_in_range(run):
         assert (rep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (rep / "report.md").read_text()
     assert all(f"{m['encoder']}/{m['ranker']}" in md for m in cfg["methods"])
+    names = sorted(f"{m['encoder']}/{m['ranker']}" for m in cfg["methods"])
+    lds = {r["method"]: r for r in csv.DictReader((rep / "lds.csv").open())}
+    assert sorted(lds) == names and all(-1 <= float(r["mean"]) <= 1 for r in lds.values() if r["mean"])
+    assert int(lds["model/trak"]["n_test"]) == 360 and int(lds["model/trak"]["n_models"]) == cfg["lds"]["models"]
+    overlap = list(csv.DictReader((rep / "overlap.csv").open()))
+    assert len(overlap) == len(names) ** 2 * 2
+    assert all(float(o["jaccard"]) == 1.0 for o in overlap if o["method_a"] == o["method_b"])
+    cost = {r["method"]: r for r in csv.DictReader((rep / "cost.csv").open())}
+    assert sorted(cost) == names
+    assert int(cost["model/trak"]["models_trained"]) == cfg["trak"]["checkpoints"]
+    assert int(cost["model/datamodels"]["models_trained"]) == cfg["datamodels"]["models"]
+    assert all(float(c["wall_s"]) > 0 and int(c["bytes"]) > 0 for c in cost.values())
+    assert "## Linear datamodeling score (LDS)" in md and "## Selection overlap" in md and "## Cost per method" in md
+    with h5py.File(root / "scores" / "simclr" / "esvm_signed" / "class-3.h5") as f:
+        full, te, runner = f["full_scores"][()], f["test_indices"][()], f["runner_up"][()]
+    y_train = h5py.File(root / "support" / "queries.h5")["y_train"][()]
+    assert full.shape == (len(te), len(y_train)) and (runner != 3).all()
+    for i, r in enumerate(runner):            # own class >= 0, runner-up <= 0, the rest 0
+        assert (full[i, y_train == 3] >= 0).all() and (full[i, y_train == r] <= 0).all()
+        assert (full[i, (y_train != 3) & (y_train != r)] == 0).all()
 
 
 def test_a_second_run_does_nothing(run):
@@ -143,16 +163,16 @@ def test_changing_esvm_C_reruns_only_esvm_scores_and_what_depends_on_them(run, t
     r = smk("-n", "--cores", "2", workdir=run, configfile=cfg)
     assert r.returncode == 0, r.stderr[-2000:]
     n_metrics = 2
-    esvm_methods = 1
+    esvm_methods = 2                            # esvm and esvm_signed on simclr
     assert job_counts(r.stdout) == {"score": 10 * esvm_methods, "support": n_metrics * esvm_methods,
-                                    "report": 1, "all": 1}
+                                    "lds": esvm_methods, "report": 1, "all": 1}
 
 
 def test_changing_support_seeds_reruns_only_support_and_report(run, tmp_path):
     cfg = variant(tmp_path, lambda c: c["support"].update(seeds=5))
     r = smk("-n", "--cores", "2", workdir=run, configfile=cfg)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert job_counts(r.stdout) == {"support": 8, "report": 1, "all": 1}
+    assert job_counts(r.stdout) == {"support": 2 * 7, "report": 1, "all": 1}
 
 
 def test_launch_settings_rerun_nothing(run, tmp_path):
@@ -175,7 +195,7 @@ def test_a_real_rerun_after_changing_esvm_C_recomputes_exactly_the_esvm_answers(
     assert before.keys() == after.keys()
     for key in before:
         changed = before[key] != after[key]
-        assert changed == (key.parts[:2] == ("simclr", "esvm")), key
+        assert changed == (key.parts[:2] in (("simclr", "esvm"), ("simclr", "esvm_signed"))), key
 
 
 def with_fake_inputs(configfile: Path, tmp: Path) -> tuple[Path, dict]:
@@ -209,10 +229,13 @@ def test_dry_run_passes_for_every_config(configfile, tmp_path):
     if cfg.get("dataset", {}).get("root"):            # the full-size configs: jobs as the config implies
         name, shard = cfg["dataset"]["name"], cfg["embed"]["shard_size"]
         sizes = {"cifar10": (50000, 10000), "imagenet": (13000, 5000)}[name]
-        encoders = {m["encoder"] for m in cfg["methods"]}
+        encoders = {m["encoder"] for m in cfg["methods"]} - {"model"}
         n_classes = 10 if name == "cifar10" else 1000
         assert counts["embed_shard"] == len(encoders) * sum(-(-n // shard) for n in sizes)
-        assert counts["score"] == len(cfg["methods"]) * n_classes
+        assert counts["score"] + counts.get("score_model", 0) == len(cfg["methods"]) * n_classes
+        lds = cfg.get("lds", {}).get("models", 100)
+        assert counts.get("subsets", 0) == (-(-lds // cfg["lds"]["shard_size"]) if lds else 0)
+        assert counts.get("lds", 0) == (len(cfg["methods"]) if lds else 0)
         assert counts["support"] == len(cfg["methods"]) * len(cfg["support"]["metrics"])
         print(f"{configfile.name}: dry run {took:.1f} s, {counts}")
 

@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proj-dim", type=int, required=True)
     p.add_argument("--projector-seed", type=int, default=0)
     p.add_argument("--trak-batch-size", type=int, default=128)
+    p.add_argument("--lambda-reg", type=float, default=0.0, help="ridge term added to TRAK's Phi^T Phi")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("lds", help="linear datamodeling score of one method's scores")
@@ -316,6 +317,7 @@ def _dispatch(a) -> None:
     elif a.cmd == "trak":
         stages.trak_attributions(data=_spec(a), recipe=_recipe(a), checkpoints=a.checkpoints_file,
                                  proj_dim=a.proj_dim, projector_seed=a.projector_seed, batch_size=a.trak_batch_size,
+                                 lambda_reg=a.lambda_reg,
                                  out=a.out, progress=progress)
     elif a.cmd == "lds":
         stages.lds_stage(score_files=a.scores, subset_shards=a.subsets, n_boot=a.n_boot, seed=a.seed, out=a.out)

@@ -207,7 +207,7 @@ def trak_checkpoints(*, data: datasets.Spec, recipe, n_checkpoints: int, seed: i
 
 
 def trak_attributions(*, data: datasets.Spec, recipe, checkpoints: str, proj_dim: int, projector_seed: int,
-                      batch_size: int, out: str, progress: bool = True) -> None:
+                      batch_size: int, out: str, lambda_reg: float = 0.0, progress: bool = True) -> None:
     """TRAK scores of every test image against every training image (through the traker package)."""
     import tempfile
 
@@ -227,12 +227,13 @@ def trak_attributions(*, data: datasets.Spec, recipe, checkpoints: str, proj_dim
     with tempfile.TemporaryDirectory(prefix=".trak-", dir=Path(out).parent) as work:
         scores = trak.trak_scores(recipe=recipe, X_train=X_train, y_train=tr.labels, X_target=X_test,
                                   y_target=te.labels, checkpoints=ck["states"], n_classes=len(tr.class_names),
-                                  proj_dim=proj_dim, projector_seed=projector_seed, batch_size=batch_size,
-                                  device=device, save_dir=work, progress=progress)
+                                  proj_dim=proj_dim, projector_seed=projector_seed, lambda_reg=lambda_reg,
+                                  batch_size=batch_size, device=device, save_dir=work, progress=progress)
     if not np.isfinite(scores).all():
         raise SimattrError(f"TRAK produced NaN or inf scores (proj_dim {proj_dim}); see {checkpoints}")
     attrs = {"dataset": data.name, "ranker": "trak", "checkpoints_hash": ck["config_hash"],
              "n_checkpoints": len(ck["states"]), "proj_dim": proj_dim, "projector_seed": projector_seed,
+             "lambda_reg": lambda_reg,
              "device": str(device), "wall_s": time.perf_counter() - t0}
     store.write_arrays(out, {"scores": scores.astype(np.float32), "test_labels": te.labels.astype(np.int64),
                              "train_labels": tr.labels.astype(np.int64)}, attrs)
@@ -262,7 +263,8 @@ def score_model_class(*, data: datasets.Spec, ranker: str, cls: int, class_condi
         if not (np.array_equal(arrays["test_labels"], te_y) and np.array_equal(arrays["train_labels"], tr_y)):
             raise SimattrError(f"{trak_scores}: made for another split of the data; rerun the trak rule")
         full = arrays["scores"][q_idx]
-        settings = {k: attrs[k] for k in ("checkpoints_hash", "n_checkpoints", "proj_dim", "projector_seed")}
+        settings = {k: attrs.get(k) for k in ("checkpoints_hash", "n_checkpoints", "proj_dim", "projector_seed",
+                                              "lambda_reg")}
     elif ranker == "datamodels":
         masks, margins, attrs = subsets.read_shards(list(subset_shards), "datamodels")
         if attrs["n_train"] != len(tr_y) or attrs["n_test"] != len(te_y):

@@ -64,6 +64,7 @@ def train_checkpoints(*, recipe: models.Recipe, X_train, y_train: np.ndarray, n_
 
 def trak_scores(*, recipe: models.Recipe, X_train, y_train: np.ndarray, X_target, y_target: np.ndarray,
                 checkpoints: list[dict], n_classes: int, proj_dim: int, projector_seed: int = 0,
+                lambda_reg: float = 0.0,
                 batch_size: int = 128, device=None, save_dir, progress: bool = False) -> np.ndarray:
     """TRAK scores of every training image for every target, (n_target, n_train) float32; higher = the training
     image supports the target's correct prediction (label y_target) more.
@@ -97,6 +98,7 @@ def trak_scores(*, recipe: models.Recipe, X_train, y_train: np.ndarray, X_target
     with _traker_progress(progress):
         traker = TRAKer(model=model, task="image_classification", train_set_size=len(y_train), save_dir=str(save),
                         device=str(dev), proj_dim=int(proj_dim), projector_seed=int(projector_seed),
+                        lambda_reg=float(lambda_reg),
                         use_half_precision=dev.type == "cuda", load_from_save_dir=False,
                         logging_level=logging.WARNING)
         for k, state in enumerate(checkpoints):

@@ -40,6 +40,7 @@ rule trak:
         proj_dim=config["trak"]["proj_dim"],
         projector_seed=config["trak"]["projector_seed"],
         batch_size=config["trak"]["batch_size"],
+        lambda_reg=config["trak"]["lambda_reg"],
     threads: 2
     resources:
         mem_mb=8000,
@@ -49,7 +50,7 @@ rule trak:
     shell:
         "simattr --log {log} trak {params.data} {params.model} --checkpoints-file {input}"
         " --proj-dim {params.proj_dim} --projector-seed {params.projector_seed}"
-        " --trak-batch-size {params.batch_size} --out {output}"
+        " --trak-batch-size {params.batch_size} --lambda-reg {params.lambda_reg} --out {output}"
 
 
 rule subsets:
