@@ -31,7 +31,7 @@ def test_weights_of_a_similarity_ranker_are_shifted_candidate_scores_and_zero_el
     sc = store.read_scores(_score_file(tmp_path / "a.h5", test=[0], train=[1, 3], scores=[[-2.0, -5.0]]))
     np.testing.assert_array_equal(stages.attribution_weights(sc), [[0.0, 3.0, 0.0, 0.0]])
     sc = store.read_scores(_score_file(tmp_path / "b.h5", test=[0], train=[1, 3], scores=[[1, 2]],
-                                       full=[[0.5, 1.0, -2.0, 2.0]]))
+                                       full=[[0.5, 1.0, -2.0, 2.0]]), extras=True)
     np.testing.assert_array_equal(stages.attribution_weights(sc), [[0.5, 1.0, -2.0, 2.0]])   # signed, as given
 
 

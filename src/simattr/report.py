@@ -594,7 +594,8 @@ def _lds_section(lds: Sequence[Mapping[str, Any]]) -> list[str]:
             f"{100 * lds[0]['alpha']:.0f}% subsets between the margin a method's scores predict (the sum of its "
             "weights over the kept training images) and the model's margin (correct logit minus logsumexp of the "
             "others); mean over test images with a 95% bootstrap CI. Higher = the scores model the retrained "
-            "model better.", "",
+            "model better. Weights: `full_scores` = the ranker's signed scores of every training image; "
+            "`shifted_candidates` = each ranked candidate's score minus the lowest one, 0 for the others.", "",
             _md_table(["method", "LDS", "95% CI", "test images", "undefined", "models", "weights"], body)]
 
 

@@ -311,7 +311,7 @@ def lds_stage(*, score_files: list[str], subset_shards: list[str], n_boot: int, 
     n_train = int(sattrs["n_train"])
     rows, tests, first = [], [], None
     for f in sorted(score_files):
-        sc = store.read_scores(f)
+        sc = store.read_scores(f, extras=True)
         sc["attrs"].setdefault("n_train", n_train)
         w = attribution_weights(sc)
         if w.shape[1] != n_train:
@@ -327,7 +327,7 @@ def lds_stage(*, score_files: list[str], subset_shards: list[str], n_boot: int, 
     fin = lambda x: None if not np.isfinite(x) else round(float(x), 6)  # noqa: E731
     result = {"dataset": first["dataset"], "encoder": first["encoder"], "ranker": first["ranker"],
               "weights": "full_scores" if first["ranker"] in ("trak", "datamodels", "esvm_signed") else
-              "candidate scores minus the row minimum, 0 elsewhere",
+              "shifted_candidates",
               "n_models": int(len(masks)), "alpha": float(sattrs["alpha"]), "n_test": int(len(tests)),
               "n_undefined": int(np.isnan(rho).sum()), "mean": fin(mean), "ci_low": fin(low), "ci_high": fin(high),
               "n_boot": n_boot, "seed": seed, "wall_s": round(time.perf_counter() - t0, 3),

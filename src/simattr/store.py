@@ -342,11 +342,12 @@ def write_scores(path: str | os.PathLike, *, test_indices: np.ndarray, train_ind
 SCORE_EXTRAS = ("full_scores", "runner_up")
 
 
-def read_scores(path: str | os.PathLike) -> dict[str, Any]:
+def read_scores(path: str | os.PathLike, extras: bool = False) -> dict[str, Any]:
+    """A score file; with `extras`, also its full_scores / runner_up when it has them (m x n_train: large)."""
     path = Path(path)
     with _open_h5(path, "score file") as f:
         out = {k: _need(f, path, k) for k in ("test_indices", "train_indices", "scores", "topk")}
-        out.update({k: f[k][()] for k in SCORE_EXTRAS if k in f})
+        out.update({k: f[k][()] for k in SCORE_EXTRAS if extras and k in f})
         out["attrs"] = _attrs(f)
     m, n = len(out["test_indices"]), len(out["train_indices"])
     if out["scores"].shape != (m, n):
