@@ -184,10 +184,10 @@ def method_cost_entries():
                 job(m, "embed", f"{e}-{s}")
                 for k in range(N_SHARDS[s]):
                     job(m, "embed", f"{e}-{s}-shard-{k:05d}")
-            out.append(f"{m}|stored|{path('{dataset}/embeddings/' + e)}")
+            out.append(f"{m}|stored|{path('{dataset}/embeddings/{encoder}', encoder=e)}")
         for c in CLASSES:
             job(m, "score", f"{e}-{r}-class-{c}")
-        out.append(f"{m}|stored|{path('{dataset}/scores/' + e + '/' + r)}")
+        out.append(f"{m}|stored|{path('{dataset}/scores/{encoder}/{ranker}', encoder=e, ranker=r)}")
         if r == "trak":
             job(m, "attribution", "trak-checkpoints")
             job(m, "attribution", "trak")
