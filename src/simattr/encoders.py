@@ -48,7 +48,8 @@ SIMCLR_ARCHS = ("small", "resnet18")
 # ~36 s, test accuracy of a 1-NN (cosine) on the features 0.989; supervised ~5-7 s, 0.994-0.997; pixels 0.983.
 DEFAULT_PARAMS = {
     "pixels": {},
-    "simclr": {"arch": "small", "epochs": 100, "batch_size": 256, "lr": 2e-3, "temperature": 0.2, "feature_dim": 128, "proj_dim": 64},
+    "simclr": {"arch": "small", "epochs": 100, "batch_size": 256, "lr": 2e-3, "temperature": 0.2, "feature_dim": 128,
+               "proj_dim": 64},
     "supervised": {"epochs": 15, "batch_size": 128, "lr": 2e-3, "hidden": 128},
     "resnet": {"arch": "resnet50", "checkpoint": None, "layout": "auto", "feature": "pool", "normalize": "imagenet"},
 }
@@ -93,7 +94,8 @@ def _check_params(name: str, params: Any) -> dict:
         if not (v > 0 and math.isfinite(v)):
             raise SimattrError(f"encoder '{name}' params: '{k}' must be > 0, got {v!r}")
     if name == "simclr" and params["arch"] not in SIMCLR_ARCHS:
-        raise SimattrError(f"encoder 'simclr' params: unknown arch '{params['arch']}'; valid: {', '.join(SIMCLR_ARCHS)}")
+        raise SimattrError(f"encoder 'simclr' params: unknown arch '{params['arch']}'; "
+                           f"valid: {', '.join(SIMCLR_ARCHS)}")
     if "batch_size" in params and params["batch_size"] < 2:
         raise SimattrError(f"encoder '{name}' params: 'batch_size' must be >= 2 (batch norm, contrastive pairs), "
                            f"got {params['batch_size']}")
