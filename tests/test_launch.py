@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,25 @@ def test_tasks_run_and_a_failure_is_reported_with_its_log(cluster, tmp_path, mon
     if cluster == "local":
         assert Path(failures[0].log).exists() and "unit 3 is broken" in Path(failures[0].log).read_text()
     assert sorted(p.name for p in tmp_path.glob("*.txt")) == ["0.txt", "1.txt", "2.txt", "4.txt"]
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@pytest.mark.parametrize("cluster", ["debug", "local"])
+def test_a_task_runs_torch_on_its_cpus_per_task(cluster, tmp_path, monkeypatch):
+    """Snakemake sets OMP_NUM_THREADS to the support job's threads (parallelism x cpus_per_task); a task that
+    imports torch must still use only its own cores."""
+    import torch
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    before = torch.get_num_threads()
+    s = LaunchSettings(cluster=cluster, folder=str(tmp_path / "submitit"), parallelism=1, timeout_min=5,
+                       cpus_per_task=1)
+    results, failures = run_tasks(torch_threads, [{}], ["unit"], s, name="t", progress=False)
+    assert not failures and results == [1]
+    assert torch.get_num_threads() == before and os.environ["OMP_NUM_THREADS"] == "2"

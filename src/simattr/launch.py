@@ -49,17 +49,36 @@ class Failure:
 
 
 class _Task(_Checkpointable):
-    """Picklable callable: limit BLAS threads to the task's cores, then call fn(**kwargs). Checkpointable:
-    on preemption or near its time limit it is requeued as it was called (the work resumes itself)."""
+    """Picklable callable: limit BLAS and torch threads to the task's cores, then call fn(**kwargs).
+    Checkpointable: on preemption or near its time limit it is requeued as it was called (the work resumes
+    itself)."""
 
     def __init__(self, fn: Callable[..., Any], threads: int):
         self.fn, self.threads = fn, threads
 
     def __call__(self, kwargs: dict) -> Any:
+        import os
+        import sys
+
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(limits=self.threads):
-            return self.fn(**kwargs)
+        # threadpool_limits reaches only the libraries loaded now; torch is usually imported later, inside fn,
+        # and would size its pool from OMP_NUM_THREADS (Snakemake sets it to the whole support job's threads)
+        old_env, torch = os.environ.get("OMP_NUM_THREADS"), sys.modules.get("torch")
+        old_torch = torch.get_num_threads() if torch is not None else None
+        os.environ["OMP_NUM_THREADS"] = str(self.threads)
+        if torch is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            with threadpool_limits(limits=self.threads):
+                return self.fn(**kwargs)
+        finally:                                  # `debug` runs tasks in this process: leave it as it was
+            if old_env is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = old_env
+            if old_torch is not None:
+                torch.set_num_threads(old_torch)
 
 
 def _executor(s: LaunchSettings, name: str):
