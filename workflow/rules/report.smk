@@ -27,6 +27,10 @@ rule report:
             for s, p in [
                 ("embed", "{dataset}/embeddings"),
                 ("embed", "{dataset}/encoders"),
+                ("trak", "{dataset}/attributions"),
+                ("datamodels", "{dataset}/subsets/datamodels"),
+                ("lds", "{dataset}/subsets/lds"),
+                ("lds", "{dataset}/lds"),
                 ("score", "{dataset}/scores"),
                 ("support", "{dataset}/support"),
             ]
