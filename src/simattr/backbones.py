@@ -36,6 +36,14 @@ NORMALIZE = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
              "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
 
 
+def cuda_in_use() -> bool:
+    """Whether this process has torch loaded and a CUDA device to run on (without importing torch)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_available())
+
+
 def default_device():
     """Where simattr's networks run unless told otherwise: CUDA when torch sees a device, else the CPU."""
     import torch

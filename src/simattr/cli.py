@@ -253,14 +253,14 @@ def _write_usage(log_path: str, cmd: str, t0: float) -> None:
     import time
 
     from . import store
+    from .backbones import cuda_in_use
 
-    torch = sys.modules.get("torch")
-    cuda = bool(torch is not None and torch.cuda.is_available())
+    cuda = cuda_in_use()
     t = os.times()
     store.write_json(usage_path(log_path), {
         "cmd": cmd, "wall_s": round(time.perf_counter() - t0, 3),
         "cpu_s": round(t.user + t.system + t.children_user + t.children_system, 3), "cuda": cuda,
-        "gpu": torch.cuda.get_device_name(0) if cuda else None})
+        "gpu": sys.modules["torch"].cuda.get_device_name(0) if cuda else None})
 
 
 def run(argv: list[str] | None = None) -> int:

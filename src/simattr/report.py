@@ -287,9 +287,9 @@ def method_costs(entries: Sequence[tuple[str, str, str]]) -> list[dict]:
         bench = {b: read_benchmark(b) for b in kinds.get("bench", [])}
         gpu = 0.0
         for u in kinds.get("usage", []):
-            up = Path(u)
-            if up.exists() and json.loads(up.read_text()).get("cuda"):
-                gpu += float(json.loads(up.read_text()).get("wall_s", 0.0))
+            usage = json.loads(Path(u).read_text()) if Path(u).exists() else {}
+            if usage.get("cuda"):
+                gpu += float(usage.get("wall_s", 0.0))
         cpus = [b["cpu_s"] for b in bench.values() if b["cpu_s"] is not None]
         rows.append({"method": method, "jobs": len(bench), "wall_s": float(sum(b["s"] for b in bench.values())),
                      "cpu_s": float(sum(cpus)) if cpus else None, "gpu_s": gpu,

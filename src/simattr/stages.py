@@ -309,10 +309,11 @@ def lds_stage(*, score_files: list[str], subset_shards: list[str], n_boot: int, 
     t0 = time.perf_counter()
     masks, margins, sattrs = subsets.read_shards(list(subset_shards), "lds")
     n_train = int(sattrs["n_train"])
-    rows, tests, first = [], [], None
+    rows, tests, first, signed = [], [], None, False
     for f in sorted(score_files):
         sc = store.read_scores(f, extras=True)
         sc["attrs"].setdefault("n_train", n_train)
+        signed = signed or "full_scores" in sc
         w = attribution_weights(sc)
         if w.shape[1] != n_train:
             raise SimattrError(f"{f}: scores {w.shape[1]} training images, the LDS models {n_train}")
@@ -326,8 +327,7 @@ def lds_stage(*, score_files: list[str], subset_shards: list[str], n_boot: int, 
     mean, low, high = dm.bootstrap_mean_ci(rho, n_boot, seed)
     fin = lambda x: None if not np.isfinite(x) else round(float(x), 6)  # noqa: E731
     result = {"dataset": first["dataset"], "encoder": first["encoder"], "ranker": first["ranker"],
-              "weights": "full_scores" if first["ranker"] in ("trak", "datamodels", "esvm_signed") else
-              "shifted_candidates",
+              "weights": "full_scores" if signed else "shifted_candidates",
               "n_models": int(len(masks)), "alpha": float(sattrs["alpha"]), "n_test": int(len(tests)),
               "n_undefined": int(np.isnan(rho).sum()), "mean": fin(mean), "ci_low": fin(low), "ci_high": fin(high),
               "n_boot": n_boot, "seed": seed, "wall_s": round(time.perf_counter() - t0, 3),

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import datasets, models, store
+from .backbones import cuda_in_use
 from .errors import SimattrError
 
 PURPOSES = ("datamodels", "lds")
@@ -88,19 +89,12 @@ def train_shard(*, data: datasets.Spec, purpose: str, alpha: float, n_models: in
               "masks": np.packbits(masks, axis=1, bitorder="little"), "margins": margins}
     attrs = {"purpose": purpose, "dataset": data.name, "alpha": float(alpha), "n_train": len(tr), "n_test": len(te),
              "shard": shard, "shard_size": shard_size, "recipe": json.dumps(recipe.identity(), sort_keys=True),
-             "config_hash": h, "wall_s": time.perf_counter() - t0, "cuda": _cuda_used()}
+             "config_hash": h, "wall_s": time.perf_counter() - t0, "cuda": cuda_in_use()}
     store.write_arrays(out, arrays, attrs)
     Path(out).with_suffix(".journal.jsonl").unlink(missing_ok=True)
     log.info("%s shard %d: %d models (%d from the journal), mean test margin %.3f, %.1f s -> %s", purpose, shard,
              len(ids), done, float(margins.mean()) if margins.size else float("nan"), time.perf_counter() - t0, out)
     return attrs
-
-
-def _cuda_used() -> bool:
-    import sys
-
-    torch = sys.modules.get("torch")
-    return bool(torch is not None and torch.cuda.is_available())
 
 
 def read_shards(paths: list[str], purpose: str) -> tuple[np.ndarray, np.ndarray, dict]:
