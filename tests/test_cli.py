@@ -59,3 +59,17 @@ def test_help_is_fast_and_lists_the_stages():
     assert r.returncode == 0
     for stage in ("train-encoder", "embed", "score", "queries", "support", "report"):
         assert stage in r.stdout
+
+
+def test_a_bad_report_manifest_is_one_line_naming_it(tmp_path):
+    import json
+
+    m = tmp_path / "inputs.json"
+    cases = [("[1, 2]", "expected a JSON object"), (json.dumps({"scores": "a.h5"}), "'scores' must be a list"),
+             (json.dumps({"gathers": ["g.json"], "extra": []}), "unknown keys ['extra']"),
+             (json.dumps({"scores": []}), "no support gathers given"), ("{", "not valid JSON")]
+    for text, expected in cases:
+        m.write_text(text)
+        r = simattr("report", "--dataset", "digits", "--manifest", str(m), "--out-dir", str(tmp_path / "rep"))
+        assert r.returncode == 2 and expected in r.stderr.strip().splitlines()[-1], (text, r.stderr)
+        assert "Traceback" not in r.stderr and not (tmp_path / "rep").exists()

@@ -125,6 +125,11 @@ def test_every_file_of_the_contract_with_values_in_range(run):
                 if metric == "mislabel":
                     assert a["flip_class"] is not None and a["flip_class"] != a["label"]
     rep = root / "report"
+    manifest = json.loads((rep / "inputs.json").read_text())
+    assert len(manifest["scores"]) == len(cfg["methods"]) * 10
+    assert len(manifest["gathers"]) == len(cfg["methods"]) * len(cfg["support"]["metrics"])
+    assert all((run / f).exists() for key in ("gathers", "scores", "lds") for f in manifest[key])
+    assert all(e.count("|") >= 2 for e in manifest["method_costs"]) and manifest["benchmarks"]
     rows = list(csv.DictReader((rep / "support.csv").open()))
     assert len(rows) == len(cfg["methods"]) * len(cfg["support"]["metrics"])
     for png in ("support_cdf.png", "topk_grid.png"):
@@ -221,9 +226,14 @@ def with_fake_inputs(configfile: Path, tmp: Path) -> tuple[Path, dict]:
 def test_dry_run_passes_for_every_config(configfile, tmp_path):
     cfg_path, cfg = with_fake_inputs(configfile, tmp_path)
     t = time.perf_counter()
-    r = smk("-n", "--cores", "2", workdir=tmp_path, configfile=cfg_path)
+    r = smk("-n", "-p", "--cores", "2", workdir=tmp_path, configfile=cfg_path)
     took = time.perf_counter() - t
     assert r.returncode == 0, r.stderr[-2000:]
+    # every job's shell command is one argument to bash: Linux refuses one over 128 KiB (MAX_ARG_STRLEN)
+    shell = [line for line in r.stdout.splitlines() if line.startswith("Shell command: ")]
+    longest = max(shell, key=len)
+    assert len(longest.encode()) < 128 * 1024, (len(longest), longest[:300])
+    assert "--manifest" in r.stdout and "report_manifest" in r.stdout
     counts = job_counts(r.stdout)
     assert counts.get("report") == 1
     if cfg.get("dataset", {}).get("root"):            # the full-size configs: jobs as the config implies

@@ -226,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="tables and plots comparing the methods' support sizes")
     _dataset_args(p)
-    p.add_argument("--gathers", nargs="+", required=True)
+    p.add_argument("--manifest", default=None, help="JSON file of the long lists (the workflow's way: ImageNet's "
+                   "run past the 128 KiB limit of one command line): keys gathers, scores, benchmarks, stored, "
+                   "lds, method_costs, each a list of strings as the flags of the same names take them")
+    p.add_argument("--gathers", nargs="+", default=[])
     p.add_argument("--scores", nargs="*", default=[])
     p.add_argument("--benchmarks", nargs="*", default=[], help="STAGE=FILE snakemake benchmark files")
     p.add_argument("--stored", nargs="*", default=[], help="STAGE=PATH folders whose bytes are counted")
@@ -342,11 +345,37 @@ def _dispatch(a) -> None:
         stages.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir,
                              gather_out=a.out, metric=a.metric, settings=settings, launch=launch, progress=progress)
     elif a.cmd == "report":
+        if a.manifest:
+            _read_report_manifest(a)
+        if not a.gathers:
+            raise SimattrError("report: no support gathers given (--gathers or a --manifest with 'gathers')")
         stages.report_stage(data=_spec(a), gathers=a.gathers, score_files=a.scores,
                             benchmarks=[b.split("=", 1) for b in a.benchmarks],
                             stored=[s.split("=", 1) for s in a.stored], n_boot=a.n_boot, seed=a.seed,
                             grid_images=a.grid_images, out_dir=a.out_dir, lds_files=a.lds, overlap_k=a.overlap_k,
                             method_cost_entries=[_cost_entry(e) for e in a.method_costs])
+
+
+REPORT_LISTS = ("gathers", "scores", "benchmarks", "stored", "lds", "method_costs")
+
+
+def _read_report_manifest(a: argparse.Namespace) -> None:
+    """Fill the report's list arguments from --manifest (what the workflow's report_manifest rule writes)."""
+    from . import store
+
+    m = store.read_json(a.manifest)
+    if not isinstance(m, dict):
+        raise SimattrError(f"{a.manifest}: expected a JSON object with keys {', '.join(REPORT_LISTS)}")
+    for key in REPORT_LISTS:
+        if key not in m:
+            continue            # the flag of the same name (or its default) stands
+        v = m[key]
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise SimattrError(f"{a.manifest}: '{key}' must be a list of strings")
+        setattr(a, key, v)
+    unknown = sorted(set(m) - set(REPORT_LISTS))
+    if unknown:
+        raise SimattrError(f"{a.manifest}: unknown keys {unknown}; expected {', '.join(REPORT_LISTS)}")
 
 
 def _cost_entry(text: str) -> tuple[str, str, str]:

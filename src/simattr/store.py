@@ -14,6 +14,7 @@ Layout (relative to the results root, see README "Data contract", CONTRACT_VERSI
     {dataset}/attributions/trak.h5                               TRAK scores, every test x train image
     {dataset}/lds/{encoder}/{ranker}.json                        linear datamodeling score of one method
     {dataset}/report/{support.csv, lds.csv, overlap.csv, cost.csv, report.md, support_cdf.png, topk_grid.png}
+    {dataset}/report/inputs.json                                 the report's input lists (workflow manifest)
 
 Every write is atomic: a temporary file in the same folder, renamed into place when complete.
 """
@@ -54,6 +55,7 @@ TRAK_CHECKPOINTS = "{dataset}/attributions/trak-checkpoints.pt"
 TRAK_SCORES = "{dataset}/attributions/trak.h5"
 LDS = "{dataset}/lds/{encoder}/{ranker}.json"
 REPORT_DIR = "{dataset}/report"
+REPORT_MANIFEST = REPORT_DIR + "/inputs.json"
 
 
 def config_hash(values: dict[str, Any]) -> str:

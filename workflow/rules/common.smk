@@ -201,6 +201,15 @@ def method_cost_entries():
     return out
 
 
+def write_report_manifest(out, log, params):
+    """The report_manifest rule's body: its lists into one JSON file (atomic), a line in its log."""
+    lists = {k: list(getattr(params, k)) for k in ("gathers", "scores", "lds", "benchmarks", "stored", "method_costs")}
+    store.write_json(out, lists)
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, "w") as f:
+        f.write(f"{out}: " + ", ".join(f"{len(v)} {k}" for k, v in lists.items()) + "\n")
+
+
 def report_benchmarks(wildcards):
     """STAGE=FILE pairs of every upstream job's benchmark (wall seconds per stage)."""
     pairs = []

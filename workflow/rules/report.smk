@@ -3,8 +3,45 @@ import os
 # Stage 4: per dataset, the comparison tables (CSV, Markdown) and plots.
 
 
+# The report's inputs run to thousands of paths on ImageNet (score files, benchmarks, cost entries), past
+# Linux's 128 KiB limit on one argument (the whole shell command is one), so they travel in a JSON manifest
+# written by this local rule. Its params are the lists (it has no inputs: it names files, it does not read them),
+# so it is rewritten only when a list changes, not whenever an upstream file is.
+localrules:
+    report_manifest,
+
+
+rule report_manifest:
+    output:
+        path(store.REPORT_MANIFEST),
+    params:
+        gathers=gather_files(),
+        scores=all_scores(),
+        lds=lds_files(),
+        benchmarks=lambda wildcards: [f"{s}={f}" for s, f in report_benchmarks(wildcards)],
+        method_costs=method_cost_entries(),
+        stored=[
+            f"{s}={path(p)}"
+            for s, p in [
+                ("embed", "{dataset}/embeddings"),
+                ("embed", "{dataset}/encoders"),
+                ("trak", "{dataset}/attributions"),
+                ("datamodels", "{dataset}/subsets/datamodels"),
+                ("lds", "{dataset}/subsets/lds"),
+                ("lds", "{dataset}/lds"),
+                ("score", "{dataset}/scores"),
+                ("support", "{dataset}/support"),
+            ]
+        ],
+    log:
+        logfile("report", "manifest"),
+    run:
+        write_report_manifest(output[0], log[0], params)
+
+
 rule report:
     input:
+        manifest=path(store.REPORT_MANIFEST),
         gathers=gather_files(),
         scores=all_scores(),
         benchmarks=lambda wildcards: [f for _, f in report_benchmarks(wildcards)],
@@ -19,28 +56,11 @@ rule report:
         seed=config["report"]["seed"],
         grid_images=config["report"]["grid_images"],
         overlap_k=" ".join(str(k) for k in config["report"]["overlap_k"]),
-        method_costs=" ".join(shlex.quote(e) for e in method_cost_entries()),
-        lds=lambda wildcards, input: f"--lds {' '.join(input.lds)}" if input.lds else "",
-        benchmarks=lambda wildcards: " ".join(f"{s}={f}" for s, f in report_benchmarks(wildcards)),
-        stored=" ".join(
-            f"{s}={path(p)}"
-            for s, p in [
-                ("embed", "{dataset}/embeddings"),
-                ("embed", "{dataset}/encoders"),
-                ("trak", "{dataset}/attributions"),
-                ("datamodels", "{dataset}/subsets/datamodels"),
-                ("lds", "{dataset}/subsets/lds"),
-                ("lds", "{dataset}/lds"),
-                ("score", "{dataset}/scores"),
-                ("support", "{dataset}/support"),
-            ]
-        ),
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     threads: 1
     conda:
         ENV
     shell:
-        "simattr --log {log} report {params.data} --gathers {input.gathers} --scores {input.scores}"
-        " --benchmarks {params.benchmarks} --stored {params.stored} --n-boot {params.n_boot}"
-        " --seed {params.seed} --grid-images {params.grid_images} {params.lds} --overlap-k {params.overlap_k}"
-        " --method-costs {params.method_costs} --out-dir {params.out_dir}"
+        "simattr --log {log} report {params.data} --manifest {input.manifest} --n-boot {params.n_boot}"
+        " --seed {params.seed} --grid-images {params.grid_images} --overlap-k {params.overlap_k}"
+        " --out-dir {params.out_dir}"
