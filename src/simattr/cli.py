@@ -356,26 +356,24 @@ def _dispatch(a) -> None:
                             method_cost_entries=[_cost_entry(e) for e in a.method_costs])
 
 
-REPORT_LISTS = ("gathers", "scores", "benchmarks", "stored", "lds", "method_costs")
-
-
 def _read_report_manifest(a: argparse.Namespace) -> None:
     """Fill the report's list arguments from --manifest (what the workflow's report_manifest rule writes)."""
     from . import store
 
+    keys = store.REPORT_MANIFEST_KEYS
     m = store.read_json(a.manifest)
     if not isinstance(m, dict):
-        raise SimattrError(f"{a.manifest}: expected a JSON object with keys {', '.join(REPORT_LISTS)}")
-    for key in REPORT_LISTS:
+        raise SimattrError(f"{a.manifest}: expected a JSON object with keys {', '.join(keys)}")
+    for key in keys:
         if key not in m:
             continue            # the flag of the same name (or its default) stands
         v = m[key]
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise SimattrError(f"{a.manifest}: '{key}' must be a list of strings")
         setattr(a, key, v)
-    unknown = sorted(set(m) - set(REPORT_LISTS))
+    unknown = sorted(set(m) - set(keys))
     if unknown:
-        raise SimattrError(f"{a.manifest}: unknown keys {unknown}; expected {', '.join(REPORT_LISTS)}")
+        raise SimattrError(f"{a.manifest}: unknown keys {unknown}; expected {', '.join(keys)}")
 
 
 def _cost_entry(text: str) -> tuple[str, str, str]:

@@ -56,6 +56,7 @@ TRAK_SCORES = "{dataset}/attributions/trak.h5"
 LDS = "{dataset}/lds/{encoder}/{ranker}.json"
 REPORT_DIR = "{dataset}/report"
 REPORT_MANIFEST = REPORT_DIR + "/inputs.json"
+REPORT_MANIFEST_KEYS = ("gathers", "scores", "benchmarks", "stored", "lds", "method_costs")  # lists of strings
 
 
 def config_hash(values: dict[str, Any]) -> str:

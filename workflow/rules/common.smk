@@ -203,7 +203,7 @@ def method_cost_entries():
 
 def write_report_manifest(out, log, params):
     """The report_manifest rule's body: its lists into one JSON file (atomic), a line in its log."""
-    lists = {k: list(getattr(params, k)) for k in ("gathers", "scores", "lds", "benchmarks", "stored", "method_costs")}
+    lists = {k: list(getattr(params, k)) for k in store.REPORT_MANIFEST_KEYS}
     store.write_json(out, lists)
     os.makedirs(os.path.dirname(log), exist_ok=True)
     with open(log, "w") as f:
