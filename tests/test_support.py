@@ -146,7 +146,7 @@ def _support_inputs(tmp_path):
 
 
 SETTINGS = {"dataset": "toy", "encoder": "toy", "ranker": "knn_l2", "k_max": 40, "bisection_steps": 6,
-            "seeds": 3, "threshold": 0.5, "early_stop": True,
+            "seeds": 3, "threshold": 0.5, "early_stop": True, "monotone_checks": 0, "engine": "bisection",
             "model": {"name": "mlp", "hidden": 8, "steps": 40, "lr": 0.05, "weight_decay": 0.0}}
 
 

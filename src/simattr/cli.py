@@ -210,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--early-stop", type=_bool, default=True)
     p.add_argument("--monotone-checks", type=int, default=1)
+    p.add_argument("--engine", required=True, choices=["adaptive", "bisection"])
+    p.add_argument("--seed-set", type=int, required=True)
+    p.add_argument("--replicates", type=int, required=True)
+    p.add_argument("--seeds-min", type=int, required=True)
+    p.add_argument("--seeds-max", type=int, required=True)
+    p.add_argument("--max-models", type=int, required=True)
+    p.add_argument("--confidence", type=float, required=True)
     p.add_argument("--cluster", default="local")
     p.add_argument("--parallelism", type=int, default=2)
     p.add_argument("--timeout-min", type=int, default=60)
@@ -330,20 +337,25 @@ def _dispatch(a) -> None:
         support.prepare_queries(data=_spec(a), n_test=a.n_test, sample_seed=a.sample_seed, flip_models=a.flip_models,
                                 recipe=_recipe(a), out_path=a.out, log=stages.log)
     elif a.cmd == "support":
+        from . import support
         from .launch import LaunchSettings
 
         r = _recipe(a)
-        settings = {"dataset": a.dataset, "encoder": a.encoder, "ranker": a.ranker, "k_max": a.k_max,
-                    "bisection_steps": a.bisection_steps, "seeds": a.seeds, "threshold": a.threshold,
-                    "early_stop": a.early_stop, "monotone_checks": a.monotone_checks,
-                    "model": r.identity()}
+        settings = support.engine_settings({
+            "dataset": a.dataset, "encoder": a.encoder, "ranker": a.ranker, "k_max": a.k_max,
+            "threshold": a.threshold, "seed_set": a.seed_set, "engine": a.engine, "model": r.identity(),
+            "bisection_steps": a.bisection_steps, "seeds": a.seeds, "early_stop": a.early_stop,
+            "monotone_checks": a.monotone_checks, "seeds_min": a.seeds_min, "seeds_max": a.seeds_max,
+            "max_models": a.max_models, "confidence": a.confidence})
+        support.check_settings(settings)
         launch = LaunchSettings(cluster=a.cluster, folder=a.submitit_dir, parallelism=a.parallelism,
                                 timeout_min=a.timeout_min, cpus_per_task=a.cpus_per_task,
                                 gpus_per_node=a.gpus_per_node, mem_gb=a.mem_gb,
                                 slurm_partition=a.slurm_partition or None, signal_delay_s=a.signal_delay_s,
                                 max_requeues=a.max_requeues, images_per_task=a.images_per_task)
         stages.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir,
-                             gather_out=a.out, metric=a.metric, settings=settings, launch=launch, progress=progress)
+                             gather_out=a.out, metric=a.metric, settings=settings, launch=launch, progress=progress,
+                             replicates=a.replicates)
     elif a.cmd == "report":
         if a.manifest:
             _read_report_manifest(a)

@@ -70,7 +70,19 @@ def validate(config: dict, schema_path: str | Path) -> dict:
         raise SimattrError(_describe(best))
     if isinstance(config.get("methods"), list):
         check_methods(config["methods"])
+    if isinstance(config.get("support"), dict):
+        check_support(config["support"])
     return config
+
+
+def check_support(s: dict) -> None:
+    """The support keys that bound each other (the schema checks each one alone)."""
+    if s.get("seeds_max", 1) < s.get("seeds_min", 1):
+        raise SimattrError(f"config key 'support.seeds_max': {s['seeds_max']} is below support.seeds_min "
+                           f"({s['seeds_min']})")
+    if s.get("max_models", 1) < s.get("seeds_min", 1):
+        raise SimattrError(f"config key 'support.max_models': {s['max_models']} is below support.seeds_min "
+                           f"({s['seeds_min']}): not even the k_max probe fits")
 
 
 def check_methods(methods: list[dict]) -> None:

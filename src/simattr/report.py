@@ -46,7 +46,8 @@ from .store import atomic_path, read_json, write_text
 METRICS = ("removal", "mislabel")
 
 SUPPORT_COLUMNS = (
-    "dataset", "method", "encoder", "ranker", "metric", "k_max", "n_test", "n_flipped", "frac_flipped",
+    "dataset", "method", "encoder", "ranker", "metric", "k_max", "engine", "seed_sets", "n_test", "n_flipped",
+    "frac_flipped", "flipped_ci_low", "flipped_ci_high",
     "median_support", "median_censored", "ci_low", "ci_high", "ci_low_censored", "ci_high_censored",
     "auc", "mean_trainings", "mean_wall_s", "checked", "violations",
 )
@@ -132,9 +133,61 @@ def _finite_or_none(x: float) -> int | float | None:
     return int(x) if float(x).is_integer() else float(x)
 
 
+# ----------------------------------------------------------------------------------------- model noise
+DRAWS = 200          # draws of each answer's support from its models (flipcurve posterior) used by the report
+
+
+def answer_draws(a: Mapping[str, Any], n_draws: int = DRAWS, *, seed: int = 0) -> np.ndarray:
+    """n_draws plausible supports of one answer given its models' noise (+inf = censored): the crossings of
+    posterior draws of its flip curve (simattr.flipcurve). An answer without a curve (contract < 5) has no
+    model noise to draw from: its support repeated."""
+    from . import flipcurve
+
+    curve = a.get("curve")
+    if not curve:
+        return np.full(n_draws, math.inf if a["support"] is None else float(a["support"]))
+    pts = flipcurve.Points.from_curve(curve)
+    threshold = float(a.get("threshold", 0.5))
+    s, _, _ = flipcurve.crossings(pts.k, flipcurve.posterior_draws(pts, n_draws, seed), threshold)
+    return s
+
+
+def image_draws(g: Mapping[str, Any], n_draws: int = DRAWS) -> dict[int, np.ndarray]:
+    """Per test image, draws of its support pooled over the gather's seed sets (answers, then each replicate):
+    the model noise within each answer and the spread between independent seed sets."""
+    from .store import seed_from
+
+    sets = [g["answers"]] + list(g.get("replicates") or [])
+    per = max(1, n_draws // len(sets))
+    out: dict[int, list[np.ndarray]] = {}
+    for r, answers in enumerate(sets):
+        for a in answers:
+            t = int(a["test_index"])
+            seed = seed_from("report-draws", g["encoder"], g["ranker"], g["metric"], t, r)
+            out.setdefault(t, []).append(answer_draws(a, per, seed=seed))
+    return {t: np.concatenate(d) for t, d in out.items()}
+
+
+def _draw_matrix(g: Mapping[str, Any], tests: Sequence[int], n_draws: int = DRAWS) -> np.ndarray:
+    d = image_draws(g, n_draws)
+    return np.stack([d[t] for t in tests]) if tests else np.zeros((0, n_draws))
+
+
+def two_level_samples(draws: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) supports: test images resampled with replacement, then one draw of each sampled image's
+    support from its models' noise (the two levels: which images, which models)."""
+    n, d = draws.shape
+    idx = rng.integers(0, n, size=(n_boot, n))
+    j = rng.integers(0, d, size=(n_boot, n))
+    return draws[idx, j]
+
+
 # ----------------------------------------------------------------------------------------- summaries
 def summarize(gathers: list[dict], *, n_boot: int, seed: int) -> list[dict]:
-    """One row per (encoder, ranker, metric), ordered by metric (removal, mislabel) then method name."""
+    """One row per (encoder, ranker, metric), ordered by metric (removal, mislabel) then method name.
+
+    Intervals (95%) are two-level percentile bootstraps: test images resampled, and each sampled image's
+    support drawn from its models' noise (answer_draws; pooled over replicate seed sets when present)."""
     if n_boot < 0:
         raise ValueError("n_boot must be >= 0")
     _check_gathers(gathers)
@@ -147,14 +200,17 @@ def summarize(gathers: list[dict], *, n_boot: int, seed: int) -> list[dict]:
         row: dict[str, Any] = {
             "dataset": str(g["dataset"]), "method": method_name(g), "encoder": str(g["encoder"]),
             "ranker": str(g["ranker"]), "metric": str(g["metric"]), "k_max": k_max,
+            "engine": str((g.get("settings") or {}).get("engine", "bisection")),
+            "seed_sets": len(g.get("replicates") or []) + 1,
             "n_test": n, "n_flipped": int(flipped.sum()),
-            "frac_flipped": float(flipped.mean()) if n else None,
+            "frac_flipped": float(flipped.mean()) if n else None, "flipped_ci_low": None, "flipped_ci_high": None,
             "median_support": None, "median_censored": False,
             "ci_low": None, "ci_high": None, "ci_low_censored": False, "ci_high_censored": False,
             "auc": None, "mean_trainings": None, "mean_wall_s": None,
-            # monotonicity: answers with at least one check probe above their support, and how many of
-            # those found the image not flipped at a larger k (bisection assumes that never happens)
-            "checked": sum(bool(a.get("checks")) for a in g["answers"]),
+            # monotonicity: answers with at least one probe above their support (check probes, or the adaptive
+            # engine's probes), and how many of those found the image not flipped at a larger k
+            "checked": sum(bool(a.get("checks")) or any(p["k"] > a["support"] for p in a.get("curve", ())
+                                                       if a["support"] is not None) for a in g["answers"]),
             "violations": sum(int(a.get("violations", 0)) > 0 for a in g["answers"]),
         }
         if n:
@@ -163,12 +219,16 @@ def summarize(gathers: list[dict], *, n_boot: int, seed: int) -> list[dict]:
             row["median_censored"] = not math.isfinite(med)
             if n_boot > 0:
                 rng = np.random.default_rng(seed)
-                idx = rng.integers(0, n, size=(n_boot, n))
-                meds = _lower_median(np.sort(s[idx], axis=1), axis=1)
+                tests = [int(a["test_index"]) for a in g["answers"]]
+                boot = two_level_samples(_draw_matrix(g, tests), n_boot, rng)
+                meds = _lower_median(np.sort(boot, axis=1), axis=1)
                 lo = float(np.quantile(meds, 0.025, method="lower"))
                 hi = float(np.quantile(meds, 0.975, method="higher"))
                 row["ci_low"], row["ci_low_censored"] = _finite_or_none(lo), not math.isfinite(lo)
                 row["ci_high"], row["ci_high_censored"] = _finite_or_none(hi), not math.isfinite(hi)
+                fr = np.isfinite(boot).mean(axis=1)
+                row["flipped_ci_low"] = float(np.quantile(fr, 0.025))
+                row["flipped_ci_high"] = float(np.quantile(fr, 0.975))
             ks = np.arange(1, k_max + 1, dtype=np.float64)
             row["auc"] = float((s[None, :] <= ks[:, None]).mean())
             row["mean_trainings"] = float(np.mean([float(a["trainings"]) for a in g["answers"]]))
@@ -178,12 +238,14 @@ def summarize(gathers: list[dict], *, n_boot: int, seed: int) -> list[dict]:
     return rows
 
 
-def win_rates(gathers: list[dict]) -> list[dict]:
-    """Per metric, per ordered pair (A, B), A != B: win/tie/loss fractions of A against B.
+def win_rates(gathers: list[dict], *, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """Per metric, per ordered pair (A, B), A != B: win/tie/loss fractions of A against B, with a paired test.
 
     Over the n test images both answered: win = fraction with support_A < support_B, tie = equal supports
-    (including both null), loss = 1 - win - tie. With n = 0 the fractions are None.
-    """
+    (including both null), loss = 1 - win - tie. With n = 0 the fractions are None. The test: the difference
+    win - loss under the two-level bootstrap (the same resampled images for A and B, each image's supports
+    drawn from its models' noise); `diff_ci_low` / `diff_ci_high` its 95% interval, `p_value` two-sided,
+    `significant` when the interval excludes 0 (else the pair is "within noise")."""
     _check_gathers(gathers)
     by_metric: dict[str, list[Mapping[str, Any]]] = {}
     for g in _sorted_gathers(gathers):
@@ -192,6 +254,7 @@ def win_rates(gathers: list[dict]) -> list[dict]:
     for metric, gs in by_metric.items():
         table = {method_name(g): {int(a["test_index"]): (math.inf if a["support"] is None else a["support"])
                                   for a in g["answers"]} for g in gs}
+        draws = {method_name(g): image_draws(g) for g in gs} if n_boot > 0 else {}
         for a_name, a_sup in table.items():
             for b_name, b_sup in table.items():
                 if a_name == b_name:
@@ -200,11 +263,55 @@ def win_rates(gathers: list[dict]) -> list[dict]:
                 n = len(common)
                 wins = sum(1 for t in common if a_sup[t] < b_sup[t])
                 ties = sum(1 for t in common if a_sup[t] == b_sup[t])
-                rows.append({
-                    "metric": metric, "method_a": a_name, "method_b": b_name, "n": n,
-                    "win": wins / n if n else None, "tie": ties / n if n else None,
-                    "loss": (n - wins - ties) / n if n else None,
-                })
+                row = {"metric": metric, "method_a": a_name, "method_b": b_name, "n": n,
+                       "win": wins / n if n else None, "tie": ties / n if n else None,
+                       "loss": (n - wins - ties) / n if n else None,
+                       "diff_ci_low": None, "diff_ci_high": None, "p_value": None, "significant": None}
+                if n and n_boot > 0:
+                    rng = np.random.default_rng([seed, *map(ord, metric), *map(ord, a_name), 0, *map(ord, b_name)])
+                    da = np.stack([draws[a_name][t] for t in common])
+                    db = np.stack([draws[b_name][t] for t in common])
+                    idx = rng.integers(0, n, size=(n_boot, n))
+                    sa = da[idx, rng.integers(0, da.shape[1], size=(n_boot, n))]
+                    sb = db[idx, rng.integers(0, db.shape[1], size=(n_boot, n))]
+                    diff = (sa < sb).mean(axis=1) - (sa > sb).mean(axis=1)
+                    lo, hi = float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))
+                    p = min(1.0, 2.0 * min(float((diff <= 0).mean()), float((diff >= 0).mean())))
+                    row.update(diff_ci_low=lo, diff_ci_high=hi, p_value=p, significant=bool(lo > 0 or hi < 0))
+                rows.append(row)
+    return rows
+
+
+def retest_agreement(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], k_max: int) -> dict:
+    """Agreement of two sets of answers for the same test images (two seed sets): Spearman over images
+    (censored = k_max + 1), the median and 90th percentile of |s_a - s_b| / max(s_a, s_b, 1) over images both
+    flipped, and how many images one set flipped and the other did not."""
+    from scipy.stats import spearmanr
+
+    sa = {int(x["test_index"]): x["support"] for x in a}
+    sb = {int(x["test_index"]): x["support"] for x in b}
+    common = sorted(set(sa) & set(sb))
+    va = np.array([k_max + 1 if sa[t] is None else sa[t] for t in common], float)
+    vb = np.array([k_max + 1 if sb[t] is None else sb[t] for t in common], float)
+    both = [(sa[t], sb[t]) for t in common if sa[t] is not None and sb[t] is not None]
+    rel = np.array([abs(x - y) / max(x, y, 1) for x, y in both], float)
+    rho = float(spearmanr(va, vb).statistic) if len(common) > 2 and va.std() > 0 and vb.std() > 0 else None
+    return {"n": len(common), "identical": int(sum(sa[t] == sb[t] for t in common)), "spearman": rho,
+            "median_rel_diff": float(np.median(rel)) if len(rel) else None,
+            "p90_rel_diff": float(np.quantile(rel, 0.9)) if len(rel) else None,
+            "flip_disagreements": int(sum((sa[t] is None) != (sb[t] is None) for t in common)),
+            "rel_diffs": [round(float(x), 6) for x in rel]}
+
+
+def retest_rows(gathers: list[dict]) -> list[dict]:
+    """Test-retest agreement of each method and metric between its first seed set and every replicate."""
+    rows = []
+    for g in _sorted_gathers(gathers):
+        sets = g.get("seed_sets") or list(range(1 + len(g.get("replicates") or [])))
+        for r, other in enumerate(g.get("replicates") or [], start=1):
+            rows.append({"method": method_name(g), "metric": g["metric"], "seed_set_a": sets[0],
+                         "seed_set_b": sets[r] if r < len(sets) else r,
+                         **retest_agreement(g["answers"], other, int(g["k_max"]))})
     return rows
 
 
@@ -346,9 +453,10 @@ def _save_png(fig, path: str | os.PathLike) -> None:
         fig.savefig(tmp, format="png", metadata={"Software": None})
 
 
-def plot_cdf(gathers: list[dict], path: str | os.PathLike) -> None:
+def plot_cdf(gathers: list[dict], path: str | os.PathLike, *, n_boot: int = 200, seed: int = 0) -> None:
     """One PNG, one subplot per metric, one step curve per method: fraction of test images with
-    support <= k for k = 0..k_max (censored answers never count as flipped)."""
+    support <= k for k = 0..k_max (censored answers never count as flipped), in a band: the 95% interval of
+    that fraction at each k under the two-level bootstrap (images and models), when n_boot > 0."""
     _check_gathers(gathers)
     gs = _sorted_gathers(gathers)
     metrics = sorted({g["metric"] for g in gs}, key=_metric_order) or list(METRICS[:1])
@@ -368,8 +476,14 @@ def plot_cdf(gathers: list[dict], path: str | os.PathLike) -> None:
             frac = (s[None, :] <= ks[:, None]).mean(axis=1) if len(s) else np.zeros(len(ks))
             # one extra step past k_max so that answers of exactly k_max show as a jump
             ks, frac = np.append(ks, k_max + 1), np.append(frac, frac[-1])
-            ax.step(ks, frac, where="post", color=colors(methods.index(method_name(g)) % colors.N),
-                    label=f"{method_name(g)} (n={len(s)})", linewidth=1.6)
+            color = colors(methods.index(method_name(g)) % colors.N)
+            ax.step(ks, frac, where="post", color=color, label=f"{method_name(g)} (n={len(s)})", linewidth=1.6)
+            if n_boot > 0 and len(s):
+                boot = np.sort(two_level_samples(_draw_matrix(g, [int(a["test_index"]) for a in g["answers"]]),
+                                                 n_boot, np.random.default_rng(seed)), axis=1)
+                at = np.stack([np.searchsorted(b, ks, side="right") for b in boot]) / boot.shape[1]
+                ax.fill_between(ks, np.quantile(at, 0.025, axis=0), np.quantile(at, 0.975, axis=0), step="post",
+                                color=color, alpha=0.15, linewidth=0)
         ax.set_xlim(0, k_top + 1)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{metric} support")
@@ -483,6 +597,8 @@ def _csv_cell(row: Mapping[str, Any], col: str) -> str:
         return _support_value(row, col, flag)
     if col in ("mean_trainings", "mean_wall_s"):
         return _fmt(row.get(col), 2)
+    if col in ("flipped_ci_low", "flipped_ci_high"):
+        return _fmt(row.get(col), 3)
     return _fmt(row.get(col), 3)
 
 
@@ -513,7 +629,8 @@ def _pct(x: float | None) -> str:
 
 def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[str, Any]],
                     costs: Sequence[Mapping[str, Any]], lds: Sequence[Mapping[str, Any]] = (),
-                    overlap: Sequence[Mapping[str, Any]] = (), mcosts: Sequence[Mapping[str, Any]] = ()) -> str:
+                    overlap: Sequence[Mapping[str, Any]] = (), mcosts: Sequence[Mapping[str, Any]] = (),
+                    retest: Sequence[Mapping[str, Any]] = ()) -> str:
     datasets = sorted({str(r["dataset"]) for r in rows if r.get("dataset") is not None})
     title = f"# simattr report: {', '.join(datasets)}" if datasets else "# simattr report"
     out = [title, "",
@@ -521,7 +638,10 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[st
            "(removal) or with relabelled (mislabel) top-k training images of the method misclassifies "
            "it; `>k_max` = not flipped even at k_max (censored, counted as +inf). Smaller support = "
            "better attribution. Median = smallest s with fraction(support <= s) >= 1/2; "
-           "95% CI = percentile bootstrap over test images; AUC = mean over k = 1..k_max of the fraction "
+           "95% CI = two-level percentile bootstrap: the test images resampled, and each image's support drawn "
+           "from the noise of the models that answered it (posterior draws of its flip curve; pooled over the "
+           "replicate seed sets when there are several), so an interval covers both which images were sampled "
+           "and which model seeds were drawn. AUC = mean over k = 1..k_max of the fraction "
            "flipped at k (higher = better).", ""]
     metrics = sorted({r["metric"] for r in rows} | {w["metric"] for w in wins}, key=lambda m: (_metric_order(m), m))
     out += ["## Support size", ""]
@@ -537,17 +657,23 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[st
             lo = _support_value(r, "ci_low", "ci_low_censored")
             hi = _support_value(r, "ci_high", "ci_high_censored")
             ci = f"[{lo}, {hi}]" if (lo or hi) else ""
+            fci = (f" [{_pct(r['flipped_ci_low'])}, {_pct(r['flipped_ci_high'])}]"
+                   if r.get("flipped_ci_low") is not None else "")
             body.append([f"`{r['method']}`", str(r["n_test"]), str(r["n_flipped"]),
-                         _pct(r.get("frac_flipped")), med or "n/a", ci, _fmt(r.get("auc"), 3),
-                         _fmt(r.get("mean_trainings"), 2), str(r["k_max"]),
-                         f"{r.get('violations', 0)} / {r.get('checked', 0)}"])
+                         _pct(r.get("frac_flipped")) + fci, med or "n/a", ci, _fmt(r.get("auc"), 3),
+                         _fmt(r.get("mean_trainings"), 2), str(r["k_max"]), str(r.get("engine", "")),
+                         str(r.get("seed_sets", 1)), f"{r.get('violations', 0)} / {r.get('checked', 0)}"])
         out += [f"### {metric}", "",
-                _md_table(["method", "n", "flipped", "% flipped", "median support", "95% CI", "AUC",
-                           "mean trainings", "k_max", "monotonicity violations / checked"], body)]
+                _md_table(["method", "n", "flipped", "% flipped [95% CI]", "median support", "95% CI", "AUC",
+                           "mean trainings", "k_max", "engine", "seed sets", "monotonicity violations / checked"],
+                          body)]
     out += ["## Win rates", "",
             "Cell (row A, column B): percent of the test images both methods answered where A's support "
             "is smaller than B's (null = +inf; equal supports, including both censored, are ties and "
-            "count for neither).", ""]
+            "count for neither). Paired test: the 95% interval of A's wins minus A's losses under the "
+            "two-level bootstrap (the same resampled images for both methods, each support drawn from its "
+            "models' noise); a cell whose interval includes 0 is marked *(within noise)*: a reseed of the "
+            "retrained models or another sample of test images could reverse it.", ""]
     if not wins:
         out += ["Fewer than two methods per metric; no win rates.", ""]
     for metric in metrics:
@@ -560,13 +686,13 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[st
         for a in names:
             line = [f"`{a}`"]
             for b in names:
-                line.append("—" if a == b else (_pct(cell[(a, b)]["win"]) if (a, b) in cell else ""))
+                line.append("—" if a == b else (_win_cell(cell[(a, b)]) if (a, b) in cell else ""))
             body.append(line)
         ns = sorted({int(w["n"]) for w in mine})
         n_txt = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}..{ns[-1]}"
         out += [f"### {metric} ({n_txt} shared test images per pair)", "",
                 _md_table(["A \\ B"] + [f"`{b}`" for b in names], body)]
-    out += _lds_section(lds) + _overlap_section(overlap) + _method_cost_section(mcosts)
+    out += _retest_section(retest) + _lds_section(lds) + _overlap_section(overlap) + _method_cost_section(mcosts)
     out += ["## Stage costs", ""]
     if costs:
         body = [[str(c["stage"]), str(c["jobs"]), _fmt(float(c["wall_s"]), 1), _hms(float(c["wall_s"])),
@@ -581,6 +707,31 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[st
         out += ["No benchmark data.", ""]
     out += ["## Figures", "", "![Support CDF](support_cdf.png)", "", "![Top-k training images](topk_grid.png)", ""]
     return "\n".join(out)
+
+
+def _win_cell(w: Mapping[str, Any]) -> str:
+    if w.get("win") is None:
+        return "n/a"
+    txt = _pct(w["win"])
+    if w.get("significant") is None:
+        return txt
+    ci = f"win-loss [{w['diff_ci_low']:+.2f}, {w['diff_ci_high']:+.2f}]"
+    return f"{txt} ({ci})" if w["significant"] else f"{txt} *(within noise)*"
+
+
+def _retest_section(retest: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not retest:
+        return []
+    body = [[f"`{r['method']}`", r["metric"], f"{r['seed_set_a']} vs {r['seed_set_b']}", str(r["n"]),
+             str(r["identical"]), _fmt(r["spearman"], 3), _fmt(r["median_rel_diff"], 3), _fmt(r["p90_rel_diff"], 3),
+             str(r["flip_disagreements"])] for r in retest]
+    return ["## Test-retest across seed sets", "",
+            "The same test images, rankings and protocol answered again with independent retrained models "
+            "(support.replicates): Spearman over images (censored = k_max + 1), the median and 90th percentile "
+            "of |a - b| / max(a, b) over images both seed sets flipped, and the images one seed set flipped "
+            "and the other did not.", "",
+            _md_table(["method", "metric", "seed sets", "n", "identical", "Spearman", "median rel. diff",
+                       "90th pct rel. diff", "flipped-or-not disagreements"], body)]
 
 
 def _lds_section(lds: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -654,15 +805,22 @@ OVERLAP_COLUMNS = ("method_a", "method_b", "k", "n", "jaccard")
 COST_COLUMNS = ("method", "jobs", "wall_s", "cpu_s", "gpu_s", "models_trained", "bytes")
 
 
+WIN_COLUMNS = ("metric", "method_a", "method_b", "n", "win", "tie", "loss", "diff_ci_low", "diff_ci_high",
+               "p_value", "significant")
+RETEST_COLUMNS = ("method", "metric", "seed_set_a", "seed_set_b", "n", "identical", "spearman", "median_rel_diff",
+                  "p90_rel_diff", "flip_disagreements")
+
+
 def write_tables(rows: list[dict], wins: list[dict], costs: list[dict], out_dir: str | os.PathLike,
                  lds: Sequence[Mapping[str, Any]] = (), overlap: Sequence[Mapping[str, Any]] = (),
-                 mcosts: Sequence[Mapping[str, Any]] = ()) -> None:
+                 mcosts: Sequence[Mapping[str, Any]] = (), retest: Sequence[Mapping[str, Any]] = ()) -> None:
     """support.csv (the summarize rows; censored values as ">k_max"), lds.csv, overlap.csv, cost.csv (each when
     it has rows) and report.md, all atomically."""
     out_dir = Path(out_dir)
     write_text(out_dir / "support.csv", render_csv(rows))
     for name, got, cols in (("lds.csv", lds, LDS_COLUMNS), ("overlap.csv", overlap, OVERLAP_COLUMNS),
-                            ("cost.csv", mcosts, COST_COLUMNS)):
+                            ("cost.csv", mcosts, COST_COLUMNS), ("wins.csv", wins, WIN_COLUMNS),
+                            ("retest.csv", retest, RETEST_COLUMNS)):
         if got:
             write_text(out_dir / name, _rows_csv(got, cols))
-    write_text(out_dir / "report.md", render_markdown(rows, wins, costs, lds, overlap, mcosts))
+    write_text(out_dir / "report.md", render_markdown(rows, wins, costs, lds, overlap, mcosts, retest))

@@ -360,13 +360,25 @@ def _answer_chunk(units: list[dict]) -> list[dict]:
     return out
 
 
+def replicate_path(answers_dir: str | Path, test_index: int, replicate: int) -> Path:
+    """Where one answer is stored: {test_index}.json for the configured seed set (replicate 0),
+    {test_index}.rep{r}.json for replicate r >= 1 (seed set seed_set + r)."""
+    return Path(answers_dir) / (f"{test_index}.json" if replicate == 0 else f"{test_index}.rep{replicate}.json")
+
+
 def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gather_out: str, metric: str,
-                  settings: dict, launch, progress: bool = True) -> dict:
-    """Submit one array task per sampled test image; wait; gather the answers into `gather_out`."""
+                  settings: dict, launch, progress: bool = True, replicates: int = 1) -> dict:
+    """Submit one array task per sampled test image (and replicate seed set); wait; gather the answers into
+    `gather_out`: `answers` (seed set settings["seed_set"]) and, with replicates > 1, `replicates`: one list of
+    answers per further seed set, in the same test image order."""
     from . import launch as launch_mod
     from . import support
 
     t0 = time.perf_counter()
+    if replicates < 1:
+        raise SimattrError(f"support.replicates must be >= 1 (got {replicates})")
+    settings = support.engine_settings(settings)
+    support.check_settings(settings)
     loaded_queries = support.load_queries(queries)
     arrays = loaded_queries["arrays"]
     by_class = {}
@@ -375,46 +387,56 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
         by_class[int(sc["attrs"]["class"])] = sc
 
     test_indices = arrays["test_indices"].tolist()
-    done: dict[int, dict] = {}
+    base = int(settings["seed_set"])
+    done: dict[tuple[int, int], dict] = {}
     units, labels = [], []
-    for t, y in zip(test_indices, arrays["y_query"].tolist()):
-        if y not in by_class:
-            raise SimattrError(f"no score file for class {y} (test image {t}) among the inputs")
-        unit = {"queries_path": queries, "scores_path": by_class[y]["path"],
-                "out_path": str(Path(answers_dir) / f"{t}.json"), "test_index": t, "metric": metric,
-                "settings": settings}
-        prev = support.expected_answer(**unit, queries=loaded_queries, scores=by_class[y])
-        if prev is not None:          # resume: an answer computed from these very inputs is kept
-            done[t] = prev
-            continue
-        units.append(unit)
-        labels.append(f"test image {t}")
+    for r in range(replicates):
+        rep_settings = {**settings, "seed_set": base + r}
+        for t, y in zip(test_indices, arrays["y_query"].tolist()):
+            if y not in by_class:
+                raise SimattrError(f"no score file for class {y} (test image {t}) among the inputs")
+            unit = {"queries_path": queries, "scores_path": by_class[y]["path"],
+                    "out_path": str(replicate_path(answers_dir, t, r)), "test_index": t, "metric": metric,
+                    "settings": rep_settings}
+            prev = support.expected_answer(**unit, queries=loaded_queries, scores=by_class[y])
+            if prev is not None:          # resume: an answer computed from these very inputs is kept
+                done[(r, t)] = prev
+                continue
+            units.append(unit)
+            labels.append(f"test image {t}" + (f" (seed set {base + r})" if r else ""))
     name = f"support-{settings['encoder']}-{settings['ranker']}-{metric}"
-    need = math.ceil(math.log2(max(settings["k_max"], 1)))
-    if settings["bisection_steps"] < need:
-        log.warning("%s: bisection_steps=%d < ceil(log2(k_max=%d))=%d: answers are upper bounds, not minima",
-                    name, settings["bisection_steps"], settings["k_max"], need)
+    if settings["engine"] == "bisection":
+        need = math.ceil(math.log2(max(settings["k_max"], 1)))
+        if settings["bisection_steps"] < need:
+            log.warning("%s: bisection_steps=%d < ceil(log2(k_max=%d))=%d: answers are upper bounds, not minima",
+                        name, settings["bisection_steps"], settings["k_max"], need)
     if done:
         log.info("%s: %d of %d answers already computed with these settings; running %d", name, len(done),
-                 len(test_indices), len(units))
+                 len(test_indices) * replicates, len(units))
     size = max(1, int(launch.images_per_task))
     chunks = [units[i:i + size] for i in range(0, len(units), size)]
     chunk_labels = [", ".join(labels[i:i + size]) for i in range(0, len(units), size)]
     fresh, failures = launch_mod.run_tasks(_answer_chunk, [{"units": c} for c in chunks], chunk_labels, launch,
                                            name=name, progress=progress, log=log)
-    done.update({a["test_index"]: a for got in fresh if got is not None for a in got})
+    for got in fresh:
+        for a in got or []:
+            done[(int(a.get("seed_set", base)) - base, a["test_index"])] = a
     if failures:
         for f in failures:
             log.error("%s", f)
         raise SimattrError(f"{len(failures)} of {len(chunks)} support tasks failed; first: {failures[0]}")
-    answers = [done[t] for t in test_indices]
+    answers = [done[(0, t)] for t in test_indices]
     gather = {"dataset": settings["dataset"], "encoder": settings["encoder"], "ranker": settings["ranker"],
               "metric": metric, "k_max": max(a["k_max"] for a in answers), "settings": settings,
+              "seed_sets": [base + r for r in range(replicates)],
               "wall_s": round(time.perf_counter() - t0, 3), "answers": answers}
+    if replicates > 1:
+        gather["replicates"] = [[done[(r, t)] for t in test_indices] for r in range(1, replicates)]
     store.write_json(gather_out, gather)
-    log.info("%s: %d answers (%d flipped within k_max), %d models trained, %.1f s", name, len(answers),
-             sum(a["support"] is not None for a in answers), sum(a["trainings"] for a in answers),
-             time.perf_counter() - t0)
+    every = [a for (_, _), a in done.items()]
+    log.info("%s: %d answers x %d seed sets (%d flipped within k_max in seed set %d), %d models trained, %.1f s",
+             name, len(answers), replicates, sum(a["support"] is not None for a in answers), base,
+             sum(a["trainings"] for a in every), time.perf_counter() - t0)
     return gather
 
 
@@ -427,7 +449,8 @@ def report_stage(*, data: datasets.Spec, gathers: list[str],
 
     g = [store.read_json(p) for p in gathers]
     rows = report.summarize(g, n_boot=n_boot, seed=seed)
-    wins = report.win_rates(g)
+    wins = report.win_rates(g, n_boot=n_boot, seed=seed)
+    retest = report.retest_rows(g)
     bench: dict[str, list[str]] = {}
     for stage, f in benchmarks:
         bench.setdefault(stage, []).append(f)
@@ -436,7 +459,7 @@ def report_stage(*, data: datasets.Spec, gathers: list[str],
         kept.setdefault(stage, []).append(p)
     costs = report.stage_costs(bench, kept)
     out = Path(out_dir)
-    report.plot_cdf(g, out / "support_cdf.png")
+    report.plot_cdf(g, out / "support_cdf.png", n_boot=min(n_boot, 200), seed=seed)
     # the top-k grid: the first few sampled test images, each method's best training images
     tr = datasets.load_split(data, "train")
     te = datasets.load_split(data, "test")
@@ -455,6 +478,6 @@ def report_stage(*, data: datasets.Spec, gathers: list[str],
     lds = report.lds_rows([store.read_json(p) for p in lds_files])
     overlap = report.overlap_rows(score_sets, overlap_k) if len(score_sets) > 1 else []
     mcosts = report.method_costs(method_cost_entries)
-    report.write_tables(rows, wins, costs, out, lds=lds, overlap=overlap, mcosts=mcosts)
+    report.write_tables(rows, wins, costs, out, lds=lds, overlap=overlap, mcosts=mcosts, retest=retest)
     log.info("report written to %s\n%s", out / "report.md", (out / "report.md").read_text())
     return rows

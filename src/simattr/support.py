@@ -3,12 +3,22 @@
 The search knows nothing about which ranker made the ranking or which dataset it came from: it gets a
 ranked list of training indices (best first) and a recipe to retrain with.
 
-Protocol (method notes): probe k_max first; if the image is not flipped there, the support is None
-(censored at k_max). Otherwise bisection over k with a fixed budget of probes. A probe at k retrains
-`seeds` models (seed derived from (test image, k, seed index)) on the modified training set and calls the
-image flipped when the mean accuracy of those models on it is <= threshold. With early stopping a probe
-stops training as soon as the remaining models cannot change the decision: the decision is the one the
-full set of models would give, and fewer models are trained.
+Two engines (support.engine), both drawing their models from one ModelBank per answer:
+* bisection, the released protocol (method notes): probe k_max first; if the image is not flipped there, the
+  support is None (censored at k_max); then k = 0; then bisection over k with a fixed budget of probes. A
+  probe at k retrains `seeds` models and calls the image flipped when their mean accuracy on it is
+  <= threshold. With early stopping a probe stops training as soon as the remaining models cannot change the
+  decision (the decision is the one the full set of models would give, with fewer models).
+* adaptive: the same first probes, then models go where the decision is uncertain: each probe adds seeds
+  while its posterior probability of "flipped" is between 1 - confidence and confidence (up to seeds_max),
+  and the next k is where the fitted curve crosses the threshold, until the bracket is one image wide or
+  the answer's budget (max_models) is spent. The support is the crossing of the isotonic fit of every
+  model's outcome (simattr.flipcurve).
+
+Every answer carries both readings (support_bisection: the released rule; support_fitted: the fitted
+crossing), the fitted curve, and 90% / 95% intervals from the models' posterior draws. A model's seed is
+derived from (dataset, test image, k, seed index, seed set): seed set 0 gives today's seeds, any other set
+independent models for a test-retest of the whole evaluation.
 """
 from __future__ import annotations
 
@@ -23,12 +33,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, models, store
+from . import __version__, flipcurve, models, store
 from .errors import SimattrError
 
 METRICS = ("removal", "mislabel")
-PROTOCOL_VERSION = 3   # 2: k = 0 is probed after a flipping k_max probe; 3: the k = 0 probe reuses the
-                       # full-data models of the queries stage
+PROTOCOL_VERSION = 4   # 2: k = 0 is probed after a flipping k_max probe; 3: the k = 0 probe reuses the
+                       # full-data models of the queries stage; 4: seed sets, the adaptive engine, fitted curves
 
 
 @dataclass
@@ -94,8 +104,12 @@ def log_odds(p: np.ndarray, label: int) -> float:
     return math.log(p_y) - math.log(1 - p_y)
 
 
-def model_seed(dataset: str, test_index: int, k: int, seed_index: int) -> int:
-    return store.seed_from("model", dataset, test_index, k, seed_index)
+def model_seed(dataset: str, test_index: int, k: int, seed_index: int, seed_set: int = 0) -> int:
+    """The seed of one retrained model. Seed set 0 gives the seeds of every earlier version (today's answers
+    unchanged); any other set salts every seed, so a rerun with another set trains independent models."""
+    if seed_set == 0:
+        return store.seed_from("model", dataset, test_index, k, seed_index)
+    return store.seed_from("model", dataset, test_index, k, seed_index, "seed_set", seed_set)
 
 
 class Journal(store.Journal):
@@ -134,47 +148,175 @@ def modified_training_set(X_train: np.ndarray, y_train: np.ndarray, ranking: np.
     return X_train, y
 
 
+class ModelBank:
+    """Every model of one answer, by (k, seed index): whether it classifies the test image correctly.
+
+    `ensure(k, indices)` makes those models known: the full-data models of the queries stage at k = 0 (seed set
+    0 only: they were trained with today's seeds), the journal's, or freshly trained ones (one call to
+    models.train_predict per batch, added to the journal as they finish). A model's seed depends only on
+    (dataset, test image, k, seed index, seed set), so the same model is the same bits in any search order.
+    `trainings` counts the models used that the full-data ones are not (trained now or in an earlier run)."""
+
+    def __init__(self, *, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, label: int,
+                 ranking: np.ndarray, metric: str, flip_class: int | None, n_classes: int, recipe: models.Recipe,
+                 dataset: str, test_index: int, seed_set: int = 0, journal: Journal | None = None,
+                 full_correct: np.ndarray | None = None):
+        if metric not in METRICS:
+            raise SimattrError(f"unknown metric '{metric}'; valid: {', '.join(METRICS)}")
+        self.X_train, self.y_train, self.x_query, self.label = X_train, y_train, x_query, label
+        self.ranking, self.metric, self.flip_class = ranking, metric, flip_class
+        self.n_classes, self.recipe, self.dataset, self.test_index = n_classes, recipe, dataset, test_index
+        self.seed_set = int(seed_set)
+        self.journal = journal if journal is not None else Journal(None, "")
+        self.full = ({i: bool(c) for i, c in enumerate(full_correct)}
+                     if full_correct is not None and self.seed_set == 0 else {})
+        self.outcomes: dict[int, dict[int, bool]] = {}
+        self.trainings = 0
+        self.reused = 0            # full-data models used at k = 0
+
+    def ensure(self, k: int, indices) -> None:
+        have = self.outcomes.setdefault(k, {})
+        todo = []
+        for i in indices:
+            if i in have:
+                continue
+            if k == 0 and i in self.full:
+                have[i] = self.full[i]
+                self.reused += 1
+                continue
+            self.trainings += 1
+            entry = self.journal.get(k, i)
+            if entry is not None:
+                have[i] = bool(entry["correct"])
+            else:
+                todo.append(i)
+        if todo:
+            X, y = modified_training_set(self.X_train, self.y_train, self.ranking, k, self.metric, self.flip_class)
+            s = [model_seed(self.dataset, self.test_index, k, i, self.seed_set) for i in todo]
+            probs = models.train_predict(X, y, self.x_query[None], seeds=s, n_classes=self.n_classes,
+                                         recipe=self.recipe)
+            for i, seed, p in zip(todo, s, probs[:, 0]):
+                ok = bool(p.argmax() == self.label)
+                self.journal.add(k, i, seed, pred=int(p.argmax()), correct=ok, margin=log_odds(p, self.label))
+                have[i] = ok
+
+    def count(self, k: int) -> tuple[int, int]:
+        """(models, correct) at k."""
+        have = self.outcomes.get(k, {})
+        return len(have), int(sum(have.values()))
+
+    def grow(self, k: int, n: int) -> tuple[int, int]:
+        """Make at least n models known at k (seed indices 0..n-1); (models, correct) there."""
+        self.ensure(k, range(n))
+        return self.count(k)
+
+    def points(self) -> flipcurve.Points:
+        return flipcurve.Points.from_counts({k: self.count(k) for k in self.outcomes})
+
+    def full_used(self, k: int) -> int:
+        return sum(1 for i in self.outcomes.get(k, {}) if k == 0 and i in self.full)
+
+
 def make_probe(*, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, label: int, ranking: np.ndarray,
                metric: str, flip_class: int | None, n_classes: int, recipe: models.Recipe, seeds: int,
                threshold: float, early_stop: bool, dataset: str, test_index: int,
-               journal: Journal | None = None, full_correct: np.ndarray | None = None) -> Callable[[int], Probe]:
-    """A probe(k) for one test image: retrain on the training set with its top-k removed or relabelled.
+               journal: Journal | None = None, full_correct: np.ndarray | None = None,
+               seed_set: int = 0) -> Callable[[int], Probe]:
+    """A probe(k) of the released protocol for one test image (bank_probe over a new ModelBank).
 
     Models already in `journal` are not trained again; new ones are added to it as they finish.
     `full_correct`: whether each full-data model of the queries stage gets this image right; at k = 0 the
     training set is the full one, so seed index i < len(full_correct) uses full-data model i instead of
-    training a model (probe.reused counts them)."""
-    journal = journal if journal is not None else Journal(None, "")
-    if metric not in METRICS:
-        raise SimattrError(f"unknown metric '{metric}'; valid: {', '.join(METRICS)}")
+    training a model (probe.reused counts them; seed set 0 only)."""
+    bank = ModelBank(X_train=X_train, y_train=y_train, x_query=x_query, label=label, ranking=ranking,
+                     metric=metric, flip_class=flip_class, n_classes=n_classes, recipe=recipe, dataset=dataset,
+                     test_index=test_index, seed_set=seed_set, journal=journal, full_correct=full_correct)
+    return bank_probe(bank, seeds=seeds, threshold=threshold, early_stop=early_stop)
+
+
+def bank_probe(bank: ModelBank, *, seeds: int, threshold: float, early_stop: bool) -> Callable[[int], Probe]:
+    """probe(k): `seeds` models of `bank` at k; flipped when their mean accuracy on the image is <= threshold.
+    With early stopping it stops adding models once the decision is settled (the same decision, fewer
+    models)."""
     if not 0.0 <= threshold < 1.0 or seeds < 1:
         raise SimattrError(f"support.threshold must be in [0, 1) and support.seeds >= 1 (got {threshold}, {seeds})")
 
     def probe(k: int) -> Probe:
-        X, y = modified_training_set(X_train, y_train, ranking, k, metric, flip_class)
         limit = math.floor(threshold * seeds + 1e-9)   # flipped iff correct models <= limit
-        known = {i: bool(c) for i, c in enumerate(full_correct)} if k == 0 and full_correct is not None else {}
-        correct, trained, reused = 0, 0, 0
+        correct, trained = 0, 0
         pending = list(range(seeds))
         while pending:
             n_next = models_needed(correct, trained, seeds, threshold) if early_stop else len(pending)
             if n_next == 0:
                 break
             batch, pending = pending[:n_next], pending[n_next:]
-            reused += sum(i in known for i in batch)
-            todo = [i for i in batch if i not in known and journal.get(k, i) is None]
-            if todo:
-                s = [model_seed(dataset, test_index, k, i) for i in todo]
-                probs = models.train_predict(X, y, x_query[None], seeds=s, n_classes=n_classes, recipe=recipe)
-                for i, seed, p in zip(todo, s, probs[:, 0]):
-                    journal.add(k, i, seed, pred=int(p.argmax()), correct=bool(p.argmax() == label),
-                                margin=log_odds(p, label))
-            correct += sum(known[i] if i in known else journal.models[(k, i)]["correct"] for i in batch)
+            bank.ensure(k, batch)
+            correct += sum(bank.outcomes[k][i] for i in batch)
             trained += len(batch)
         # settled (or complete): the decision equals the one all `seeds` models would give
+        reused = sum(1 for i in range(trained) if k == 0 and i in bank.full)
         return Probe(k=k, accuracy=correct / trained, n_models=trained, flipped=correct <= limit, reused=reused)
 
     return probe
+
+def next_k(lo: int, hi: int, g_lo: float, g_hi: float, threshold: float) -> int:
+    """The next k to probe inside the bracket (lo, hi) (hi - lo >= 2): where the fitted curve, drawn straight
+    between the bracket's ends, crosses the threshold (regula falsi), kept within the bracket's middle half so
+    that every probe at least quarters it (a sharp curve is probed as bisection would)."""
+    t = (g_lo - threshold) / max(g_lo - g_hi, 1e-12)
+    k = lo + min(max(t, 0.0), 1.0) * (hi - lo)
+    quarter = (hi - lo) / 4.0
+    k = min(max(k, lo + quarter), hi - quarter)
+    return int(min(max(round(k), lo + 1), hi - 1))
+
+
+def adaptive_search(bank: ModelBank, k_max: int, *, threshold: float, seeds_min: int, seeds_max: int,
+                    max_models: int, confidence: float) -> list[Probe]:
+    """Spend at most `max_models` models of one answer where its decision is uncertain.
+
+    A probe at k starts with `seeds_min` models and adds two at a time while the posterior probability that
+    the image is flipped there (flipcurve.flip_probability) lies strictly between 1 - confidence and
+    confidence, up to `seeds_max`. Order: k_max (not flipped by the fitted curve: censored, stop); k = 0; then,
+    while the fitted curve's bracket (lo, hi] around its crossing is wider than one image, the k where the
+    fitted curve crosses the threshold inside it (next_k). The answer itself is the fitted curve's crossing
+    (flipcurve.estimate); the returned probes record where the models went, in order."""
+    probes: list[Probe] = []
+
+    def left() -> int:
+        return max_models - bank.trainings
+
+    def sure(n: int, c: int) -> bool:
+        p = flipcurve.flip_probability(n, c, threshold)
+        return p <= 1.0 - confidence or p >= confidence
+
+    def sequential(k: int) -> None:
+        n, c = bank.count(k)
+        want = max(n, seeds_min)
+        free = sum(1 for i in range(n, want) if not (k == 0 and i in bank.full))
+        if free > left():
+            want = n + left() + sum(1 for i in range(n, want) if k == 0 and i in bank.full)
+        n, c = bank.grow(k, want) if want > n else (n, c)
+        while n and not sure(n, c) and n < seeds_max and left() > 0:
+            n, c = bank.grow(k, min(n + 2, seeds_max, n + left()))
+        if n:
+            probes.append(Probe(k=k, accuracy=c / n, n_models=n, flipped=c / n <= threshold + 1e-12,
+                                reused=bank.full_used(k)))
+
+    sequential(k_max)
+    if not probes:
+        return probes
+    fit = flipcurve.estimate(bank.points(), threshold, n_draws=0)
+    if not math.isfinite(fit.support):
+        return probes
+    sequential(0)
+    while left() > 0:
+        pts = bank.points()
+        fit = flipcurve.estimate(pts, threshold, n_draws=0)
+        if not math.isfinite(fit.support) or fit.lo < 0 or fit.hi - fit.lo <= 1:
+            break
+        j = int(np.searchsorted(pts.k, fit.hi))
+        sequential(next_k(int(fit.lo), int(fit.hi), float(fit.fitted[j - 1]), float(fit.fitted[j]), threshold))
+    return probes
 
 
 QUERY_KEYS = ("y_train", "test_indices", "X_query", "y_query", "flip_class")
@@ -249,7 +391,7 @@ def expected_answer(*, queries_path: str, scores_path: str, out_path: str, test_
     """The stored answer if it is still valid for these inputs, else None (the task must run).
     `queries` / `scores`: the files already loaded, when the caller checks many images."""
     inputs = answer_inputs(queries or load_queries(queries_path), scores or load_scores(scores_path), test_index)
-    return finished_answer(out_path, answer_hash(metric, test_index, settings, inputs))
+    return finished_answer(out_path, answer_hash(metric, test_index, engine_settings(settings), inputs))
 
 
 def check_k(support: int, k_max: int, probed: set[int], n: int) -> list[int]:
@@ -286,14 +428,105 @@ def search(probe: Callable[[int], Probe], k_max: int, budget: int) -> tuple[int 
     return support, [first, zero] + rest[1:]
 
 
+ENGINES = ("adaptive", "bisection")
+DRAWS = 1000                    # posterior draws of an answer's curve (flipcurve.estimate)
+ENGINE_KEYS = {                 # the settings each engine reads (only these enter an answer's identity)
+    "bisection": ("bisection_steps", "seeds", "early_stop", "monotone_checks"),
+    "adaptive": ("seeds_min", "seeds_max", "max_models", "confidence"),
+}
+COMMON_KEYS = ("dataset", "encoder", "ranker", "k_max", "threshold", "seed_set", "engine", "model")
+
+
+def engine_settings(settings: dict) -> dict:
+    """The settings an answer depends on: the common ones and its engine's (a change to the other engine's
+    keys recomputes nothing)."""
+    engine = settings.get("engine", "bisection")
+    if engine not in ENGINES:
+        raise SimattrError(f"support.engine '{engine}' is not one of {', '.join(ENGINES)}")
+    keys = COMMON_KEYS + ENGINE_KEYS[engine]
+    missing = [k for k in keys if k not in settings and k not in ("seed_set", "engine")]
+    if missing:
+        raise SimattrError(f"support settings lack {', '.join(missing)} (engine {engine})")
+    out = {k: settings[k] for k in keys if k in settings}
+    out.setdefault("seed_set", 0)
+    out["engine"] = engine
+    return out
+
+
+def check_settings(s: dict) -> None:
+    """One-line errors for settings no search can use."""
+    if not 0.0 <= float(s["threshold"]) < 1.0:
+        raise SimattrError(f"support.threshold must be in [0, 1) (got {s['threshold']})")
+    if int(s.get("seed_set", 0)) < 0:
+        raise SimattrError(f"support.seed_set must be >= 0 (got {s['seed_set']})")
+    if s["engine"] == "bisection" and int(s["seeds"]) < 1:
+        raise SimattrError(f"support.seeds must be >= 1 (got {s['seeds']})")
+    if s["engine"] == "adaptive":
+        lo, hi, cap = int(s["seeds_min"]), int(s["seeds_max"]), int(s["max_models"])
+        if lo < 1:
+            raise SimattrError(f"support.seeds_min must be >= 1 (got {lo})")
+        if hi < lo:
+            raise SimattrError(f"support.seeds_max ({hi}) is below support.seeds_min ({lo})")
+        if cap < lo:
+            raise SimattrError(f"support.max_models ({cap}) is below support.seeds_min ({lo})")
+        if not 0.5 < float(s["confidence"]) < 1.0:
+            raise SimattrError(f"support.confidence must be in (0.5, 1) (got {s['confidence']})")
+
+
+def released_reading(probes: list[Probe]) -> int | None:
+    """The released protocol's rule read off a search's probes: None when the first probe (k_max) is not
+    flipped by its own models, else the smallest probed k that is."""
+    if not probes or not probes[0].flipped:
+        return None
+    return min(p.k for p in probes if p.flipped)
+
+
+def curve_record(bank: ModelBank, *, engine: str, bisection: int | None, probes: list[Probe], checks: list[Probe],
+                 threshold: float, k_max: int, seed: int) -> dict:
+    """The answer's figures from every model in `bank`: support (the bisection answer for the bisection engine,
+    the fitted crossing for the adaptive one), both readings, the interpolated crossing, 90% / 95% intervals
+    and the probability of censoring from the posterior draws, the curve (k, models, correct, accuracy,
+    fitted) and where the models went (probes, checks), and monotonicity violations."""
+    points = bank.points()
+    est = flipcurve.estimate(points, threshold, n_draws=DRAWS, seed=seed)
+    fitted = flipcurve.as_int(est.support)
+    support = bisection if engine == "bisection" else fitted
+    if engine == "bisection":
+        violations = sum(not p.flipped for p in checks)
+    else:   # probed k above the answer where the image's own models still say "not flipped"
+        violations = 0 if fitted is None else int(sum(
+            1 for k, n, c in zip(points.k, points.n, points.c) if k > fitted and c / n > threshold + 1e-12))
+
+    def interval(level: float) -> list[int | None]:
+        lo, hi = est.interval(level)
+        return [flipcurve.as_int(lo), flipcurve.as_int(hi)]
+
+    curve = []
+    for k, n, c, g in zip(points.k, points.n, points.c, est.fitted):
+        rec = {"k": int(k), "n_models": int(n), "n_correct": int(c), "accuracy": round(float(c / n), 6),
+               "fitted": round(float(g), 6)}
+        if bank.full_used(int(k)):
+            rec["full_data_models"] = bank.full_used(int(k))
+        curve.append(rec)
+    return {"support": support, "support_bisection": bisection, "support_fitted": fitted,
+            "crossing": None if est.crossing is None else round(est.crossing, 3),
+            "support_ci90": interval(0.90), "support_ci95": interval(0.95), "p_censored": round(est.p_censored, 4),
+            "k_max": k_max, "threshold": threshold, "trainings": int(bank.trainings), "curve": curve,
+            "probes": [p.as_dict() for p in probes], "checks": [p.as_dict() for p in checks],
+            "violations": violations}
+
+
 def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: int, metric: str,
            settings: dict) -> dict:
     """Compute (or reuse) one test image's support answer; write it atomically to out_path.
 
-    settings: dataset, encoder, ranker, k_max, bisection_steps, seeds, threshold, early_stop,
-    monotone_checks, model {name, hidden, steps, lr, weight_decay}.
+    settings: dataset, encoder, ranker, k_max, threshold, seed_set, engine, model {name, ...}, and the engine's
+    own keys (ENGINE_KEYS): bisection (the released protocol) bisection_steps, seeds, early_stop,
+    monotone_checks; adaptive seeds_min, seeds_max, max_models, confidence.
     """
     t0 = time.perf_counter()
+    settings = engine_settings(settings)
+    check_settings(settings)
     inputs = answer_inputs(load_queries(queries_path), load_scores(scores_path), test_index)
     a_hash = answer_hash(metric, test_index, settings, inputs)
     prev = finished_answer(out_path, a_hash)
@@ -301,25 +534,34 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
         return prev
     k_max = int(min(settings["k_max"], len(inputs["ranking"])))
     flip = inputs["flip_class"] if metric == "mislabel" else None
+    threshold = float(settings["threshold"])
     journal = Journal(journal_path(out_path), a_hash)
-    probe = make_probe(X_train=inputs["X_train"], y_train=inputs["y_train"], x_query=inputs["x_query"],
-                       label=inputs["label"], ranking=inputs["ranking"], metric=metric, flip_class=flip,
-                       n_classes=inputs["n_classes"], recipe=models.Recipe(**settings["model"]),
-                       seeds=int(settings["seeds"]), threshold=float(settings["threshold"]),
-                       early_stop=bool(settings["early_stop"]), dataset=settings["dataset"],
-                       test_index=test_index, journal=journal, full_correct=inputs["full_correct"])
+    bank = ModelBank(X_train=inputs["X_train"], y_train=inputs["y_train"], x_query=inputs["x_query"],
+                     label=inputs["label"], ranking=inputs["ranking"], metric=metric, flip_class=flip,
+                     n_classes=inputs["n_classes"], recipe=models.Recipe(**settings["model"]),
+                     dataset=settings["dataset"], test_index=test_index, seed_set=int(settings["seed_set"]),
+                     journal=journal, full_correct=inputs["full_correct"])
+    checks: list[Probe] = []
     try:
-        support, probes = search(probe, k_max, int(settings["bisection_steps"]))
-        checks = monotone_checks(probe, support, k_max, probes, int(settings.get("monotone_checks", 0)))
+        if settings["engine"] == "bisection":
+            probe = bank_probe(bank, seeds=int(settings["seeds"]), threshold=threshold,
+                               early_stop=bool(settings["early_stop"]))
+            bisection, probes = search(probe, k_max, int(settings["bisection_steps"]))
+            checks = monotone_checks(probe, bisection, k_max, probes, int(settings["monotone_checks"]))
+        else:
+            probes = adaptive_search(bank, k_max, threshold=threshold, seeds_min=int(settings["seeds_min"]),
+                                     seeds_max=int(settings["seeds_max"]), max_models=int(settings["max_models"]),
+                                     confidence=float(settings["confidence"]))
+            bisection = released_reading(probes)
     finally:
         journal.close()
     result = {
         "dataset": settings["dataset"], "encoder": settings["encoder"], "ranker": settings["ranker"],
         "metric": metric, "test_index": int(test_index), "label": inputs["label"], "flip_class": flip,
-        "support": support, "k_max": k_max, "trainings": int(sum(p.n_models - p.reused for p in probes + checks)),
-        "probes": [p.as_dict() for p in probes], "checks": [p.as_dict() for p in checks],
-        "violations": sum(not p.flipped for p in checks), "wall_s": round(time.perf_counter() - t0, 4),
-        "settings_hash": a_hash, "models_reused": journal.reused,
+        "engine": settings["engine"], "seed_set": int(settings["seed_set"]),
+        **curve_record(bank, engine=settings["engine"], bisection=bisection, probes=probes, checks=checks,
+                       threshold=threshold, k_max=k_max, seed=int(a_hash, 16) & 0x7FFFFFFF),
+        "wall_s": round(time.perf_counter() - t0, 4), "settings_hash": a_hash, "models_reused": journal.reused,
     }
     store.write_json(out_path, result)
     return result

@@ -44,6 +44,13 @@ rule support:
         threshold=config["support"]["threshold"],
         early_stop=config["support"]["early_stop"],
         monotone_checks=config["support"]["monotone_checks"],
+        engine=config["support"]["engine"],
+        seed_set=config["support"]["seed_set"],
+        replicates=config["support"]["replicates"],
+        seeds_min=config["support"]["seeds_min"],
+        seeds_max=config["support"]["seeds_max"],
+        max_models=config["support"]["max_models"],
+        confidence=config["support"]["confidence"],
         model=MODEL_ARGS,
         answers=lambda wildcards: path(store.SUPPORT_DIR, **wildcards),
         submitit=lambda wildcards: path("{dataset}/submitit/{encoder}-{ranker}-{metric}", **wildcards),
@@ -70,7 +77,9 @@ rule support:
         " --ranker {wildcards.ranker} --metric {wildcards.metric} --queries {input.queries}"
         " --scores {input.scores} --k-max {params.k_max} --bisection-steps {params.bisection_steps}"
         " --seeds {params.seeds} --threshold {params.threshold} --early-stop {params.early_stop}"
-        " --monotone-checks {params.monotone_checks}"
+        " --monotone-checks {params.monotone_checks} --engine {params.engine} --seed-set {params.seed_set}"
+        " --replicates {params.replicates} --seeds-min {params.seeds_min} --seeds-max {params.seeds_max}"
+        " --max-models {params.max_models} --confidence {params.confidence}"
         " {params.model} --cluster {resources.submitit_cluster}"
         " --parallelism {resources.submitit_parallelism} --timeout-min {resources.submitit_timeout_min}"
         " --cpus-per-task {resources.submitit_cpus_per_task} --gpus-per-node {resources.submitit_gpus_per_node}"
