@@ -187,11 +187,15 @@ def summarise(units: list[dict], n_boot: int) -> dict:
                         for s in map(str, SEED_SETS):
                             a = by[s]
                             if ref is None:
-                                cover.append(a["support_ci90"][1] is None)
+                                cover.append(flipcurve.estimate(flipcurve.Points.from_curve(a["curve"]), THRESHOLD,
+                                                                seed=0).interval(0.9)[1] == math.inf)
                                 dist.append(0.0 if a["support"] is None else math.inf)
                                 continue
-                            lo90, hi90 = a["support_ci90"]
-                            cover.append((lo90 or 0) <= ref <= (math.inf if hi90 is None else hi90))
+                            # the interval as the current code computes it from the answer's curve
+                            lo90, hi90 = flipcurve.estimate(flipcurve.Points.from_curve(a["curve"]), THRESHOLD,
+                                                            seed=store.seed_from(arm, u["test_index"], s)
+                                                            ).interval(0.9)
+                            cover.append(lo90 <= ref <= hi90)
                             dist.append(math.inf if a["support"] is None else abs(a["support"] - ref))
                     cell["ref_images"] = len(dense)
                     cell["ref_median_abs_dist"] = float(np.median(dist))

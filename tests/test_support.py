@@ -132,7 +132,7 @@ def _support_inputs(tmp_path):
     Xq = np.stack([X[y == c].mean(0) for c in yq]) + rng.normal(scale=0.3, size=(4, X.shape[1]))
     store.write_arrays(tmp_path / "queries.h5", {
         "X_train": X, "y_train": y, "test_indices": test_idx, "X_query": Xq.astype(np.float32),
-        "y_query": yq, "flip_class": (yq + 1) % 3}, {"n_classes": 3})
+        "y_query": yq, "flip_class": (yq + 1) % 3, "full_correct": np.ones((5, 4), np.uint8)}, {"n_classes": 3})
     files = []
     for c in range(3):
         te = np.flatnonzero(yq == c)
@@ -163,7 +163,8 @@ def test_support_stage_answers_every_image_and_resumes_without_retraining(metric
     assert [a["test_index"] for a in g1["answers"]] == [0, 1, 2, 3]
     for a in g1["answers"]:
         assert a["support"] is None or 1 <= a["support"] <= 40
-        assert a["trainings"] == sum(p["n_models"] for p in a["probes"] + a["checks"])   # no full-data models here
+        # every model counted once; the full-data models reused at k = 0 are not trainings
+        assert a["trainings"] == sum(p["n_models"] - p.get("full_data_models", 0) for p in a["probes"] + a["checks"])
     # a finished answer is kept as it is; a missing one is recomputed, identically
     kept = tmp_path / "answers" / "1.json"
     marked = store.read_json(kept)
@@ -286,3 +287,103 @@ def test_a_task_killed_midway_resumes_from_its_journal_without_training_a_model_
     entries = [json.loads(ln) for ln in journal.read_text().splitlines()]
     keys = [(e["k"], e["seed_index"]) for e in entries]
     assert len(keys) == len(set(keys)) == clean["trainings"]       # no model trained twice
+
+
+ADAPTIVE = {**{k: v for k, v in SETTINGS.items() if k not in ("bisection_steps", "seeds", "early_stop",
+                                                                 "monotone_checks")},
+            "engine": "adaptive", "seeds_min": 3, "seeds_max": 7, "max_models": 24, "confidence": 0.9}
+
+
+def test_seed_set_changes_every_model_seed_and_nothing_else(tmp_path, monkeypatch):
+    assert support.model_seed("toy", 3, 5, 1) == support.model_seed("toy", 3, 5, 1, seed_set=0)
+    queries, files = _support_inputs(tmp_path)
+    seen = {}
+    real = models.train_predict
+
+    def spy(X, y, Xq, **kw):
+        seen.setdefault(current[0], []).append((len(y), tuple(kw["seeds"])))
+        return real(X, y, Xq, **kw)
+
+    monkeypatch.setattr(models, "train_predict", spy)
+    answers = {}
+    for s in (0, 1):
+        current = [s]
+        answers[s] = support.answer(queries_path=queries, scores_path=files[0], out_path=str(tmp_path / f"{s}.json"),
+                                    test_index=0, metric="removal", settings={**ADAPTIVE, "seed_set": s})
+    seeds = {s: {x for _, ss in seen[s] for x in ss} for s in (0, 1)}
+    assert seeds[0] and seeds[1] and not seeds[0] & seeds[1]           # every model seed differs
+    same = ("label", "flip_class", "k_max", "test_index", "metric", "threshold")
+    assert all(answers[0][k] == answers[1][k] for k in same)            # the question is the same
+    assert answers[0]["seed_set"] == 0 and answers[1]["seed_set"] == 1
+    assert answers[0]["settings_hash"] != answers[1]["settings_hash"]   # part of the answer's identity
+    # seed set 0 answers k = 0 with the full-data models; another seed set trains its own there
+    k0 = {s: next((p for p in answers[s]["curve"] if p["k"] == 0), None) for s in (0, 1)}
+    assert k0[0]["full_data_models"] == k0[0]["n_models"] and "full_data_models" not in k0[1]
+
+
+def test_an_adaptive_answer_records_its_curve_interval_and_both_readings(tmp_path):
+    queries, files = _support_inputs(tmp_path)
+    a = support.answer(queries_path=queries, scores_path=files[0], out_path=str(tmp_path / "0.json"), test_index=0,
+                       metric="removal", settings=ADAPTIVE)
+    assert a["engine"] == "adaptive" and a["trainings"] <= ADAPTIVE["max_models"]
+    assert a["support"] == a["support_fitted"]
+    ks = [p["k"] for p in a["curve"]]
+    assert ks == sorted(ks) and sum(p["n_models"] - p.get("full_data_models", 0) for p in a["curve"]) == a["trainings"]
+    fitted = [p["fitted"] for p in a["curve"]]
+    assert all(x >= y - 1e-9 for x, y in zip(fitted, fitted[1:]))        # non-increasing
+    lo, hi = a["support_ci90"]
+    lo95, hi95 = a["support_ci95"]
+    if a["support"] is not None:
+        assert lo <= a["support"] and (hi is None or a["support"] <= hi)
+    assert lo95 <= lo and (hi95 is None or (hi is not None and hi <= hi95))
+    assert all(3 <= p["n_models"] <= 7 for p in a["probes"][:-1])
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, ADAPTIVE], ids=["bisection", "adaptive"])
+def test_adaptive_and_bisection_answers_resume_after_a_kill_without_training_a_model_twice(settings, tmp_path,
+                                                                                           monkeypatch):
+    import json
+
+    queries, files = _support_inputs(tmp_path)
+    unit = dict(queries_path=queries, scores_path=files[0], test_index=0, metric="removal", settings=settings)
+    clean = support.answer(out_path=str(tmp_path / "clean" / "0.json"), **unit)
+    real, calls = models.train_predict, {"n": 0}
+
+    def dies_on_the_third_call(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **kw)
+
+    out = tmp_path / "crash" / "0.json"
+    monkeypatch.setattr(models, "train_predict", dies_on_the_third_call)
+    with pytest.raises(KeyboardInterrupt):
+        support.answer(out_path=str(out), **unit)
+    assert not out.exists()
+    trained = []
+    monkeypatch.setattr(models, "train_predict", lambda *a, **kw: trained.extend(kw["seeds"]) or real(*a, **kw))
+    resumed = support.answer(out_path=str(out), **unit)
+    strip = lambda a: {k: v for k, v in a.items() if k not in ("wall_s", "models_reused")}
+    assert strip(resumed) == strip(clean)
+    entries = [json.loads(ln) for ln in support.journal_path(out).read_text().splitlines()]
+    keys = [(e["k"], e["seed_index"]) for e in entries]
+    assert len(keys) == len(set(keys)) == clean["trainings"]
+    assert not set(trained) & {e["seed"] for e in entries[:len(entries) - len(trained)]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seed_set": -1}, "support.seed_set"), ({"seeds_min": 0}, "support.seeds_min"),
+    ({"seeds_min": 5, "seeds_max": 3}, "support.seeds_max"), ({"max_models": 2}, "support.max_models"),
+    ({"threshold": 1.0}, "support.threshold"), ({"threshold": -0.1}, "support.threshold"),
+    ({"seeds": 0}, "support.seeds"), ({"confidence": 0.4}, "support.confidence"), ({"replicates": 0}, "support.replicates"),
+    ({"engine": "bisect"}, "support.engine")])
+def test_bad_support_settings_are_one_line_config_errors(change, message):
+    from pathlib import Path
+
+    from simattr import config
+    from simattr.errors import SimattrError
+
+    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    with pytest.raises(SimattrError, match=message) as e:
+        config.validate({"support": change}, schema)
+    assert "\n" not in str(e.value)

@@ -244,8 +244,12 @@ def win_rates(gathers: list[dict], *, n_boot: int = 1000, seed: int = 0) -> list
     Over the n test images both answered: win = fraction with support_A < support_B, tie = equal supports
     (including both null), loss = 1 - win - tie. With n = 0 the fractions are None. The test: the difference
     win - loss under the two-level bootstrap (the same resampled images for A and B, each image's supports
-    drawn from its models' noise); `diff_ci_low` / `diff_ci_high` its 95% interval, `p_value` two-sided,
-    `significant` when the interval excludes 0 (else the pair is "within noise")."""
+    drawn from its models' noise); `diff_ci_low` / `diff_ci_high` its 95% interval. `p_value`: the larger of
+    the bootstrap's two-sided p and an exact sign test of wins against losses over the images (the bootstrap
+    alone is too sure with few images); `significant` when the interval excludes 0 and p < 0.05 (else the pair
+    is "within noise")."""
+    from scipy.stats import binomtest
+
     _check_gathers(gathers)
     by_metric: dict[str, list[Mapping[str, Any]]] = {}
     for g in _sorted_gathers(gathers):
@@ -276,8 +280,12 @@ def win_rates(gathers: list[dict], *, n_boot: int = 1000, seed: int = 0) -> list
                     sb = db[idx, rng.integers(0, db.shape[1], size=(n_boot, n))]
                     diff = (sa < sb).mean(axis=1) - (sa > sb).mean(axis=1)
                     lo, hi = float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))
-                    p = min(1.0, 2.0 * min(float((diff <= 0).mean()), float((diff >= 0).mean())))
-                    row.update(diff_ci_low=lo, diff_ci_high=hi, p_value=p, significant=bool(lo > 0 or hi < 0))
+                    p_boot = min(1.0, 2.0 * min(float((diff <= 0).mean()), float((diff >= 0).mean())))
+                    losses = n - wins - ties
+                    p_sign = float(binomtest(wins, wins + losses).pvalue) if wins + losses else 1.0
+                    p = max(p_boot, p_sign)
+                    row.update(diff_ci_low=lo, diff_ci_high=hi, p_value=p,
+                               significant=bool((lo > 0 or hi < 0) and p < 0.05))
                 rows.append(row)
     return rows
 
@@ -672,8 +680,9 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[st
             "is smaller than B's (null = +inf; equal supports, including both censored, are ties and "
             "count for neither). Paired test: the 95% interval of A's wins minus A's losses under the "
             "two-level bootstrap (the same resampled images for both methods, each support drawn from its "
-            "models' noise); a cell whose interval includes 0 is marked *(within noise)*: a reseed of the "
-            "retrained models or another sample of test images could reverse it.", ""]
+            "models' noise), and an exact sign test of wins against losses; a cell that is not significant by "
+            "both (interval excluding 0, p < 0.05) is marked *(within noise)*: a reseed of the retrained models "
+            "or another sample of test images could reverse it.", ""]
     if not wins:
         out += ["Fewer than two methods per metric; no win rates.", ""]
     for metric in metrics:
