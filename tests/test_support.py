@@ -387,3 +387,22 @@ def test_bad_support_settings_are_one_line_config_errors(change, message):
     with pytest.raises(SimattrError, match=message) as e:
         config.validate({"support": change}, schema)
     assert "\n" not in str(e.value)
+
+
+def test_replicates_answer_every_image_under_each_seed_set_and_resume(tmp_path):
+    from simattr import stages, store
+    from simattr.launch import LaunchSettings
+
+    queries, files = _support_inputs(tmp_path)
+    kw = dict(queries=queries, score_files=files, answers_dir=str(tmp_path / "answers"), metric="removal",
+              settings={**ADAPTIVE, "seed_set": 4}, progress=False,
+              launch=LaunchSettings(cluster="debug", folder=str(tmp_path / "submitit")))
+    g = stages.support_stage(gather_out=str(tmp_path / "g.json"), replicates=2, **kw)
+    assert g["seed_sets"] == [4, 5] and len(g["replicates"]) == 1
+    assert [a["seed_set"] for a in g["answers"]] == [4] * 4 and [a["seed_set"] for a in g["replicates"][0]] == [5] * 4
+    assert [a["test_index"] for a in g["replicates"][0]] == [0, 1, 2, 3]
+    for t in range(4):
+        assert store.read_json(store.answer_path(tmp_path / "answers", t, 1)) == g["replicates"][0][t]
+    # one replicate alone: the first seed set's answers are kept, not recomputed
+    again = stages.support_stage(gather_out=str(tmp_path / "g1.json"), replicates=1, **kw)
+    assert again["answers"] == g["answers"] and "replicates" not in again

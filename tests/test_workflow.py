@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,6 +65,22 @@ def run(tmp_path_factory):
     return wd
 
 
+def summary_from_answers(answers_dir: Path) -> dict[str, str]:
+    """support.csv's n_test, n_flipped and median_support recomputed from one method's answer files
+    ({test_index}.json only: no journals, no replicates): the lower median of the supports with null = +inf,
+    written ">{k_max}" when it is censored."""
+    answers = []
+    for p in sorted(answers_dir.glob("*.json")):
+        if re.fullmatch(r"\d+\.json", p.name):
+            answers.append(json.loads(p.read_text()))
+            assert answers[-1]["test_index"] == int(p.stem), p
+    assert answers, answers_dir
+    supports = sorted(math.inf if a["support"] is None else int(a["support"]) for a in answers)
+    median = supports[(len(supports) - 1) // 2]
+    return {"n_test": str(len(answers)), "n_flipped": str(sum(math.isfinite(s) for s in supports)),
+            "median_support": f">{max(a['k_max'] for a in answers)}" if math.isinf(median) else str(median)}
+
+
 def test_every_file_of_the_contract_with_values_in_range(run):
     cfg = yaml.safe_load(TEST_CFG.read_text())
     root = run / "results" / "digits"
@@ -117,11 +135,25 @@ def test_every_file_of_the_contract_with_values_in_range(run):
                 assert a["probes"][0]["k"] == a["k_max"]
                 assert a["trainings"] == sum(p["n_models"] - p.get("full_data_models", 0)
                                              for p in a["probes"] + a["checks"])
-                assert a["violations"] == sum(not c["flipped"] for c in a["checks"])
-                assert all(0.0 <= p["accuracy"] <= 1.0 and 1 <= p["n_models"] <= cfg["support"]["seeds"]
+                assert a["engine"] == cfg["support"]["engine"] == "adaptive" and a["seed_set"] == 0
+                assert a["trainings"] <= cfg["support"]["max_models"]
+                assert all(0.0 <= p["accuracy"] <= 1.0 and 1 <= p["n_models"] <= cfg["support"]["seeds_max"]
                            for p in a["probes"])
-                if a["support"] is not None:
-                    assert any(p["k"] == a["support"] and p["flipped"] for p in a["probes"])
+                # the support is the fitted curve's crossing, within the bracket of two probed k
+                assert a["support"] == a["support_fitted"]
+                curve = {p["k"]: p for p in a["curve"]}
+                if a["support"] is not None and a["support"] > 0:
+                    below = [k for k in curve if k < a["support"]]
+                    assert curve[a["support"] if a["support"] in curve else min(k for k in curve
+                                                                             if k >= a["support"])]["fitted"] <= 0.5
+                    assert below and curve[max(below)]["fitted"] > 0.5
+                lo, hi = a["support_ci90"]
+                assert a["support"] is None or (lo <= a["support"] and (hi is None or a["support"] <= hi))
+            # the replicate seed set: the same images, independent models
+            assert gather["seed_sets"] == [0, 1] and len(gather["replicates"]) == cfg["support"]["replicates"] - 1
+            assert [a["test_index"] for a in gather["replicates"][0]] == [a["test_index"] for a in gather["answers"]]
+            assert all(a["seed_set"] == 1 for a in gather["replicates"][0])
+            for a in gather["answers"]:
                 if metric == "mislabel":
                     assert a["flip_class"] is not None and a["flip_class"] != a["label"]
     rep = root / "report"
@@ -132,6 +164,11 @@ def test_every_file_of_the_contract_with_values_in_range(run):
     assert all(e.count("|") >= 2 for e in manifest["method_costs"]) and manifest["benchmarks"]
     rows = list(csv.DictReader((rep / "support.csv").open()))
     assert len(rows) == len(cfg["methods"]) * len(cfg["support"]["metrics"])
+    assert {(r["encoder"], r["ranker"], r["metric"]) for r in rows} == \
+        {(m["encoder"], m["ranker"], metric) for m in cfg["methods"] for metric in cfg["support"]["metrics"]}
+    for r in rows:                            # the report's figures agree with the answer files themselves
+        want = summary_from_answers(root / "support" / r["encoder"] / r["ranker"] / r["metric"])
+        assert {k: r[k] for k in want} == want, r
     for png in ("support_cdf.png", "topk_grid.png"):
         assert (rep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (rep / "report.md").read_text()
@@ -149,6 +186,12 @@ def test_every_file_of_the_contract_with_values_in_range(run):
     assert int(cost["model/datamodels"]["models_trained"]) == cfg["datamodels"]["models"]
     assert all(float(c["wall_s"]) > 0 and int(c["bytes"]) > 0 for c in cost.values())
     assert "## Linear datamodeling score (LDS)" in md and "## Selection overlap" in md and "## Cost per method" in md
+    assert "## Test-retest across seed sets" in md and "within noise" in md
+    retest = list(csv.DictReader((rep / "retest.csv").open()))
+    assert len(retest) == len(rows) and all(r["seed_set_a"] == "0" and r["seed_set_b"] == "1" for r in retest)
+    wins = list(csv.DictReader((rep / "wins.csv").open()))
+    assert len(wins) == len(cfg["support"]["metrics"]) * len(names) * (len(names) - 1)
+    assert all(r["significant"] in ("True", "False") for r in wins)
     with h5py.File(root / "scores" / "simclr" / "esvm_signed" / "class-3.h5") as f:
         full, te, runner = f["full_scores"][()], f["test_indices"][()], f["runner_up"][()]
     y_train = h5py.File(root / "support" / "queries.h5")["y_train"][()]

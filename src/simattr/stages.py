@@ -360,12 +360,6 @@ def _answer_chunk(units: list[dict]) -> list[dict]:
     return out
 
 
-def replicate_path(answers_dir: str | Path, test_index: int, replicate: int) -> Path:
-    """Where one answer is stored: {test_index}.json for the configured seed set (replicate 0),
-    {test_index}.rep{r}.json for replicate r >= 1 (seed set seed_set + r)."""
-    return Path(answers_dir) / (f"{test_index}.json" if replicate == 0 else f"{test_index}.rep{replicate}.json")
-
-
 def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gather_out: str, metric: str,
                   settings: dict, launch, progress: bool = True, replicates: int = 1) -> dict:
     """Submit one array task per sampled test image (and replicate seed set); wait; gather the answers into
@@ -396,7 +390,7 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
             if y not in by_class:
                 raise SimattrError(f"no score file for class {y} (test image {t}) among the inputs")
             unit = {"queries_path": queries, "scores_path": by_class[y]["path"],
-                    "out_path": str(replicate_path(answers_dir, t, r)), "test_index": t, "metric": metric,
+                    "out_path": str(store.answer_path(answers_dir, t, r)), "test_index": t, "metric": metric,
                     "settings": rep_settings}
             prev = support.expected_answer(**unit, queries=loaded_queries, scores=by_class[y])
             if prev is not None:          # resume: an answer computed from these very inputs is kept

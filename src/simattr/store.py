@@ -33,10 +33,12 @@ import numpy as np
 from . import __version__
 from .errors import SimattrError
 
-CONTRACT_VERSION = 4   # 2: queries.h5 full_correct; answers carry checks and violations. 3: embeddings carry
+CONTRACT_VERSION = 5   # 2: queries.h5 full_correct; answers carry checks and violations. 3: embeddings carry
                        # the label map (class_names) and the files a folder dataset left out (skipped).
                        # 4: subset-model shards, TRAK attributions, LDS files; score files may carry
-                       # full_scores (every training image, signed)
+                       # full_scores (every training image, signed). 5: answers carry their engine, seed set,
+                       # fitted curve, both readings and intervals; replicate answers {t}.rep{r}.json; gathers
+                       # carry seed_sets and replicates; the report adds wins.csv and retest.csv
 
 # Path templates (relative to the results root). The workflow rules build their patterns from these.
 ENCODER_STATE = "{dataset}/encoders/{encoder}.pt"
@@ -47,7 +49,7 @@ EMBED_SHARD = EMBED_DIR + "/shard-{shard}.h5"     # the workflow's pattern: {sha
 SCORES = "{dataset}/scores/{encoder}/{ranker}/class-{cls}.h5"
 QUERIES = "{dataset}/support/queries.h5"
 SUPPORT_DIR = "{dataset}/support/{encoder}/{ranker}/{metric}"
-SUPPORT_ANSWER = SUPPORT_DIR + "/{test_index}.json"
+SUPPORT_ANSWER = SUPPORT_DIR + "/{test_index}.json"          # replicate r >= 1: {test_index}.rep{r}.json
 SUPPORT_GATHER = "{dataset}/support/{encoder}/{ranker}/{metric}.json"
 SUBSETS_DIR = "{dataset}/subsets/{purpose}"
 SUBSET_SHARD = SUBSETS_DIR + "/shard-{shard}.h5"  # {shard}: SHARD_NAME's 5 digits
@@ -57,6 +59,12 @@ LDS = "{dataset}/lds/{encoder}/{ranker}.json"
 REPORT_DIR = "{dataset}/report"
 REPORT_MANIFEST = REPORT_DIR + "/inputs.json"
 REPORT_MANIFEST_KEYS = ("gathers", "scores", "benchmarks", "stored", "lds", "method_costs")  # lists of strings
+
+
+def answer_path(answers_dir: str | os.PathLike, test_index: int, replicate: int = 0) -> Path:
+    """One support answer in SUPPORT_DIR: {test_index}.json for the configured seed set (replicate 0),
+    {test_index}.rep{r}.json for replicate r >= 1 (seed set support.seed_set + r)."""
+    return Path(answers_dir) / (f"{test_index}.json" if replicate == 0 else f"{test_index}.rep{replicate}.json")
 
 
 def config_hash(values: dict[str, Any]) -> str:
