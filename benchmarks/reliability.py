@@ -88,7 +88,14 @@ def _timed(bank: support.ModelBank, journal: TimedJournal) -> None:
     bank.ensure = ensure
 
 
-def run_unit(results: str, method: str, metric: str, t: int, dense: bool, dense_models: int) -> dict:
+ADAPTIVE_VERSION = 2    # bump when support.adaptive_search changes: cached units then rerun their adaptive arms only
+
+
+def run_unit(results: str, method: str, metric: str, t: int, dense: bool, dense_models: int,
+             cached: dict | None = None) -> dict:
+    """Every arm of one (method, metric, test image) under both seed sets, and its dense reference curve;
+    `cached`: an earlier run of this unit whose released arms and reference are kept (only the adaptive arms
+    are run again)."""
     queries = support.load_queries(str(Path(results) / "digits/support/queries.h5"))
     arrays = queries["arrays"]
     label = int(arrays["y_query"][list(arrays["test_indices"]).index(t)])
@@ -98,11 +105,18 @@ def run_unit(results: str, method: str, metric: str, t: int, dense: bool, dense_
     inputs = support.answer_inputs(queries, scores, t)
     k_max, steps = METRICS[metric]
     k_max = min(k_max, len(inputs["ranking"]))
-    out: dict = {"method": method, "metric": metric, "test_index": t, "k_max": k_max, "arms": {}}
+    out: dict = {"method": method, "metric": metric, "test_index": t, "k_max": k_max, "arms": {},
+                 "adaptive_version": ADAPTIVE_VERSION}
     trained, train_s = 0, 0.0
+    if cached is not None:
+        out["arms"] = {a: v for a, v in cached["arms"].items() if a.startswith("released")}
+        out.update({k: cached[k] for k in ("dense", "models_trained", "train_s") if k in cached})
+        trained, train_s = cached["models_trained"], cached["train_s"]
     for s in SEED_SETS:
         journal = TimedJournal()
         for arm in arms():
+            if arm in out["arms"] and str(s) in out["arms"][arm]:
+                continue
             bank = _bank(inputs, metric, t, s, journal)
             _timed(bank, journal)
             kind, n = arm.split("-")
@@ -118,9 +132,10 @@ def run_unit(results: str, method: str, metric: str, t: int, dense: bool, dense_
                                            seed=store.seed_from(arm, t, s))
             rec.update(test_index=t, seed_set=s)
             out["arms"].setdefault(arm, {})[str(s)] = rec
-        trained += len(journal.entries)
-        train_s += journal.train_s
-    if dense:
+        if cached is None:       # a rerun's models are not new: the time per model stays the first run's
+            trained += len(journal.entries)
+            train_s += journal.train_s
+    if dense and "dense" not in out:
         journal = TimedJournal()
         bank = _bank(inputs, metric, t, DENSE_SEED_SET, journal)
         _timed(bank, journal)
@@ -294,7 +309,11 @@ def main(argv=None) -> int:
     for m, metric, t, dense in jobs:
         f = cache / f"{m.replace('/', '-')}-{metric}-{t}-{'dense' if dense else 'plain'}-{tag}.json"
         if f.exists():
-            units.append(json.loads(f.read_text()))
+            u = json.loads(f.read_text())
+            if u.get("adaptive_version") == ADAPTIVE_VERSION:
+                units.append(u)
+            else:
+                todo.append((f, (str(results), m, metric, t, dense, a.dense_models, u)))
         else:
             todo.append((f, (str(results), m, metric, t, dense, a.dense_models)))
     print(f"{len(jobs)} units ({len(units)} cached), {a.workers} workers", flush=True)

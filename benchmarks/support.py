@@ -136,7 +136,7 @@ def run_engine(queries: str, score_files: list[str], workdir: Path, *, metric, k
     run_dir = Path(tempfile.mkdtemp(prefix="engine-", dir=workdir))     # fresh: nothing to reuse
     settings = {"dataset": DATASET, "encoder": ENCODER, "ranker": RANKER, "k_max": k_max,
                 "bisection_steps": steps, "seeds": seeds, "threshold": threshold, "early_stop": True,
-                "monotone_checks": 0, "model": dict(RECIPE.__dict__)}
+                "monotone_checks": 0, "engine": "bisection", "seed_set": 0, "model": dict(RECIPE.__dict__)}
     launch = LaunchSettings(cluster="local", parallelism=parallelism, folder=str(run_dir / "submitit"),
                             images_per_task=images_per_task)
     t0 = time.perf_counter()

@@ -92,6 +92,14 @@ def test_adaptive_engine_is_unbiased_and_its_90_percent_intervals_cover_the_true
     assert np.mean(covered) >= 0.8, np.mean(covered)    # honest intervals (nominal 90%)
 
 
+def test_k0_is_probed_only_once_the_smallest_probed_k_flips():
+    bank = SimBank(lambda k: 0.0, 0)                       # flipped with nothing changed
+    probes = support.adaptive_search(bank, 128, threshold=0.5, seeds_min=3, seeds_max=9, max_models=60,
+                                     confidence=0.9)
+    assert probes[-1].k == 0 and [p.k for p in probes][:3] == [128, 64, 32]
+    assert flipcurve.estimate(bank.points(), 0.5, n_draws=0).support == 0
+
+
 def test_adaptive_engine_stops_at_a_flat_curve_and_reports_censoring():
     bank = SimBank(lambda k: 0.95, 0)
     probes = support.adaptive_search(bank, 128, threshold=0.5, seeds_min=3, seeds_max=9, max_models=40,
@@ -106,5 +114,6 @@ def test_uncertain_probes_get_more_seeds_and_clear_ones_do_not():
     probes = support.adaptive_search(bank, 128, threshold=0.5, seeds_min=3, seeds_max=9, max_models=200,
                                      confidence=0.9)
     by_k = {p.k: p.n_models for p in probes}
-    assert by_k[0] == 3 and all(n == 3 for k, n in by_k.items() if k < 64)
+    assert 0 not in by_k                                   # no full-data models: k = 0 waits until it matters
+    assert all(n == 3 for k, n in by_k.items() if k < 64)
     assert max(n for k, n in by_k.items() if k >= 64) == 9

@@ -67,8 +67,8 @@ def shrunk(shipped: str, tmp_path: Path) -> tuple[Path, dict, dict]:
     cfg["encoders"]["resnet"]["checkpoint"] = str(ckpt)
     cfg["embed"].update(shard_size=expect["shard"], gpu=False, workers=min(cfg["embed"]["workers"], 1))
     small = {"k_max": 8, "bisection_steps": 2}
-    cfg["support"].update(metrics=["removal"], n_test=2, seeds=2, flip_models=2, removal=small,
-                          mislabel=dict(small))
+    cfg["support"].update(metrics=["removal"], n_test=2, seeds=2, seeds_min=2, seeds_max=3, max_models=8,
+                          flip_models=2, removal=small, mislabel=dict(small))
     cfg["launch"].update(cluster="local", parallelism=2, cpus_per_task=1, gpus_per_node=0, images_per_task=2)
     p = tmp_path / shipped
     p.write_text(yaml.safe_dump(cfg))

@@ -276,9 +276,11 @@ def adaptive_search(bank: ModelBank, k_max: int, *, threshold: float, seeds_min:
 
     A probe at k starts with `seeds_min` models and adds two at a time while the posterior probability that
     the image is flipped there (flipcurve.flip_probability) lies strictly between 1 - confidence and
-    confidence, up to `seeds_max`. Order: k_max (not flipped by the fitted curve: censored, stop); k = 0; then,
-    while the fitted curve's bracket (lo, hi] around its crossing is wider than one image, the k where the
-    fitted curve crosses the threshold inside it (next_k). The answer itself is the fitted curve's crossing
+    confidence, up to `seeds_max`. Order: k_max (not flipped by the fitted curve: censored, stop); k = 0 when
+    the full-data models answer it for free (seed set 0), else only once the smallest probed k is flipped
+    (the sampled images are the ones the full-data models get right, so k = 0 rarely flips); then, while the
+    fitted curve's bracket (lo, hi] around its crossing is wider than one image, the k where the fitted curve
+    crosses the threshold inside it (next_k). The answer itself is the fitted curve's crossing
     (flipcurve.estimate); the returned probes record where the models went, in order."""
     probes: list[Probe] = []
 
@@ -308,11 +310,24 @@ def adaptive_search(bank: ModelBank, k_max: int, *, threshold: float, seeds_min:
     fit = flipcurve.estimate(bank.points(), threshold, n_draws=0)
     if not math.isfinite(fit.support):
         return probes
-    sequential(0)
+    if bank.full:           # the full-data models answer k = 0 for free; otherwise k = 0 waits until it matters
+        sequential(0)
     while left() > 0:
         pts = bank.points()
         fit = flipcurve.estimate(pts, threshold, n_draws=0)
-        if not math.isfinite(fit.support) or fit.lo < 0 or fit.hi - fit.lo <= 1:
+        if not math.isfinite(fit.support):
+            break
+        if fit.lo < 0:      # flipped at the smallest k probed, k1
+            k1 = int(pts.k[0])
+            if k1 == 0:
+                break
+            if k1 == 1:     # is it flipped with nothing changed?
+                sequential(0)
+                continue
+            # below k1 nothing is probed yet: the bracket is (0, k1], the image correct at k = 0 by selection
+            sequential(next_k(0, k1, 1.0, float(fit.fitted[0]), threshold))
+            continue
+        if fit.hi - fit.lo <= 1:
             break
         j = int(np.searchsorted(pts.k, fit.hi))
         sequential(next_k(int(fit.lo), int(fit.hi), float(fit.fitted[j - 1]), float(fit.fitted[j]), threshold))
