@@ -10,29 +10,33 @@ Inputs: a finished default digits workflow's queries and score files (config/con
 (--results names that folder; the script runs the command itself when the files are missing).
 
 For each of the first --n-test sampled test images, each ranker (simclr/esvm, simclr/knn_l2, model/trak) and
-metric (removal k_max 128 / 7 bisection steps, mislabel k_max 32 / 5 steps, the default config's), under two
-independent seed sets A and B (support.seed_set 0 and 1):
+metric (removal k_max 128 / 7 bisection steps, mislabel k_max 32 / 5 steps, the default config's), under
+--seed-sets independent seed sets (support.seed_set 0, 1, 2, 3 by default):
   released-S   the released protocol: k_max, then bisection; every probe trains all S seeds (no early stop,
                no k = 0 probe), S = 3, 5, 8; the answer is bisection's.
-  adaptive-M   simattr's adaptive engine (support.adaptive_search) with max_models M; the answer is the fitted
-               curve's crossing.
+  adaptive-M   simattr's adaptive engine (support.adaptive_search: seeds_min 3, seeds_max 9, confidence 0.9)
+               with max_models M; the answer is the fitted curve's crossing.
 Within one seed set the arms draw from one bank of models (a model's seed depends only on (image, k, seed
 index, seed set), so the same model is the same bits in every arm): each arm is charged for every model it
 uses, and its wall time is (models it used) x (the measured mean training time per model).
 For --dense images also a reference curve: --dense-models models (seed set 99) at 17 evenly spaced k from 0
-to k_max; its isotonic crossing is the reference, and each arm's distance to it and each answer's 90%
-interval's coverage of it are printed.
+to k_max, then at up to 8 more k inside the bracket of the coarse crossing; its isotonic crossing is the
+reference, and each arm's distance to it and each answer's 90% interval's coverage of it are printed.
 
-Printed per method and metric: test-retest Spearman (A vs B), median and 90th-percentile relative
-difference, flipped-or-not disagreements, mean models per answer, wall per answer; the report's 95%
-interval of the median support from A's answers (report.summarize: two-level bootstrap over images and
-models) and whether B's median lies inside it (and the other way round); the pairwise win rate knn_l2 vs
-esvm under A and B and the report's paired test. Records are cached per unit in --results/bench-cache
-(a rerun resumes); the summary is written to --out as JSON.
+Printed per method, metric and arm: test-retest over every pair of seed sets (Spearman over images; median,
+mean and 90th-percentile relative difference |a - b| / max(a, b) over images both flipped; flipped-or-not
+disagreements and identical answers per pair), mean models per answer and wall per answer; how often one seed
+set's median support lies inside the 95% interval the report (report.summarize: two-level bootstrap over
+images and models) computes from another seed set; the distance to the reference and the coverage; the
+pairwise win rate knn_l2 vs esvm under each seed set with the report's paired test; and the frontier (models
+per answer against agreement) per arm. Records are cached per unit in --results/bench-cache (a rerun resumes,
+and adds seed sets or reruns only the adaptive arms when ADAPTIVE_VERSION changes); the summary is written to
+--out as JSON.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -49,7 +53,7 @@ from simattr import flipcurve, models, report, store, support
 METHODS = ("simclr/esvm", "simclr/knn_l2", "model/trak")
 METRICS = {"removal": (128, 7), "mislabel": (32, 5)}      # metric -> (k_max, bisection_steps): config/config.yaml
 RECIPE = models.Recipe(name="mlp", hidden=64, steps=100, lr=0.01, weight_decay=0.0)
-SEED_SETS = (0, 1)
+SEED_SETS = (0, 1, 2, 3)
 DENSE_SEED_SET = 99
 THRESHOLD = 0.5
 RELEASED = (3, 5, 8)
@@ -109,7 +113,8 @@ def run_unit(results: str, method: str, metric: str, t: int, dense: bool, dense_
                  "adaptive_version": ADAPTIVE_VERSION}
     trained, train_s = 0, 0.0
     if cached is not None:
-        out["arms"] = {a: v for a, v in cached["arms"].items() if a.startswith("released")}
+        keep = cached.get("adaptive_version") == ADAPTIVE_VERSION
+        out["arms"] = {a: dict(v) for a, v in cached["arms"].items() if keep or a.startswith("released")}
         out.update({k: cached[k] for k in ("dense", "models_trained", "train_s") if k in cached})
         trained, train_s = cached["models_trained"], cached["train_s"]
     for s in SEED_SETS:
@@ -132,8 +137,8 @@ def run_unit(results: str, method: str, metric: str, t: int, dense: bool, dense_
                                            seed=store.seed_from(arm, t, s))
             rec.update(test_index=t, seed_set=s)
             out["arms"].setdefault(arm, {})[str(s)] = rec
-        if cached is None:       # a rerun's models are not new: the time per model stays the first run's
-            trained += len(journal.entries)
+        if cached is None or all(str(s) not in v for v in cached["arms"].values()):
+            trained += len(journal.entries)     # new models (a rerun's models for a known seed set are not)
             train_s += journal.train_s
     if dense and "dense" not in out:
         journal = TimedJournal()
@@ -163,9 +168,30 @@ def _fmt(x, d=3):
     return "n/a" if x is None else (f"{x:.{d}f}" if isinstance(x, float) else str(x))
 
 
+def _report_ci(method: str, metric: str, k_max: int, answers: list[dict], arm: str, n_boot: int) -> tuple:
+    """The report's 95% interval of the median support from one seed set's answers (report.summarize)."""
+    g = {"dataset": "digits", "encoder": method.split("/")[0], "ranker": method.split("/")[1], "metric": metric,
+         "k_max": k_max, "answers": answers,
+         "settings": {"engine": "adaptive" if arm.startswith("adaptive") else "bisection"}}
+    row = report.summarize([g], n_boot=n_boot, seed=0)[0]
+    lo = math.inf if row["ci_low_censored"] else row["ci_low"]
+    hi = math.inf if row["ci_high_censored"] or row["ci_high"] is None else row["ci_high"]
+    return lo, hi
+
+
+def _median(answers: list[dict]) -> float:
+    s = np.sort([math.inf if a["support"] is None else a["support"] for a in answers])
+    return float(s[(len(s) - 1) // 2])
+
+
 def summarise(units: list[dict], n_boot: int) -> dict:
+    """Per (metric, method, arm): test-retest over every pair of seed sets (relative differences pooled over
+    the pairs; Spearman, flipped-or-not disagreements and identical answers averaged per pair), models per
+    answer, the report's interval from each seed set against every other seed set's median, and the dense
+    reference: distance and 90% coverage."""
     per_model = sum(u["train_s"] for u in units) / max(1, sum(u["models_trained"] for u in units))
-    out = {"s_per_model": per_model, "cells": [], "wins": [], "frontier": []}
+    out = {"s_per_model": per_model, "seed_sets": list(SEED_SETS), "cells": [], "wins": [], "frontier": []}
+    pairs = list(itertools.combinations(SEED_SETS, 2))
     for metric in METRICS:
         for method in METHODS:
             mine = sorted([u for u in units if u["method"] == method and u["metric"] == metric],
@@ -174,44 +200,39 @@ def summarise(units: list[dict], n_boot: int) -> dict:
                 continue
             k_max = mine[0]["k_max"]
             for arm in arms():
-                A = [u["arms"][arm][str(SEED_SETS[0])] for u in mine]
-                B = [u["arms"][arm][str(SEED_SETS[1])] for u in mine]
-                rt = report.retest_agreement(A, B, k_max)
-                models_per = float(np.mean([a["trainings"] for a in A + B]))
-                cell = {"metric": metric, "method": method, "arm": arm, **rt, "models": models_per,
-                        "wall_s": models_per * per_model}
-                # the report's interval of the median from one seed set; does the other's median fall inside?
-                for name, mineset, other in (("A", A, B), ("B", B, A)):
-                    g = {"dataset": "digits", "encoder": method.split("/")[0], "ranker": method.split("/")[1],
-                         "metric": metric, "k_max": k_max, "answers": mineset,
-                         "settings": {"engine": "adaptive" if arm.startswith("adaptive") else "bisection"}}
-                    row = report.summarize([g], n_boot=n_boot, seed=0)[0]
-                    lo = -math.inf if row["ci_low"] is None and not row["ci_low_censored"] else \
-                        (math.inf if row["ci_low_censored"] else row["ci_low"])
-                    hi = math.inf if row["ci_high_censored"] or row["ci_high"] is None else row["ci_high"]
-                    s_other = np.sort([math.inf if a["support"] is None else a["support"] for a in other])
-                    med_other = float(s_other[(len(s_other) - 1) // 2])
-                    cell[f"ci_{name}"] = [lo, hi]
-                    cell[f"median_{name}"] = row["median_support"] if not row["median_censored"] else math.inf
-                    cell[f"other_median_inside_{name}"] = bool(lo <= med_other <= hi)
-                dense = [(u, u["arms"][arm]) for u in mine if u.get("dense")]
+                by = {s: [u["arms"][arm][str(s)] for u in mine] for s in SEED_SETS}
+                rts = [report.retest_agreement(by[a], by[b], k_max) for a, b in pairs]
+                rel = [x for r in rts for x in r["rel_diffs"]]
+                models_per = float(np.mean([a["trainings"] for s in SEED_SETS for a in by[s]]))
+                cell = {"metric": metric, "method": method, "arm": arm, "n": len(mine), "pairs": len(pairs),
+                        "spearman": float(np.mean([r["spearman"] for r in rts if r["spearman"] is not None])),
+                        "median_rel_diff": float(np.median(rel)) if rel else None,
+                        "mean_rel_diff": float(np.mean(rel)) if rel else None,
+                        "p90_rel_diff": float(np.quantile(rel, 0.9)) if rel else None, "rel_diffs": rel,
+                        "flip_disagreements": float(np.mean([r["flip_disagreements"] for r in rts])),
+                        "identical": float(np.mean([r["identical"] for r in rts])),
+                        "models": models_per, "wall_s": models_per * per_model}
+                cis = {s: _report_ci(method, metric, k_max, by[s], arm, n_boot) for s in SEED_SETS}
+                inside = [cis[a][0] <= _median(by[b]) <= cis[a][1] for a in SEED_SETS for b in SEED_SETS if a != b]
+                cell.update(ci=[list(cis[s]) for s in SEED_SETS], medians=[_median(by[s]) for s in SEED_SETS],
+                            inside=int(sum(inside)), inside_of=len(inside))
+                dense = [u for u in mine if u.get("dense")]
                 if dense:
                     dist, cover = [], []
-                    for u, by in dense:
+                    for u in dense:
                         ref = u["dense"]["support"]          # the reference curve's crossing, an integer k
-                        for s in map(str, SEED_SETS):
-                            a = by[s]
-                            if ref is None:
-                                cover.append(flipcurve.estimate(flipcurve.Points.from_curve(a["curve"]), THRESHOLD,
-                                                                seed=0).interval(0.9)[1] == math.inf)
-                                dist.append(0.0 if a["support"] is None else math.inf)
-                                continue
+                        for s in SEED_SETS:
+                            a = u["arms"][arm][str(s)]
                             # the interval as the current code computes it from the answer's curve
                             lo90, hi90 = flipcurve.estimate(flipcurve.Points.from_curve(a["curve"]), THRESHOLD,
                                                             seed=store.seed_from(arm, u["test_index"], s)
                                                             ).interval(0.9)
-                            cover.append(lo90 <= ref <= hi90)
-                            dist.append(math.inf if a["support"] is None else abs(a["support"] - ref))
+                            if ref is None:
+                                cover.append(hi90 == math.inf)
+                                dist.append(0.0 if a["support"] is None else math.inf)
+                            else:
+                                cover.append(lo90 <= ref <= hi90)
+                                dist.append(math.inf if a["support"] is None else abs(a["support"] - ref))
                     cell["ref_images"] = len(dense)
                     cell["ref_median_abs_dist"] = float(np.median(dist))
                     cell["ref_coverage90"] = float(np.mean(cover))
@@ -223,53 +244,56 @@ def summarise(units: list[dict], n_boot: int) -> dict:
                 for method in ("simclr/esvm", "simclr/knn_l2"):
                     mine = sorted([u for u in units if u["method"] == method and u["metric"] == metric],
                                   key=lambda u: u["test_index"])
-                    if not mine:
-                        continue
-                    gs.append({"dataset": "digits", "encoder": method.split("/")[0], "ranker": method.split("/")[1],
-                               "metric": metric, "k_max": mine[0]["k_max"],
-                               "answers": [u["arms"][arm][s] for u in mine]})
+                    if mine:
+                        gs.append({"dataset": "digits", "encoder": method.split("/")[0],
+                                   "ranker": method.split("/")[1], "metric": metric, "k_max": mine[0]["k_max"],
+                                   "answers": [u["arms"][arm][s] for u in mine]})
                 if len(gs) == 2:
                     w = [r for r in report.win_rates(gs, n_boot=n_boot, seed=0)
                          if r["method_a"] == "simclr/knn_l2"][0]
                     out["wins"].append({"metric": metric, "arm": arm, "seed_set": int(s), **w})
+    for arm in arms():
+        for metric in list(METRICS) + ["both"]:
+            cs = [c for c in out["cells"] if c["arm"] == arm and metric in (c["metric"], "both")]
+            pooled = [x for c in cs for x in c["rel_diffs"]]
+            out["frontier"].append({
+                "arm": arm, "metric": metric, "models": float(np.mean([c["models"] for c in cs])),
+                "median_rel_diff": float(np.median(pooled)), "mean_rel_diff": float(np.mean(pooled)),
+                "p90_rel_diff": float(np.quantile(pooled, 0.9)),
+                "spearman_mean": float(np.mean([c["spearman"] for c in cs])),
+                "flip_disagreements": float(sum(c["flip_disagreements"] for c in cs)),
+                "inside": f"{sum(c['inside'] for c in cs)}/{sum(c['inside_of'] for c in cs)}",
+                "coverage90": float(np.mean([c["ref_coverage90"] for c in cs if "ref_coverage90" in c]))})
     return out
 
 
 def print_summary(summary: dict) -> None:
-    print(f"\nmean training time per model: {summary['s_per_model'] * 1000:.1f} ms")
-    head = ("metric", "method", "arm", "spearman", "med rel", "p90 rel", "flip dis", "identical", "models",
-            "wall s", "B med in A CI", "A med in B CI", "ref |d|", "cov90")
+    print(f"\nmean training time per model: {summary['s_per_model'] * 1000:.1f} ms; seed sets "
+          f"{summary['seed_sets']} (test-retest over every pair)")
+    head = ("metric", "method", "arm", "Spearman", "med rel", "mean rel", "p90 rel", "flip dis/pair",
+            "identical/pair", "models", "wall s", "medians in CIs", "ref |d|", "cov90")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for c in summary["cells"]:
         print("| " + " | ".join([c["metric"], c["method"], c["arm"], _fmt(c["spearman"]), _fmt(c["median_rel_diff"]),
-                                 _fmt(c["p90_rel_diff"]), str(c["flip_disagreements"]), f"{c['identical']}/{c['n']}",
-                                 f"{c['models']:.1f}", f"{c['wall_s']:.2f}",
-                                 f"{c['median_B']} in {c['ci_A']}: {c['other_median_inside_A']}",
-                                 f"{c['median_A']} in {c['ci_B']}: {c['other_median_inside_B']}",
-                                 _fmt(c.get("ref_median_abs_dist"), 1), _fmt(c.get("ref_coverage90"), 2)]) + " |")
+                                 _fmt(c["mean_rel_diff"]), _fmt(c["p90_rel_diff"]), f"{c['flip_disagreements']:.2f}",
+                                 f"{c['identical']:.1f}/{c['n']}", f"{c['models']:.1f}", f"{c['wall_s']:.2f}",
+                                 f"{c['inside']}/{c['inside_of']}", _fmt(c.get("ref_median_abs_dist"), 1),
+                                 _fmt(c.get("ref_coverage90"), 2)]) + " |")
     print("\nknn_l2 vs esvm (win = knn's support smaller), per seed set, with the report's paired test:")
     for w in summary["wins"]:
         print(f"  {w['metric']:8s} {w['arm']:12s} seed set {w['seed_set']}: win {_fmt(w['win'], 2)} tie "
               f"{_fmt(w['tie'], 2)} loss {_fmt(w['loss'], 2)}; win-loss 95% CI [{_fmt(w['diff_ci_low'], 2)}, "
               f"{_fmt(w['diff_ci_high'], 2)}] p={_fmt(w['p_value'], 3)} "
               f"{'significant' if w['significant'] else 'within noise'}")
-    print("\nfrontier (all metrics and methods pooled): arm, mean models per answer, median and 90th percentile "
-          "of the relative differences of every image both seed sets flipped, mean Spearman over the cells, total "
-          "flipped-or-not disagreements, cells with the other seed set's median inside the interval")
-    for arm in arms():
-        cs = [c for c in summary["cells"] if c["arm"] == arm]
-        inside = sum(c["other_median_inside_A"] + c["other_median_inside_B"] for c in cs)
-        pooled = [x for c in cs for x in c["rel_diffs"]]
-        row = {"arm": arm, "models": float(np.mean([c["models"] for c in cs])),
-               "median_rel_diff": float(np.median(pooled)), "p90_rel_diff": float(np.quantile(pooled, 0.9)),
-               "spearman_mean": float(np.mean([c["spearman"] for c in cs if c["spearman"] is not None])),
-               "flip_disagreements": int(sum(c["flip_disagreements"] for c in cs)),
-               "inside": f"{inside}/{2 * len(cs)}"}
-        summary["frontier"].append(row)
-        print(f"  {arm:12s} models {row['models']:.1f}  median rel diff {row['median_rel_diff']:.3f} "
-              f"(p90 {row['p90_rel_diff']:.3f})  mean Spearman {row['spearman_mean']:.3f}  "
-              f"flip disagreements {row['flip_disagreements']}  medians inside {row['inside']}")
+    print("\nfrontier: per arm and metric (both = pooled): mean models per answer; median, mean and 90th percentile of "
+          "the relative differences of every image two seed sets both flipped; mean Spearman; flipped-or-not "
+          "disagreements per seed-set pair (summed over methods); other seed sets' medians inside the report's "
+          "95% interval; 90% coverage of the dense reference crossing")
+    for f in summary["frontier"]:
+        print(f"  {f['arm']:12s} {f['metric']:8s} models {f['models']:5.1f}  rel diff median {f['median_rel_diff']:.3f} "
+              f"mean {f['mean_rel_diff']:.3f} p90 {f['p90_rel_diff']:.3f}  Spearman {f['spearman_mean']:.3f}  "
+              f"flip dis {f['flip_disagreements']:.2f}  inside {f['inside']}  cov90 {f['coverage90']:.2f}")
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -285,6 +309,7 @@ def ensure_inputs(results: Path) -> None:
 
 
 def main(argv=None) -> int:
+    global SEED_SETS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default="results/reliability")
     ap.add_argument("--n-test", type=int, default=20)
@@ -292,11 +317,14 @@ def main(argv=None) -> int:
     ap.add_argument("--dense-models", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--seed-sets", type=int, nargs="+", default=list(SEED_SETS),
+                    help="independent seed sets (test-retest over every pair)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None, help="summary JSON (default: RESULTS/reliability.json)")
     a = ap.parse_args(argv)
     if a.quick:
         a.n_test, a.dense, a.dense_models = 4, 2, 8
+    SEED_SETS = tuple(a.seed_sets)
     results = Path(a.results)
     ensure_inputs(results)
     cache = results / "bench-cache"
@@ -310,7 +338,8 @@ def main(argv=None) -> int:
         f = cache / f"{m.replace('/', '-')}-{metric}-{t}-{'dense' if dense else 'plain'}-{tag}.json"
         if f.exists():
             u = json.loads(f.read_text())
-            if u.get("adaptive_version") == ADAPTIVE_VERSION:
+            if u.get("adaptive_version") == ADAPTIVE_VERSION and all(
+                    str(ss) in u["arms"].get(arm, {}) for arm in arms() for ss in SEED_SETS):
                 units.append(u)
             else:
                 todo.append((f, (str(results), m, metric, t, dense, a.dense_models, u)))
