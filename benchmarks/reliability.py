@@ -92,7 +92,7 @@ def _timed(bank: support.ModelBank, journal: TimedJournal) -> None:
     bank.ensure = ensure
 
 
-ADAPTIVE_VERSION = 2    # bump when support.adaptive_search changes: cached units then rerun their adaptive arms only
+ADAPTIVE_VERSION = 3    # bump when support.adaptive_search changes: cached units then rerun their adaptive arms only
 
 
 def run_unit(results: str, method: str, metric: str, t: int, dense: bool, dense_models: int,

@@ -117,3 +117,20 @@ def test_uncertain_probes_get_more_seeds_and_clear_ones_do_not():
     assert 0 not in by_k                                   # no full-data models: k = 0 waits until it matters
     assert all(n == 3 for k, n in by_k.items() if k < 64)
     assert max(n for k, n in by_k.items() if k >= 64) == 9
+
+
+def test_a_threshold_of_zero_is_reachable_by_the_draws():
+    est = flipcurve.estimate(flipcurve.Points.from_counts({0: (5, 5), 16: (5, 0), 32: (5, 0)}), 0.0, seed=0)
+    assert est.support == 16 and est.p_censored < 0.5
+    lo, hi = est.interval(0.9)
+    assert lo <= 16 <= hi
+
+
+def test_no_models_is_a_censored_estimate():
+    est = flipcurve.estimate(flipcurve.Points.from_counts({}), 0.5)
+    assert est.support == math.inf and est.interval(0.9) == (0.0, math.inf)
+
+
+def test_without_k0_models_the_crossing_is_interpolated_from_a_correct_image_at_k0():
+    est = flipcurve.estimate(flipcurve.Points.from_counts({64: (3, 0), 128: (3, 0)}), 0.5, n_draws=0)
+    assert (est.lo, est.hi) == (0, 64) and est.support == 32 and est.crossing == pytest.approx(32.0)

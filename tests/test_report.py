@@ -343,3 +343,33 @@ def test_cdf_plot_draws_a_band(tmp_path):
     report.plot_cdf([g], tmp_path / "cdf.png", n_boot=50)
     report.plot_cdf([g], tmp_path / "plain.png", n_boot=0)
     assert (tmp_path / "cdf.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
+
+
+def test_win_rate_tests_of_a_pair_mirror_each_other():
+    rng = np.random.default_rng(3)
+    a = _g("a", [_curve_answer(t, int(s), int(s), noisy=True) for t, s in enumerate(rng.integers(5, 40, 25))])
+    b = _g("b", [_curve_answer(t, int(s), int(s), noisy=True) for t, s in enumerate(rng.integers(8, 48, 25))])
+    w = {(r["method_a"], r["method_b"]): r for r in report.win_rates([a, b], n_boot=200, seed=0)}
+    ab, ba = w[("e/a", "e/b")], w[("e/b", "e/a")]
+    assert ab["p_value"] == ba["p_value"] and ab["significant"] == ba["significant"]
+    assert ab["diff_ci_low"] == pytest.approx(-ba["diff_ci_high"]) and ab["diff_ci_high"] == pytest.approx(-ba["diff_ci_low"])
+
+
+def test_a_bisection_answers_interval_is_about_the_reading_it_reports():
+    # bisection read 32 (the smallest flipped probe) while the fitted curve crosses near 20: the interval
+    # must be about 32's reading, so it holds the median it is printed beside
+    answers = [{"test_index": t, "support": 32, "trainings": 8, "engine": "bisection", "threshold": 0.5, "k_max": 32,
+                "curve": [{"k": 0, "n_models": 3, "n_correct": 3}, {"k": 16, "n_models": 3, "n_correct": 2},
+                          {"k": 32, "n_models": 2, "n_correct": 0}]} for t in range(20)]
+    r = report.summarize([_g("a", answers, k_max=32)], n_boot=300, seed=0)[0]
+    assert r["median_support"] == 32 and r["ci_low"] <= 32 and (r["ci_high_censored"] or r["ci_high"] >= 32)
+
+
+def test_a_table_without_rows_leaves_no_stale_file(tmp_path):
+    g = _g("a", [_curve_answer(t, 10 + t, 10 + t) for t in range(4)], replicates=[
+        [_curve_answer(t, 11 + t, 11 + t) for t in range(4)]], seed_sets=[0, 1])
+    rows = report.summarize([g], n_boot=50, seed=0)
+    report.write_tables(rows, [], [], tmp_path, retest=report.retest_rows([g]))
+    assert (tmp_path / "retest.csv").exists()
+    report.write_tables(rows, [], [], tmp_path, retest=[])
+    assert not (tmp_path / "retest.csv").exists()

@@ -13,18 +13,21 @@ Estimator (the one `support` reports when support.engine is adaptive):
   or below it (hi), linear interpolation of the fitted values; the support is that k rounded up, within
   (lo, hi]. Fitted accuracy above the threshold at the largest probed k: censored (None); at or below it at
   k = 0: 0.
-* model uncertainty: posterior draws. Each probed k gets p_k ~ Beta(TEMPER c_k + 1/2, TEMPER (n_k - c_k) + 1/2)
-  (Jeffreys prior, tempered likelihood), independently; each draw is refitted (isotonic) and gives a crossing
-  and a bracket (lo, hi]. An answer's interval at level L runs from the (1-L)/2 quantile of lo + 1 to the
-  (1+L)/2 quantile of hi (censored draws count as +inf): it covers both the models' noise and where between
-  two probes the curve crosses.
-* why tempered (TEMPER = 1/2: each model counts as half a model's evidence): a search probes where the
-  accuracy is near the threshold and stops adding seeds once a probe looks settled, so the probes it keeps
-  are the lucky ones more often than an untempered posterior assumes (3 of 3 correct happens 1 time in 8 at
-  an accuracy of 0.5; the Jeffreys posterior calls it 3% likely to be flipped). On simulated curves with known
-  crossings (a sharp drop, a long plateau below the threshold, one just above it, a knee; tests/test_flipcurve.py)
-  the 90% intervals of the adaptive engine covered the true crossing 65-75% of the time untempered and
-  88-95% at TEMPER = 1/2 (benchmarks/reliability.py checks the same on dense digits curves).
+* model uncertainty: posterior predictive draws. Each probed k gets p_k ~ Beta(c_k + 1/2, n_k - c_k + 1/2)
+  (Jeffreys prior), then c*_k ~ Binomial(n_k, p_k): the accuracies the same number of models would show in a
+  rerun; each draw is refitted (isotonic) and gives a crossing and a bracket (lo, hi]. An answer's interval at
+  level L runs from the (1-L)/2 quantile of lo + 1 to the (1+L)/2 quantile of hi (censored draws count as
+  +inf): it covers the models' noise and where between two probes the curve crosses.
+* why predictive rather than the posterior of p alone: a search probes where the accuracy is near the
+  threshold and stops adding seeds once a probe looks settled, so the probes it keeps are lucky more often
+  than the posterior of p assumes (3 of 3 correct happens 1 time in 8 at an accuracy of 0.5; the Jeffreys
+  posterior calls it 3% likely to be flipped). On simulated curves with known crossings (a sharp drop, a long
+  plateau below the threshold, one just above it, a knee; tests/test_flipcurve.py) the adaptive engine's 90%
+  intervals covered the true crossing 65-75% of the time with posterior draws of p and 85-96% with the
+  predictive draws, and a threshold of 0 ("every model wrong") stays reachable by a draw.
+* k = 0: the sampled test images are the ones the full-data models classify correctly, so where no model
+  was trained at k = 0 and the smallest probed k is already flipped, the crossing is interpolated from an
+  accuracy of 1 at k = 0 (an answer of 0 needs models at k = 0).
 
 Everything here is deterministic given its seed; the draws are vectorised (no per-draw Python loop).
 """
@@ -94,8 +97,8 @@ def crossings(ks: np.ndarray, fitted: np.ndarray, threshold: float) -> tuple[np.
     """For fitted curves (D, m) on probed ks (m,): (support, lo, hi) per row, as float arrays.
 
     support: the interpolated crossing rounded up into (lo, hi]; +inf when the curve stays above the
-    threshold at the largest k (lo = that k, hi = +inf); ks[0] when it is already at or below it at the
-    smallest probed k (lo = -1: nothing known below; an answer always probes k = 0 unless censored).
+    threshold at the largest k (lo = that k, hi = +inf); 0 when it is at or below it at k = 0 (lo = -1); when
+    the smallest probed k > 0 is already at or below it, interpolated from an accuracy of 1 at k = 0 (lo = 0).
     """
     G = np.atleast_2d(np.asarray(fitted, np.float64))
     ks = np.asarray(ks, np.float64)
@@ -105,7 +108,13 @@ def crossings(ks: np.ndarray, fitted: np.ndarray, threshold: float) -> tuple[np.
     any_below = below.any(axis=1)
     j = np.argmax(below, axis=1)                                   # first probe at or below (if any)
     first = any_below & (j == 0)
-    support[first], lo[first], hi[first] = ks[0], -1.0, ks[0]
+    if ks[0] == 0:
+        support[first], lo[first], hi[first] = 0.0, -1.0, 0.0
+    elif first.any():       # nothing probed below ks[0]: from an accuracy of 1 at k = 0 (correct by selection)
+        g = G[first, 0]
+        t = (1.0 - threshold) / np.maximum(1.0 - g, 1e-12)
+        support[first] = np.clip(np.ceil(np.clip(t, 0.0, 1.0) * ks[0] - 1e-9), 1, ks[0])
+        lo[first], hi[first] = 0.0, ks[0]
     mid = any_below & (j > 0)
     if mid.any():
         jm = j[mid]
@@ -119,15 +128,25 @@ def crossings(ks: np.ndarray, fitted: np.ndarray, threshold: float) -> tuple[np.
     return support, lo, hi
 
 
-TEMPER = 0.5       # weight of one model's outcome in the posterior draws (see the module docstring)
+def raw_draws(points: Points, n_draws: int, seed: int) -> np.ndarray:
+    """(n_draws, m) accuracies a rerun of each probe's n_k models would show: c*_k / n_k with
+    c*_k ~ Binomial(n_k, p_k), p_k ~ Beta(c_k + 1/2, n_k - c_k + 1/2)."""
+    rng = np.random.default_rng(seed)
+    p = rng.beta(points.c + 0.5, points.n - points.c + 0.5, size=(n_draws, len(points)))
+    return rng.binomial(points.n, p) / points.n
 
 
 def posterior_draws(points: Points, n_draws: int, seed: int) -> np.ndarray:
-    """(n_draws, m) accuracy draws: p_k ~ Beta(TEMPER c_k + 1/2, TEMPER (n_k - c_k) + 1/2), each row refitted
-    (isotonic)."""
-    rng = np.random.default_rng(seed)
-    raw = rng.beta(TEMPER * points.c + 0.5, TEMPER * (points.n - points.c) + 0.5, size=(n_draws, len(points)))
-    return isotonic_decreasing(raw, points.n)
+    """(n_draws, m) fitted curves: raw_draws, each row refitted (isotonic)."""
+    return isotonic_decreasing(raw_draws(points, n_draws, seed), points.n)
+
+
+def released_draws(points: Points, n_draws: int, seed: int, threshold: float) -> np.ndarray:
+    """Per draw, the released protocol's reading of raw_draws: +inf when the largest probed k (k_max) is not
+    flipped, else the smallest probed k that is (what bisection answers from the same probes)."""
+    flipped = raw_draws(points, n_draws, seed) <= threshold + 1e-12
+    k = np.where(flipped, points.k.astype(np.float64)[None, :], INF).min(axis=1)
+    return np.where(flipped[:, -1], k, INF)
 
 
 @dataclass(frozen=True)
@@ -144,6 +163,8 @@ class Estimate:
     def interval(self, level: float) -> tuple[float, float]:
         """(low, high) at `level`: low from the draws' lower bracket ends + 1, high from their upper ends."""
         q = (1.0 - level) / 2.0
+        if not len(self.draws):
+            return 0.0, INF
         low = float(np.quantile(self.draw_lo + 1.0, q, method="lower"))
         high = float(np.quantile(self.draw_hi, 1.0 - q, method="higher"))
         return max(low, 0.0), high
@@ -154,19 +175,23 @@ class Estimate:
 
 
 def estimate(points: Points, threshold: float, *, n_draws: int = 1000, seed: int = 0) -> Estimate:
-    """The fitted crossing of one answer's models and its posterior draws (see the module docstring)."""
+    """The fitted crossing of one answer's models and its posterior draws (see the module docstring). No
+    models (an empty ranking): censored, with no draws."""
     if len(points) == 0:
-        raise ValueError("no models: nothing to estimate")
+        empty = np.zeros(0)
+        return Estimate(support=INF, lo=-1.0, hi=INF, crossing=None, fitted=empty, draws=empty, draw_lo=empty,
+                        draw_hi=empty)
     fitted = isotonic_decreasing(points.c / points.n, points.n)
     s, lo, hi = crossings(points.k, fitted[None], threshold)
     crossing = None
     if math.isfinite(s[0]):
         if lo[0] < 0:
-            crossing = float(points.k[0])
+            crossing = 0.0
         else:
             j = int(np.searchsorted(points.k, hi[0]))
-            g_lo, g_hi = fitted[j - 1], fitted[j]
-            crossing = float(lo[0] + (g_lo - threshold) / max(g_lo - g_hi, 1e-12) * (hi[0] - lo[0]))
+            g_lo, g_hi = (fitted[j - 1], fitted[j]) if j > 0 else (1.0, fitted[0])
+            crossing = float(lo[0] + min(max((g_lo - threshold) / max(g_lo - g_hi, 1e-12), 0.0), 1.0)
+                             * (hi[0] - lo[0]))
     draws = posterior_draws(points, n_draws, seed) if n_draws > 0 else np.zeros((0, len(points)))
     ds, dlo, dhi = crossings(points.k, draws, threshold) if n_draws > 0 else (np.zeros(0),) * 3
     return Estimate(support=float(s[0]), lo=float(lo[0]), hi=float(hi[0]), crossing=crossing, fitted=fitted,

@@ -2,9 +2,10 @@
 
 Inputs are the gathers of the support stage (store.SUPPORT_GATHER, one per encoder x ranker x metric):
 
-    {"dataset", "encoder", "ranker", "metric": "removal"|"mislabel", "k_max",
-     "answers": [{"test_index", "label", "flip_class", "support": int|null, "k_max", "trainings",
-                  "probes": [...], "checks": [...], "violations", "wall_s"}, ...]}
+    {"dataset", "encoder", "ranker", "metric": "removal"|"mislabel", "k_max", "settings", "seed_sets",
+     "answers": [{"test_index", "label", "flip_class", "support": int|null, "k_max", "trainings", "engine",
+                  "curve": [{"k", "n_models", "n_correct", ...}], "probes": [...], "checks": [...], ...}, ...],
+     "replicates": [[answers of the next seed set], ...]}          # with support.replicates > 1
 
 An answer's support is the smallest k whose removal (or relabelling) of the method's top-k training images
 flips the test prediction; null means "not flipped even at k_max" (right-censored) and is treated as +inf
@@ -16,16 +17,25 @@ Conventions
   fraction(support <= s) >= 1/2. It is always one of the observed supports, and it is +inf exactly when
   more than half of the answers are censored; a row then holds median_support=None, median_censored=True,
   and tables write it as ">{k_max}".
-* 95% CI: percentile bootstrap of that median, resampling test images with replacement
-  (numpy.random.default_rng(seed), a fresh generator per row, so a row does not depend on the others);
-  the 2.5% quantile is taken with method "lower" and the 97.5% one with "higher" (no interpolation, so
-  the bounds are observed supports or +inf). An infinite bound is None with ci_*_censored=True.
+* model noise: each answer's support is drawn (answer_draws) from posterior predictive draws of its flip
+  curve (simattr.flipcurve): the fitted crossing for adaptive answers, the released rule's reading for
+  bisection answers; with replicate seed sets an image's draws are pooled over them.
+* 95% CIs (median support, flipped fraction): two-level percentile bootstrap: test images resampled with
+  replacement, then each sampled image's support drawn from its model noise (numpy.random.default_rng(seed),
+  a fresh generator per row, so a row does not depend on the others); the median's 2.5% quantile is taken
+  with method "lower" and the 97.5% one with "higher" (no interpolation, so the bounds are supports or
+  +inf). An infinite bound is None with ci_*_censored=True.
 * auc: mean over k = 1..k_max of the fraction of answers with support <= k (in [0, 1], higher = better);
   k_max is the gather's.
-* monotonicity: `checked` counts answers with check probes at unprobed k between their support and k_max
-  (support.monotone_checks); `violations` counts those where the image was not flipped at such a k.
+* monotonicity: `checked` counts answers with probes at k between their support and k_max (the bisection
+  engine's check probes, the adaptive engine's probes); `violations` counts those where the image was not
+  flipped at such a k by its own models.
 * win rates: over the test images both methods answered, the fraction where A's support < B's
-  (null = +inf, so null vs null is a tie).
+  (null = +inf, so null vs null is a tie), with a paired test (win_rates): the two-level bootstrap of wins
+  minus losses (one per unordered pair, so B vs A mirrors A vs B) and an exact sign test; "within noise"
+  unless both reject at 5%.
+* test-retest (retest_rows): with replicate seed sets, Spearman over images, relative differences and
+  flipped-or-not disagreements between the first seed set and each other.
 
 Every file is written atomically (store.atomic_path) and the CSV/Markdown bytes depend only on the inputs.
 """
@@ -139,8 +149,9 @@ DRAWS = 200          # draws of each answer's support from its models (flipcurve
 
 def answer_draws(a: Mapping[str, Any], n_draws: int = DRAWS, *, seed: int = 0) -> np.ndarray:
     """n_draws plausible supports of one answer given its models' noise (+inf = censored): the crossings of
-    posterior draws of its flip curve (simattr.flipcurve). An answer without a curve (contract < 5) has no
-    model noise to draw from: its support repeated."""
+    posterior predictive draws of its flip curve (simattr.flipcurve), or for a bisection-engine answer the
+    released rule's reading of the same draws (the smallest probed k they flip). An answer without a curve
+    (contract < 5) has no model noise to draw from: its support repeated."""
     from . import flipcurve
 
     curve = a.get("curve")
@@ -148,6 +159,8 @@ def answer_draws(a: Mapping[str, Any], n_draws: int = DRAWS, *, seed: int = 0) -
         return np.full(n_draws, math.inf if a["support"] is None else float(a["support"]))
     pts = flipcurve.Points.from_curve(curve)
     threshold = float(a.get("threshold", 0.5))
+    if a.get("engine") == "bisection":      # the draws of the reading the answer reports: the released rule's
+        return flipcurve.released_draws(pts, n_draws, seed, threshold)
     s, _, _ = flipcurve.crossings(pts.k, flipcurve.posterior_draws(pts, n_draws, seed), threshold)
     return s
 
@@ -209,8 +222,9 @@ def summarize(gathers: list[dict], *, n_boot: int, seed: int) -> list[dict]:
             "auc": None, "mean_trainings": None, "mean_wall_s": None,
             # monotonicity: answers with at least one probe above their support (check probes, or the adaptive
             # engine's probes), and how many of those found the image not flipped at a larger k
-            "checked": sum(bool(a.get("checks")) or any(p["k"] > a["support"] for p in a.get("curve", ())
-                                                       if a["support"] is not None) for a in g["answers"]),
+            "checked": sum(bool(a.get("checks")) if a.get("engine", "bisection") == "bisection" else
+                           any(a["support"] < p["k"] < a["k_max"] for p in a.get("curve", ())
+                               if a["support"] is not None) for a in g["answers"]),
             "violations": sum(int(a.get("violations", 0)) > 0 for a in g["answers"]),
         }
         if n:
@@ -227,8 +241,8 @@ def summarize(gathers: list[dict], *, n_boot: int, seed: int) -> list[dict]:
                 row["ci_low"], row["ci_low_censored"] = _finite_or_none(lo), not math.isfinite(lo)
                 row["ci_high"], row["ci_high_censored"] = _finite_or_none(hi), not math.isfinite(hi)
                 fr = np.isfinite(boot).mean(axis=1)
-                row["flipped_ci_low"] = float(np.quantile(fr, 0.025))
-                row["flipped_ci_high"] = float(np.quantile(fr, 0.975))
+                row["flipped_ci_low"] = float(np.quantile(fr, 0.025, method="lower"))
+                row["flipped_ci_high"] = float(np.quantile(fr, 0.975, method="higher"))
             ks = np.arange(1, k_max + 1, dtype=np.float64)
             row["auc"] = float((s[None, :] <= ks[:, None]).mean())
             row["mean_trainings"] = float(np.mean([float(a["trainings"]) for a in g["answers"]]))
@@ -272,12 +286,15 @@ def win_rates(gathers: list[dict], *, n_boot: int = 1000, seed: int = 0) -> list
                        "loss": (n - wins - ties) / n if n else None,
                        "diff_ci_low": None, "diff_ci_high": None, "p_value": None, "significant": None}
                 if n and n_boot > 0:
-                    rng = np.random.default_rng([seed, *map(ord, metric), *map(ord, a_name), 0, *map(ord, b_name)])
-                    da = np.stack([draws[a_name][t] for t in common])
-                    db = np.stack([draws[b_name][t] for t in common])
+                    # one bootstrap per unordered pair (seeded by the sorted names): B vs A mirrors A vs B
+                    first, second = sorted((a_name, b_name))
+                    rng = np.random.default_rng([seed, *map(ord, metric), *map(ord, first), 0, *map(ord, second)])
+                    d1 = np.stack([draws[first][t] for t in common])
+                    d2 = np.stack([draws[second][t] for t in common])
                     idx = rng.integers(0, n, size=(n_boot, n))
-                    sa = da[idx, rng.integers(0, da.shape[1], size=(n_boot, n))]
-                    sb = db[idx, rng.integers(0, db.shape[1], size=(n_boot, n))]
+                    s1 = d1[idx, rng.integers(0, d1.shape[1], size=(n_boot, n))]
+                    s2 = d2[idx, rng.integers(0, d2.shape[1], size=(n_boot, n))]
+                    sa, sb = (s1, s2) if a_name == first else (s2, s1)
                     diff = (sa < sb).mean(axis=1) - (sa > sb).mean(axis=1)
                     lo, hi = float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))
                     p_boot = min(1.0, 2.0 * min(float((diff <= 0).mean()), float((diff >= 0).mean())))
@@ -832,4 +849,6 @@ def write_tables(rows: list[dict], wins: list[dict], costs: list[dict], out_dir:
                             ("retest.csv", retest, RETEST_COLUMNS)):
         if got:
             write_text(out_dir / name, _rows_csv(got, cols))
+        else:                   # a table this run does not have: no stale copy from an earlier run
+            (out_dir / name).unlink(missing_ok=True)
     write_text(out_dir / "report.md", render_markdown(rows, wins, costs, lds, overlap, mcosts, retest))

@@ -277,10 +277,10 @@ def adaptive_search(bank: ModelBank, k_max: int, *, threshold: float, seeds_min:
     A probe at k starts with `seeds_min` models and adds two at a time while the posterior probability that
     the image is flipped there (flipcurve.flip_probability) lies strictly between 1 - confidence and
     confidence, up to `seeds_max`. Order: k_max (not flipped by the fitted curve: censored, stop); k = 0 when
-    the full-data models answer it for free (seed set 0), else only once the smallest probed k is flipped
-    (the sampled images are the ones the full-data models get right, so k = 0 rarely flips); then, while the
-    fitted curve's bracket (lo, hi] around its crossing is wider than one image, the k where the fitted curve
-    crosses the threshold inside it (next_k). The answer itself is the fitted curve's crossing
+    the full-data models answer it for free (seed set 0), else only once k = 1 is flipped (the sampled images
+    are the ones the full-data models get right, so below the smallest probed k the fit assumes an accuracy of
+    1 at k = 0 until models there say otherwise); then, while the fitted curve's bracket (lo, hi] around its
+    crossing is wider than one image, the k where the fitted curve crosses the threshold inside it (next_k). The answer itself is the fitted curve's crossing
     (flipcurve.estimate); the returned probes record where the models went, in order."""
     probes: list[Probe] = []
 
@@ -315,22 +315,16 @@ def adaptive_search(bank: ModelBank, k_max: int, *, threshold: float, seeds_min:
     while left() > 0:
         pts = bank.points()
         fit = flipcurve.estimate(pts, threshold, n_draws=0)
-        if not math.isfinite(fit.support):
+        if not math.isfinite(fit.support) or fit.lo < 0:        # censored, or flipped at k = 0
             break
-        if fit.lo < 0:      # flipped at the smallest k probed, k1
-            k1 = int(pts.k[0])
-            if k1 == 0:
-                break
-            if k1 == 1:     # is it flipped with nothing changed?
+        if fit.hi - fit.lo <= 1:
+            if fit.lo == 0 and 0 not in bank.outcomes:         # flipped at k = 1: is it flipped at k = 0?
                 sequential(0)
                 continue
-            # below k1 nothing is probed yet: the bracket is (0, k1], the image correct at k = 0 by selection
-            sequential(next_k(0, k1, 1.0, float(fit.fitted[0]), threshold))
-            continue
-        if fit.hi - fit.lo <= 1:
             break
         j = int(np.searchsorted(pts.k, fit.hi))
-        sequential(next_k(int(fit.lo), int(fit.hi), float(fit.fitted[j - 1]), float(fit.fitted[j]), threshold))
+        g_lo = float(fit.fitted[j - 1]) if j > 0 else 1.0        # nothing probed below: correct at k = 0
+        sequential(next_k(int(fit.lo), int(fit.hi), g_lo, float(fit.fitted[j]), threshold))
     return probes
 
 
@@ -455,11 +449,11 @@ COMMON_KEYS = ("dataset", "encoder", "ranker", "k_max", "threshold", "seed_set",
 def engine_settings(settings: dict) -> dict:
     """The settings an answer depends on: the common ones and its engine's (a change to the other engine's
     keys recomputes nothing)."""
-    engine = settings.get("engine", "bisection")
+    engine = settings.get("engine")
     if engine not in ENGINES:
-        raise SimattrError(f"support.engine '{engine}' is not one of {', '.join(ENGINES)}")
+        raise SimattrError(f"support.engine {engine!r} is not one of {', '.join(ENGINES)}")
     keys = COMMON_KEYS + ENGINE_KEYS[engine]
-    missing = [k for k in keys if k not in settings and k not in ("seed_set", "engine")]
+    missing = [k for k in keys if k not in settings and k != "seed_set"]
     if missing:
         raise SimattrError(f"support settings lack {', '.join(missing)} (engine {engine})")
     out = {k: settings[k] for k in keys if k in settings}
