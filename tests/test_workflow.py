@@ -216,8 +216,8 @@ def test_changing_esvm_C_reruns_only_esvm_scores_and_what_depends_on_them(run, t
                                     "lds": esvm_methods, "report": 1, "all": 1}
 
 
-def test_changing_support_seeds_reruns_only_support_and_report(run, tmp_path):
-    cfg = variant(tmp_path, lambda c: c["support"].update(seeds=5))
+def test_changing_the_support_budget_reruns_only_support_and_report(run, tmp_path):
+    cfg = variant(tmp_path, lambda c: c["support"].update(max_models=20))
     r = smk("-n", "--cores", "2", workdir=run, configfile=cfg)
     assert r.returncode == 0, r.stderr[-2000:]
     assert job_counts(r.stdout) == {"support": 2 * 7, "report": 1, "all": 1}
