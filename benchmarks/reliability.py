@@ -75,11 +75,8 @@ class TimedJournal(support.Journal):
 
 
 def _bank(inputs: dict, metric: str, t: int, seed_set: int, journal) -> support.ModelBank:
-    return support.ModelBank(X_train=inputs["X_train"], y_train=inputs["y_train"], x_query=inputs["x_query"],
-                             label=inputs["label"], ranking=inputs["ranking"], metric=metric,
-                             flip_class=inputs["flip_class"] if metric == "mislabel" else None,
-                             n_classes=inputs["n_classes"], recipe=RECIPE, dataset="digits", test_index=t,
-                             seed_set=seed_set, journal=journal, full_correct=inputs["full_correct"])
+    return support.ModelBank.for_answer(inputs, metric=metric, recipe=RECIPE, dataset="digits", test_index=t,
+                                        seed_set=seed_set, journal=journal)
 
 
 def _timed(bank: support.ModelBank, journal: TimedJournal) -> None:

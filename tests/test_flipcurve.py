@@ -49,7 +49,7 @@ class SimBank(support.ModelBank):
 
     def __init__(self, f, draw: int):
         self.f, self.draw = f, draw
-        self.outcomes, self.trainings, self.reused, self.full = {}, 0, 0, {}
+        self.outcomes, self.trainings, self.full = {}, 0, {}
 
     def ensure(self, k, indices):
         have = self.outcomes.setdefault(k, {})

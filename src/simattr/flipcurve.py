@@ -93,6 +93,36 @@ def isotonic_decreasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return fit[0] if one else fit
 
 
+def _crossings(ks: np.ndarray, fitted: np.ndarray, threshold: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """crossings() with the interpolated (unrounded) k of each row first: NaN where censored."""
+    G = np.atleast_2d(np.asarray(fitted, np.float64))
+    ks = np.asarray(ks, np.float64)
+    below = G <= threshold + 1e-12
+    D = G.shape[0]
+    k_star, support, lo, hi = np.full(D, np.nan), np.full(D, INF), np.full(D, ks[-1]), np.full(D, INF)
+    any_below = below.any(axis=1)
+    j = np.argmax(below, axis=1)                                   # first probe at or below (if any)
+    if ks[0] == 0:
+        zero = any_below & (j == 0)
+        k_star[zero], support[zero], lo[zero], hi[zero] = 0.0, 0.0, -1.0, 0.0
+        inner = any_below & (j > 0)
+    else:                   # nothing probed below ks[0]: from an accuracy of 1 at k = 0 (correct by selection)
+        inner = any_below
+    if inner.any():
+        rows = np.flatnonzero(inner)
+        jm = j[inner]
+        prev = np.maximum(jm - 1, 0)
+        k_lo = np.where(jm > 0, ks[prev], 0.0)
+        g_lo = np.where(jm > 0, G[rows, prev], 1.0)
+        k_hi, g_hi = ks[jm], G[rows, jm]
+        t = (g_lo - threshold) / np.maximum(g_lo - g_hi, 1e-12)
+        k_star[inner] = k_lo + np.clip(t, 0.0, 1.0) * (k_hi - k_lo)
+        support[inner] = np.clip(np.ceil(k_star[inner] - 1e-9), k_lo + 1, k_hi)
+        lo[inner], hi[inner] = k_lo, k_hi
+    return k_star, support, lo, hi
+
+
 def crossings(ks: np.ndarray, fitted: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For fitted curves (D, m) on probed ks (m,): (support, lo, hi) per row, as float arrays.
 
@@ -100,32 +130,7 @@ def crossings(ks: np.ndarray, fitted: np.ndarray, threshold: float) -> tuple[np.
     threshold at the largest k (lo = that k, hi = +inf); 0 when it is at or below it at k = 0 (lo = -1); when
     the smallest probed k > 0 is already at or below it, interpolated from an accuracy of 1 at k = 0 (lo = 0).
     """
-    G = np.atleast_2d(np.asarray(fitted, np.float64))
-    ks = np.asarray(ks, np.float64)
-    below = G <= threshold + 1e-12
-    D = G.shape[0]
-    support, lo, hi = np.full(D, INF), np.full(D, ks[-1]), np.full(D, INF)
-    any_below = below.any(axis=1)
-    j = np.argmax(below, axis=1)                                   # first probe at or below (if any)
-    first = any_below & (j == 0)
-    if ks[0] == 0:
-        support[first], lo[first], hi[first] = 0.0, -1.0, 0.0
-    elif first.any():       # nothing probed below ks[0]: from an accuracy of 1 at k = 0 (correct by selection)
-        g = G[first, 0]
-        t = (1.0 - threshold) / np.maximum(1.0 - g, 1e-12)
-        support[first] = np.clip(np.ceil(np.clip(t, 0.0, 1.0) * ks[0] - 1e-9), 1, ks[0])
-        lo[first], hi[first] = 0.0, ks[0]
-    mid = any_below & (j > 0)
-    if mid.any():
-        jm = j[mid]
-        rows = np.flatnonzero(mid)
-        k_lo, k_hi = ks[jm - 1], ks[jm]
-        g_lo, g_hi = G[rows, jm - 1], G[rows, jm]
-        t = (g_lo - threshold) / np.maximum(g_lo - g_hi, 1e-12)
-        k_star = k_lo + np.clip(t, 0.0, 1.0) * (k_hi - k_lo)
-        support[mid] = np.clip(np.ceil(k_star - 1e-9), k_lo + 1, k_hi)
-        lo[mid], hi[mid] = k_lo, k_hi
-    return support, lo, hi
+    return _crossings(ks, fitted, threshold)[1:]
 
 
 def raw_draws(points: Points, n_draws: int, seed: int) -> np.ndarray:
@@ -182,16 +187,8 @@ def estimate(points: Points, threshold: float, *, n_draws: int = 1000, seed: int
         return Estimate(support=INF, lo=-1.0, hi=INF, crossing=None, fitted=empty, draws=empty, draw_lo=empty,
                         draw_hi=empty)
     fitted = isotonic_decreasing(points.c / points.n, points.n)
-    s, lo, hi = crossings(points.k, fitted[None], threshold)
-    crossing = None
-    if math.isfinite(s[0]):
-        if lo[0] < 0:
-            crossing = 0.0
-        else:
-            j = int(np.searchsorted(points.k, hi[0]))
-            g_lo, g_hi = (fitted[j - 1], fitted[j]) if j > 0 else (1.0, fitted[0])
-            crossing = float(lo[0] + min(max((g_lo - threshold) / max(g_lo - g_hi, 1e-12), 0.0), 1.0)
-                             * (hi[0] - lo[0]))
+    k_star, s, lo, hi = _crossings(points.k, fitted[None], threshold)
+    crossing = None if np.isnan(k_star[0]) else float(k_star[0])
     draws = posterior_draws(points, n_draws, seed) if n_draws > 0 else np.zeros((0, len(points)))
     ds, dlo, dhi = crossings(points.k, draws, threshold) if n_draws > 0 else (np.zeros(0),) * 3
     return Estimate(support=float(s[0]), lo=float(lo[0]), hi=float(hi[0]), crossing=crossing, fitted=fitted,

@@ -172,7 +172,16 @@ class ModelBank:
                      if full_correct is not None and self.seed_set == 0 else {})
         self.outcomes: dict[int, dict[int, bool]] = {}
         self.trainings = 0
-        self.reused = 0            # full-data models used at k = 0
+
+    @classmethod
+    def for_answer(cls, inputs: dict, *, metric: str, recipe: models.Recipe, dataset: str, test_index: int,
+                   seed_set: int, journal: Journal | None) -> "ModelBank":
+        """The bank of one answer from its answer_inputs (the flip class only for mislabel)."""
+        return cls(X_train=inputs["X_train"], y_train=inputs["y_train"], x_query=inputs["x_query"],
+                   label=inputs["label"], ranking=inputs["ranking"], metric=metric,
+                   flip_class=inputs["flip_class"] if metric == "mislabel" else None,
+                   n_classes=inputs["n_classes"], recipe=recipe, dataset=dataset, test_index=test_index,
+                   seed_set=seed_set, journal=journal, full_correct=inputs["full_correct"])
 
     def ensure(self, k: int, indices) -> None:
         have = self.outcomes.setdefault(k, {})
@@ -182,7 +191,6 @@ class ModelBank:
                 continue
             if k == 0 and i in self.full:
                 have[i] = self.full[i]
-                self.reused += 1
                 continue
             self.trainings += 1
             entry = self.journal.get(k, i)
@@ -545,11 +553,9 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
     flip = inputs["flip_class"] if metric == "mislabel" else None
     threshold = float(settings["threshold"])
     journal = Journal(journal_path(out_path), a_hash)
-    bank = ModelBank(X_train=inputs["X_train"], y_train=inputs["y_train"], x_query=inputs["x_query"],
-                     label=inputs["label"], ranking=inputs["ranking"], metric=metric, flip_class=flip,
-                     n_classes=inputs["n_classes"], recipe=models.Recipe(**settings["model"]),
-                     dataset=settings["dataset"], test_index=test_index, seed_set=int(settings["seed_set"]),
-                     journal=journal, full_correct=inputs["full_correct"])
+    bank = ModelBank.for_answer(inputs, metric=metric, recipe=models.Recipe(**settings["model"]),
+                                dataset=settings["dataset"], test_index=test_index,
+                                seed_set=int(settings["seed_set"]), journal=journal)
     checks: list[Probe] = []
     try:
         if settings["engine"] == "bisection":
