@@ -48,3 +48,68 @@ def test_a_task_runs_torch_on_its_cpus_per_task(cluster, tmp_path, monkeypatch):
     results, failures = run_tasks(torch_threads, [{}], ["unit"], s, name="t", progress=False)
     assert not failures and results == [1]
     assert torch.get_num_threads() == before and os.environ["OMP_NUM_THREADS"] == "2"
+
+
+def visible_gpus(wait: float = 0.0) -> str | None:
+    import time
+
+    time.sleep(wait)
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_a_local_task_with_gpus_per_node_sees_its_gpu(tmp_path, monkeypatch):
+    """submitit's local executor gives a task CUDA_VISIBLE_DEVICES="" unless told its GPUs: a workstation's GPUs
+    would then go unused. Holds on the CPU and on a GPU machine (no CUDA call is made)."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    s = LaunchSettings(cluster="local", folder=str(tmp_path / "submitit"), parallelism=1, timeout_min=5,
+                       gpus_per_node=1)
+    results, failures = run_tasks(visible_gpus, [{}], ["unit"], s, name="t", progress=False)
+    assert not failures and results[0] not in (None, ""), results
+    s0 = LaunchSettings(cluster="local", folder=str(tmp_path / "submitit0"), parallelism=1, timeout_min=5)
+    assert run_tasks(visible_gpus, [{}], ["unit"], s0, name="t", progress=False)[0] == [""]
+
+
+def test_local_tasks_are_spread_over_the_gpus_and_share_them_beyond_one_each(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    s = LaunchSettings(cluster="local", folder=str(tmp_path / "submitit"), parallelism=4, timeout_min=5,
+                       gpus_per_node=1)
+    results, failures = run_tasks(visible_gpus, [{"wait": 2.0}] * 4, [f"u{i}" for i in range(4)], s, name="t",
+                                  progress=False)
+    assert not failures
+    assert sorted(results) == ["3", "3", "5", "5"]      # physical ids kept; two tasks per GPU
+
+
+def test_gpu_slots_refuse_more_gpus_per_task_than_the_machine_shows(monkeypatch):
+    from simattr.launch import GpuSlots
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(ValueError, match="gpus_per_node is 2 but this machine shows 1 GPU"):
+        GpuSlots(2)
+
+
+def network_device() -> str:
+    from simattr.accel import default_device
+
+    return str(default_device())
+
+
+def test_a_local_network_task_given_a_gpu_without_cuda_fails_in_one_line(tmp_path, monkeypatch):
+    """CUDA faked absent in the task (a sitecustomize on its path), so this holds on a GPU machine too."""
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "sitecustomize.py").write_text(
+        "import torch\ntorch.cuda.is_available = lambda: False\n")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'fake'}{os.pathsep}{Path(__file__).parent}")
+    monkeypatch.delenv("SIMATTR_ALLOW_CPU", raising=False)
+    s = LaunchSettings(cluster="local", folder=str(tmp_path / "submitit"), parallelism=1, timeout_min=5,
+                       gpus_per_node=1)
+    results, failures = run_tasks(network_device, [{}], ["image 7"], s, name="support-x", progress=False)
+    assert results == [None] and len(failures) == 1
+    err = failures[0].error
+    assert "SimattrError: job 'support-x task' was given a GPU" in err and "\n" not in err, err
+    assert "CUDA_VISIBLE_DEVICES='0'" in err and "torch " in err and "install" in err
+    monkeypatch.setenv("SIMATTR_ALLOW_CPU", "1")
+    s1 = LaunchSettings(cluster="local", folder=str(tmp_path / "submitit1"), parallelism=1, timeout_min=5,
+                        gpus_per_node=1)
+    assert run_tasks(network_device, [{}], ["image 7"], s1, name="support-x", progress=False)[0] == ["cpu"]

@@ -249,9 +249,13 @@ def test_the_test_workflow_runs_as_slurm_jobs_through_the_repo_profile(slurm, tm
     import re
 
     import yaml
-    from test_workflow import TEST_CFG, smk_cmd
+    from test_workflow import TEST_CFG, smk_cmd, variant
 
-    cmd, env = smk_cmd("--profile", str(REPO / "profiles" / "slurm"), workdir=tmp_path)
+    # embed.gpu: the embed stage's network jobs ask for a (fake) GPU; with no CUDA here they would stop in one
+    # line (accel), unless SIMATTR_ALLOW_CPU lets them run on the CPU (sbatch --export=ALL carries it)
+    cfg_path = variant(tmp_path, lambda c: c["embed"].update(gpu=True))
+    cmd, env = smk_cmd("--profile", str(REPO / "profiles" / "slurm"), workdir=tmp_path, configfile=cfg_path)
+    env["SIMATTR_ALLOW_CPU"] = "1"
     t0, since = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800)
     wall = time.perf_counter() - t0
@@ -263,6 +267,7 @@ def test_the_test_workflow_runs_as_slurm_jobs_through_the_repo_profile(slurm, tm
     assert {"train_simclr", "score", "embed_shard", "embed_index", "queries", "report"} <= set(jobs), sorted(jobs)
     tres = _sacct(jobs["train_simclr"], "AllocTRES")
     assert tres and "gres/gpu=1" in tres[0], tres                 # the training rule got a (fake) GPU
+    assert "gres/gpu" not in (_sacct(jobs["queries"], "AllocTRES") or [""])[0]    # the MLP's retrains: none
     assert "support" not in jobs                                   # a local rule ...
     cfg = yaml.safe_load(TEST_CFG.read_text())
     names = {f"support-{m['encoder']}-{m['ranker']}-{metric}" for m in cfg["methods"] for metric in cfg["support"]["metrics"]}

@@ -367,3 +367,51 @@ def test_sigkill_during_support_then_rerun_gives_the_same_answers_and_no_model_t
         assert len(keys) == len(set(keys)), j          # no model trained twice
         answer = json.loads(j.with_name(j.name.replace(".journal.jsonl", ".json")).read_text())
         assert len(keys) == answer["trainings"]
+
+
+NETWORK_RULES = {"train_simclr", "train_supervised", "embed_shard", "queries", "trak_checkpoints", "trak", "subsets"}
+
+
+def profile_dry_run_jobs(configfile: Path, tmp_path: Path) -> list[dict]:
+    """The jobs of a dry run through profiles/slurm: rule, encoder, the gpu resource and the --gpus /
+    --gpus-per-node of its shell command."""
+    import re
+
+    cfg_path, _ = with_fake_inputs(configfile, tmp_path)
+    r = smk("-n", "-p", "--profile", str(REPO / "profiles" / "slurm"), workdir=tmp_path, configfile=cfg_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    jobs = []
+    for block in re.split(r"\n(?=\[[^\]]*\d{4}\]\n)", r.stdout):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        if not rule or not shell:
+            continue
+        res = re.search(r"^\s*resources: (.*)$", block, re.M)
+
+        def num(pattern, text):
+            m = re.search(pattern, text or "")
+            return int(m.group(1)) if m else None
+        jobs.append({"rule": rule.group(1), "encoder": (re.findall(r"--encoder (\w+)", shell.group(1)) or [""])[0],
+                     "gpu": num(r"\bgpu=(\d+)", res.group(1) if res else ""),
+                     "flag": num(r"--gpus (\d+)", shell.group(1)),
+                     "per_task": num(r"--gpus-per-node (\d+)", shell.group(1))})
+    return jobs
+
+
+@pytest.mark.parametrize("name", ["cifar10.yaml", "imagenet.yaml"])
+def test_the_slurm_profile_asks_a_gpu_for_every_network_job_of_the_gpu_configs(name, tmp_path):
+    jobs = profile_dry_run_jobs(REPO / "config" / name, tmp_path)
+    network = [j for j in jobs if j["rule"] in NETWORK_RULES]
+    assert {"queries", "embed_shard"} <= {j["rule"] for j in network}
+    for j in network:                     # the resource (sbatch --gpus=1) and the job's own no-CUDA check
+        assert j["gpu"] == 1 and j["flag"] == 1, j
+    support = [j for j in jobs if j["rule"] == "support"]
+    assert support and all(j["per_task"] == 1 for j in support), support   # every array task asks for one
+    print(f"{name}: {len(network)} network jobs ask for a GPU ({sorted({j['rule'] for j in network})}), "
+          f"{len(support)} support arrays with 1 GPU per task")
+
+
+def test_the_digits_config_asks_no_gpu(tmp_path):
+    jobs = profile_dry_run_jobs(REPO / "config" / "config.yaml", tmp_path)
+    assert jobs and all(not j["gpu"] and not j["flag"] and not j["per_task"] for j in jobs), \
+        [j for j in jobs if j["gpu"] or j["flag"] or j["per_task"]]

@@ -20,6 +20,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from .accel import default_device
 from .errors import SimattrError
 
 ARCHS = ("resnet18", "resnet50")
@@ -34,21 +35,6 @@ FEATURES = ("pool", "pool3")        # global average pool of layer4 (the usual) 
 NORMALIZE = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
              "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
              "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
-
-
-def cuda_in_use() -> bool:
-    """Whether this process has torch loaded and a CUDA device to run on (without importing torch)."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    return bool(torch is not None and torch.cuda.is_available())
-
-
-def default_device():
-    """Where simattr's networks run unless told otherwise: CUDA when torch sees a device, else the CPU."""
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _resnet(arch: str, cifar_stem: bool, in_channels: int = 3):

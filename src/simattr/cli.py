@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simattr", description=__doc__)
     ap.add_argument("--log", help="also write the log to this file")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--gpus", type=int, default=0, help="GPUs the workflow gave this job (the rule's gpu "
+                    "resource): with N > 0 the job stops at once, in one line, if torch finds no usable CUDA "
+                    "device (SIMATTR_ALLOW_CPU=1 runs it on the CPU anyway)")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("train-encoder", help="make an encoder state: train simclr / supervised on the train split, "
@@ -263,7 +266,7 @@ def _write_usage(log_path: str, cmd: str, t0: float) -> None:
     import time
 
     from . import store
-    from .backbones import cuda_in_use
+    from .accel import cuda_in_use
 
     cuda = cuda_in_use()
     t = os.times()
@@ -279,6 +282,9 @@ def run(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     a = build_parser().parse_args(argv)
     _setup_logging(a.log)
+    from . import accel
+
+    accel.claim(f"simattr {a.cmd}" + (f" (log {a.log})" if a.log else ""), a.gpus)
     _dispatch(a)
     if a.log:
         _write_usage(a.log, a.cmd, t0)

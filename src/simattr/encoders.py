@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .backbones import default_device, one_line
+from .accel import default_device
+from .backbones import one_line
 from .errors import SimattrError
 
 ENCODERS = ("pixels", "simclr", "supervised", "resnet")

@@ -481,7 +481,9 @@ def exemplar_svm_scores(queries, negatives, C: float = 0.1, *, device=None, dtyp
     """
     as_numpy = not isinstance(queries, torch.Tensor)
     if device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from .accel import default_device
+
+        device = default_device()
     device = torch.device(device)
     dt = _default_dtype(dtype)
     if dt in (torch.float16, torch.bfloat16):

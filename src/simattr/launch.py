@@ -1,7 +1,8 @@
 """Fan work out through submitit: one array task per unit (a test image), on `local`, `debug` or `slurm`.
 
 `local` starts one process per task; submitit itself would start them all at once, so tasks are fed to it
-`parallelism` at a time. `slurm` submits one job array (slurm_array_parallelism caps what runs at once).
+`parallelism` at a time; with `gpus_per_node` > 0 each gets that many of the machine's GPUs, spread evenly
+(with more tasks running than GPUs, they share them). `slurm` submits one job array (slurm_array_parallelism caps what runs at once).
 `debug` runs every task in this process (for tests and pdb).
 
 Every task is a submitit Checkpointable: when SLURM preempts it or its time limit comes near (submitit asks
@@ -49,12 +50,15 @@ class Failure:
 
 
 class _Task(_Checkpointable):
-    """Picklable callable: limit BLAS and torch threads to the task's cores, then call fn(**kwargs).
-    Checkpointable: on preemption or near its time limit it is requeued as it was called (the work resumes
-    itself)."""
+    """Picklable callable: limit BLAS and torch threads to the task's cores, say which GPUs the task was given
+    (accel: a network task that finds no usable CUDA then stops in one line), then call fn(**kwargs).
+    `visible`: the CUDA_VISIBLE_DEVICES of a local task (the launcher spreads local tasks over the machine's
+    GPUs). Checkpointable: on preemption or near its time limit it is requeued as it was called (the work
+    resumes itself)."""
 
-    def __init__(self, fn: Callable[..., Any], threads: int):
-        self.fn, self.threads = fn, threads
+    def __init__(self, fn: Callable[..., Any], threads: int, name: str = "task", gpus: int = 0,
+                 visible: str | None = None):
+        self.fn, self.threads, self.name, self.gpus, self.visible = fn, threads, name, gpus, visible
 
     def __call__(self, kwargs: dict) -> Any:
         import os
@@ -62,6 +66,12 @@ class _Task(_Checkpointable):
 
         from threadpoolctl import threadpool_limits
 
+        from . import accel
+
+        if self.visible is not None:              # before torch starts CUDA in this process
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.visible
+        old_job = dict(accel._job)
+        accel.claim(f"{self.name} task", self.gpus, check=False)
         # threadpool_limits reaches only the libraries loaded now; torch is usually imported later, inside fn,
         # and would size its pool from OMP_NUM_THREADS (Snakemake sets it to the whole support job's threads)
         old_env, torch = os.environ.get("OMP_NUM_THREADS"), sys.modules.get("torch")
@@ -73,12 +83,44 @@ class _Task(_Checkpointable):
             with threadpool_limits(limits=self.threads):
                 return self.fn(**kwargs)
         finally:                                  # `debug` runs tasks in this process: leave it as it was
+            accel._job.update(old_job)
             if old_env is None:
                 os.environ.pop("OMP_NUM_THREADS", None)
             else:
                 os.environ["OMP_NUM_THREADS"] = old_env
             if old_torch is not None:
                 torch.set_num_threads(old_torch)
+
+
+class GpuSlots:
+    """The GPUs local tasks are spread over: CUDA_VISIBLE_DEVICES's entries when it is set, else every device
+    torch counts (at least `per_task`). Each task takes the `per_task` least-loaded ones, so with more tasks
+    running than GPUs, tasks share GPUs evenly (several models per GPU)."""
+
+    def __init__(self, per_task: int):
+        from . import accel
+
+        env = accel.visible_devices()
+        if env is not None and env.strip().lower() not in accel.NO_DEVICE:
+            names = [x.strip() for x in env.split(",") if x.strip()]
+        else:
+            import torch
+
+            names = [str(i) for i in range(max(torch.cuda.device_count(), per_task))]
+        if len(names) < per_task:
+            raise ValueError(f"launch.gpus_per_node is {per_task} but this machine shows {len(names)} GPU(s) "
+                             f"(CUDA_VISIBLE_DEVICES={env!r})")
+        self.per_task, self.load = per_task, {n: 0 for n in names}
+
+    def take(self) -> list[str]:
+        order = sorted(self.load, key=lambda n: (self.load[n], list(self.load).index(n)))[:self.per_task]
+        for n in order:
+            self.load[n] += 1
+        return order
+
+    def give(self, names: list[str]) -> None:
+        for n in names:
+            self.load[n] -= 1
 
 
 def _executor(s: LaunchSettings, name: str):
@@ -88,6 +130,8 @@ def _executor(s: LaunchSettings, name: str):
         raise ValueError(f"unknown cluster '{s.cluster}'; valid: {', '.join(CLUSTERS)}")
     ex = submitit.AutoExecutor(folder=s.folder, cluster=s.cluster, slurm_max_num_timeout=s.max_requeues)
     params: dict[str, Any] = {"name": name, "timeout_min": s.timeout_min}
+    if s.cluster == "local" and s.gpus_per_node:
+        params["gpus_per_node"] = s.gpus_per_node       # the task itself sets which (GpuSlots)
     if s.cluster == "slurm":
         if s.signal_delay_s >= s.timeout_min * 60:
             raise ValueError(f"launch.signal_delay_s ({s.signal_delay_s}) must be shorter than the time limit "
@@ -128,7 +172,7 @@ def run_tasks(fn: Callable[..., Any], units: list[dict], labels: list[str], sett
 
     Results of failed units are None. Failures carry the task's log path.
     """
-    task = _Task(fn, settings.cpus_per_task)
+    task = _Task(fn, settings.cpus_per_task, name, settings.gpus_per_node)
     results: list[Any] = [None] * len(units)
     failures: list[Failure] = []
     if not units:
@@ -161,12 +205,21 @@ def run_tasks(fn: Callable[..., Any], units: list[dict], labels: list[str], sett
     else:  # local: feed at most `parallelism` processes at a time
         queue = list(range(len(units)))
         running: dict[int, Any] = {}
+        slots = GpuSlots(settings.gpus_per_node) if settings.gpus_per_node else None
+        held: dict[int, list[str]] = {}
         while queue or running:
             while queue and len(running) < max(1, settings.parallelism):
                 i = queue.pop(0)
-                running[i] = ex.submit(task, units[i])
+                if slots is not None:
+                    held[i] = slots.take()
+                    running[i] = ex.submit(_Task(fn, settings.cpus_per_task, name, settings.gpus_per_node,
+                                                 ",".join(held[i])), units[i])
+                else:
+                    running[i] = ex.submit(task, units[i])
             for i in [i for i, j in running.items() if j.done()]:
                 collect(i, running.pop(i))
+                if slots is not None:
+                    slots.give(held.pop(i))
             time.sleep(0.05)
     bar.close()
     return results, failures

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backbones import NORMALIZE, default_device
+from .accel import default_device
+from .backbones import NORMALIZE
 from .errors import SimattrError
 
 MODELS = ("mlp", "resnet9", "resnet18")

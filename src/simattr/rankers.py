@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import esvm as esvm_mod
+from .accel import default_device, torch_build
 from .errors import SimattrError
 
 RankerFn = Callable[..., np.ndarray]
@@ -25,9 +26,10 @@ log = logging.getLogger(__name__)
 
 def _device(device) -> torch.device:
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     if device == "cuda" and not torch.cuda.is_available():
-        raise SimattrError("esvm.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+        raise SimattrError(f"esvm.device is 'cuda' but {torch_build(torch)} sees no CUDA device; use 'auto' or "
+                           "'cpu', or install a CUDA build of pytorch")
     return torch.device(device)
 
 

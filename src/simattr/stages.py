@@ -223,7 +223,9 @@ def trak_attributions(*, data: datasets.Spec, recipe, checkpoints: str, proj_dim
     te = datasets.load_split(data, "test")
     streamed = recipe.name in models.STREAMED_MODELS
     X_train, X_test = models.prepare_inputs(recipe, *((tr, te) if streamed else (tr.images, te.images)))
-    device = backbones.default_device()
+    from .accel import default_device
+
+    device = default_device()
     with tempfile.TemporaryDirectory(prefix=".trak-", dir=Path(out).parent) as work:
         scores = trak.trak_scores(recipe=recipe, X_train=X_train, y_train=tr.labels, X_target=X_test,
                                   y_target=te.labels, checkpoints=ck["states"], n_classes=len(tr.class_names),

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import datasets, models, store
-from .backbones import cuda_in_use
+from .accel import cuda_in_use
 from .errors import SimattrError
 
 PURPOSES = ("datamodels", "lds")

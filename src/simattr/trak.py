@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from . import models
-from .backbones import default_device
+from .accel import default_device
 from .errors import SimattrError
 
 log = logging.getLogger(__name__)

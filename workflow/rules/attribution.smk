@@ -14,14 +14,15 @@ rule trak_checkpoints:
         model=MODEL_ARGS,
         checkpoints=config["trak"]["checkpoints"],
         seed=config["trak"]["seed"],
-    threads: 1
+    threads: retrain_threads
     resources:
-        mem_mb=4000,
+        mem_mb=retrain_mem_mb,
+        runtime=retrain_runtime,
         gpu=retrain_gpus,
     conda:
         ENV
     shell:
-        "simattr --log {log} trak-checkpoints {params.data} {params.model} --checkpoints {params.checkpoints}"
+        "simattr --log {log} --gpus {resources.gpu} trak-checkpoints {params.data} {params.model} --checkpoints {params.checkpoints}"
         " --seed {params.seed} --out {output}"
 
 
@@ -43,12 +44,13 @@ rule trak:
         lambda_reg=config["trak"]["lambda_reg"],
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wildcards: max(8000, retrain_mem_mb(wildcards)),
+        runtime=retrain_runtime,
         gpu=retrain_gpus,
     conda:
         ENV
     shell:
-        "simattr --log {log} trak {params.data} {params.model} --checkpoints-file {input}"
+        "simattr --log {log} --gpus {resources.gpu} trak {params.data} {params.model} --checkpoints-file {input}"
         " --proj-dim {params.proj_dim} --projector-seed {params.projector_seed}"
         " --trak-batch-size {params.batch_size} --lambda-reg {params.lambda_reg} --out {output}"
 
@@ -67,14 +69,15 @@ rule subsets:
         models=lambda wildcards: config[wildcards.purpose]["models"],
         shard_size=lambda wildcards: config[wildcards.purpose]["shard_size"],
         shard=lambda wildcards: int(wildcards.shard),
-    threads: 1
+    threads: retrain_threads
     resources:
-        mem_mb=4000,
+        mem_mb=retrain_mem_mb,
+        runtime=retrain_runtime,
         gpu=retrain_gpus,
     conda:
         ENV
     shell:
-        "simattr --log {log} subsets {params.data} {params.model} --purpose {wildcards.purpose}"
+        "simattr --log {log} --gpus {resources.gpu} subsets {params.data} {params.model} --purpose {wildcards.purpose}"
         " --alpha {params.alpha} --models {params.models} --shard-size {params.shard_size}"
         " --shard {params.shard} --out {output}"
 

@@ -103,15 +103,43 @@ def embed_batch_size(wildcards):
     return config["encoders"]["resnet"]["batch_size"] if wildcards.encoder == "resnet" else 256
 
 
+NETWORK_ENCODERS = ("simclr", "supervised", "resnet")   # encoders that run a network (pixels does not)
+CNN = MODEL.name != "mlp"
+
+
 def embed_gpus(wildcards):
-    """Embedding a split with a ResNet is GPU work on a cluster (the profile maps `gpu` to a GRES request)."""
-    return 1 if wildcards.encoder == "resnet" and config["embed"]["gpu"] else 0
+    """The embed stage's network jobs (training simclr / supervised, embedding with a network encoder) ask for one
+    GPU when embed.gpu is set (the profile maps `gpu` to sbatch --gpus; the job gets `simattr --gpus 1`, so it stops
+    in one line where it finds no usable CUDA)."""
+    encoder = getattr(wildcards, "encoder", None)
+    return 1 if config["embed"]["gpu"] and (encoder is None or encoder in NETWORK_ENCODERS) else 0
 
 
 def retrain_gpus(wildcards):
-    """Jobs that train the retrained model (TRAK checkpoints, subset models) ask for a GPU when the model is a CNN
-    and the support tasks get GPUs too (launch.gpus_per_node > 0)."""
-    return 1 if MODEL.name != "mlp" and config["launch"]["gpus_per_node"] > 0 else 0
+    """Jobs that train or differentiate the retrained model (queries' full-data models, TRAK checkpoints and
+    scores, subset models) ask for a GPU when the model is a CNN and the support tasks get GPUs
+    (launch.gpus_per_node > 0)."""
+    return 1 if CNN and config["launch"]["gpus_per_node"] > 0 else 0
+
+
+def retrain_threads(wildcards):
+    """A CNN retrain job gets a support task's cores (DataLoader workers decode streamed images); an MLP one."""
+    return config["launch"]["cpus_per_task"] if CNN else 1
+
+
+def retrain_mem_mb(wildcards):
+    return max(4000, int(config["launch"]["mem_gb"] * 1024)) if CNN else 4000
+
+
+def retrain_runtime(wildcards):
+    """Minutes: a CNN retrain job trains a handful of models, as a support task does within launch.timeout_min."""
+    return max(60, config["launch"]["timeout_min"]) if CNN else 60
+
+
+def score_gpus(wildcards):
+    """Feature rankers run on the GPU when esvm.device is cuda (auto takes one only if the job happens to have it)."""
+    devices = ("esvm", "esvm_signed", "knn_l2", "knn_cos")
+    return 1 if wildcards.ranker in devices and config["esvm"]["device"] == "cuda" else 0
 
 
 def subset_shards(purpose):

@@ -20,11 +20,12 @@ rule train_simclr:
         proj_dim=config["encoders"]["simclr"]["proj_dim"],
     threads: 2
     resources:
+        gpu=embed_gpus,
         mem_mb=4000,
     conda:
         ENV
     shell:
-        "simattr --log {log} train-encoder {params.data} --encoder simclr"
+        "simattr --log {log} --gpus {resources.gpu} train-encoder {params.data} --encoder simclr"
         " --seed {params.seed} --param arch={params.arch}"
         " --param epochs={params.epochs} --param batch_size={params.batch_size} --param lr={params.lr}"
         " --param temperature={params.temperature} --param feature_dim={params.feature_dim}"
@@ -47,11 +48,12 @@ rule train_supervised:
         hidden=config["encoders"]["supervised"]["hidden"],
     threads: 2
     resources:
+        gpu=embed_gpus,
         mem_mb=4000,
     conda:
         ENV
     shell:
-        "simattr --log {log} train-encoder {params.data} --encoder supervised"
+        "simattr --log {log} --gpus {resources.gpu} train-encoder {params.data} --encoder supervised"
         " --seed {params.seed}"
         " --param epochs={params.epochs} --param batch_size={params.batch_size} --param lr={params.lr}"
         " --param hidden={params.hidden} --out {output}"
@@ -107,7 +109,7 @@ rule embed_shard:
     conda:
         ENV
     shell:
-        "simattr --log {log} embed {params.data} --encoder {wildcards.encoder} --split {wildcards.split}"
+        "simattr --log {log} --gpus {resources.gpu} embed {params.data} --encoder {wildcards.encoder} --split {wildcards.split}"
         " --shard-size {params.shard_size} --shard {wildcards.shard} --batch-size {params.batch_size}"
         " --float16 {params.float16} --workers {resources.embed_workers} {params.state} --out {output}"
 

@@ -28,11 +28,13 @@ rule score:
         neighbours=lambda wildcards: ranker_setting(wildcards, "esvm_signed", "esvm", "runner_up_neighbours"),
     threads: 1
     resources:
+        gpu=score_gpus,
         mem_mb=2000,
     conda:
         ENV
     shell:
-        "simattr --log {log} --no-progress score --dataset {params.dataset} --encoder {wildcards.encoder}"
+        "simattr --log {log} --gpus {resources.gpu} --no-progress score --dataset {params.dataset}"
+        " --encoder {wildcards.encoder}"
         " --ranker {wildcards.ranker} --class {wildcards.cls} --train-index {input.train}"
         " --test-index {input.test} --class-conditioned {params.class_conditioned} --topk {params.topk}"
         " --C {params.C} --tol {params.tol} --max-iter {params.max_iter} --random-seed {params.random_seed}"

@@ -16,13 +16,15 @@ rule queries:
         sample_seed=config["support"]["sample_seed"],
         flip_models=config["support"]["flip_models"],
         model=MODEL_ARGS,
-    threads: 1
+    threads: retrain_threads
     resources:
-        mem_mb=2000,
+        mem_mb=retrain_mem_mb,
+        runtime=retrain_runtime,
+        gpu=retrain_gpus,
     conda:
         ENV
     shell:
-        "simattr --log {log} queries {params.data} --n-test {params.n_test} --sample-seed {params.sample_seed}"
+        "simattr --log {log} --gpus {resources.gpu} queries {params.data} --n-test {params.n_test} --sample-seed {params.sample_seed}"
         " --flip-models {params.flip_models} {params.model} --out {output}"
 
 

@@ -1,0 +1,102 @@
+"""Where network work runs, and a loud stop when a job given a GPU cannot use it.
+
+A job is *given a GPU* when the workflow asked for one (`simattr --gpus N`, from the rule's `gpu` resource; a
+support task's `launch.gpus_per_node`) or when its environment names a device (`CUDA_VISIBLE_DEVICES` set by
+SLURM, by submitit's local executor or by hand). Such a job that finds no usable CUDA device (a CPU-only torch
+build, a missing driver, a device another job holds exclusively) stops with one line naming the job,
+`CUDA_VISIBLE_DEVICES`, torch's build and what to install, instead of running 50-100x slower on the CPU and
+succeeding. `SIMATTR_ALLOW_CPU=1` lets it run on the CPU anyway (a test cluster with fake GPUs).
+
+Importing this module does not import torch.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from .errors import SimattrError
+
+ALLOW_CPU = "SIMATTR_ALLOW_CPU"
+NO_DEVICE = ("", "-1", "none", "nodevfiles", "void")
+
+_job = {"name": "simattr", "gpus": 0}
+
+
+def claim(job: str, gpus: int, check: bool = True) -> None:
+    """This process is `job`, given `gpus` GPUs by the workflow (0: none asked). With gpus > 0 and `check` the
+    CUDA check runs now, before any data is read; otherwise when network work first asks for its device."""
+    _job.update(name=str(job), gpus=int(gpus))
+    if gpus > 0 and check:
+        default_device()
+
+
+def visible_devices() -> str | None:
+    """CUDA_VISIBLE_DEVICES as set (None when unset)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def gpus_given() -> bool:
+    """Whether this job was given a GPU: asked for by the workflow, or named by CUDA_VISIBLE_DEVICES."""
+    env = visible_devices()
+    return _job["gpus"] > 0 or (env is not None and env.strip().lower() not in NO_DEVICE)
+
+
+def torch_build(torch) -> str:
+    """torch's version and build: 'torch 2.4.1+cu121 (CUDA 12.1 build)' or '... (CPU-only build)'."""
+    cuda = getattr(torch.version, "cuda", None)
+    return f"torch {torch.__version__} ({f'CUDA {cuda} build' if cuda else 'CPU-only build'})"
+
+
+def no_cuda_message(torch) -> str:
+    """The one line a job given a GPU without usable CUDA stops with."""
+    env = visible_devices()
+    cuda = getattr(torch.version, "cuda", None)
+    why = ("a CPU-only torch: install a CUDA build of pytorch for your driver (conda: `pytorch-cuda=12.4` from "
+           "the pytorch and nvidia channels, see envs/simattr.yaml; pip: `pip install torch --index-url "
+           "https://download.pytorch.org/whl/cu124`)" if not cuda else
+           "a CUDA build, but no device it can use: check the driver (`nvidia-smi`) supports CUDA "
+           f"{cuda}, or install the pytorch build for your driver's CUDA version")
+    return (f"job '{_job['name']}' was given a GPU (workflow gpus={_job['gpus']}, CUDA_VISIBLE_DEVICES="
+            f"{'unset' if env is None else repr(env)}) but {torch_build(torch)} finds no usable CUDA device: "
+            f"{why}; or set {ALLOW_CPU}=1 to run it on the CPU")
+
+
+def default_device():
+    """Where simattr's networks run unless told otherwise: CUDA when torch sees a device, else the CPU, unless
+    this job was given a GPU: then a missing CUDA device is an error (SimattrError, one line)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if gpus_given() and os.environ.get(ALLOW_CPU, "") not in ("1", "true", "yes"):
+        raise SimattrError(no_cuda_message(torch))
+    return torch.device("cpu")
+
+
+def cuda_in_use() -> bool:
+    """Whether this process has torch loaded and a CUDA device to run on (without importing torch)."""
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_available())
+
+
+def configure(deterministic: bool, device) -> None:
+    """cuDNN / cuBLAS settings for training on `device`. deterministic: deterministic algorithms only (the same
+    seed gives the same bits on one GPU type; slower). Otherwise cuDNN autotunes (benchmark mode): the fastest
+    algorithm for each shape, whose choice, and so the last bits of a model, can vary between runs."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+
+
+def release(device) -> None:
+    """Give cached GPU memory back after a model is dropped (other processes sharing the GPU can use it)."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.empty_cache()
