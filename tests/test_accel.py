@@ -14,6 +14,7 @@ from simattr.errors import SimattrError
 def no_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("SIMATTR_ALLOW_CPU", raising=False)
+    monkeypatch.setenv("SIMATTR_DEVICE", "auto")          # the suite runs with cpu (conftest)
     monkeypatch.setattr(accel, "_job", {"name": "simattr", "gpus": 0})
 
 
@@ -45,7 +46,7 @@ def test_the_cli_given_gpus_stops_before_reading_anything(tmp_path):
             "'--out', 'q.h5']))")
     import os
 
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CUDA_VISIBLE_DEVICES": "", "SIMATTR_DEVICE": "auto"}
     env.pop("SIMATTR_ALLOW_CPU", None)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
@@ -59,3 +60,15 @@ def test_configure_is_a_no_op_on_the_cpu():
     before = torch.are_deterministic_algorithms_enabled()
     accel.configure(True, torch.device("cpu"))
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_simattr_device_chooses_outright(no_cuda, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("SIMATTR_DEVICE", "cpu")               # asked for: no error though a GPU was given
+    assert accel.default_device() == torch.device("cpu")
+    monkeypatch.setenv("SIMATTR_DEVICE", "cuda")
+    with pytest.raises(SimattrError, match=r"^SIMATTR_DEVICE=cuda but torch .* finds no usable CUDA device"):
+        accel.default_device()
+    monkeypatch.setenv("SIMATTR_DEVICE", "tpu")
+    with pytest.raises(SimattrError, match="SIMATTR_DEVICE='tpu': expected auto, cpu or cuda"):
+        accel.default_device()

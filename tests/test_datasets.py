@@ -164,3 +164,66 @@ def test_split_indexing_selects_without_decoding(tmp_path):
     assert sub.sources[0] == tr.sources[1]
     np.testing.assert_array_equal(sub.load([0, 3]), tr.load([1, 4]))
     np.testing.assert_array_equal(sub[[2, 0]].images, tr.load([3, 1]))
+
+
+def _resnet_state(tmp_path):
+    import torch
+    import torchvision
+
+    from simattr import encoders
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None).eval()
+    torch.save(net.state_dict(), tmp_path / "r18.pth")
+    params = {**encoders.DEFAULT_PARAMS["resnet"], "arch": "resnet18", "checkpoint": str(tmp_path / "r18.pth")}
+    return encoders.from_checkpoint(params)
+
+
+@pytest.mark.parametrize("dataset", ["imagefolder", "cifar10"])
+def test_streamed_batches_are_uint8_and_give_the_features_of_float_images(dataset, tmp_path):
+    """What travels from the decoders to the device is uint8 (a quarter of float32's bytes); the features are the
+    same bits as from the float32 images the pipeline used before (scaling by 255 happens on the device).
+    Decoded by 2 workers under the forkserver start method (Python 3.14's default): a Split pickles."""
+    import torch
+
+    from simattr import encoders, stages
+    from datafiles import make_cifar_root
+
+    if dataset == "cifar10":
+        spec = Spec("cifar10", root=str(make_cifar_root(tmp_path / "c", per_batch=6, n_test=4)))
+    else:
+        spec = Spec("imagefolder", root=str(make_image_folder(tmp_path / "f", per_class=5)), image_size=16)
+    part = load_split(spec, "train")
+    stream = part.stream(4, 2, labels=True, context="forkserver")
+    try:
+        for epoch in range(2):                          # the same workers serve every epoch
+            order = np.random.default_rng(epoch).permutation(len(part))[:9]
+            got = list(stream(order))
+            assert [len(x) for x, _ in got] == [4, 4, 1]
+            assert all(x.dtype == torch.uint8 and y.dtype == torch.int64 for x, y in got)
+            np.testing.assert_array_equal(torch.cat([x for x, _ in got]).numpy(), part.load_raw(order))
+            np.testing.assert_array_equal(torch.cat([y for _, y in got]).numpy(), part.labels[order])
+    finally:
+        stream.close()
+    state = _resnet_state(tmp_path)
+    before = encoders.encode(state, part.images, batch_size=4)          # float32 images, as before
+    for workers in (0, 2):
+        after = stages._encode_range(state, part, 0, len(part), 4, False, "t", workers=workers)
+        np.testing.assert_array_equal(after, before)
+
+
+def test_an_embed_job_builds_its_network_once(tmp_path, monkeypatch):
+    from simattr import encoders, stages
+
+    spec = Spec("imagefolder", root=str(make_image_folder(tmp_path / "f", per_class=6)), image_size=16)
+    state = _resnet_state(tmp_path)
+    encoders.save_state(state, tmp_path / "resnet.pt")
+    monkeypatch.setattr(stages, "_encoder_state", lambda *a, **k: (state, {"x": 1}))
+    import simattr.backbones as bb
+
+    builds = []
+    real = bb.Features.__init__
+    monkeypatch.setattr(bb.Features, "__init__", lambda self, *a, **k: (builds.append(1), real(self, *a, **k))[1])
+    stages.embed_shard(data=spec, encoder="resnet", split="train", shard=0, shard_size=0, batch_size=3,
+                       out=str(tmp_path / "shard.h5"), progress=False)
+    assert len(builds) == 1                                # 18 images in 6 batches: one network

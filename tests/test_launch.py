@@ -102,6 +102,7 @@ def test_a_local_network_task_given_a_gpu_without_cuda_fails_in_one_line(tmp_pat
         "import torch\ntorch.cuda.is_available = lambda: False\n")
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'fake'}{os.pathsep}{Path(__file__).parent}")
     monkeypatch.delenv("SIMATTR_ALLOW_CPU", raising=False)
+    monkeypatch.setenv("SIMATTR_DEVICE", "auto")          # the suite runs with cpu (conftest)
     s = LaunchSettings(cluster="local", folder=str(tmp_path / "submitit"), parallelism=1, timeout_min=5,
                        gpus_per_node=1)
     results, failures = run_tasks(network_device, [{}], ["image 7"], s, name="support-x", progress=False)

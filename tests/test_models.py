@@ -187,3 +187,48 @@ def test_resnet9_train_state_in_its_torch_module_gives_train_predicts_logits():
     np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-5)
     p = models.train_predict(Xtr, y[:40], Xte, seeds=[5], n_classes=4, recipe=r)[0]
     np.testing.assert_allclose(torch.softmax(torch.as_tensor(ref), -1).numpy(), p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["resnet9", "resnet18"])
+def test_a_retrain_leaves_no_parameters_or_optimiser_state_alive(name, tmp_path, monkeypatch):
+    """Freed by reference counting when train_predict returns, without waiting for a full garbage collection
+    (collection is off here): on a GPU its memory is free for the next model. CPU-only check of Python
+    references; holds on any device."""
+    import gc
+    import weakref
+
+    import torch
+    import torchvision  # noqa: F401 - its first import leaves a traceback cycle (through the importing frame)
+
+    refs = []
+    real_sgd = torch.optim.SGD
+
+    class SpySGD(real_sgd):
+        def __init__(self, params, **kw):
+            params = list(params)
+            refs.extend(weakref.ref(p) for p in params)
+            super().__init__(params, **kw)
+            refs.append(weakref.ref(self))
+
+    monkeypatch.setattr(torch.optim, "SGD", SpySGD)
+    if name == "resnet9":
+        xtr, ytr = _colour_data(40, 0)
+        r = models.Recipe(name="resnet9", epochs=1, batch_size=16, lr=0.1)
+        X, Xe = models.prepare_inputs(r, xtr, xtr[:4])
+    else:
+        from datafiles import make_image_folder
+
+        root = make_image_folder(tmp_path / "f", per_class=4, val_per_class=1)
+        spec = datasets.Spec("imagefolder", root=str(root), image_size=16)
+        X, Xe = datasets.load_split(spec, "train"), datasets.load_split(spec, "test")
+        ytr = X.labels
+        r = models.Recipe(name="resnet18", epochs=1, batch_size=4, lr=0.1)
+    gc.collect()
+    gc.disable()
+    try:
+        p = models.train_predict(X, ytr, Xe, seeds=[3], n_classes=10 if name == "resnet9" else 3, recipe=r)
+        alive = [w for w in refs if w() is not None]
+    finally:
+        gc.enable()
+    assert p.shape[0] == 1 and len(refs) > 10
+    assert not alive, f"{len(alive)} of {len(refs)} parameters / optimisers outlive the retrain"

@@ -7,6 +7,9 @@ build, a missing driver, a device another job holds exclusively) stops with one 
 `CUDA_VISIBLE_DEVICES`, torch's build and what to install, instead of running 50-100x slower on the CPU and
 succeeding. `SIMATTR_ALLOW_CPU=1` lets it run on the CPU anyway (a test cluster with fake GPUs).
 
+`SIMATTR_DEVICE` chooses the device outright: `cpu` (the test suite's default: its exact-bit checks hold for the
+CPU), `cuda` (an error without a usable device), `auto` (the default: CUDA when torch sees a device).
+
 Importing this module does not import torch.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 from .errors import SimattrError
 
 ALLOW_CPU = "SIMATTR_ALLOW_CPU"
+DEVICE = "SIMATTR_DEVICE"
 NO_DEVICE = ("", "-1", "none", "nodevfiles", "void")
 
 _job = {"name": "simattr", "gpus": 0}
@@ -62,12 +66,20 @@ def no_cuda_message(torch) -> str:
 
 
 def default_device():
-    """Where simattr's networks run unless told otherwise: CUDA when torch sees a device, else the CPU, unless
-    this job was given a GPU: then a missing CUDA device is an error (SimattrError, one line)."""
+    """Where simattr's networks run unless told otherwise: SIMATTR_DEVICE when set to cpu or cuda; else CUDA when
+    torch sees a device, else the CPU, unless this job was given a GPU: then a missing CUDA device is an error
+    (SimattrError, one line)."""
     import torch
 
+    want = os.environ.get(DEVICE, "auto").strip().lower() or "auto"
+    if want not in ("auto", "cpu", "cuda"):
+        raise SimattrError(f"{DEVICE}={want!r}: expected auto, cpu or cuda")
+    if want == "cpu":
+        return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda")
+    if want == "cuda":
+        raise SimattrError(f"{DEVICE}=cuda but " + no_cuda_message(torch).split(" but ", 1)[1])
     if gpus_given() and os.environ.get(ALLOW_CPU, "") not in ("1", "true", "yes"):
         raise SimattrError(no_cuda_message(torch))
     return torch.device("cpu")

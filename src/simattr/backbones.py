@@ -37,6 +37,11 @@ NORMALIZE = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
              "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
 
 
+def feature_width(arch: str, feature: str) -> int:
+    """The width of a ResNet's features: the layer4 pool (512 / 2048) or the layer3 pool (256 / 1024)."""
+    return {"pool": 512 if arch == "resnet18" else 2048, "pool3": 256 if arch == "resnet18" else 1024}[feature]
+
+
 def _resnet(arch: str, cifar_stem: bool, in_channels: int = 3):
     """torchvision's `arch`, randomly initialised, fc dropped (features: the layer4 average pool); the CIFAR stem
     is conv1 3x3 stride 1 without max-pool. `in_channels` other than 3 replaces conv1 (e.g. 1 for grayscale)."""
@@ -155,8 +160,9 @@ def load_checkpoint(path, arch: str, layout: str = "auto") -> tuple[dict, dict]:
 
 
 class Features:
-    """A callable: images (N, C, H, W) float in [0, 1] -> features (N, d), normalised as configured;
-    grayscale images are repeated to 3 channels."""
+    """A callable: images (N, C, H, W), float in [0, 1] or uint8 (numpy or torch) -> features (N, d), normalised as
+    configured on the device; grayscale images are repeated to 3 channels. The network is built and moved to the
+    device once, here."""
 
     def __init__(self, arch: str, backbone: dict, cifar_stem: bool, feature: str = "pool",
                  normalize: str = "imagenet", device=None):
@@ -175,12 +181,14 @@ class Features:
         mean, std = NORMALIZE[normalize]
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        self.dim = {"pool": 512 if arch == "resnet18" else 2048, "pool3": 256 if arch == "resnet18" else 1024}[feature]
+        self.dim = feature_width(arch, feature)
 
     def __call__(self, images):
         import torch
 
-        x = torch.as_tensor(images, dtype=torch.float32).to(self.device)
+        from .datasets import tensor_to_unit
+
+        x = tensor_to_unit(images, self.device)        # uint8 batches travel as uint8 and are scaled here
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[1] != 3:

@@ -77,13 +77,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=24, help="resnet9, resnet18")
     p.add_argument("--batch-size", type=int, default=512, help="resnet9, resnet18")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="resnet9, resnet18")
+    p.add_argument("--deterministic", type=_bool, default=False, help="resnet9, resnet18 on CUDA: deterministic "
+                   "algorithms only (the same seed gives the same bits on one GPU type; slower)")
 
 
 def _recipe(a):
     from .models import Recipe
 
     return Recipe(name=a.model, hidden=a.hidden, steps=a.steps, lr=a.lr, weight_decay=a.weight_decay,
-                  epochs=a.epochs, batch_size=a.batch_size, label_smoothing=a.label_smoothing)
+                  epochs=a.epochs, batch_size=a.batch_size, label_smoothing=a.label_smoothing,
+                  deterministic=a.deterministic)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,8 @@
     imagenet     ImageNet in ImageFolder layout: ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG
     imagefolder  any ImageFolder: ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (or ROOT/test/)
 
-Images are float32 arrays (N, C, H, W) scaled to [0, 1]; labels int64. The position of an image in its split
+Images are float32 arrays (N, C, H, W) scaled to [0, 1] (`Split.load`); 8-bit datasets also give them as stored,
+uint8 (`Split.load_raw`, `Split.stream`: what travels to a GPU); labels int64. The position of an image in its split
 (0..N-1) is its index everywhere in the data contract. Folder datasets are listed without decoding (sorted
 classes, sorted files within a class, as torchvision's ImageFolder) and decoded on demand: RGB, the shorter
 side resized to `image_size`, then centre-cropped to image_size x image_size.
@@ -94,6 +95,73 @@ class Spec:
         return args
 
 
+def to_unit(raw: np.ndarray) -> np.ndarray:
+    """Raw images as float32 in [0, 1]: 8-bit images divided by 255 (the same float32 bits as on a device)."""
+    raw = np.asarray(raw)
+    return raw.astype(np.float32) / np.float32(255.0) if raw.dtype == np.uint8 else raw.astype(np.float32, copy=False)
+
+
+def tensor_to_unit(x, device=None):
+    """A raw image batch as a float32 torch tensor in [0, 1] on `device`: moved first (uint8: a quarter of the
+    bytes, without blocking when pinned), then scaled there."""
+    import torch
+
+    x = torch.as_tensor(x)
+    if device is not None:
+        x = x.to(device, non_blocking=True)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+class Source:
+    """Picklable images of a split (DataLoader workers unpickle it under the forkserver and spawn start methods):
+    raw(index) -> (n, C, H, W) uint8 for 8-bit datasets, float32 in [0, 1] otherwise."""
+
+    def raw(self, index: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, index: np.ndarray) -> np.ndarray:
+        return to_unit(self.raw(index))
+
+
+class ArraySource(Source):
+    """Images held in memory: (N, C, H, W), or (N, H, W, C) when `channels_last` (CIFAR-10's batch files)."""
+
+    def __init__(self, images: np.ndarray, channels_last: bool = False):
+        self.images, self.channels_last = images, channels_last
+
+    def raw(self, index):
+        x = self.images[index]
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.channels_last else x
+
+
+class FolderSource(Source):
+    """Image files under `root`, decoded on demand to uint8 (3, size, size)."""
+
+    def __init__(self, root: Path, files: tuple[str, ...], size: int):
+        self.root, self.files, self.size = Path(root), files, size
+
+    def raw(self, index):
+        out = np.empty((len(index), 3, self.size, self.size), dtype=np.uint8)
+        for j, k in enumerate(index):
+            out[j] = _decode(self.root / self.files[k], self.size)
+        return out
+
+
+class TakenSource(Source):
+    """The images at `index` of another source."""
+
+    def __init__(self, outer, index: np.ndarray):
+        self.outer, self.index = outer, index
+
+    def raw(self, index):
+        return _raw(self.outer, self.index[np.asarray(index, dtype=np.int64)])
+
+
+def _raw(loader, index: np.ndarray) -> np.ndarray:
+    """A loader's raw images: a Source's own, or a plain callable's float32 images."""
+    return loader.raw(index) if isinstance(loader, Source) else loader(index)
+
+
 class Split:
     """One split of a dataset: labels known up front, images decoded on demand (`load`) or all at once
     (`images`, cached; for datasets that fit in memory)."""
@@ -106,7 +174,7 @@ class Split:
         self.class_names = tuple(class_names)
         self.sources = sources              # folder datasets: file paths relative to the root, per image
         self.skipped = skipped              # folder datasets with bad_images: skip: the files left out
-        self._loader = loader
+        self._loader = loader               # a Source (picklable), or any callable index -> float32 images
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -119,49 +187,116 @@ class Split:
             return self.load(np.asarray([i]))[0]
         return self.take(i)
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("images", None)           # the cached decoded images: workers decode what they need
+        return state
+
     def take(self, index) -> "Split":
         """The Split of the images at `index` (positions or a boolean mask), in that order."""
         index = np.asarray(index)
         index = np.flatnonzero(index) if index.dtype == bool else index.astype(np.int64)
-        outer = self._loader
         return Split(self.labels[index], self.source_index[index], self.class_names,
-                     lambda i: outer(index[np.asarray(i, dtype=np.int64)]),
+                     TakenSource(self._loader, index),
                      tuple(self.sources[j] for j in index) if self.sources is not None else None, self.skipped)
 
     def load(self, index) -> np.ndarray:
         """Images at positions `index` of this split: float32 (n, C, H, W) in [0, 1]."""
-        return self._loader(np.asarray(index, dtype=np.int64))
+        return to_unit(self.load_raw(index))
+
+    def load_raw(self, index) -> np.ndarray:
+        """Images at positions `index` as stored: uint8 (n, C, H, W) for 8-bit datasets (CIFAR-10, image
+        folders), float32 in [0, 1] otherwise (digits)."""
+        return _raw(self._loader, np.asarray(index, dtype=np.int64))
 
     @functools.cached_property
     def images(self) -> np.ndarray:
         return self.load(np.arange(len(self)))
 
     def batches(self, index, batch_size: int, workers: int = 0, labels: bool = False):
-        """The images at `index`, in that order, batch by batch: float32 arrays (n, C, H, W), with their labels
-        when `labels`; decoded in this process (workers 0) or by `workers` torch DataLoader processes (decoding
-        is what limits a GPU fed from image files)."""
-        index = np.asarray(index, dtype=np.int64)
-        if workers <= 0:
-            for s in range(0, len(index), batch_size):
-                i = index[s:s + batch_size]
-                yield (self.load(i), self.labels[i]) if labels else self.load(i)
+        """The images at `index`, in that order, batch by batch: float32 arrays (n, C, H, W) in [0, 1], with their
+        labels when `labels` (decoded by `workers` processes; see `stream` for tensors on a device)."""
+        stream = self.stream(batch_size, workers, labels=labels)
+        try:
+            for item in stream(index):
+                yield ((to_unit(item[0].numpy()), item[1].numpy()) if labels else to_unit(item.numpy()))
+        finally:
+            stream.close()
+
+    def stream(self, batch_size: int, workers: int = 0, *, labels: bool = False, pin: bool = False,
+               context: str | None = None) -> "Stream":
+        """A Stream of this split's images (see Stream)."""
+        return Stream(self, batch_size, workers, labels=labels, pin=pin, context=context)
+
+
+class _Order:
+    """The sampler of a Stream: the current epoch's positions, cut into batches (set before each epoch)."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.index = batch_size, np.zeros(0, np.int64)
+
+    def __iter__(self):
+        for s in range(0, len(self.index), self.batch_size):
+            yield self.index[s:s + self.batch_size]
+
+    def __len__(self):
+        return -(-len(self.index) // self.batch_size)
+
+
+class _Batches:
+    """DataLoader dataset of a Stream: one item is a whole batch (its positions in, raw tensors out)."""
+
+    def __init__(self, split: Split, labels: bool):
+        self.split, self.labels = split, labels
+
+    def __getitem__(self, index):
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(self.split.load_raw(index)))
+        return (x, torch.from_numpy(self.split.labels[index])) if self.labels else x
+
+
+class Stream:
+    """Batches of a split's images as raw torch tensors (uint8 for 8-bit datasets: a quarter of float32's bytes
+    through the workers' pipes and to the device; `tensor_to_unit` scales them there), decoded by `workers`
+    DataLoader processes that persist from one call to the next (an epoch each), into pinned memory when `pin`
+    (copies to CUDA then do not block). Picklable for every start method (`context`: forkserver, spawn, fork;
+    None: the platform's default). Call it with an epoch's positions; `close()` (or garbage collection) stops
+    the workers."""
+
+    def __init__(self, split: Split, batch_size: int, workers: int = 0, *, labels: bool = False, pin: bool = False,
+                 context: str | None = None):
+        self.split, self.labels, self.workers = split, labels, max(0, int(workers))
+        self.order = _Order(batch_size)
+        self._loader = None
+        if self.workers:
+            import multiprocessing
+
+            import torch.utils.data as tud
+
+            self._loader = tud.DataLoader(
+                _Batches(split, labels), batch_size=None, sampler=self.order, num_workers=self.workers,
+                pin_memory=pin, persistent_workers=True, prefetch_factor=2,
+                multiprocessing_context=multiprocessing.get_context(context) if context else None)
+        self._direct = _Batches(split, labels)
+        self.pin = pin
+
+    def __call__(self, index):
+        self.order.index = np.asarray(index, dtype=np.int64)
+        if self._loader is not None:
+            yield from self._loader
             return
-        import torch.utils.data as tud
+        for idx in self.order:
+            item = self._direct[idx]
+            if self.pin:
+                item = tuple(t.pin_memory() for t in item) if self.labels else item.pin_memory()
+            yield item
 
-        split = self
-
-        class Images(tud.Dataset):
-            def __len__(self):
-                return len(index)
-
-            def __getitem__(self, j):
-                return split[int(index[j])], split.labels[index[j]]
-
-        def collate(items):
-            x = np.stack([im for im, _ in items])
-            return (x, np.asarray([y for _, y in items])) if labels else x
-
-        yield from tud.DataLoader(Images(), batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    def close(self) -> None:
+        it = getattr(self._loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._loader = None
 
 
 def _spec(data, test_fraction: float | None, seed: int | None) -> Spec:
@@ -212,8 +347,7 @@ def _digits_split(spec: Spec, split: str) -> Split:
     tr, te = train_test_split(np.arange(len(labels)), test_size=spec.test_fraction, random_state=spec.split_seed,
                               stratify=labels)
     idx = np.sort(tr if split == "train" else te)
-    chosen = images[idx]
-    return Split(labels[idx], idx, tuple(str(c) for c in d.target_names), lambda i: chosen[i])
+    return Split(labels[idx], idx, tuple(str(c) for c in d.target_names), ArraySource(images[idx]))
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR-10
@@ -259,10 +393,7 @@ def _cifar_split(spec: Spec, split: str) -> Split:
     if labels.size and (labels.min() < 0 or labels.max() >= len(ds.classes)):
         raise SimattrError(f"{folder}: labels outside 0..{len(ds.classes) - 1}")
 
-    def load(i):
-        return data[i].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-
-    return Split(labels, np.arange(len(labels)), tuple(ds.classes), load)
+    return Split(labels, np.arange(len(labels)), tuple(ds.classes), ArraySource(data, channels_last=True))
 
 
 # --------------------------------------------------------------------------------------- image folders
@@ -371,12 +502,5 @@ def _decode(path: Path, size: int) -> np.ndarray:
 def _folder_split(spec: Spec, split: str) -> Split:
     files, labels, skipped = _folder_listing(spec, split)
     size = spec.image_size or DEFAULT_IMAGE_SIZE
-    root = Path(spec.root)
-
-    def load(i):
-        out = np.empty((len(i), 3, size, size), dtype=np.float32)
-        for j, k in enumerate(i):
-            out[j] = _decode(root / files[k], size)
-        return out / 255.0
-
-    return Split(labels, np.arange(len(labels)), _folder_classes(spec), load, sources=files, skipped=skipped)
+    return Split(labels, np.arange(len(labels)), _folder_classes(spec), FolderSource(Path(spec.root), files, size),
+                 sources=files, skipped=skipped)

@@ -103,20 +103,32 @@ def _check_params(name: str, params: Any) -> dict:
     return dict(params)
 
 
-def _check_images(images: Any, what: str, shape: tuple | None = None) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise SimattrError(f"{what}: expected a non-empty (N, C, H, W) image array, got shape {images.shape}")
-    if shape is not None and tuple(images.shape[1:]) != tuple(shape):
-        raise SimattrError(f"{what}: images of shape {tuple(images.shape[1:])} but the encoder was fit on "
-                           f"{tuple(shape)}")
-    images = images.astype(np.float32, copy=False)
-    if not np.isfinite(images).all():
-        raise SimattrError(f"{what}: images contain NaN or inf")
+def _check_images(images: Any, what: str, shape: tuple | None = None):
+    """Checked images: a (N, C, H, W) array (as float32; uint8 kept) or torch tensor (kept: uint8 batches are
+    scaled on the device), of the encoder's shape, finite."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    is_tensor = torch is not None and isinstance(images, torch.Tensor)
+    if not is_tensor:
+        images = np.asarray(images)
+    dims = tuple(images.shape)
+    if len(dims) != 4 or dims[0] == 0:
+        raise SimattrError(f"{what}: expected a non-empty (N, C, H, W) image array, got shape {dims}")
+    if shape is not None and dims[1:] != tuple(shape):
+        raise SimattrError(f"{what}: images of shape {dims[1:]} but the encoder was fit on {tuple(shape)}")
+    if is_tensor:
+        if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+            raise SimattrError(f"{what}: images contain NaN or inf")
+        return images
+    if images.dtype != np.uint8:
+        images = images.astype(np.float32, copy=False)
+        if not np.isfinite(images).all():
+            raise SimattrError(f"{what}: images contain NaN or inf")
     return images
 
 
-# -------------------------------------------------------------------------------------------- model
+# ------------------------------------------------------------------------------------------- model
 def _backbone(in_shape, feature_dim: int):
     """conv 32 -> conv 64 -> max-pool 2 -> flatten -> linear `feature_dim` (BN, ReLU): the representation."""
     from torch import nn
@@ -148,7 +160,9 @@ def _simclr_backbone(in_shape, params: dict):
 def _net_dim(state: dict) -> int:
     p = state["params"]
     if state["encoder"] == "resnet":
-        return _build(state).dim
+        from .backbones import feature_width
+
+        return feature_width(p["arch"], p["feature"])
     return _simclr_dim(p) if state["encoder"] == "simclr" else int(p["hidden"])
 
 
@@ -258,12 +272,12 @@ def _crop_resize(x, gen, area=(0.25, 1.0)):
     import torch
     import torch.nn.functional as F
 
-    b = x.shape[0]
-    f = torch.sqrt(area[0] + torch.rand(b, generator=gen) * (area[1] - area[0]))     # side fraction
-    tx = (torch.rand(b, generator=gen) * 2 - 1) * (1 - f)
-    ty = (torch.rand(b, generator=gen) * 2 - 1) * (1 - f)
-    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    zero = torch.zeros(b)
+    b, g = x.shape[0], gen.device            # drawn where the generator lives (the device: no host copies)
+    f = torch.sqrt(area[0] + torch.rand(b, generator=gen, device=g) * (area[1] - area[0]))     # side fraction
+    tx = (torch.rand(b, generator=gen, device=g) * 2 - 1) * (1 - f)
+    ty = (torch.rand(b, generator=gen, device=g) * 2 - 1) * (1 - f)
+    flip = torch.where(torch.rand(b, generator=gen, device=g) < 0.5, -1.0, 1.0)
+    zero = torch.zeros(b, device=g)
     theta = torch.stack([torch.stack([f * flip, zero, tx], 1), torch.stack([zero, f, ty], 1)], 1).to(x.device)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
@@ -530,24 +544,55 @@ def feature_dim(state: dict) -> int:
     return _net_dim(state)
 
 
-def encode(state: dict, images: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
-    """Features (N, d) float32 of `images` (N, C, H, W) in [0, 1]: deterministic, eval mode, no gradients."""
-    name = _check_name(state.get("encoder") if isinstance(state, dict) else None)
-    images = _check_images(images, f"encoder '{name}' input",
-                           None if name == "resnet" else tuple(state["input_shape"]))
-    if batch_size < 1:
-        raise SimattrError(f"encode: batch_size must be >= 1, got {batch_size}")
-    if name == "pixels":
-        mean = state["mean"].numpy().astype(np.float32)
-        std = state["std"].numpy().astype(np.float32)
-        return ((images.reshape(len(images), -1) - mean) / std).astype(np.float32)
-    import torch
+class Encoder:
+    """An encoder state made ready once (its network built, weights loaded, moved to the device: CUDA when there
+    is one, see accel), then called on batch after batch: images (N, C, H, W) as float32 in [0, 1], or as a
+    dataset stores them (uint8 tensors from datasets.Split.stream, scaled on the device) -> features (N, d)
+    float32 numpy. Deterministic, eval mode, no gradients."""
 
-    net = _build(state)
-    if name == "resnet":
-        return np.concatenate([net(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
-    out = np.empty((len(images), feature_dim(state)), dtype=np.float32)
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            out[i:i + batch_size] = net(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))).numpy()
-    return out
+    def __init__(self, state: dict, device=None):
+        self.name = _check_name(state.get("encoder") if isinstance(state, dict) else None)
+        self.state = state
+        self.shape = None if self.name == "resnet" else tuple(state["input_shape"])
+        self.device = None
+        if self.name == "pixels":
+            self.mean = state["mean"].numpy().astype(np.float32)
+            self.std = state["std"].numpy().astype(np.float32)
+            return
+        import torch
+
+        self.device = torch.device(device) if device is not None else default_device()
+        if self.name == "resnet":
+            from .backbones import Features
+
+            p = state["params"]
+            self.net = Features(p["arch"], state["backbone"], bool(state["cifar_stem"]), p["feature"],
+                                p["normalize"], device=self.device)
+        else:
+            self.net = _build(state).to(self.device)
+        self.dim = feature_dim(state)
+
+    def __call__(self, images, batch_size: int = 1024) -> np.ndarray:
+        from .datasets import tensor_to_unit, to_unit
+
+        if batch_size < 1:
+            raise SimattrError(f"encode: batch_size must be >= 1, got {batch_size}")
+        images = _check_images(images, f"encoder '{self.name}' input", self.shape)
+        if self.name == "pixels":
+            x = to_unit(np.asarray(images))
+            return ((x.reshape(len(x), -1) - self.mean) / self.std).astype(np.float32)
+        if self.name == "resnet":
+            return np.concatenate([self.net(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        import torch
+
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for i in range(0, len(images), batch_size):
+                out[i:i + batch_size] = self.net(tensor_to_unit(images[i:i + batch_size], self.device)).cpu().numpy()
+        return out
+
+
+def encode(state: dict, images, *, batch_size: int = 1024) -> np.ndarray:
+    """Features (N, d) float32 of `images` (N, C, H, W) in [0, 1]: deterministic, eval mode, no gradients. To
+    encode batch after batch, build an Encoder once and call it."""
+    return Encoder(state)(images, batch_size)

@@ -33,8 +33,8 @@ CNN_MODELS = ("resnet9", "resnet18")
 STREAMED_MODELS = ("resnet18",)       # trained from the dataset's files, never held in memory or in queries.h5
 #: the fields each model reads (its identity; the others keep their defaults)
 FIELDS = {"mlp": ("name", "hidden", "steps", "lr", "weight_decay"),
-          "resnet9": ("name", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing"),
-          "resnet18": ("name", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing")}
+          "resnet9": ("name", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "deterministic"),
+          "resnet18": ("name", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "deterministic")}
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class Recipe:
     epochs: int = 24              # resnet9
     batch_size: int = 512         # resnet9
     label_smoothing: float = 0.1  # resnet9
+    deterministic: bool = False   # CNNs on CUDA: deterministic algorithms (same seed, same bits; slower)
 
     def __post_init__(self):
         if self.name not in MODELS:
@@ -230,26 +231,27 @@ def resnet9(in_channels: int, n_classes: int):
 
 def augment_batch(x, gen, shift: int = 4, cutout: int = 8):
     """Random horizontal flip, translation by up to `shift` pixels (reflect padding) and a cutout square, per
-    image, on x's device; the random numbers come from the CPU generator `gen` (same draws on any device)."""
+    image, on x's device; the random numbers come from `gen` on its own device (a generator on x's device: no
+    copy from the host, so nothing waits for the GPU)."""
     import torch
     import torch.nn.functional as F
 
     b, c, h, w = x.shape
-    dev = x.device
-    flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
+    dev, gdev = x.device, gen.device
+    flip = (torch.rand(b, generator=gen, device=gdev) < 0.5).to(dev)
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
     if shift and h > 2 * shift and w > 2 * shift:
         p = F.pad(x, (shift,) * 4, mode="reflect")
-        dy = torch.randint(0, 2 * shift + 1, (b,), generator=gen).to(dev)
-        dx = torch.randint(0, 2 * shift + 1, (b,), generator=gen).to(dev)
+        dy = torch.randint(0, 2 * shift + 1, (b,), generator=gen, device=gdev).to(dev)
+        dx = torch.randint(0, 2 * shift + 1, (b,), generator=gen, device=gdev).to(dev)
         rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None].expand(b, c, h, w + 2 * shift)
         p = torch.gather(p, 2, rows)
         cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :].expand(b, c, h, w)
         x = torch.gather(p, 3, cols)
     side = min(cutout, h, w)
     if side:
-        y0 = torch.randint(0, h - side + 1, (b,), generator=gen).to(dev)
-        x0 = torch.randint(0, w - side + 1, (b,), generator=gen).to(dev)
+        y0 = torch.randint(0, h - side + 1, (b,), generator=gen, device=gdev).to(dev)
+        x0 = torch.randint(0, w - side + 1, (b,), generator=gen, device=gdev).to(dev)
         ys, xs = torch.arange(h, device=dev)[None], torch.arange(w, device=dev)[None]
         m = (((ys >= y0[:, None]) & (ys < (y0 + side)[:, None]))[:, :, None]
              & ((xs >= x0[:, None]) & (xs < (x0 + side)[:, None]))[:, None, :])
@@ -270,31 +272,24 @@ def _resident_batches(X, y, gen, bs: int, per_epoch: int, dev):
     """An epoch of (images, labels) batches from arrays kept on the device, augmented there (resnet9)."""
     import torch
 
-    order = torch.randperm(len(y), generator=gen).to(dev)
+    order = torch.randperm(len(y), generator=gen, device=gen.device).to(dev)
     for b in range(per_epoch):
         idx = order[b * bs:(b + 1) * bs]
         yield augment_batch(X[idx].float(), gen), y[idx]
 
 
-def _streamed_batches(split, gen, bs: int, per_epoch: int, dev, mean, std):
-    """An epoch of batches decoded from a dataset Split (by DataLoader workers when it is more than a few
-    batches), normalised, randomly cropped, resized and flipped on the device (resnet18)."""
+def _streamed_batches(stream, n: int, gen, bs: int, per_epoch: int, dev, mean, std, aug_gen):
+    """An epoch of batches of a streamed Split (datasets.Stream: uint8 tensors from persistent DataLoader workers,
+    pinned on CUDA), scaled, randomly cropped, resized and flipped, and normalised on the device (resnet18)."""
     import torch
 
+    from .datasets import tensor_to_unit
     from .encoders import _crop_resize
 
-    order = torch.randperm(len(split), generator=gen)[:per_epoch * bs].numpy()
-    workers = _workers() if len(order) > 4 * bs else 0        # a few batches decode faster than workers start
-    for xb, yb in split.batches(order, bs, workers, labels=True):
-        xb = _crop_resize(torch.as_tensor(xb).to(dev, non_blocking=True), gen)
-        yield (xb - mean) / std, torch.as_tensor(yb, dtype=torch.int64).to(dev)
-
-
-def _eval_batches(X_eval, size: int = 256):
-    """X_eval (an array or a Split) in batches of float32 arrays."""
-    for i in range(0, len(X_eval), size):
-        idx = np.arange(i, min(i + size, len(X_eval)))
-        yield X_eval.load(idx) if hasattr(X_eval, "load") else np.asarray(X_eval[i:i + size], np.float32)
+    order = torch.randperm(n, generator=gen)[:per_epoch * bs].numpy()
+    for xb, yb in stream(order):
+        xb = _crop_resize(tensor_to_unit(xb, dev), aug_gen)
+        yield (xb - mean) / std, yb.to(dev, non_blocking=True)
 
 
 def _imagenet_stats(dev):
@@ -307,15 +302,21 @@ def _imagenet_stats(dev):
 
 def net_inputs(recipe: Recipe, X, device=None, batch_size: int = 256):
     """X batch by batch as the float32 tensors on `device` that the recipe's network takes: prepared arrays
-    (prepare_inputs) as they are; resnet18's dataset Splits decoded and normalised with ImageNet's mean/std,
-    as in training."""
+    (prepare_inputs) as they are; resnet18's dataset Splits decoded (uint8 to the device, pinned on CUDA),
+    scaled and normalised with ImageNet's mean/std there, as in training."""
     import torch
+
+    from .datasets import tensor_to_unit
 
     dev = torch.device(device) if device is not None else default_device()
     streamed = recipe.name in STREAMED_MODELS
     mean, std = _imagenet_stats(dev) if streamed else (None, None)
-    for xe in _eval_batches(X, batch_size):
-        xe = torch.as_tensor(xe, device=dev).float()
+    if hasattr(X, "stream"):
+        batches = X.stream(batch_size, 0, pin=dev.type == "cuda")(np.arange(len(X)))
+    else:
+        batches = (torch.as_tensor(np.asarray(X[i:i + batch_size])) for i in range(0, len(X), batch_size))
+    for xe in batches:
+        xe = tensor_to_unit(xe, dev)
         yield (xe - mean) / std if streamed else xe
 
 
@@ -328,9 +329,14 @@ def train_predict_cnn(X_train, y_train: np.ndarray, X_eval, seed: int, n_classes
     dataset Splits (images in [0, 1]), streamed by DataLoader workers and normalised with ImageNet's mean/std."""
     import torch
 
+    from .accel import release
+
     dev = torch.device(device) if device is not None else default_device()
     net = _train_cnn(X_train, y_train, seed, n_classes, recipe, dev)
-    return _predict_cnn(net, X_eval, n_classes, recipe, dev, logits=logits)
+    out = _predict_cnn(net, X_eval, n_classes, recipe, dev, logits=logits)
+    del net                                       # nothing else holds it (no optimiser / scheduler cycle) ...
+    release(dev)                                  # ... so its memory goes back now
+    return out
 
 
 def _train_cnn(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: Recipe, dev):
@@ -338,11 +344,16 @@ def _train_cnn(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: 
     import torch
     import torchvision
 
+    from .accel import configure
+    from .datasets import Stream
+
     cuda = dev.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-    gen = torch.Generator().manual_seed(int(seed))
+    configure(recipe.deterministic, dev)
     streamed = recipe.name in STREAMED_MODELS
+    # the batch order of a streamed set is drawn on the host (its decoders need it); everything else (the order
+    # of a resident set, augmentation) from a generator on the device: no host round trip per step
+    gen = torch.Generator().manual_seed(int(seed))
+    dgen = gen if not cuda else torch.Generator(device=dev).manual_seed(int(seed))
     with torch.random.fork_rng(devices=[dev] if cuda else []):
         torch.manual_seed(int(seed))
         net = torchvision.models.resnet18(num_classes=n_classes) if streamed else \
@@ -357,23 +368,34 @@ def _train_cnn(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: 
     per_epoch = max(1, n // bs) if n >= bs else 1                      # full batches (BatchNorm), at least one
     total = recipe.epochs * per_epoch
     peak = max(1, int(0.2 * total))
-    opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
+    opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9, nesterov=True,
                           weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: t / peak if t < peak else max(0.0, (total - t) / max(1, total - peak)))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    stream: Stream | None = None
+    if streamed:        # decoders persist across epochs; a few batches decode faster than workers start
+        stream = X_train.stream(bs, _workers() if n > 4 * bs else 0, labels=True, pin=cuda)
     net.train()
     loss = torch.zeros(())
-    for _ in range(recipe.epochs):
-        batches = _streamed_batches(X_train, gen, bs, per_epoch, dev, mean, std) if streamed else \
-            _resident_batches(X, y, gen, bs, per_epoch, dev)
-        for xb, yb in batches:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = loss_fn(net(xb.contiguous(memory_format=fmt)), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    t = 0
+    try:
+        for _ in range(recipe.epochs):
+            batches = _streamed_batches(stream, n, gen, bs, per_epoch, dev, mean, std, dgen) if streamed else \
+                _resident_batches(X, y, dgen, bs, per_epoch, dev)
+            for xb, yb in batches:
+                # the triangular schedule, set by hand: an LR scheduler would hold the optimiser in a reference
+                # cycle that keeps the parameters and momentum on the GPU until a full garbage collection
+                opt.param_groups[0]["lr"] = recipe.lr * (t / peak if t < peak else
+                                                         max(0.0, (total - t) / max(1, total - peak)))
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+                    loss = loss_fn(net(xb.contiguous(memory_format=fmt)), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                t += 1
+    finally:
+        if stream is not None:
+            stream.close()
+    del opt
     if n and not torch.isfinite(loss):
         raise SimattrError(f"{recipe.name} training diverged (loss {float(loss)}); lower model.lr (now {recipe.lr})")
     return net.eval()

@@ -71,15 +71,21 @@ def _encode_range(state: dict, part: datasets.Split, start: int, stop: int, batc
 
     from . import encoders
 
+    encoder = encoders.Encoder(state)                  # one network, built and moved to the device once
+    cuda = encoder.device is not None and encoder.device.type == "cuda"
+    stream = part.stream(batch_size, workers, pin=cuda)  # uint8 batches from persistent decoders
     feats, t0, last, done = [], time.perf_counter(), time.perf_counter(), 0
-    with tqdm(total=stop - start, desc=what, unit="img", disable=not progress, leave=False) as bar:
-        for images in part.batches(np.arange(start, stop), batch_size, workers):
-            feats.append(encoders.encode(state, images, batch_size=batch_size))
-            done += len(images)
-            bar.update(len(images))
-            if time.perf_counter() - last > 30:
-                last = time.perf_counter()
-                log.info("%s: %d of %d images, %.0f images/s", what, done, stop - start, done / (last - t0))
+    try:
+        with tqdm(total=stop - start, desc=what, unit="img", disable=not progress, leave=False) as bar:
+            for images in stream(np.arange(start, stop)):
+                feats.append(encoder(images, batch_size=batch_size))
+                done += len(images)
+                bar.update(len(images))
+                if time.perf_counter() - last > 30:
+                    last = time.perf_counter()
+                    log.info("%s: %d of %d images, %.0f images/s", what, done, stop - start, done / (last - t0))
+    finally:
+        stream.close()
     return np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
 
 
