@@ -227,3 +227,21 @@ def test_an_embed_job_builds_its_network_once(tmp_path, monkeypatch):
     stages.embed_shard(data=spec, encoder="resnet", split="train", shard=0, shard_size=0, batch_size=3,
                        out=str(tmp_path / "shard.h5"), progress=False)
     assert len(builds) == 1                                # 18 images in 6 batches: one network
+
+
+@pytest.mark.cuda
+def test_a_pinned_stream_feeds_cuda_without_changing_a_bit(tmp_path):
+    import torch
+
+    from simattr.datasets import tensor_to_unit
+
+    spec = Spec("imagefolder", root=str(make_image_folder(tmp_path / "f", per_class=5)), image_size=16)
+    part = load_split(spec, "train")
+    stream = part.stream(4, 2, pin=True)
+    try:
+        batches = list(stream(np.arange(len(part))))
+    finally:
+        stream.close()
+    assert all(b.is_pinned() and b.dtype == torch.uint8 for b in batches)
+    on_gpu = torch.cat([tensor_to_unit(b, "cuda") for b in batches]).cpu().numpy()
+    np.testing.assert_array_equal(on_gpu, part.images)

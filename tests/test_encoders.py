@@ -332,3 +332,13 @@ def test_a_simclr_state_saved_before_arch_existed_loads_as_small(states, data, t
     loaded = E.load_state(tmp_path / "old.pt", "simclr")
     assert loaded["params"]["arch"] == "small"
     np.testing.assert_array_equal(E.encode(loaded, xt), E.encode(states["simclr"], xt))
+
+
+@pytest.mark.cuda
+def test_an_encoder_on_cuda_gives_the_cpus_features(states, data):
+    """cuDNN's convolutions (TF32 by default) differ from the CPU's in the last digits only."""
+    x = data[2]
+    for name in ("simclr", "supervised"):
+        cpu = E.Encoder(states[name], device="cpu")(x)
+        cuda = E.Encoder(states[name], device="cuda")(x)
+        np.testing.assert_allclose(cuda, cpu, rtol=1e-2, atol=1e-2 * np.abs(cpu).max())

@@ -129,3 +129,12 @@ def test_a_shard_with_nan_features_is_named_when_read(tmp_path):
         f["features"][1, 1] = np.inf
     with pytest.raises(SimattrError, match=r"shard-00002\.h5: features contain NaN or inf"):
         store.read_embeddings(tmp_path / "index.json")
+
+
+@pytest.mark.cuda
+def test_cuda_scores_agree_with_the_cpu():
+    neg, q = clustered_features(1300, 512, 8, seed=3)
+    cpu = exemplar_svm_scores(q, neg, 0.1, device="cpu")
+    cuda = exemplar_svm_scores(q, neg, 0.1, device="cuda")
+    assert isinstance(cuda, np.ndarray) and cuda.shape == cpu.shape
+    np.testing.assert_allclose(cuda, cpu, rtol=1e-3, atol=1e-3 * np.abs(cpu).max())

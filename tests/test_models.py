@@ -232,3 +232,19 @@ def test_a_retrain_leaves_no_parameters_or_optimiser_state_alive(name, tmp_path,
         gc.enable()
     assert p.shape[0] == 1 and len(refs) > 10
     assert not alive, f"{len(alive)} of {len(refs)} parameters / optimisers outlive the retrain"
+
+
+@pytest.mark.cuda
+def test_resnet9_on_cuda_learns_as_on_the_cpu_and_deterministic_mode_repeats_its_bits():
+    """bfloat16 autocast and channels-last on CUDA: the same accuracy as the CPU's float32 within seed noise;
+    with model.deterministic the same seed gives the same bits on one GPU."""
+    xtr, ytr = _colour_data(512, 0)
+    xte, yte = _colour_data(256, 1)
+    r = models.Recipe(name="resnet9", epochs=4, batch_size=64, lr=0.2, weight_decay=5e-4, deterministic=True)
+    Xtr, Xte = models.prepare_inputs(r, xtr, xte)
+    kw = dict(seeds=[5], n_classes=10, recipe=r)
+    a = models.train_predict(Xtr, ytr, Xte, **kw, device="cuda")
+    np.testing.assert_array_equal(models.train_predict(Xtr, ytr, Xte, **kw, device="cuda"), a)
+    cpu = models.train_predict(Xtr, ytr, Xte, **kw, device="cpu")
+    acc_cuda, acc_cpu = (a[0].argmax(1) == yte).mean(), (cpu[0].argmax(1) == yte).mean()
+    assert acc_cuda > 0.5 and abs(acc_cuda - acc_cpu) < 0.15, (acc_cuda, acc_cpu)

@@ -31,9 +31,10 @@ def test_trak_scores_equal_a_direct_traker_call(tmp_path):
 
     # by hand, as traker's quickstart does it (other batch sizes, its own save_dir handling)
     model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4))
+    grad_dim = sum(p.numel() for p in model.parameters())
     t = TRAKer(model=model, task="image_classification", train_set_size=400, save_dir=str(tmp_path / "direct"),
                device="cpu", proj_dim=256, projector_seed=3, use_half_precision=False, load_from_save_dir=True,
-               logging_level=logging.ERROR)
+               projector=trak.HashedProjector(grad_dim, 256, 3, "cpu"), logging_level=logging.ERROR)
     X, y, XT, YT = (torch.as_tensor(a) for a in (Xtr, ytr, Xt, yt))
     for k, c in enumerate(ckpts):
         t.load_checkpoint(c, model_id=k)
@@ -93,3 +94,44 @@ def test_resnet9_trak_scores_are_finite(tmp_path):
     s = trak.trak_scores(recipe=r, X_train=Xtr, y_train=y[:20], X_target=Xt, y_target=y[20:], checkpoints=ckpts,
                          n_classes=4, proj_dim=8, batch_size=10, device="cpu", save_dir=tmp_path / "t")
     assert s.shape == (4, 20) and s.dtype == np.float32 and np.isfinite(s).all() and np.abs(s).max() > 0
+
+
+def _numpy_matrix(grad_dim, proj_dim, seed, model_id):
+    """The projection written out in numpy from its definition (int64 keys, wrapping arithmetic)."""
+    key = (np.arange(grad_dim, dtype=np.int64)[:, None] * proj_dim + np.arange(proj_dim, dtype=np.int64)[None]
+           + np.int64(trak.projection_salt(seed, model_id)))
+    with np.errstate(over="ignore"):
+        return trak.rademacher_signs(key, np).astype(np.float32)
+
+
+def test_the_projection_is_its_definition_in_any_block_size_and_a_good_jl_matrix():
+    import torch
+
+    ref = _numpy_matrix(300, 96, 3, 1)
+    for budget in (300, 300 * 7, 1 << 22):                # 1, 7 and all 96 columns per block
+        pr = trak.HashedProjector(300, 96, 3, "cpu", budget=budget)
+        np.testing.assert_array_equal(pr.matrix(1, 0, 96).numpy(), ref)
+        g = torch.randn(5, 300, generator=torch.Generator().manual_seed(0))
+        np.testing.assert_allclose(pr.project(g, 1).numpy(), g.numpy() @ ref, rtol=1e-5, atol=1e-4)
+    assert set(np.unique(ref)) == {-1.0, 1.0} and abs(ref.mean()) < 0.02
+    cos = (ref.T @ ref) / 300
+    assert np.abs(cos[~np.eye(96, dtype=bool)]).max() < 0.3             # nearly orthogonal columns
+    assert not np.array_equal(ref, _numpy_matrix(300, 96, 3, 2))        # one matrix per checkpoint ...
+    assert not np.array_equal(ref, _numpy_matrix(300, 96, 4, 1))        # ... and per projector_seed
+
+
+@pytest.mark.cuda
+def test_trak_scores_on_cuda_agree_with_the_cpu(tmp_path):
+    """The same projection on both devices (hashed, not drawn from a device generator), float32 on both."""
+    import torch
+
+    pr_cpu, pr_cuda = trak.HashedProjector(5000, 64, 0, "cpu"), trak.HashedProjector(5000, 64, 0, "cuda")
+    assert torch.equal(pr_cpu.matrix(2, 0, 64), pr_cuda.matrix(2, 0, 64).cpu())
+    Xtr, ytr, Xt, yt = _blobs(400, 20, 64, 4, 0)
+    r = models.Recipe(hidden=16, steps=50)
+    ckpts = trak.train_checkpoints(recipe=r, X_train=Xtr, y_train=ytr, n_classes=4, seeds=[0, 1])
+    kw = dict(recipe=r, X_train=Xtr, y_train=ytr, X_target=Xt, y_target=yt, checkpoints=ckpts, n_classes=4,
+              proj_dim=128, projector_seed=3)
+    cpu = trak.trak_scores(**kw, device="cpu", save_dir=tmp_path / "cpu")
+    cuda = trak.trak_scores(**kw, device="cuda", save_dir=tmp_path / "cuda")
+    np.testing.assert_allclose(cuda, cpu, rtol=1e-3, atol=1e-3 * np.abs(cpu).max())

@@ -178,9 +178,10 @@ def margins(logits: np.ndarray, labels) -> np.ndarray:
 
 
 def train_predict(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, *, seeds: list[int],
-                  n_classes: int, recipe: Recipe, logits: bool = False) -> np.ndarray:
+                  n_classes: int, recipe: Recipe, logits: bool = False, device=None) -> np.ndarray:
     """Train one model per seed on (X_train, y_train); class probabilities on X_eval, shape (S, n_eval, C), or
-    the raw logits when `logits` (the same models: only the last softmax is left out).
+    the raw logits when `logits` (the same models: only the last softmax is left out). CNNs train on `device`
+    (default: accel.default_device); the MLP is numpy, on the CPU.
 
     The models are trained one after the other: on CPU the stacked (batched) computation of train_mlp is
     bit-identical but slower per model here (measured on digits, 1 BLAS thread: about 80-98 ms per model one
@@ -188,8 +189,8 @@ def train_predict(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, 
     if len(seeds) == 0:
         return np.zeros((0, len(X_eval), n_classes), np.float32)
     if recipe.name in CNN_MODELS:
-        return np.stack([train_predict_cnn(X_train, y_train, X_eval, int(s), n_classes, recipe, logits=logits)
-                         for s in seeds])
+        return np.stack([train_predict_cnn(X_train, y_train, X_eval, int(s), n_classes, recipe, device=device,
+                                           logits=logits) for s in seeds])
     predict = predict_logits if logits else predict_mlp
     with _one_blas_thread():
         out = [predict(_train_one_mlp(X_train, y_train, int(s), n_classes, recipe), X_eval)[0] for s in seeds]

@@ -18,14 +18,17 @@ are final models trained on the whole training set from different seeds, exactly
 (train_checkpoints -> models.train_state: the same bits); no intermediate-epoch checkpoints. Gradients are taken
 in float32 at the trained weights (on CUDA the CNNs were trained in bfloat16 autocast).
 
-Projector. On CPU traker uses its BasicProjector with Gaussian entries, generated from projector_seed (and the
-checkpoint's id, so every checkpoint has its own projection) in blocks of 100 columns, regenerated for every
-batch when proj_dim > 100: larger batches are much cheaper (digits, 5 MLPs, proj_dim 1024: batch_size 128
-took 22 CPU-seconds, 512 or more about 7), as long as a batch's per-example gradients (batch x parameters
-floats) fit in memory. Features and scores are float32 and a call is deterministic. On CUDA traker tries its CudaProjector (the `fast_jl` CUDA extension,
-Rademacher entries) and, when fast_jl is missing or fails, logs an error and falls back to the BasicProjector
-with Rademacher entries; on CUDA features and scores are float16 (traker's use_half_precision). So the same
-projector_seed gives different projections on CPU and on CUDA: scores agree in distribution, not in bits.
+Projector and precision. Every device uses simattr's HashedProjector: a Rademacher (+-1) JL matrix whose entry
+(row, column) is a hash of (projector_seed, checkpoint id, row, column) computed with integer arithmetic that is
+the same on the CPU and on CUDA, generated block by block (never whole: ResNet-9's is 6.5M x proj_dim), so the
+same projector_seed gives the same projection everywhere, and the CPU's and CUDA's scores agree up to float32
+rounding (traker's own choice differs: Gaussian on the CPU, its fast_jl CUDA extension or a Rademacher
+fallback on CUDA, drawn from device generators). Features, the kernel Phi^T Phi and the scores are float32 on
+every device (traker's use_half_precision is off): float16 features sum 50,000 squared entries into the kernel
+and lose most of its digits. float32 costs n_train x proj_dim x 4 bytes per checkpoint in save_dir (CIFAR-10
+at proj_dim 2048: 400 MB). The cost of the projection is hashing grad_dim x proj_dim entries per batch of
+batch_size images: larger batches are much cheaper, as long as a batch's per-example gradients (batch x
+parameters floats) fit in memory.
 
 The scores are TRAK's as TRAKer.finalize_scores returns them (transposed to targets x train): not sign-flipped,
 not normalised. They can be negative (training images that pull the target's margin down); their scale depends
@@ -34,7 +37,8 @@ on proj_dim and the number of checkpoints, so compare them within a target's row
 proj_dim. Phi^T Phi is proj_dim x proj_dim of rank <= n_train, and traker inverts it unregularised: with
 proj_dim >= n_train it is singular and the scores are noise (a warning is logged), and close below n_train they
 are still noisy. On digits (1,437 training images, 5 MLPs) the top-scored training image has the target's
-label for 69% of the test images at proj_dim 128, 36% at 1024 and 12% (chance) at 2048.
+label for 64% of the test images at proj_dim 128, 36% at 1024 and 12% (chance) at 2048 (1.6, 2.4 and 4.7 s
+on 2 CPU cores at batch_size 512).
 
 Importing this module is cheap: torch and traker are imported by the calls.
 """
@@ -96,10 +100,11 @@ def trak_scores(*, recipe: models.Recipe, X_train, y_train: np.ndarray, X_target
     from trak import TRAKer
 
     with _traker_progress(progress):
+        grad_dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
         traker = TRAKer(model=model, task="image_classification", train_set_size=len(y_train), save_dir=str(save),
                         device=str(dev), proj_dim=int(proj_dim), projector_seed=int(projector_seed),
-                        lambda_reg=float(lambda_reg),
-                        use_half_precision=dev.type == "cuda", load_from_save_dir=False,
+                        projector=HashedProjector(grad_dim, int(proj_dim), int(projector_seed), dev),
+                        lambda_reg=float(lambda_reg), use_half_precision=False, load_from_save_dir=False,
                         logging_level=logging.WARNING)
         for k, state in enumerate(checkpoints):
             traker.load_checkpoint(state, model_id=k)
@@ -108,7 +113,6 @@ def trak_scores(*, recipe: models.Recipe, X_train, y_train: np.ndarray, X_target
                                -(-len(y_train) // batch_size)):
                 traker.featurize(batch=(xb, yb), num_samples=len(yb))
         traker.finalize_features()
-        _rearm_projector(traker.projector)
         for k, state in enumerate(checkpoints):
             traker.start_scoring_checkpoint(exp_name=EXPERIMENT, checkpoint=state, model_id=k,
                                             num_targets=len(y_target))
@@ -120,15 +124,85 @@ def trak_scores(*, recipe: models.Recipe, X_train, y_train: np.ndarray, X_target
     return np.ascontiguousarray(np.asarray(scores, dtype=np.float32).T)
 
 
-def _rearm_projector(projector) -> None:
-    """traker 0.3.2: finalize_features frees the BasicProjector's matrix, and a one-block projector
-    (proj_dim <= 100) that scores the checkpoint it featurized last never rebuilds it (AttributeError:
-    'proj_matrix'; one checkpoint). Forgetting which checkpoint it was built for makes the next projection
-    rebuild it from the same seeds."""
-    from trak.projectors import BasicProjector
+_MASK = (1 << 64) - 1
 
-    if isinstance(projector, BasicProjector) and not projector.proj_matrix_available:
-        projector.model_id = None
+
+def _signed(c: int) -> int:
+    """A 64-bit constant as the int64 torch and numpy compute with (two's complement)."""
+    c &= _MASK
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_MIX = tuple(_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def rademacher_signs(key, xp):
+    """+-1 from int64 keys by a splitmix64-style mix in wrapping int64 arithmetic: the same bits in numpy, on a
+    CPU torch tensor and on a CUDA one (`xp`: the module whose ops the keys take: numpy or torch)."""
+    z = key * _MIX[0]
+    z = (z ^ (z >> 31)) * _MIX[1]
+    z = (z ^ (z >> 29)) * _MIX[2]
+    z = z ^ (z >> 32)
+    return (z & 1) * 2 - 1
+
+
+def projection_salt(seed: int, model_id: int) -> int:
+    """The part of every key that names the projection: projector_seed and the checkpoint id."""
+    return _signed(((int(seed) * 0x100000001B3) ^ (int(model_id) * 0xC2B2AE3D27D4EB4F)) << 41)
+
+
+def _make_projector():
+    from trak.projectors import AbstractProjector, ProjectionType, vectorize
+
+    class HashedProjector(AbstractProjector):
+        """traker projector: x -> x P with P (grad_dim, proj_dim), P[i, j] = rademacher_signs(salt + i *
+        proj_dim + j), salt = projection_salt(seed, model_id): one matrix per (projector_seed, checkpoint), the
+        same on every device, generated in column blocks of at most `budget` entries, float32."""
+
+        def __init__(self, grad_dim: int, proj_dim: int, seed: int, device, budget: int | None = None):
+            import torch
+
+            super().__init__(grad_dim, proj_dim, seed, ProjectionType.rademacher, torch.device(device))
+            big = self.device.type == "cuda"
+            self.budget = budget or (1 << 27 if big else 1 << 22)
+            self.block = max(1, min(proj_dim, self.budget // max(1, grad_dim)))
+
+        def matrix(self, model_id: int, start: int, stop: int):
+            """Columns start..stop-1 of checkpoint model_id's P, float32 on the device."""
+            import torch
+
+            rows = torch.arange(self.grad_dim, dtype=torch.int64, device=self.device)[:, None] * self.proj_dim
+            cols = torch.arange(start, stop, dtype=torch.int64, device=self.device)[None, :]
+            return rademacher_signs(rows + cols + projection_salt(self.seed, model_id), torch).float()
+
+        def project(self, grads, model_id: int):
+            import torch
+
+            if isinstance(grads, dict):
+                grads = vectorize(grads, device=self.device)
+            g = grads.to(device=self.device, dtype=torch.float32)
+            out = torch.empty(g.shape[0], self.proj_dim, dtype=torch.float32, device=self.device)
+            for st in range(0, self.proj_dim, self.block):
+                ed = min(st + self.block, self.proj_dim)
+                out[:, st:ed] = g @ self.matrix(model_id, st, ed)
+            return out
+
+        def free_memory(self):
+            pass                                    # nothing is kept between calls
+
+    return HashedProjector
+
+
+def HashedProjector(grad_dim: int, proj_dim: int, seed: int, device, budget: int | None = None):
+    """A device-independent Rademacher JL projector for traker (see the module's docstring); traker is imported
+    here, on first use."""
+    global _PROJECTOR
+    if _PROJECTOR is None:
+        _PROJECTOR = _make_projector()
+    return _PROJECTOR(grad_dim, proj_dim, seed, device, budget)
+
+
+_PROJECTOR = None
 
 
 def _input_shape(X) -> tuple[int, ...]:
