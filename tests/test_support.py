@@ -195,6 +195,12 @@ def test_several_images_per_task_give_the_same_answers_and_isolate_a_failing_ima
                                launch=three, **kw)
     strip = lambda a: {k: v for k, v in a.items() if k != "wall_s"}
     assert [strip(a) for a in got["answers"]] == [strip(a) for a in one["answers"]]
+    # two of a task's three images at once, in processes of their own (sharing its GPU where it has one)
+    shared = LaunchSettings(cluster="debug", folder=str(tmp_path / "s2"), images_per_task=3, answers_at_once=2,
+                            cpus_per_task=2)
+    got = stages.support_stage(answers_dir=str(tmp_path / "a2"), gather_out=str(tmp_path / "g2.json"),
+                               launch=shared, **kw)
+    assert [strip(a) for a in got["answers"]] == [strip(a) for a in one["answers"]]
     # image 1 raises inside the first task (images 0, 1, 2): 0 and 2 are still answered and kept
     real = stages._answer_task
 

@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signal-delay-s", type=int, default=90)
     p.add_argument("--max-requeues", type=int, default=3)
     p.add_argument("--images-per-task", type=int, default=1)
+    p.add_argument("--answers-at-once", type=int, default=1, help="of a task's images, answered at once in "
+                   "processes sharing its GPU")
     p.add_argument("--cpus-per-task", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--mem-gb", type=float, default=4.0)
@@ -361,7 +363,8 @@ def _dispatch(a) -> None:
                                 timeout_min=a.timeout_min, cpus_per_task=a.cpus_per_task,
                                 gpus_per_node=a.gpus_per_node, mem_gb=a.mem_gb,
                                 slurm_partition=a.slurm_partition or None, signal_delay_s=a.signal_delay_s,
-                                max_requeues=a.max_requeues, images_per_task=a.images_per_task)
+                                max_requeues=a.max_requeues, images_per_task=a.images_per_task,
+                                answers_at_once=a.answers_at_once)
         stages.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir,
                              gather_out=a.out, metric=a.metric, settings=settings, launch=launch, progress=progress,
                              replicates=a.replicates)

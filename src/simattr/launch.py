@@ -37,6 +37,7 @@ class LaunchSettings:
     signal_delay_s: int = 90
     max_requeues: int = 3
     images_per_task: int = 1
+    answers_at_once: int = 1       # of a task's images, answered at once in processes sharing its GPU
 
 
 @dataclass

@@ -352,17 +352,39 @@ def _answer_task(**kw):
     return support.answer(**kw)
 
 
-def _answer_chunk(units: list[dict]) -> list[dict]:
-    """Several answers in one task, one after the other (one process start for all of them). Every answer
-    is attempted; if some raise, the task raises afterwards naming each failed image (the others are written
-    and a rerun reuses them)."""
+def _answer_chunk(units: list[dict], at_once: int = 1, threads: int = 1, name: str = "support",
+                  gpus: int = 0) -> list[dict]:
+    """Several answers in one task (one process start for all of them): one after the other, or `at_once` at a
+    time in processes of their own that share the task's GPU (several models per GPU where one leaves it
+    idle), each with `threads` cores. Every answer is attempted; if some raise, the task raises afterwards
+    naming each failed image (the others are written and a rerun reuses them)."""
     out, errors = [], []
-    for u in units:
-        try:
-            out.append(_answer_task(**u))
-        except Exception as e:  # noqa: BLE001 - reported below, with the image it belongs to
-            log.exception("test image %s failed", u["test_index"])
-            errors.append(f"test image {u['test_index']}: {type(e).__name__}: {e}")
+
+    def failed(u, e):
+        log.error("test image %s failed: %s", u["test_index"], e)
+        errors.append(f"test image {u['test_index']}: {type(e).__name__}: {e}")
+
+    if at_once > 1 and len(units) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from .launch import _Task
+
+        # spawn: a fresh interpreter (no CUDA state or locks inherited from this process)
+        with ProcessPoolExecutor(min(at_once, len(units)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = [(u, pool.submit(_Task(_answer_task, threads, name, gpus), u)) for u in units]
+            for u, job in jobs:
+                try:
+                    out.append(job.result())
+                except Exception as e:  # noqa: BLE001 - reported below, with the image it belongs to
+                    failed(u, e)
+    else:
+        for u in units:
+            try:
+                out.append(_answer_task(**u))
+            except Exception as e:  # noqa: BLE001 - reported below, with the image it belongs to
+                log.exception("test image %s failed", u["test_index"])
+                errors.append(f"test image {u['test_index']}: {type(e).__name__}: {e}")
     if errors:
         raise SimattrError(f"{len(errors)} of {len(units)} answers of this task failed: " + "; ".join(errors))
     return out
@@ -418,8 +440,11 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
     size = max(1, int(launch.images_per_task))
     chunks = [units[i:i + size] for i in range(0, len(units), size)]
     chunk_labels = [", ".join(labels[i:i + size]) for i in range(0, len(units), size)]
-    fresh, failures = launch_mod.run_tasks(_answer_chunk, [{"units": c} for c in chunks], chunk_labels, launch,
-                                           name=name, progress=progress, log=log)
+    at_once = max(1, int(launch.answers_at_once))
+    chunk_kw = {"at_once": at_once, "threads": max(1, int(launch.cpus_per_task) // at_once), "name": name,
+                "gpus": int(launch.gpus_per_node)}
+    fresh, failures = launch_mod.run_tasks(_answer_chunk, [{"units": c, **chunk_kw} for c in chunks],
+                                           chunk_labels, launch, name=name, progress=progress, log=log)
     for got in fresh:
         for a in got or []:
             done[(int(a.get("seed_set", base)) - base, a["test_index"])] = a

@@ -68,6 +68,7 @@ rule support:
         submitit_signal_delay_s=config["launch"]["signal_delay_s"],
         submitit_max_requeues=config["launch"]["max_requeues"],
         submitit_images_per_task=config["launch"]["images_per_task"],
+        submitit_answers_at_once=config["launch"]["answers_at_once"],
     localrule: True
     # on the local executor the tasks run on this machine: reserve their cores so that Snakemake does
     # not start other jobs on top of them
@@ -88,4 +89,5 @@ rule support:
         " --mem-gb {resources.submitit_mem_gb} --slurm-partition '{resources.submitit_partition}'"
         " --signal-delay-s {resources.submitit_signal_delay_s} --max-requeues {resources.submitit_max_requeues}"
         " --images-per-task {resources.submitit_images_per_task}"
+        " --answers-at-once {resources.submitit_answers_at_once}"
         " --submitit-dir {params.submitit} --answers-dir {params.answers} --out {output}"
