@@ -248,3 +248,24 @@ def test_resnet9_on_cuda_learns_as_on_the_cpu_and_deterministic_mode_repeats_its
     cpu = models.train_predict(Xtr, ytr, Xte, **kw, device="cpu")
     acc_cuda, acc_cpu = (a[0].argmax(1) == yte).mean(), (cpu[0].argmax(1) == yte).mean()
     assert acc_cuda > 0.5 and abs(acc_cuda - acc_cpu) < 0.15, (acc_cuda, acc_cpu)
+
+
+def test_deterministic_is_part_of_a_cnns_identity_and_swaps_only_the_pooling():
+    """model.deterministic changes which kernels run on CUDA, so it names a different model; the networks it
+    builds have the same parameters and, on the CPU, the same outputs (max exactly, mean to rounding)."""
+    import torch
+
+    from simattr.cli import _recipe, build_parser
+
+    r = models.Recipe(name="resnet18", epochs=1, batch_size=8, lr=0.1, deterministic=True)
+    assert r.identity()["deterministic"] is True and "deterministic" not in models.Recipe().identity()
+    a = build_parser().parse_args(["queries", "--dataset", "digits", *r.cli_args(), "--n-test", "1",
+                                   "--flip-models", "1", "--out", "q"])
+    assert _recipe(a) == r
+    det, plain = (models.torch_module(models.Recipe(**{**r.__dict__, "deterministic": d}), (3, 32, 32), 5)
+                  for d in (True, False))
+    assert type(det.avgpool).__name__ == "GlobalPool" and type(plain.avgpool).__name__ == "AdaptiveAvgPool2d"
+    plain.load_state_dict(det.state_dict())
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(det.eval()(x), plain.eval()(x), rtol=1e-5, atol=1e-6)

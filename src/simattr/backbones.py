@@ -117,8 +117,6 @@ def torch_load(path: Path, not_found: str, unreadable: str) -> Any:
 
 def load_checkpoint(path, arch: str, layout: str = "auto") -> tuple[dict, dict]:
     """(backbone state dict for torchvision's `arch` without fc, what was found: layout, prefix, cifar_stem)."""
-    import torch
-
     if layout not in LAYOUTS:
         raise SimattrError(f"unknown checkpoint layout '{layout}'; valid: {', '.join(LAYOUTS)}")
     if arch not in ARCHS:

@@ -227,7 +227,47 @@ def resnet9(in_channels: int, n_classes: int):
 
     return nn.Sequential(*cbr(in_channels, 64), *cbr(64, 128), nn.MaxPool2d(2), Residual(128),
                          *cbr(128, 256), nn.MaxPool2d(2), *cbr(256, 512), nn.MaxPool2d(2), Residual(512),
-                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(512, n_classes, bias=False), Scale())
+                         GlobalPool("max"), nn.Flatten(), nn.Linear(512, n_classes, bias=False), Scale())
+
+
+def _global_pool_class():
+    from torch import nn
+
+    class GlobalPool(nn.Module):
+        """Global max / mean over H, W (keepdim): the same values as AdaptiveMaxPool2d(1) / AdaptiveAvgPool2d(1)
+        (max exactly; mean up to summation order) with backward passes that have deterministic CUDA kernels
+        (the adaptive pools' CUDA backward has none, so model.deterministic would refuse them)."""
+
+        def __init__(self, kind: str):
+            super().__init__()
+            self.kind = kind
+
+        def forward(self, x):
+            return x.amax(dim=(2, 3), keepdim=True) if self.kind == "max" else x.mean(dim=(2, 3), keepdim=True)
+
+    return GlobalPool
+
+
+def GlobalPool(kind: str):
+    """A GlobalPool module ('max' or 'mean'); see _global_pool_class (torch is imported on first use)."""
+    global _GLOBAL_POOL
+    if _GLOBAL_POOL is None:
+        _GLOBAL_POOL = _global_pool_class()
+    return _GLOBAL_POOL(kind)
+
+
+_GLOBAL_POOL = None
+
+
+def _resnet18(n_classes: int, deterministic: bool):
+    """torchvision's ResNet-18; with model.deterministic its average pool is GlobalPool('mean') (deterministic
+    CUDA backward; the same parameters and state_dict)."""
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=n_classes)
+    if deterministic:
+        net.avgpool = GlobalPool("mean")
+    return net
 
 
 def augment_batch(x, gen, shift: int = 4, cutout: int = 8):
@@ -343,7 +383,6 @@ def train_predict_cnn(X_train, y_train: np.ndarray, X_eval, seed: int, n_classes
 def _train_cnn(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: Recipe, dev):
     """The training half of train_predict_cnn: one `recipe` CNN from `seed`, on `dev`, in eval mode."""
     import torch
-    import torchvision
 
     from .accel import configure
     from .datasets import Stream
@@ -357,8 +396,7 @@ def _train_cnn(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: 
     dgen = gen if not cuda else torch.Generator(device=dev).manual_seed(int(seed))
     with torch.random.fork_rng(devices=[dev] if cuda else []):
         torch.manual_seed(int(seed))
-        net = torchvision.models.resnet18(num_classes=n_classes) if streamed else \
-            resnet9(X_train.shape[1], n_classes)
+        net = _resnet18(n_classes, recipe.deterministic) if streamed else resnet9(X_train.shape[1], n_classes)
     fmt = torch.channels_last if cuda else torch.contiguous_format
     net = net.to(dev, memory_format=fmt)
     mean, std = _imagenet_stats(dev)
@@ -420,10 +458,9 @@ def torch_module(recipe: Recipe, input_shape: tuple[int, ...], n_classes: int):
     """The torch nn.Module whose forward is the recipe's model on the recipe's prepared inputs of shape
     `input_shape` (one example; prepare_inputs, net_inputs), randomly initialised (load a train_state into it):
     mlp: Linear(d, hidden), ReLU, Linear(hidden, C) on the flattened standardised pixels (d = prod(input_shape));
-    resnet9: resnet9(input_shape[0], C); resnet18: torchvision's resnet18(num_classes=C). The global torch RNG is
+    resnet9: resnet9(input_shape[0], C); resnet18: _resnet18 (torchvision's resnet18(num_classes=C)). The global torch RNG is
     left as it was."""
     import torch
-    import torchvision
     from torch import nn
 
     with torch.random.fork_rng(devices=[]):
@@ -432,7 +469,7 @@ def torch_module(recipe: Recipe, input_shape: tuple[int, ...], n_classes: int):
             return nn.Sequential(nn.Linear(d, recipe.hidden), nn.ReLU(), nn.Linear(recipe.hidden, n_classes))
         if recipe.name == "resnet9":
             return resnet9(int(input_shape[0]), n_classes)
-        return torchvision.models.resnet18(num_classes=n_classes)
+        return _resnet18(n_classes, recipe.deterministic)
 
 
 def train_state(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: Recipe, *,
