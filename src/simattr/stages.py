@@ -241,7 +241,7 @@ def trak_attributions(*, data: datasets.Spec, recipe, checkpoints: str, proj_dim
         raise SimattrError(f"TRAK produced NaN or inf scores (proj_dim {proj_dim}); see {checkpoints}")
     attrs = {"dataset": data.name, "ranker": "trak", "checkpoints_hash": ck["config_hash"],
              "n_checkpoints": len(ck["states"]), "proj_dim": proj_dim, "projector_seed": projector_seed,
-             "lambda_reg": lambda_reg,
+             "lambda_reg": lambda_reg, "projector": trak.PROJECTOR,
              "device": str(device), "wall_s": time.perf_counter() - t0}
     store.write_arrays(out, {"scores": scores.astype(np.float32), "test_labels": te.labels.astype(np.int64),
                              "train_labels": tr.labels.astype(np.int64)}, attrs)

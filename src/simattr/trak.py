@@ -57,6 +57,8 @@ from .errors import SimattrError
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "targets"          # traker's experiment name for the scored targets (one per save_dir)
+#: how the scores are computed beyond the config (a rule param: a new value reruns the trak rule)
+PROJECTOR = "hashed-rademacher-float32"
 
 
 def train_checkpoints(*, recipe: models.Recipe, X_train, y_train: np.ndarray, n_classes: int, seeds,

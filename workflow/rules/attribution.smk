@@ -42,6 +42,7 @@ rule trak:
         projector_seed=config["trak"]["projector_seed"],
         batch_size=config["trak"]["batch_size"],
         lambda_reg=config["trak"]["lambda_reg"],
+        projector=TRAK_PROJECTOR,   # not in the shell line: a new projection reruns the rule
     threads: 2
     resources:
         mem_mb=lambda wildcards: max(8000, retrain_mem_mb(wildcards)),

@@ -5,6 +5,7 @@ from simattr import store
 from simattr.datasets import Spec, n_classes, split_size
 from simattr.errors import SimattrError
 from simattr.models import Recipe
+from simattr.trak import PROJECTOR as TRAK_PROJECTOR
 from snakemake.exceptions import WorkflowError
 import os
 import shlex
