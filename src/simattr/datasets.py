@@ -213,16 +213,6 @@ class Split:
     def images(self) -> np.ndarray:
         return self.load(np.arange(len(self)))
 
-    def batches(self, index, batch_size: int, workers: int = 0, labels: bool = False):
-        """The images at `index`, in that order, batch by batch: float32 arrays (n, C, H, W) in [0, 1], with their
-        labels when `labels` (decoded by `workers` processes; see `stream` for tensors on a device)."""
-        stream = self.stream(batch_size, workers, labels=labels)
-        try:
-            for item in stream(index):
-                yield ((to_unit(item[0].numpy()), item[1].numpy()) if labels else to_unit(item.numpy()))
-        finally:
-            stream.close()
-
     def stream(self, batch_size: int, workers: int = 0, *, labels: bool = False, pin: bool = False,
                context: str | None = None) -> "Stream":
         """A Stream of this split's images (see Stream)."""
