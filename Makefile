@@ -1,5 +1,6 @@
 # `make demo`: set up .venv and run the whole workflow on the bundled digits.
-# `make test`: set up .venv if needed and run the test suite.
+# `make test`: set up .venv if needed and run the test suite (CI runs this).
+# `make test-fast`: the unit tests and static workflow checks, without whole workflow runs or SLURM (minutes).
 VENV ?= .venv
 PYTHON ?= python3
 CORES ?= 2
@@ -7,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test dryrun lint clean
+.PHONY: demo test test-fast dryrun lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES) --configfile config/config.yaml

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 CHECKS = ["versions", "task_view", "retrain", "shared_gpu", "esvm", "embed", "trak", "stream", "cuda_tests"]
 

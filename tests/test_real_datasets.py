@@ -22,6 +22,7 @@ import yaml
 from datafiles import CIFAR_CLASSES, make_cifar_root, make_image_folder
 from test_workflow import job_counts, smk
 
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
