@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints-file", required=True)
     p.add_argument("--proj-dim", type=int, required=True)
     p.add_argument("--projector-seed", type=int, default=0)
-    p.add_argument("--trak-batch-size", type=int, default=128)
+    p.add_argument("--trak-batch-size", type=int, default=512)
     p.add_argument("--lambda-reg", type=float, default=0.0, help="ridge term added to TRAK's Phi^T Phi")
     p.add_argument("--out", required=True)
 
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-min", type=int, default=60)
     p.add_argument("--signal-delay-s", type=int, default=90)
     p.add_argument("--max-requeues", type=int, default=3)
-    p.add_argument("--images-per-task", type=int, default=1)
+    p.add_argument("--images-per-task", type=int, default=3)
     p.add_argument("--answers-at-once", type=int, default=1, help="of a task's images, answered at once in "
                    "processes sharing its GPU")
     p.add_argument("--cpus-per-task", type=int, default=1)
