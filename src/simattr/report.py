@@ -50,10 +50,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .config import METRICS
 from .errors import SimattrError
 from .store import atomic_path, read_json, write_text
 
-METRICS = ("removal", "mislabel")
 
 SUPPORT_COLUMNS = (
     "dataset", "method", "encoder", "ranker", "metric", "k_max", "engine", "seed_sets", "n_test", "n_flipped",

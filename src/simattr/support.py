@@ -33,9 +33,9 @@ from typing import Callable
 import numpy as np
 
 from . import __version__, flipcurve, models, store
+from .config import METRICS
 from .errors import SimattrError
 
-METRICS = ("removal", "mislabel")
 PROTOCOL_VERSION = 4   # 2: k = 0 is probed after a flipping k_max probe; 3: the k = 0 probe reuses the
                        # full-data models of the queries stage; 4: seed sets, the adaptive engine, fitted curves
 

@@ -43,7 +43,12 @@ except SimattrError as e:
 MODEL_ARGS = " ".join(MODEL.cli_args())
 # the dataset's command-line arguments: one param, so a change of any dataset setting reruns what reads images
 DATA_ARGS = " ".join(shlex.quote(a) for a in DATA.cli_args())
-TRAINABLE = ["simclr", "supervised", "resnet"]     # encoders whose state file a rule makes
+from simattr.encoders import TRAINABLE  # encoders whose state file a rule makes
+
+
+def encoder_job(encoder):
+    """The log / benchmark name of the rule that makes an encoder's state (import_resnet, train_simclr, ...)."""
+    return "import-resnet" if encoder == "resnet" else f"train-{encoder}"
 ENV = "../../envs/simattr.yaml"  # relative to the rule files
 METHODS = [(m["encoder"], m["ranker"]) for m in config["methods"]]
 FEATURE_ENCODERS = [e for e in sconfig.ENCODERS if e != sconfig.MODEL_ENCODER]
@@ -206,7 +211,7 @@ def method_cost_entries():
     for e, r in METHODS:
         m = f"{e}/{r}"
         if e in TRAINABLE:
-            job(m, "embed", "import-resnet" if e == "resnet" else f"train-{e}")
+            job(m, "embed", encoder_job(e))
             out.append(f"{m}|stored|{path(store.ENCODER_STATE, encoder=e)}")
         if e != sconfig.MODEL_ENCODER:
             for s in ("train", "test"):
@@ -244,7 +249,7 @@ def report_benchmarks(wildcards):
     pairs = []
     for e in ENCODERS_USED:
         if e in TRAINABLE:
-            pairs.append(("embed", bench("embed", "import-resnet" if e == "resnet" else f"train-{e}")))
+            pairs.append(("embed", bench("embed", encoder_job(e))))
         for s in ("train", "test"):
             pairs.append(("embed", bench("embed", f"{e}-{s}")))
             pairs += [("embed", bench("embed", f"{e}-{s}-shard-{k:05d}")) for k in range(N_SHARDS[s])]

@@ -5,9 +5,9 @@ rule train_simclr:
     output:
         path(store.ENCODER_STATE, encoder="simclr"),
     log:
-        logfile("embed", "train-simclr"),
+        logfile("embed", encoder_job("simclr")),
     benchmark:
-        bench("embed", "train-simclr")
+        bench("embed", encoder_job("simclr"))
     params:
         data=DATA_ARGS,
         seed=config["encoders"]["simclr"]["seed"],
@@ -36,9 +36,9 @@ rule train_supervised:
     output:
         path(store.ENCODER_STATE, encoder="supervised"),
     log:
-        logfile("embed", "train-supervised"),
+        logfile("embed", encoder_job("supervised")),
     benchmark:
-        bench("embed", "train-supervised")
+        bench("embed", encoder_job("supervised"))
     params:
         data=DATA_ARGS,
         seed=config["encoders"]["supervised"]["seed"],
@@ -65,9 +65,9 @@ rule import_resnet:
     output:
         path(store.ENCODER_STATE, encoder="resnet"),
     log:
-        logfile("embed", "import-resnet"),
+        logfile("embed", encoder_job("resnet")),
     benchmark:
-        bench("embed", "import-resnet")
+        bench("embed", encoder_job("resnet"))
     params:
         data=DATA_ARGS,
         arch=config["encoders"]["resnet"]["arch"],
