@@ -55,9 +55,9 @@ def no_cuda_message(torch) -> str:
     """The one line a job given a GPU without usable CUDA stops with."""
     env = visible_devices()
     cuda = getattr(torch.version, "cuda", None)
-    why = ("a CPU-only torch: install a CUDA build of pytorch for your driver (conda: `pytorch-cuda=12.4` from "
-           "the pytorch and nvidia channels, see envs/simattr.yaml; pip: `pip install torch --index-url "
-           "https://download.pytorch.org/whl/cu124`)" if not cuda else
+    why = ("a CPU-only torch: install a CUDA build of pytorch for your driver (conda-forge: "
+           "`pytorch[build='cuda*']` with `cuda-version` at most your driver's CUDA, as envs/simattr.yaml asks; "
+           "pip: `pip install torch --index-url https://download.pytorch.org/whl/cu126`)" if not cuda else
            "a CUDA build, but no device it can use: check the driver (`nvidia-smi`) supports CUDA "
            f"{cuda}, or install the pytorch build for your driver's CUDA version")
     return (f"job '{_job['name']}' was given a GPU (workflow gpus={_job['gpus']}, CUDA_VISIBLE_DEVICES="
