@@ -144,13 +144,13 @@ def test_spec_checks_and_cli_round_trip():
 
 
 def test_embedding_with_decoding_workers_matches_in_process(tmp_path):
-    from simattr import encoders, stages
+    from simattr import embedding, encoders
 
     root = make_image_folder(tmp_path / "f", per_class=5)
     part = load_split(Spec("imagefolder", root=str(root), image_size=8), "train")
     state = encoders.fit("pixels", part.images, part.labels, {}, seed=0, progress=False)
-    a = stages._encode_range(state, part, 2, 13, 4, False, "test", workers=0)
-    b = stages._encode_range(state, part, 2, 13, 4, False, "test", workers=2)
+    a = embedding._encode_range(state, part, 2, 13, 4, False, "test", workers=0)
+    b = embedding._encode_range(state, part, 2, 13, 4, False, "test", workers=2)
     assert a.shape == (11, 3 * 8 * 8) and np.array_equal(a, b)
 
 
@@ -186,7 +186,7 @@ def test_streamed_batches_are_uint8_and_give_the_features_of_float_images(datase
     Decoded by 2 workers under the forkserver start method (Python 3.14's default): a Split pickles."""
     import torch
 
-    from simattr import encoders, stages
+    from simattr import embedding, encoders
     from datafiles import make_cifar_root
 
     if dataset == "cifar10":
@@ -208,23 +208,23 @@ def test_streamed_batches_are_uint8_and_give_the_features_of_float_images(datase
     state = _resnet_state(tmp_path)
     before = encoders.encode(state, part.images, batch_size=4)          # float32 images, as before
     for workers in (0, 2):
-        after = stages._encode_range(state, part, 0, len(part), 4, False, "t", workers=workers)
+        after = embedding._encode_range(state, part, 0, len(part), 4, False, "t", workers=workers)
         np.testing.assert_array_equal(after, before)
 
 
 def test_an_embed_job_builds_its_network_once(tmp_path, monkeypatch):
-    from simattr import encoders, stages
+    from simattr import embedding, encoders
 
     spec = Spec("imagefolder", root=str(make_image_folder(tmp_path / "f", per_class=6)), image_size=16)
     state = _resnet_state(tmp_path)
     encoders.save_state(state, tmp_path / "resnet.pt")
-    monkeypatch.setattr(stages, "_encoder_state", lambda *a, **k: (state, {"x": 1}))
+    monkeypatch.setattr(embedding, "_encoder_state", lambda *a, **k: (state, {"x": 1}))
     import simattr.backbones as bb
 
     builds = []
     real = bb.Features.__init__
     monkeypatch.setattr(bb.Features, "__init__", lambda self, *a, **k: (builds.append(1), real(self, *a, **k))[1])
-    stages.embed_shard(data=spec, encoder="resnet", split="train", shard=0, shard_size=0, batch_size=3,
+    embedding.embed_shard(data=spec, encoder="resnet", split="train", shard=0, shard_size=0, batch_size=3,
                        out=str(tmp_path / "shard.h5"), progress=False)
     assert len(builds) == 1                                # 18 images in 6 batches: one network
 

@@ -1,4 +1,4 @@
-"""LDS of a method from its score files and the LDS subset shards (simattr.stages.lds_stage): the weights a
+"""LDS of a method from its score files and the LDS subset shards (simattr.lds.lds_stage): the weights a
 score file gives (attribution_weights) and the Spearman correlation, checked against hand-computed numbers."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from simattr import stages, store
+from simattr import lds, store
 
 
 def _score_file(path, *, test, train, scores, full=None):
@@ -29,10 +29,10 @@ def _lds_shard(path, masks, margins):
 
 def test_weights_of_a_similarity_ranker_are_shifted_candidate_scores_and_zero_elsewhere(tmp_path):
     sc = store.read_scores(_score_file(tmp_path / "a.h5", test=[0], train=[1, 3], scores=[[-2.0, -5.0]]))
-    np.testing.assert_array_equal(stages.attribution_weights(sc), [[0.0, 3.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(lds.attribution_weights(sc), [[0.0, 3.0, 0.0, 0.0]])
     sc = store.read_scores(_score_file(tmp_path / "b.h5", test=[0], train=[1, 3], scores=[[1, 2]],
                                        full=[[0.5, 1.0, -2.0, 2.0]]), extras=True)
-    np.testing.assert_array_equal(stages.attribution_weights(sc), [[0.5, 1.0, -2.0, 2.0]])   # signed, as given
+    np.testing.assert_array_equal(lds.attribution_weights(sc), [[0.5, 1.0, -2.0, 2.0]])   # signed, as given
 
 
 def test_lds_equals_the_hand_computed_spearman(tmp_path):
@@ -45,7 +45,7 @@ def test_lds_equals_the_hand_computed_spearman(tmp_path):
     # Spearman = 1 - 6 * 22 / (5 * 24) = -0.1
     f = _score_file(tmp_path / "class-0.h5", test=[1], train=[0, 1], scores=[[1, 2]], full=[[1.0, 2.0, -1.0, 0.0]])
     out = tmp_path / "lds.json"
-    r = stages.lds_stage(score_files=[f], subset_shards=[shard], n_boot=50, seed=0, out=str(out))
+    r = lds.lds_stage(score_files=[f], subset_shards=[shard], n_boot=50, seed=0, out=str(out))
     assert r["per_test"] == [{"test_index": 1, "spearman": pytest.approx(-0.1)}]
     assert r["mean"] == pytest.approx(-0.1) and r["n_models"] == 5 and r["n_undefined"] == 0
     assert json.loads(out.read_text())["mean"] == pytest.approx(-0.1)
@@ -55,4 +55,4 @@ def test_lds_refuses_score_files_of_another_training_set_size(tmp_path):
     shard = _lds_shard(tmp_path / "shard-00000.h5", [[1, 0, 1]] * 3, [[0.0], [1.0], [2.0]])
     f = _score_file(tmp_path / "class-0.h5", test=[0], train=[0, 1], scores=[[1, 2]])
     with pytest.raises(Exception, match="training images, the LDS models 3"):
-        stages.lds_stage(score_files=[f], subset_shards=[shard], n_boot=10, seed=0, out=str(tmp_path / "x.json"))
+        lds.lds_stage(score_files=[f], subset_shards=[shard], n_boot=10, seed=0, out=str(tmp_path / "x.json"))

@@ -152,14 +152,14 @@ SETTINGS = {"dataset": "toy", "encoder": "toy", "ranker": "knn_l2", "k_max": 40,
 
 @pytest.mark.parametrize("metric", ["removal", "mislabel"])
 def test_support_stage_answers_every_image_and_resumes_without_retraining(metric, tmp_path):
-    from simattr import stages, store
+    from simattr import answers, store
     from simattr.launch import LaunchSettings
 
     queries, files = _support_inputs(tmp_path)
     launch = LaunchSettings(cluster="debug", folder=str(tmp_path / "submitit"))
     kw = dict(queries=queries, score_files=files, answers_dir=str(tmp_path / "answers"), metric=metric,
               settings=SETTINGS, launch=launch, progress=False)
-    g1 = stages.support_stage(gather_out=str(tmp_path / "g1.json"), **kw)
+    g1 = answers.support_stage(gather_out=str(tmp_path / "g1.json"), **kw)
     assert [a["test_index"] for a in g1["answers"]] == [0, 1, 2, 3]
     for a in g1["answers"]:
         assert a["support"] is None or 1 <= a["support"] <= 40
@@ -171,47 +171,47 @@ def test_support_stage_answers_every_image_and_resumes_without_retraining(metric
     marked["wall_s"] = -1.0
     store.write_json(kept, marked)
     (tmp_path / "answers" / "2.json").unlink()
-    g2 = stages.support_stage(gather_out=str(tmp_path / "g2.json"), **kw)
+    g2 = answers.support_stage(gather_out=str(tmp_path / "g2.json"), **kw)
     assert g2["answers"][1]["wall_s"] == -1.0
     strip = lambda a: {k: v for k, v in a.items() if k not in ("wall_s", "models_reused")}
     assert strip(g2["answers"][2]) == strip(g1["answers"][2])
     assert g2["answers"][2]["models_reused"] == g2["answers"][2]["trainings"]   # all from its journal
     # other settings: recomputed, not reused
-    g3 = stages.support_stage(gather_out=str(tmp_path / "g3.json"), **{**kw, "settings": {**SETTINGS, "seeds": 5}})
+    g3 = answers.support_stage(gather_out=str(tmp_path / "g3.json"), **{**kw, "settings": {**SETTINGS, "seeds": 5}})
     assert g3["answers"][1]["wall_s"] != -1.0
 
 
 def test_several_images_per_task_give_the_same_answers_and_isolate_a_failing_image(tmp_path, monkeypatch):
-    from simattr import stages
+    from simattr import answers
     from simattr.errors import SimattrError
     from simattr.launch import LaunchSettings
 
     queries, files = _support_inputs(tmp_path)
     kw = dict(queries=queries, score_files=files, metric="removal", settings=SETTINGS, progress=False)
-    one = stages.support_stage(answers_dir=str(tmp_path / "a1"), gather_out=str(tmp_path / "g1.json"),
+    one = answers.support_stage(answers_dir=str(tmp_path / "a1"), gather_out=str(tmp_path / "g1.json"),
                                launch=LaunchSettings(cluster="debug", folder=str(tmp_path / "s1")), **kw)
     three = LaunchSettings(cluster="debug", folder=str(tmp_path / "s3"), images_per_task=3)
-    got = stages.support_stage(answers_dir=str(tmp_path / "a3"), gather_out=str(tmp_path / "g3.json"),
+    got = answers.support_stage(answers_dir=str(tmp_path / "a3"), gather_out=str(tmp_path / "g3.json"),
                                launch=three, **kw)
     strip = lambda a: {k: v for k, v in a.items() if k != "wall_s"}
     assert [strip(a) for a in got["answers"]] == [strip(a) for a in one["answers"]]
     # two of a task's three images at once, in processes of their own (sharing its GPU where it has one)
     shared = LaunchSettings(cluster="debug", folder=str(tmp_path / "s2"), images_per_task=3, answers_at_once=2,
                             cpus_per_task=2)
-    got = stages.support_stage(answers_dir=str(tmp_path / "a2"), gather_out=str(tmp_path / "g2.json"),
+    got = answers.support_stage(answers_dir=str(tmp_path / "a2"), gather_out=str(tmp_path / "g2.json"),
                                launch=shared, **kw)
     assert [strip(a) for a in got["answers"]] == [strip(a) for a in one["answers"]]
     # image 1 raises inside the first task (images 0, 1, 2): 0 and 2 are still answered and kept
-    real = stages._answer_task
+    real = answers._answer_task
 
     def flaky(**u):
         if u["test_index"] == 1:
             raise ValueError("disk on fire")
         return real(**u)
 
-    monkeypatch.setattr(stages, "_answer_task", flaky)
+    monkeypatch.setattr(answers, "_answer_task", flaky)
     with pytest.raises(SimattrError, match=r"test image 1: ValueError: disk on fire"):
-        stages.support_stage(answers_dir=str(tmp_path / "af"), gather_out=str(tmp_path / "gf.json"),
+        answers.support_stage(answers_dir=str(tmp_path / "af"), gather_out=str(tmp_path / "gf.json"),
                              launch=LaunchSettings(cluster="debug", folder=str(tmp_path / "sf"), images_per_task=3),
                              **kw)
     assert sorted(p.name for p in (tmp_path / "af").glob("*.json")) == ["0.json", "2.json", "3.json"]
@@ -366,19 +366,19 @@ def test_bad_support_settings_are_one_line_config_errors(change, message):
 
 
 def test_replicates_answer_every_image_under_each_seed_set_and_resume(tmp_path):
-    from simattr import stages, store
+    from simattr import answers, store
     from simattr.launch import LaunchSettings
 
     queries, files = _support_inputs(tmp_path)
     kw = dict(queries=queries, score_files=files, answers_dir=str(tmp_path / "answers"), metric="removal",
               settings={**ADAPTIVE, "seed_set": 4}, progress=False,
               launch=LaunchSettings(cluster="debug", folder=str(tmp_path / "submitit")))
-    g = stages.support_stage(gather_out=str(tmp_path / "g.json"), replicates=2, **kw)
+    g = answers.support_stage(gather_out=str(tmp_path / "g.json"), replicates=2, **kw)
     assert g["seed_sets"] == [4, 5] and len(g["replicates"]) == 1
     assert [a["seed_set"] for a in g["answers"]] == [4] * 4 and [a["seed_set"] for a in g["replicates"][0]] == [5] * 4
     assert [a["test_index"] for a in g["replicates"][0]] == [0, 1, 2, 3]
     for t in range(4):
         assert store.read_json(store.answer_path(tmp_path / "answers", t, 1)) == g["replicates"][0][t]
     # one replicate alone: the first seed set's answers are kept, not recomputed
-    again = stages.support_stage(gather_out=str(tmp_path / "g1.json"), replicates=1, **kw)
+    again = answers.support_stage(gather_out=str(tmp_path / "g1.json"), replicates=1, **kw)
     assert again["answers"] == g["answers"] and "replicates" not in again

@@ -298,10 +298,10 @@ def run(argv: list[str] | None = None) -> int:
 
 def _dispatch(a) -> None:
     progress = not a.no_progress
-    from . import stages
+    from . import answers, embedding, lds, report, scoring, trak
 
     if a.cmd == "train-encoder":
-        stages.train_encoder(data=_spec(a), encoder=a.encoder, params=dict(a.param), seed=a.seed, out=a.out,
+        embedding.train_encoder(data=_spec(a), encoder=a.encoder, params=dict(a.param), seed=a.seed, out=a.out,
                              progress=progress)
     elif a.cmd == "embed":
         kw = dict(data=_spec(a), encoder=a.encoder, split=a.split, shard_size=a.shard_size, state_path=a.state,
@@ -309,21 +309,21 @@ def _dispatch(a) -> None:
         if (a.shard is None) != (a.out is None):
             raise SimattrError("embed: give --shard with --out, or --out-dir alone")
         if a.shard is None:
-            stages.embed(out_dir=a.out_dir, **kw)
+            embedding.embed(out_dir=a.out_dir, **kw)
         else:
-            stages.embed_shard(shard=a.shard, out=a.out, **kw)
+            embedding.embed_shard(shard=a.shard, out=a.out, **kw)
     elif a.cmd == "embed-index":
-        stages.embed_index(data=_spec(a), encoder=a.encoder, split=a.split, shards=a.shards, out=a.out,
+        embedding.embed_index(data=_spec(a), encoder=a.encoder, split=a.split, shards=a.shards, out=a.out,
                            state_path=a.state)
     elif a.cmd == "score":
-        stages.score_class(dataset=a.dataset, encoder=a.encoder, ranker=a.ranker, cls=a.cls,
+        scoring.score_class(dataset=a.dataset, encoder=a.encoder, ranker=a.ranker, cls=a.cls,
                            train_index=a.train_index, test_index=a.test_index,
                            class_conditioned=a.class_conditioned, topk=a.topk,
                            esvm={"C": a.C, "tol": a.tol, "max_iter": a.max_iter, "chunk_size": a.chunk_size,
                                  "device": a.device, "neighbours": a.neighbours}, random_seed=a.random_seed or 0,
                            out=a.out, progress=progress)
     elif a.cmd == "score-model":
-        stages.score_model_class(data=_spec(a), ranker=a.ranker, cls=a.cls, class_conditioned=a.class_conditioned,
+        scoring.score_model_class(data=_spec(a), ranker=a.ranker, cls=a.cls, class_conditioned=a.class_conditioned,
                                  topk=a.topk, out=a.out, trak_scores=a.trak_scores, subset_shards=a.subsets,
                                  datamodels={"n_alphas": a.n_alphas or 8, "val_fraction": a.val_fraction or 0.1},
                                  progress=progress)
@@ -333,20 +333,20 @@ def _dispatch(a) -> None:
         subsets.train_shard(data=_spec(a), purpose=a.purpose, alpha=a.alpha, n_models=a.models,
                             shard_size=a.shard_size, shard=a.shard, recipe=_recipe(a), out=a.out, progress=progress)
     elif a.cmd == "trak-checkpoints":
-        stages.trak_checkpoints(data=_spec(a), recipe=_recipe(a), n_checkpoints=a.checkpoints, seed=a.seed,
+        trak.trak_checkpoints(data=_spec(a), recipe=_recipe(a), n_checkpoints=a.checkpoints, seed=a.seed,
                                 out=a.out, progress=progress)
     elif a.cmd == "trak":
-        stages.trak_attributions(data=_spec(a), recipe=_recipe(a), checkpoints=a.checkpoints_file,
+        trak.trak_attributions(data=_spec(a), recipe=_recipe(a), checkpoints=a.checkpoints_file,
                                  proj_dim=a.proj_dim, projector_seed=a.projector_seed, batch_size=a.trak_batch_size,
                                  lambda_reg=a.lambda_reg,
                                  out=a.out, progress=progress)
     elif a.cmd == "lds":
-        stages.lds_stage(score_files=a.scores, subset_shards=a.subsets, n_boot=a.n_boot, seed=a.seed, out=a.out)
+        lds.lds_stage(score_files=a.scores, subset_shards=a.subsets, n_boot=a.n_boot, seed=a.seed, out=a.out)
     elif a.cmd == "queries":
         from . import support
 
         support.prepare_queries(data=_spec(a), n_test=a.n_test, sample_seed=a.sample_seed, flip_models=a.flip_models,
-                                recipe=_recipe(a), out_path=a.out, log=stages.log)
+                                recipe=_recipe(a), out_path=a.out, log=logging.getLogger("simattr"))
     elif a.cmd == "support":
         from . import support
         from .launch import LaunchSettings
@@ -365,7 +365,7 @@ def _dispatch(a) -> None:
                                 slurm_partition=a.slurm_partition or None, signal_delay_s=a.signal_delay_s,
                                 max_requeues=a.max_requeues, images_per_task=a.images_per_task,
                                 answers_at_once=a.answers_at_once)
-        stages.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir,
+        answers.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir,
                              gather_out=a.out, metric=a.metric, settings=settings, launch=launch, progress=progress,
                              replicates=a.replicates)
     elif a.cmd == "report":
@@ -373,7 +373,7 @@ def _dispatch(a) -> None:
             _read_report_manifest(a)
         if not a.gathers:
             raise SimattrError("report: no support gathers given (--gathers or a --manifest with 'gathers')")
-        stages.report_stage(data=_spec(a), gathers=a.gathers, score_files=a.scores,
+        report.report_stage(data=_spec(a), gathers=a.gathers, score_files=a.scores,
                             benchmarks=[b.split("=", 1) for b in a.benchmarks],
                             stored=[s.split("=", 1) for s in a.stored], n_boot=a.n_boot, seed=a.seed,
                             grid_images=a.grid_images, out_dir=a.out_dir, lds_files=a.lds, overlap_k=a.overlap_k,

@@ -45,13 +45,15 @@ Importing this module is cheap: torch and traker are imported by the calls.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 
-from . import models
+from . import datasets, models, store
 from .accel import default_device
 from .errors import SimattrError
 
@@ -258,3 +260,61 @@ def _traker_progress(progress: bool):
         yield
     finally:
         tt.tqdm = bar
+
+
+# The stages (the trak_checkpoints and trak rules)
+
+
+def trak_checkpoints(*, data: datasets.Spec, recipe, n_checkpoints: int, seed: int, out: str,
+                     progress: bool = True) -> None:
+    """Train the full-data models whose gradients TRAK uses (seeds from (dataset, seed, i)); save their states."""
+    import torch
+
+    t0 = time.perf_counter()
+    tr = datasets.load_split(data, "train")
+    streamed = recipe.name in models.STREAMED_MODELS
+    (X_train,) = models.prepare_inputs(recipe, tr if streamed else tr.images)
+    seeds = [store.seed_from("trak-checkpoint", data.name, seed, i) for i in range(n_checkpoints)]
+    states = train_checkpoints(recipe=recipe, X_train=X_train, y_train=tr.labels,
+                                    n_classes=len(tr.class_names), seeds=seeds)
+    identity = {**data.identity(), "recipe": recipe.identity(), "n_checkpoints": n_checkpoints, "seed": seed}
+    with store.atomic_path(out) as tmp:
+        torch.save({"states": states, "seeds": seeds, "identity": json.dumps(identity, sort_keys=True),
+                    "config_hash": store.config_hash(identity)}, tmp)
+    log.info("TRAK: %d %s checkpoints trained in %.1f s -> %s", n_checkpoints, recipe.name,
+             time.perf_counter() - t0, out)
+
+
+def trak_attributions(*, data: datasets.Spec, recipe, checkpoints: str, proj_dim: int, projector_seed: int,
+                      batch_size: int, out: str, lambda_reg: float = 0.0, progress: bool = True) -> None:
+    """TRAK scores of every test image against every training image (through the traker package)."""
+    import tempfile
+
+    from . import backbones
+
+    t0 = time.perf_counter()
+    ck = backbones.torch_load(checkpoints, "TRAK checkpoints not found (rule trak_checkpoints makes them)",
+                              "not a TRAK checkpoints file; rerun rule trak_checkpoints")
+    identity = json.loads(ck["identity"])
+    if {k: identity.get(k) for k in data.identity()} != data.identity() or identity["recipe"] != recipe.identity():
+        raise SimattrError(f"{checkpoints}: made for other data or another model ({identity}); rerun its rule")
+    tr = datasets.load_split(data, "train")
+    te = datasets.load_split(data, "test")
+    streamed = recipe.name in models.STREAMED_MODELS
+    X_train, X_test = models.prepare_inputs(recipe, *((tr, te) if streamed else (tr.images, te.images)))
+    device = default_device()
+    with tempfile.TemporaryDirectory(prefix=".trak-", dir=Path(out).parent) as work:
+        scores = trak_scores(recipe=recipe, X_train=X_train, y_train=tr.labels, X_target=X_test,
+                                  y_target=te.labels, checkpoints=ck["states"], n_classes=len(tr.class_names),
+                                  proj_dim=proj_dim, projector_seed=projector_seed, lambda_reg=lambda_reg,
+                                  batch_size=batch_size, device=device, save_dir=work, progress=progress)
+    if not np.isfinite(scores).all():
+        raise SimattrError(f"TRAK produced NaN or inf scores (proj_dim {proj_dim}); see {checkpoints}")
+    attrs = {"dataset": data.name, "ranker": "trak", "checkpoints_hash": ck["config_hash"],
+             "n_checkpoints": len(ck["states"]), "proj_dim": proj_dim, "projector_seed": projector_seed,
+             "lambda_reg": lambda_reg, "projector": PROJECTOR,
+             "device": str(device), "wall_s": time.perf_counter() - t0}
+    store.write_arrays(out, {"scores": scores.astype(np.float32), "test_labels": te.labels.astype(np.int64),
+                             "train_labels": tr.labels.astype(np.int64)}, attrs)
+    log.info("TRAK: %d test x %d train images scored with %d checkpoints, proj_dim %d, on %s in %.1f s -> %s",
+             len(te), len(tr), len(ck["states"]), proj_dim, device, time.perf_counter() - t0, out)
