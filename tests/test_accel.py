@@ -41,9 +41,9 @@ def test_a_gpu_named_by_the_environment_without_cuda_is_one_line(no_cuda, monkey
 def test_the_cli_given_gpus_stops_before_reading_anything(tmp_path):
     """`simattr --gpus 1 queries ...` on a machine whose torch finds no CUDA (faked absent in the child)."""
     (tmp_path / "sitecustomize.py").write_text("import torch\ntorch.cuda.is_available = lambda: False\n")
-    code = ("import sys; from simattr.cli import main; sys.exit(main(['--gpus', '1', 'queries', '--dataset', "
-            "'cifar10', '--dataset-root', '/nonexistent', '--lr', '0.1', '--n-test', '1', '--flip-models', '1', "
-            "'--out', 'q.h5']))")
+    (tmp_path / "c.yaml").write_text("dataset: {name: cifar10, root: /nonexistent}\n")
+    code = "import sys; from simattr.cli import main; sys.exit(main(['--gpus', '1', 'queries', '--config', " \
+           "'c.yaml', '--out', 'q.h5']))"
     import os
 
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "CUDA_VISIBLE_DEVICES": "", "SIMATTR_DEVICE": "auto"}

@@ -17,7 +17,7 @@ def square_or_fail(x: int, out: str) -> int:
 def test_tasks_run_and_a_failure_is_reported_with_its_log(cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))   # local workers unpickle this module
     units = [{"x": i, "out": str(tmp_path / f"{i}.txt")} for i in range(5)]
-    s = LaunchSettings(cluster=cluster, folder=str(tmp_path / "submitit"), parallelism=2, timeout_min=5)
+    s = LaunchSettings.of(cluster=cluster, folder=str(tmp_path / "submitit"), parallelism=2, timeout_min=5)
     results, failures = run_tasks(square_or_fail, units, [f"unit {i}" for i in range(5)], s, name="t",
                                   progress=False)
     assert results == [0, 1, 4, None, 16]
@@ -43,7 +43,7 @@ def test_a_task_runs_torch_on_its_cpus_per_task(cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     before = torch.get_num_threads()
-    s = LaunchSettings(cluster=cluster, folder=str(tmp_path / "submitit"), parallelism=1, timeout_min=5,
+    s = LaunchSettings.of(cluster=cluster, folder=str(tmp_path / "submitit"), parallelism=1, timeout_min=5,
                        cpus_per_task=1)
     results, failures = run_tasks(torch_threads, [{}], ["unit"], s, name="t", progress=False)
     assert not failures and results == [1]
@@ -62,18 +62,18 @@ def test_a_local_task_with_gpus_per_node_sees_its_gpu(tmp_path, monkeypatch):
     would then go unused. Holds on the CPU and on a GPU machine (no CUDA call is made)."""
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    s = LaunchSettings(cluster="local", folder=str(tmp_path / "submitit"), parallelism=1, timeout_min=5,
+    s = LaunchSettings.of(cluster="local", folder=str(tmp_path / "submitit"), parallelism=1, timeout_min=5,
                        gpus_per_node=1)
     results, failures = run_tasks(visible_gpus, [{}], ["unit"], s, name="t", progress=False)
     assert not failures and results[0] not in (None, ""), results
-    s0 = LaunchSettings(cluster="local", folder=str(tmp_path / "submitit0"), parallelism=1, timeout_min=5)
+    s0 = LaunchSettings.of(cluster="local", folder=str(tmp_path / "submitit0"), parallelism=1, timeout_min=5)
     assert run_tasks(visible_gpus, [{}], ["unit"], s0, name="t", progress=False)[0] == [""]
 
 
 def test_local_tasks_are_spread_over_the_gpus_and_share_them_beyond_one_each(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    s = LaunchSettings(cluster="local", folder=str(tmp_path / "submitit"), parallelism=4, timeout_min=5,
+    s = LaunchSettings.of(cluster="local", folder=str(tmp_path / "submitit"), parallelism=4, timeout_min=5,
                        gpus_per_node=1)
     results, failures = run_tasks(visible_gpus, [{"wait": 2.0}] * 4, [f"u{i}" for i in range(4)], s, name="t",
                                   progress=False)
@@ -103,7 +103,7 @@ def test_a_local_network_task_given_a_gpu_without_cuda_fails_in_one_line(tmp_pat
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'fake'}{os.pathsep}{Path(__file__).parent}")
     monkeypatch.delenv("SIMATTR_ALLOW_CPU", raising=False)
     monkeypatch.setenv("SIMATTR_DEVICE", "auto")          # the suite runs with cpu (conftest)
-    s = LaunchSettings(cluster="local", folder=str(tmp_path / "submitit"), parallelism=1, timeout_min=5,
+    s = LaunchSettings.of(cluster="local", folder=str(tmp_path / "submitit"), parallelism=1, timeout_min=5,
                        gpus_per_node=1)
     results, failures = run_tasks(network_device, [{}], ["image 7"], s, name="support-x", progress=False)
     assert results == [None] and len(failures) == 1
@@ -111,6 +111,6 @@ def test_a_local_network_task_given_a_gpu_without_cuda_fails_in_one_line(tmp_pat
     assert "SimattrError: job 'support-x task' was given a GPU" in err and "\n" not in err, err
     assert "CUDA_VISIBLE_DEVICES='0'" in err and "torch " in err and "install" in err
     monkeypatch.setenv("SIMATTR_ALLOW_CPU", "1")
-    s1 = LaunchSettings(cluster="local", folder=str(tmp_path / "submitit1"), parallelism=1, timeout_min=5,
+    s1 = LaunchSettings.of(cluster="local", folder=str(tmp_path / "submitit1"), parallelism=1, timeout_min=5,
                         gpus_per_node=1)
     assert run_tasks(network_device, [{}], ["image 7"], s1, name="support-x", progress=False)[0] == ["cpu"]

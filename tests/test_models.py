@@ -9,7 +9,7 @@ def test_digits_mlp_learns_and_each_seed_is_independent_of_its_batch():
     tr = datasets.load_split("digits", "train", test_fraction=0.2, seed=0)
     te = datasets.load_split("digits", "test", test_fraction=0.2, seed=0)
     Xtr, Xte = models.standardise(tr.images, te.images)
-    r = models.Recipe()
+    r = models.Recipe.of()
     p = models.train_predict(Xtr, tr.labels, Xte, seeds=[11, 12, 13], n_classes=10, recipe=r)
     assert p.shape == (3, len(te.labels), 10)
     np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-5)
@@ -32,7 +32,7 @@ def test_digits_split_is_stratified_and_seeded():
 
 def test_unknown_names_are_clear_errors():
     with pytest.raises(SimattrError, match="valid: mlp, resnet9"):
-        models.Recipe(name="resnet")
+        models.Recipe.of(name="resnet")
     with pytest.raises(SimattrError, match="valid: digits"):
         datasets.load_split("cifar", "train", test_fraction=0.2, seed=0)
 
@@ -47,7 +47,7 @@ def _colour_data(n, seed):
 def test_resnet9_learns_and_a_seed_repeats_exactly():
     xtr, ytr = _colour_data(160, 0)
     xte, yte = _colour_data(40, 1)
-    r = models.Recipe(name="resnet9", epochs=4, batch_size=32, lr=0.2, weight_decay=5e-4)
+    r = models.Recipe.of(name="resnet9", epochs=4, batch_size=32, lr=0.2, weight_decay=5e-4)
     Xtr, Xte = models.prepare_inputs(r, xtr, xte)
     assert Xtr.dtype == np.float16 and Xtr.shape == (160, 3, 32, 32)
     assert np.allclose(Xtr.astype(np.float32).mean(axis=(0, 2, 3)), 0, atol=1e-2)
@@ -71,17 +71,17 @@ def test_augmentation_is_drawn_from_the_generator():
     assert set(a[a != 0].tolist()) <= set(x.flatten().tolist())   # flips and shifts only move pixels
 
 
-def test_recipe_reads_only_its_fields_and_round_trips_through_the_cli():
-    from simattr.cli import _recipe, build_parser
+def test_recipe_reads_only_its_fields_and_round_trips_through_its_settings():
+    from simattr import settings
 
-    mlp = models.Recipe(hidden=16, epochs=3)
+    mlp = models.Recipe.of(hidden=16, epochs=3)
     assert mlp.identity() == {"name": "mlp", "hidden": 16, "steps": 100, "lr": 0.01, "weight_decay": 0.0}
-    cnn = models.Recipe(name="resnet9", lr=0.5, weight_decay=5e-4, epochs=3, batch_size=64)
-    assert "hidden" not in cnn.identity() and cnn.identity()["epochs"] == 3
+    assert mlp.epochs is None                                    # a field the MLP does not read
+    cnn = models.Recipe.of(name="resnet9", lr=0.5, weight_decay=5e-4, epochs=3, batch_size=64)
+    assert "hidden" not in cnn.identity() and cnn.identity()["epochs"] == 3 and cnn.hidden is None
     for r in (mlp, cnn):
-        a = build_parser().parse_args(["queries", "--dataset", "digits", "--n-test", "1", "--flip-models", "1",
-                                       "--out", "q.h5", *r.cli_args()])
-        assert _recipe(a).identity() == r.identity()
+        made = {**settings.for_job("queries", settings.defaults()), "model": r.identity()}
+        assert settings.parse("queries", settings.as_json(made)).model == r
 
 
 def test_resnet18_streams_a_folder_split_and_repeats_exactly(tmp_path):
@@ -90,7 +90,7 @@ def test_resnet18_streams_a_folder_split_and_repeats_exactly(tmp_path):
     root = make_image_folder(tmp_path / "f", per_class=8, val_per_class=2)
     spec = datasets.Spec("imagefolder", root=str(root), image_size=16)
     tr, te = datasets.load_split(spec, "train"), datasets.load_split(spec, "test")
-    r = models.Recipe(name="resnet18", epochs=2, batch_size=8, lr=0.1, weight_decay=5e-5)
+    r = models.Recipe.of(name="resnet18", epochs=2, batch_size=8, lr=0.1, weight_decay=5e-5)
     assert models.prepare_inputs(r, tr, te) == [tr, te]       # streamed: nothing loaded up front
     keep = np.arange(len(tr)) != 3
     p = models.train_predict(tr[keep], tr.labels[keep], te, seeds=[1, 2], n_classes=3, recipe=r)
@@ -111,7 +111,7 @@ def _blobs(n, d, n_classes, seed):
 def test_logits_are_the_same_models_before_the_softmax():
     X, y = _blobs(150, 64, 4, 0)
     Xtr, Xte = models.standardise(X[:120], X[120:])
-    r = models.Recipe(hidden=16, steps=30)
+    r = models.Recipe.of(hidden=16, steps=30)
     p = models.train_predict(Xtr, y[:120], Xte, seeds=[3, 4], n_classes=4, recipe=r)
     z = models.train_predict(Xtr, y[:120], Xte, seeds=[3, 4], n_classes=4, recipe=r, logits=True)
     assert z.shape == p.shape == (2, 30, 4)
@@ -154,7 +154,7 @@ def test_mlp_train_state_in_its_torch_module_gives_train_predicts_logits():
 
     X, y = _blobs(140, 64, 4, 1)
     Xtr, Xte = models.standardise(X[:100], X[100:])
-    r = models.Recipe(hidden=32, steps=40, weight_decay=1e-4)
+    r = models.Recipe.of(hidden=32, steps=40, weight_decay=1e-4)
     state = models.train_state(Xtr, y[:100], 7, 4, r)
     assert {k: tuple(v.shape) for k, v in state.items()} == {"0.weight": (32, 64), "0.bias": (32,),
                                                             "2.weight": (4, 32), "2.bias": (4,)}
@@ -175,7 +175,7 @@ def test_resnet9_train_state_in_its_torch_module_gives_train_predicts_logits():
     rng = np.random.default_rng(0)
     x = rng.random((50, 3, 8, 8), dtype=np.float32)
     y = rng.integers(0, 4, 50)
-    r = models.Recipe(name="resnet9", epochs=1, batch_size=20, lr=0.1)
+    r = models.Recipe.of(name="resnet9", epochs=1, batch_size=20, lr=0.1)
     Xtr, Xte = models.prepare_inputs(r, x[:40], x[40:])
     before = torch.random.get_rng_state()
     net = models.torch_module(r, Xtr.shape[1:], 4)
@@ -213,7 +213,7 @@ def test_a_retrain_leaves_no_parameters_or_optimiser_state_alive(name, tmp_path,
     monkeypatch.setattr(torch.optim, "SGD", SpySGD)
     if name == "resnet9":
         xtr, ytr = _colour_data(40, 0)
-        r = models.Recipe(name="resnet9", epochs=1, batch_size=16, lr=0.1)
+        r = models.Recipe.of(name="resnet9", epochs=1, batch_size=16, lr=0.1)
         X, Xe = models.prepare_inputs(r, xtr, xtr[:4])
     else:
         from datafiles import make_image_folder
@@ -222,7 +222,7 @@ def test_a_retrain_leaves_no_parameters_or_optimiser_state_alive(name, tmp_path,
         spec = datasets.Spec("imagefolder", root=str(root), image_size=16)
         X, Xe = datasets.load_split(spec, "train"), datasets.load_split(spec, "test")
         ytr = X.labels
-        r = models.Recipe(name="resnet18", epochs=1, batch_size=4, lr=0.1)
+        r = models.Recipe.of(name="resnet18", epochs=1, batch_size=4, lr=0.1)
     gc.collect()
     gc.disable()
     try:
@@ -240,7 +240,7 @@ def test_resnet9_on_cuda_learns_as_on_the_cpu_and_deterministic_mode_repeats_its
     with model.deterministic the same seed gives the same bits on one GPU."""
     xtr, ytr = _colour_data(512, 0)
     xte, yte = _colour_data(256, 1)
-    r = models.Recipe(name="resnet9", epochs=4, batch_size=64, lr=0.2, weight_decay=5e-4, deterministic=True)
+    r = models.Recipe.of(name="resnet9", epochs=4, batch_size=64, lr=0.2, weight_decay=5e-4, deterministic=True)
     Xtr, Xte = models.prepare_inputs(r, xtr, xte)
     kw = dict(seeds=[5], n_classes=10, recipe=r)
     a = models.train_predict(Xtr, ytr, Xte, **kw, device="cuda")
@@ -255,14 +255,10 @@ def test_deterministic_is_part_of_a_cnns_identity_and_swaps_only_the_pooling():
     builds have the same parameters and, on the CPU, the same outputs (max exactly, mean to rounding)."""
     import torch
 
-    from simattr.cli import _recipe, build_parser
-
-    r = models.Recipe(name="resnet18", epochs=1, batch_size=8, lr=0.1, deterministic=True)
-    assert r.identity()["deterministic"] is True and "deterministic" not in models.Recipe().identity()
-    a = build_parser().parse_args(["queries", "--dataset", "digits", *r.cli_args(), "--n-test", "1",
-                                   "--flip-models", "1", "--out", "q"])
-    assert _recipe(a) == r
-    det, plain = (models.torch_module(models.Recipe(**{**r.__dict__, "deterministic": d}), (3, 32, 32), 5)
+    r = models.Recipe.of(name="resnet18", epochs=1, batch_size=8, lr=0.1, deterministic=True)
+    assert r.identity()["deterministic"] is True and "deterministic" not in models.Recipe.of().identity()
+    assert models.Recipe.from_settings(r.identity()) == r
+    det, plain = (models.torch_module(models.Recipe.of(**{**r.__dict__, "deterministic": d}), (3, 32, 32), 5)
                   for d in (True, False))
     assert type(det.avgpool).__name__ == "GlobalPool" and type(plain.avgpool).__name__ == "AdaptiveAvgPool2d"
     plain.load_state_dict(det.state_dict())

@@ -87,7 +87,7 @@ def _journal_keys(answer_path: str) -> list[tuple[int, int]]:
 def _slurm_launch(tmp: Path, **kw) -> LaunchSettings:
     base = dict(cluster="slurm", folder=str(tmp / "submitit"), parallelism=4, timeout_min=10, mem_gb=0.5,
                 signal_delay_s=30)
-    return LaunchSettings(**{**base, **kw})
+    return LaunchSettings.of(**{**base, **kw})
 
 
 def _sacct(job: str, fields: str) -> list[str]:
@@ -148,7 +148,7 @@ def test_support_stage_runs_as_a_slurm_array_with_the_same_answers(slurm, tmp_pa
                                     launch=_slurm_launch(tmp_path), **common)
     wall = time.perf_counter() - t0
     local = answers.support_stage(answers_dir=str(tmp_path / "debug"), gather_out=str(tmp_path / "debug.json"),
-                                 launch=LaunchSettings(cluster="debug", folder=str(tmp_path / "dbg")), **common)
+                                 launch=LaunchSettings.of(cluster="debug", folder=str(tmp_path / "dbg")), **common)
     assert [_strip(a) for a in on_slurm["answers"]] == [_strip(a) for a in local["answers"]]
     # the tasks really were one SLURM array (submitit's folder holds one log per array task)
     logs = sorted((tmp_path / "submitit").glob("*_*_log.out"))

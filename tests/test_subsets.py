@@ -11,7 +11,7 @@ from simattr import datasets, models, store, subsets
 from simattr.errors import SimattrError
 
 DIGITS = datasets.Spec(name="digits")
-RECIPE = models.Recipe(name="mlp", hidden=16, steps=10, lr=0.05)
+RECIPE = models.Recipe.of(name="mlp", hidden=16, steps=10, lr=0.05)
 
 
 def _train(tmp_path, shard=0, **kw):

@@ -84,7 +84,7 @@ def test_k0_probe_reuses_the_full_data_models_and_trains_nothing(monkeypatch):
     real = models.train_predict
     monkeypatch.setattr(models, "train_predict", lambda *a, **kw: calls.append(kw["seeds"]) or real(*a, **kw))
     kw = dict(X_train=X, y_train=y, x_query=X[0], label=0, ranking=np.arange(40), metric="removal", flip_class=None,
-              n_classes=3, recipe=models.Recipe(hidden=8, steps=20, lr=0.05), threshold=0.5, dataset="toy",
+              n_classes=3, recipe=models.Recipe.of(hidden=8, steps=20, lr=0.05), threshold=0.5, dataset="toy",
               test_index=0)
     journal = support.Journal(None, "")
     p = support.make_probe(seeds=3, early_stop=True, full_correct=np.array([0, 0, 1, 1, 1], bool),
@@ -112,7 +112,7 @@ def test_early_stopping_keeps_every_decision(metric):
     ranking = np.argsort(((X - q) ** 2).sum(1))
     ranking = ranking[y[ranking] == 0]
     kw = dict(X_train=X, y_train=y, x_query=q, label=0, ranking=ranking, metric=metric, flip_class=1,
-              n_classes=3, recipe=models.Recipe(hidden=8, steps=40, lr=0.05), seeds=5, threshold=0.5,
+              n_classes=3, recipe=models.Recipe.of(hidden=8, steps=40, lr=0.05), seeds=5, threshold=0.5,
               dataset="toy", test_index=0)
     slow = support.make_probe(early_stop=False, **kw)
     fast = support.make_probe(early_stop=True, **kw)
@@ -156,7 +156,7 @@ def test_support_stage_answers_every_image_and_resumes_without_retraining(metric
     from simattr.launch import LaunchSettings
 
     queries, files = _support_inputs(tmp_path)
-    launch = LaunchSettings(cluster="debug", folder=str(tmp_path / "submitit"))
+    launch = LaunchSettings.of(cluster="debug", folder=str(tmp_path / "submitit"))
     kw = dict(queries=queries, score_files=files, answers_dir=str(tmp_path / "answers"), metric=metric,
               settings=SETTINGS, launch=launch, progress=False)
     g1 = answers.support_stage(gather_out=str(tmp_path / "g1.json"), **kw)
@@ -189,14 +189,14 @@ def test_several_images_per_task_give_the_same_answers_and_isolate_a_failing_ima
     queries, files = _support_inputs(tmp_path)
     kw = dict(queries=queries, score_files=files, metric="removal", settings=SETTINGS, progress=False)
     one = answers.support_stage(answers_dir=str(tmp_path / "a1"), gather_out=str(tmp_path / "g1.json"),
-                               launch=LaunchSettings(cluster="debug", folder=str(tmp_path / "s1")), **kw)
-    three = LaunchSettings(cluster="debug", folder=str(tmp_path / "s3"), images_per_task=3)
+                               launch=LaunchSettings.of(cluster="debug", folder=str(tmp_path / "s1"), images_per_task=1), **kw)
+    three = LaunchSettings.of(cluster="debug", folder=str(tmp_path / "s3"), images_per_task=3)
     got = answers.support_stage(answers_dir=str(tmp_path / "a3"), gather_out=str(tmp_path / "g3.json"),
                                launch=three, **kw)
     strip = lambda a: {k: v for k, v in a.items() if k != "wall_s"}
     assert [strip(a) for a in got["answers"]] == [strip(a) for a in one["answers"]]
     # two of a task's three images at once, in processes of their own (sharing its GPU where it has one)
-    shared = LaunchSettings(cluster="debug", folder=str(tmp_path / "s2"), images_per_task=3, answers_at_once=2,
+    shared = LaunchSettings.of(cluster="debug", folder=str(tmp_path / "s2"), images_per_task=3, answers_at_once=2,
                             cpus_per_task=2)
     got = answers.support_stage(answers_dir=str(tmp_path / "a2"), gather_out=str(tmp_path / "g2.json"),
                                launch=shared, **kw)
@@ -212,7 +212,7 @@ def test_several_images_per_task_give_the_same_answers_and_isolate_a_failing_ima
     monkeypatch.setattr(answers, "_answer_task", flaky)
     with pytest.raises(SimattrError, match=r"test image 1: ValueError: disk on fire"):
         answers.support_stage(answers_dir=str(tmp_path / "af"), gather_out=str(tmp_path / "gf.json"),
-                             launch=LaunchSettings(cluster="debug", folder=str(tmp_path / "sf"), images_per_task=3),
+                             launch=LaunchSettings.of(cluster="debug", folder=str(tmp_path / "sf"), images_per_task=3),
                              **kw)
     assert sorted(p.name for p in (tmp_path / "af").glob("*.json")) == ["0.json", "2.json", "3.json"]
 
@@ -254,7 +254,7 @@ def test_threshold_of_one_is_refused():
     X, y = _toy()
     with pytest.raises(SimattrError, match="threshold"):
         support.make_probe(X_train=X, y_train=y, x_query=X[0], label=0, ranking=np.arange(10), metric="removal",
-                           flip_class=None, n_classes=3, recipe=models.Recipe(), seeds=3, threshold=1.0,
+                           flip_class=None, n_classes=3, recipe=models.Recipe.of(), seeds=3, threshold=1.0,
                            early_stop=True, dataset="toy", test_index=0)
 
 
@@ -372,7 +372,7 @@ def test_replicates_answer_every_image_under_each_seed_set_and_resume(tmp_path):
     queries, files = _support_inputs(tmp_path)
     kw = dict(queries=queries, score_files=files, answers_dir=str(tmp_path / "answers"), metric="removal",
               settings={**ADAPTIVE, "seed_set": 4}, progress=False,
-              launch=LaunchSettings(cluster="debug", folder=str(tmp_path / "submitit")))
+              launch=LaunchSettings.of(cluster="debug", folder=str(tmp_path / "submitit")))
     g = answers.support_stage(gather_out=str(tmp_path / "g.json"), replicates=2, **kw)
     assert g["seed_sets"] == [4, 5] and len(g["replicates"]) == 1
     assert [a["seed_set"] for a in g["answers"]] == [4] * 4 and [a["seed_set"] for a in g["replicates"][0]] == [5] * 4

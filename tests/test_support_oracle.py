@@ -13,7 +13,7 @@ from simattr import models, store, support
 from simattr.errors import SimattrError
 
 N_TRAIN, N_CLASSES, LABEL, FLIP = 40, 3, 0, 2
-RECIPE = models.Recipe(name="mlp", hidden=4, steps=1, lr=0.01)
+RECIPE = models.Recipe.of(name="mlp", hidden=4, steps=1, lr=0.01)
 
 
 def _toy():

@@ -23,7 +23,7 @@ def test_trak_scores_equal_a_direct_traker_call(tmp_path):
     from trak import TRAKer
 
     Xtr, ytr, Xt, yt = _blobs(400, 20, 64, 4, 0)
-    r = models.Recipe(hidden=16, steps=50)
+    r = models.Recipe.of(hidden=16, steps=50)
     ckpts = trak.train_checkpoints(recipe=r, X_train=Xtr, y_train=ytr, n_classes=4, seeds=[0, 1])
     s = trak.trak_scores(recipe=r, X_train=Xtr, y_train=ytr, X_target=Xt, y_target=yt, checkpoints=ckpts,
                          n_classes=4, proj_dim=256, projector_seed=3, save_dir=tmp_path / "ours")
@@ -50,7 +50,7 @@ def test_trak_scores_equal_a_direct_traker_call(tmp_path):
 
 def test_top_scored_training_image_mostly_has_the_targets_label(tmp_path):
     Xtr, ytr, Xt, yt = _blobs(300, 40, 64, 4, 0)
-    r = models.Recipe(hidden=16, steps=100)
+    r = models.Recipe.of(hidden=16, steps=100)
     ckpts = trak.train_checkpoints(recipe=r, X_train=Xtr, y_train=ytr, n_classes=4, seeds=range(8))
     assert (models.train_predict(Xtr, ytr, Xt, seeds=[0], n_classes=4, recipe=r)[0].argmax(1) == yt).mean() > 0.95
     s = trak.trak_scores(recipe=r, X_train=Xtr, y_train=ytr, X_target=Xt, y_target=yt, checkpoints=ckpts,
@@ -64,7 +64,7 @@ def test_top_scored_training_image_mostly_has_the_targets_label(tmp_path):
 
 def test_trak_scores_are_deterministic_and_save_dir_is_made_fresh(tmp_path):
     Xtr, ytr, Xt, yt = _blobs(120, 10, 16, 3, 1)
-    r = models.Recipe(hidden=8, steps=20)
+    r = models.Recipe.of(hidden=8, steps=20)
     ckpts = trak.train_checkpoints(recipe=r, X_train=Xtr, y_train=ytr, n_classes=3, seeds=[4, 5])
     kw = dict(recipe=r, X_train=Xtr, y_train=ytr, X_target=Xt, y_target=yt, checkpoints=ckpts, n_classes=3,
               proj_dim=32)
@@ -87,7 +87,7 @@ def test_resnet9_trak_scores_are_finite(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.random((24, 3, 8, 8), dtype=np.float32)
     y = rng.integers(0, 4, 24)
-    r = models.Recipe(name="resnet9", epochs=1, batch_size=10, lr=0.1)
+    r = models.Recipe.of(name="resnet9", epochs=1, batch_size=10, lr=0.1)
     Xtr, Xt = models.prepare_inputs(r, x[:20], x[20:])
     ckpts = trak.train_checkpoints(recipe=r, X_train=Xtr, y_train=y[:20], n_classes=4, seeds=[0], device="cpu")
     assert "7.f.1.running_mean" in ckpts[0]                                 # BatchNorm statistics travel too
@@ -128,7 +128,7 @@ def test_trak_scores_on_cuda_agree_with_the_cpu(tmp_path):
     pr_cpu, pr_cuda = trak.HashedProjector(5000, 64, 0, "cpu"), trak.HashedProjector(5000, 64, 0, "cuda")
     assert torch.equal(pr_cpu.matrix(2, 0, 64), pr_cuda.matrix(2, 0, 64).cpu())
     Xtr, ytr, Xt, yt = _blobs(400, 20, 64, 4, 0)
-    r = models.Recipe(hidden=16, steps=50)
+    r = models.Recipe.of(hidden=16, steps=50)
     ckpts = trak.train_checkpoints(recipe=r, X_train=Xtr, y_train=ytr, n_classes=4, seeds=[0, 1])
     kw = dict(recipe=r, X_train=Xtr, y_train=ytr, X_target=Xt, y_target=yt, checkpoints=ckpts, n_classes=4,
               proj_dim=128, projector_seed=3)

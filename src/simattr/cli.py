@@ -4,37 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
-import yaml
 
 from .errors import SimattrError
-
-
-def _kv(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
-    k, v = text.split("=", 1)
-    for cast in (int, float):       # YAML 1.1 reads "1e-05" as a string; numbers come first
-        try:
-            return k, cast(v)
-        except ValueError:
-            pass
-    return k, yaml.safe_load(v)
-
-
-def _bool(text: str) -> bool:
-    v = yaml.safe_load(text)
-    if not isinstance(v, bool):
-        raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
-    return v
-
-
-def _opt(cast):
-    def parse(text: str):
-        return None if text in ("None", "none", "") else cast(text)
-    parse.__name__ = cast.__name__
-    return parse
 
 
 def _setup_logging(path: str | None) -> None:
@@ -51,42 +26,257 @@ def _setup_logging(path: str | None) -> None:
         logger.addHandler(h)
 
 
-def _dataset_args(p: argparse.ArgumentParser) -> None:
-    """The dataset's spec (datasets.Spec.cli_args writes these)."""
-    p.add_argument("--dataset", required=True, help="digits, cifar10, imagenet or imagefolder")
-    p.add_argument("--dataset-root", default=None, help="local folder of cifar10 / imagenet / imagefolder")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="digits: held-out fraction")
-    p.add_argument("--split-seed", type=int, default=0, help="digits: seed of the stratified split")
-    p.add_argument("--image-size", type=int, default=None, help="folder datasets: decoded size (default 224)")
-    p.add_argument("--bad-images", default="error", help="folder datasets: error or skip unreadable files")
+@dataclass(frozen=True)
+class Command:
+    """One `simattr` command: its job's settings (settings.JOBS), the arguments that are not settings (paths,
+    the job's wildcards), and the stage it runs."""
+    name: str
+    help: str
+    args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Any, bool], None]
+    wildcards: tuple[str, ...] = ()
 
 
-def _spec(a):
-    from .datasets import Spec
+def _settings(a: argparse.Namespace, job: str, wildcards: tuple[str, ...]):
+    """The job's settings: --settings JSON (the workflow's way) or built from --config FILE (by hand; the
+    schema's defaults fill what the file leaves out)."""
+    from . import settings
 
-    return Spec(name=a.dataset, root=a.dataset_root, test_fraction=a.test_fraction, split_seed=a.split_seed,
-                image_size=a.image_size, bad_images=a.bad_images)
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="mlp", help="mlp, resnet9 or resnet18")
-    p.add_argument("--hidden", type=int, default=64, help="mlp: hidden width")
-    p.add_argument("--steps", type=int, default=100, help="mlp: full-batch Adam steps")
-    p.add_argument("--lr", type=float, required=True, help="mlp: Adam's; resnet9/18: the schedule's peak")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--epochs", type=int, default=24, help="resnet9, resnet18")
-    p.add_argument("--batch-size", type=int, default=512, help="resnet9, resnet18")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="resnet9, resnet18")
-    p.add_argument("--deterministic", type=_bool, default=False, help="resnet9, resnet18 on CUDA: deterministic "
-                   "algorithms only (the same seed gives the same bits on one GPU type; slower)")
+    kw = {w: getattr(a, w) for w in wildcards}
+    if a.config:
+        return settings.parse(job, settings.for_job(job, settings.load_config(a.config), **kw),
+                              where=a.config, **kw)
+    return settings.parse(job, a.settings, **kw)
 
 
-def _recipe(a):
-    from .models import Recipe
+def _launch(a: argparse.Namespace):
+    """The support tasks' launch settings: --launch JSON (the workflow passes the `launch` section as a
+    resource: how tasks run changes no answer) or the --config file's."""
+    from . import settings
+    from .launch import LaunchSettings
 
-    return Recipe(name=a.model, hidden=a.hidden, steps=a.steps, lr=a.lr, weight_decay=a.weight_decay,
-                  epochs=a.epochs, batch_size=a.batch_size, label_smoothing=a.label_smoothing,
-                  deterministic=a.deterministic)
+    if a.launch:
+        d = settings.parse_json(a.launch, "--launch")
+    else:
+        d = settings.launch(settings.load_config(a.config) if a.config else settings.defaults())
+    return LaunchSettings.from_settings(d, folder=a.submitit_dir, where="--launch")
+
+
+def _train_encoder_args(p):
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--out", required=True)
+
+
+def _train_encoder(a, s, progress):
+    from . import embedding
+
+    embedding.train_encoder(data=s.dataset, encoder=a.encoder, params=s.params, seed=s.seed, out=a.out,
+                            progress=progress)
+
+
+def _embed_args(p):
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--state", help="encoder state (.pt) of encoders made by a rule of their own")
+    p.add_argument("--split", required=True, choices=["train", "test"])
+    p.add_argument("--shard", type=int, help="embed only this shard, into --out")
+    p.add_argument("--workers", type=int, default=0, help="image-decoding processes (0: in this process); the "
+                   "workflow passes embed.workers (a resource: it changes no result)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="the shard file (with --shard)")
+    where.add_argument("--out-dir", help="folder of the split's shards and index.json (without --shard)")
+
+
+def _embed(a, s, progress):
+    from . import embedding
+
+    kw = dict(data=s.dataset, encoder=a.encoder, split=a.split, shard_size=s.shard_size, state_path=a.state,
+              batch_size=s.batch_size, float16=s.float16, workers=a.workers, progress=progress)
+    if (a.shard is None) != (a.out is None):
+        raise SimattrError("embed: give --shard with --out, or --out-dir alone")
+    if a.shard is None:
+        embedding.embed(out_dir=a.out_dir, **kw)
+    else:
+        embedding.embed_shard(shard=a.shard, out=a.out, **kw)
+
+
+def _embed_index_args(p):
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--state", help="encoder state (.pt) of encoders made by a rule of their own")
+    p.add_argument("--split", required=True, choices=["train", "test"])
+    p.add_argument("--shards", nargs="*", default=[])
+    p.add_argument("--out", required=True)
+
+
+def _embed_index(a, s, progress):
+    from . import embedding
+
+    embedding.embed_index(data=s.dataset, encoder=a.encoder, split=a.split, shards=a.shards, out=a.out,
+                          state_path=a.state)
+
+
+def _score_args(p):
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--ranker", required=True)
+    p.add_argument("--class", dest="cls", type=int, required=True)
+    p.add_argument("--train-index", required=True)
+    p.add_argument("--test-index", required=True)
+    p.add_argument("--out", required=True)
+
+
+def _score(a, s, progress):
+    from . import scoring
+
+    scoring.score_class(data=s.dataset, encoder=a.encoder, ranker=a.ranker, cls=a.cls, train_index=a.train_index,
+                        test_index=a.test_index, class_conditioned=s.class_conditioned, topk=s.topk,
+                        ranker_settings=s.ranker, out=a.out, progress=progress)
+
+
+def _score_model_args(p):
+    p.add_argument("--ranker", required=True, choices=["trak", "datamodels"])
+    p.add_argument("--class", dest="cls", type=int, required=True)
+    p.add_argument("--trak-scores", help="trak: the attribution file of the trak rule")
+    p.add_argument("--subsets", nargs="*", default=[], help="datamodels: the subset-model shards")
+    p.add_argument("--out", required=True)
+
+
+def _score_model(a, s, progress):
+    from . import scoring
+
+    scoring.score_model_class(data=s.dataset, ranker=a.ranker, cls=a.cls, class_conditioned=s.class_conditioned,
+                              topk=s.topk, out=a.out, trak_scores=a.trak_scores, subset_shards=a.subsets,
+                              datamodels=s.ranker, progress=progress)
+
+
+def _subsets_args(p):
+    p.add_argument("--purpose", required=True, choices=["datamodels", "lds"])
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--out", required=True)
+
+
+def _subsets(a, s, progress):
+    from . import subsets
+
+    subsets.train_shard(data=s.dataset, purpose=a.purpose, alpha=s.alpha, n_models=s.models,
+                        shard_size=s.shard_size, shard=a.shard, recipe=s.model, out=a.out, progress=progress)
+
+
+def _out_args(p):
+    p.add_argument("--out", required=True)
+
+
+def _trak_checkpoints(a, s, progress):
+    from . import trak
+
+    trak.trak_checkpoints(data=s.dataset, recipe=s.model, n_checkpoints=s.checkpoints, seed=s.seed, out=a.out,
+                          progress=progress)
+
+
+def _trak_args(p):
+    p.add_argument("--checkpoints-file", required=True)
+    p.add_argument("--out", required=True)
+
+
+def _trak(a, s, progress):
+    from . import trak
+
+    if s.projector != trak.PROJECTOR:
+        raise SimattrError(f"settings ask for TRAK projector {s.projector!r}; this simattr computes "
+                           f"{trak.PROJECTOR!r}")
+    trak.trak_attributions(data=s.dataset, recipe=s.model, checkpoints=a.checkpoints_file, proj_dim=s.proj_dim,
+                           projector_seed=s.projector_seed, batch_size=s.batch_size, lambda_reg=s.lambda_reg,
+                           out=a.out, progress=progress)
+
+
+def _lds_args(p):
+    p.add_argument("--scores", nargs="+", required=True)
+    p.add_argument("--subsets", nargs="+", required=True, help="the LDS subset-model shards")
+    p.add_argument("--out", required=True)
+
+
+def _lds(a, s, progress):
+    from . import lds
+
+    lds.lds_stage(score_files=a.scores, subset_shards=a.subsets, n_boot=s.n_boot, seed=s.seed, out=a.out)
+
+
+def _queries(a, s, progress):
+    from . import support
+
+    support.prepare_queries(data=s.dataset, n_test=s.n_test, sample_seed=s.sample_seed, flip_models=s.flip_models,
+                            recipe=s.model, out_path=a.out, log=logging.getLogger("simattr"))
+
+
+def _support_args(p):
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--ranker", required=True)
+    p.add_argument("--metric", required=True, choices=["removal", "mislabel"])
+    p.add_argument("--queries", required=True)
+    p.add_argument("--scores", nargs="+", required=True)
+    p.add_argument("--launch", help="JSON object of the `launch` section (how the tasks run; default: the "
+                   "--config file's, or the schema's)")
+    p.add_argument("--submitit-dir", required=True)
+    p.add_argument("--answers-dir", required=True)
+    p.add_argument("--out", required=True)
+
+
+def _support(a, s, progress):
+    from . import answers
+
+    answers.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir, gather_out=a.out,
+                          metric=a.metric, settings=s.support, launch=_launch(a), progress=progress,
+                          replicates=s.replicates)
+
+
+def _report_args(p):
+    p.add_argument("--manifest", default=None, help="JSON file of the long lists (the workflow's way: ImageNet's "
+                   "run past the 128 KiB limit of one command line): keys gathers, scores, benchmarks, stored, "
+                   "lds, method_costs, each a list of strings as the flags of the same names take them")
+    p.add_argument("--gathers", nargs="+", default=[])
+    p.add_argument("--scores", nargs="*", default=[])
+    p.add_argument("--benchmarks", nargs="*", default=[], help="STAGE=FILE snakemake benchmark files")
+    p.add_argument("--stored", nargs="*", default=[], help="STAGE=PATH folders whose bytes are counted")
+    p.add_argument("--lds", nargs="*", default=[], help="the methods' LDS files")
+    p.add_argument("--method-costs", nargs="*", default=[], help="METHOD|KIND|VALUE entries of the cost table "
+                   "(KIND: bench, usage, stored, models)")
+    p.add_argument("--out-dir", required=True)
+
+
+def _report(a, s, progress):
+    from . import report
+
+    if a.manifest:
+        _read_report_manifest(a)
+    if not a.gathers:
+        raise SimattrError("report: no support gathers given (--gathers or a --manifest with 'gathers')")
+    report.report_stage(data=s.dataset, gathers=a.gathers, score_files=a.scores,
+                        benchmarks=[b.split("=", 1) for b in a.benchmarks],
+                        stored=[x.split("=", 1) for x in a.stored], n_boot=s.n_boot, seed=s.seed,
+                        grid_images=s.grid_images, out_dir=a.out_dir, lds_files=a.lds, overlap_k=s.overlap_k,
+                        method_cost_entries=[_cost_entry(e) for e in a.method_costs])
+
+
+COMMANDS = {c.name: c for c in (
+    Command("train-encoder", "make an encoder state: train simclr / supervised on the train split, or import "
+            "resnet from its checkpoint", _train_encoder_args, _train_encoder, ("encoder",)),
+    Command("embed", "embed one shard of a split (--shard, --out) or the whole split (--out-dir)", _embed_args,
+            _embed, ("encoder",)),
+    Command("embed-index", "check a split's shards against the settings, write index.json", _embed_index_args,
+            _embed_index),
+    Command("score", "score one class's test images against the training images", _score_args, _score,
+            ("ranker",)),
+    Command("score-model", "score one class's test images with a model-based ranker (trak, datamodels)",
+            _score_model_args, _score_model, ("ranker",)),
+    Command("subsets", "train one shard of models on random subsets of the training set (datamodels, LDS), "
+            "resuming from its journal", _subsets_args, _subsets, ("purpose",)),
+    Command("trak-checkpoints", "train the full-data models TRAK attributes", _out_args, _trak_checkpoints),
+    Command("trak", "TRAK scores of every test image against every training image (traker)", _trak_args, _trak),
+    Command("lds", "linear datamodeling score of one method's scores", _lds_args, _lds),
+    Command("queries", "train full-data models, sample test images, find their flip classes", _out_args,
+            _queries),
+    Command("support", "removal or mislabel support of the sampled test images (submitit array)", _support_args,
+            _support, ("metric", "encoder", "ranker")),
+    Command("report", "tables and plots comparing the methods' support sizes", _report_args, _report),
+)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,165 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "resource): with N > 0 the job stops at once, in one line, if torch finds no usable CUDA "
                     "device (SIMATTR_ALLOW_CPU=1 runs it on the CPU anyway)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-
-    p = sub.add_parser("train-encoder", help="make an encoder state: train simclr / supervised on the train split, "
-                       "or import resnet from --param checkpoint=FILE")
-    _dataset_args(p)
-    p.add_argument("--encoder", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--param", type=_kv, action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", required=True)
-
-    p = sub.add_parser("embed", help="embed one shard of a split (--shard, --out) or the whole split (--out-dir)")
-    _dataset_args(p)
-    p.add_argument("--encoder", required=True)
-    p.add_argument("--state", help="encoder state (.pt) of encoders made by a rule of their own")
-    p.add_argument("--split", required=True)
-    p.add_argument("--shard-size", type=int, default=0)
-    p.add_argument("--shard", type=int, help="embed only this shard, into --out")
-    p.add_argument("--batch-size", type=int, default=256, help="images decoded and encoded at once")
-    p.add_argument("--float16", type=_bool, default=False, help="store features as float16")
-    p.add_argument("--workers", type=int, default=0, help="image-decoding processes (0: in this process)")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", help="the shard file (with --shard)")
-    where.add_argument("--out-dir", help="folder of the split's shards and index.json (without --shard)")
-
-    p = sub.add_parser("embed-index", help="check a split's shards against the settings, write index.json")
-    _dataset_args(p)
-    p.add_argument("--encoder", required=True)
-    p.add_argument("--state", help="encoder state (.pt) of encoders made by a rule of their own")
-    p.add_argument("--split", required=True)
-    p.add_argument("--shards", nargs="*", default=[])
-    p.add_argument("--out", required=True)
-
-    p = sub.add_parser("score", help="score one class's test images against the training images")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--encoder", required=True)
-    p.add_argument("--ranker", required=True)
-    p.add_argument("--class", dest="cls", type=int, required=True)
-    p.add_argument("--train-index", required=True)
-    p.add_argument("--test-index", required=True)
-    p.add_argument("--class-conditioned", type=_bool, default=True)
-    p.add_argument("--topk", type=int, required=True)
-    p.add_argument("--C", type=_opt(float), default=0.1)
-    p.add_argument("--tol", type=_opt(float), default=1e-6)
-    p.add_argument("--max-iter", type=_opt(int), default=10000)
-    p.add_argument("--random-seed", type=_opt(int), default=0)
-    p.add_argument("--chunk-size", type=_opt(int), default=128, help="queries solved together (esvm, knn)")
-    p.add_argument("--device", type=_opt(str), default="auto", help="auto, cpu or cuda (esvm, knn)")
-    p.add_argument("--neighbours", type=_opt(int), default=10, help="esvm_signed: neighbours naming the runner-up")
-    p.add_argument("--out", required=True)
-
-    p = sub.add_parser("score-model", help="score one class's test images with a model-based ranker (trak, "
-                       "datamodels)")
-    _dataset_args(p)
-    p.add_argument("--ranker", required=True, choices=["trak", "datamodels"])
-    p.add_argument("--class", dest="cls", type=int, required=True)
-    p.add_argument("--class-conditioned", type=_bool, default=True)
-    p.add_argument("--topk", type=int, required=True)
-    p.add_argument("--trak-scores", help="trak: the attribution file of the trak rule")
-    p.add_argument("--subsets", nargs="*", default=[], help="datamodels: the subset-model shards")
-    p.add_argument("--n-alphas", type=_opt(int), default=8, help="datamodels: Lasso strengths tried per test image")
-    p.add_argument("--val-fraction", type=_opt(float), default=0.1, help="datamodels: models held out to choose it")
-    p.add_argument("--out", required=True)
-
-    p = sub.add_parser("subsets", help="train one shard of models on random subsets of the training set "
-                       "(datamodels, LDS), resuming from its journal")
-    _dataset_args(p)
-    _model_args(p)
-    p.add_argument("--purpose", required=True, choices=["datamodels", "lds"])
-    p.add_argument("--alpha", type=float, required=True, help="fraction of the training set each model keeps")
-    p.add_argument("--models", type=int, required=True, help="subset models of this purpose in all")
-    p.add_argument("--shard-size", type=int, required=True)
-    p.add_argument("--shard", type=int, required=True)
-    p.add_argument("--out", required=True)
-
-    p = sub.add_parser("trak-checkpoints", help="train the full-data models TRAK attributes")
-    _dataset_args(p)
-    _model_args(p)
-    p.add_argument("--checkpoints", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-
-    p = sub.add_parser("trak", help="TRAK scores of every test image against every training image (traker)")
-    _dataset_args(p)
-    _model_args(p)
-    p.add_argument("--checkpoints-file", required=True)
-    p.add_argument("--proj-dim", type=int, required=True)
-    p.add_argument("--projector-seed", type=int, default=0)
-    p.add_argument("--trak-batch-size", type=int, default=512)
-    p.add_argument("--lambda-reg", type=float, default=0.0, help="ridge term added to TRAK's Phi^T Phi")
-    p.add_argument("--out", required=True)
-
-    p = sub.add_parser("lds", help="linear datamodeling score of one method's scores")
-    p.add_argument("--scores", nargs="+", required=True)
-    p.add_argument("--subsets", nargs="+", required=True, help="the LDS subset-model shards")
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-
-    p = sub.add_parser("queries", help="train full-data models, sample test images, find their flip classes")
-    _dataset_args(p)
-    _model_args(p)
-    p.add_argument("--n-test", type=int, required=True)
-    p.add_argument("--sample-seed", type=int, default=0)
-    p.add_argument("--flip-models", type=int, required=True)
-    p.add_argument("--out", required=True)
-
-    p = sub.add_parser("support", help="removal or mislabel support of the sampled test images (submitit array)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--encoder", required=True)
-    p.add_argument("--ranker", required=True)
-    p.add_argument("--metric", required=True, choices=["removal", "mislabel"])
-    p.add_argument("--queries", required=True)
-    p.add_argument("--scores", nargs="+", required=True)
-    _model_args(p)
-    p.add_argument("--k-max", type=int, required=True)
-    p.add_argument("--bisection-steps", type=int, required=True)
-    p.add_argument("--seeds", type=int, required=True)
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--early-stop", type=_bool, default=True)
-    p.add_argument("--monotone-checks", type=int, default=1)
-    p.add_argument("--engine", required=True, choices=["adaptive", "bisection"])
-    p.add_argument("--seed-set", type=int, required=True)
-    p.add_argument("--replicates", type=int, required=True)
-    p.add_argument("--seeds-min", type=int, required=True)
-    p.add_argument("--seeds-max", type=int, required=True)
-    p.add_argument("--max-models", type=int, required=True)
-    p.add_argument("--confidence", type=float, required=True)
-    p.add_argument("--cluster", default="local")
-    p.add_argument("--parallelism", type=int, default=2)
-    p.add_argument("--timeout-min", type=int, default=60)
-    p.add_argument("--signal-delay-s", type=int, default=90)
-    p.add_argument("--max-requeues", type=int, default=3)
-    p.add_argument("--images-per-task", type=int, default=3)
-    p.add_argument("--answers-at-once", type=int, default=1, help="of a task's images, answered at once in "
-                   "processes sharing its GPU")
-    p.add_argument("--cpus-per-task", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=0)
-    p.add_argument("--mem-gb", type=float, default=4.0)
-    p.add_argument("--slurm-partition", default=None)
-    p.add_argument("--submitit-dir", required=True)
-    p.add_argument("--answers-dir", required=True)
-    p.add_argument("--out", required=True)
-
-    p = sub.add_parser("report", help="tables and plots comparing the methods' support sizes")
-    _dataset_args(p)
-    p.add_argument("--manifest", default=None, help="JSON file of the long lists (the workflow's way: ImageNet's "
-                   "run past the 128 KiB limit of one command line): keys gathers, scores, benchmarks, stored, "
-                   "lds, method_costs, each a list of strings as the flags of the same names take them")
-    p.add_argument("--gathers", nargs="+", default=[])
-    p.add_argument("--scores", nargs="*", default=[])
-    p.add_argument("--benchmarks", nargs="*", default=[], help="STAGE=FILE snakemake benchmark files")
-    p.add_argument("--stored", nargs="*", default=[], help="STAGE=PATH folders whose bytes are counted")
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--grid-images", type=int, default=4)
-    p.add_argument("--lds", nargs="*", default=[], help="the methods' LDS files")
-    p.add_argument("--overlap-k", type=int, nargs="+", default=[10, 100], help="top-k sizes of the overlap table")
-    p.add_argument("--method-costs", nargs="*", default=[], help="METHOD|KIND|VALUE entries of the cost table "
-                   "(KIND: bench, usage, stored, models)")
-    p.add_argument("--out-dir", required=True)
+    for c in COMMANDS.values():
+        p = sub.add_parser(c.name, help=c.help)
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--settings", help="the job's settings as a JSON object (what the workflow passes: "
+                         "only the keys this job reads)")
+        src.add_argument("--config", help="a config file (YAML) to build the settings from; the schema's "
+                         "defaults fill what it leaves out (for running a stage by hand)")
+        c.args(p)
     return ap
 
 
@@ -290,94 +329,11 @@ def run(argv: list[str] | None = None) -> int:
     from . import accel
 
     accel.claim(f"simattr {a.cmd}" + (f" (log {a.log})" if a.log else ""), a.gpus)
-    _dispatch(a)
+    c = COMMANDS[a.cmd]
+    c.run(a, _settings(a, c.name, c.wildcards), not a.no_progress)
     if a.log:
         _write_usage(a.log, a.cmd, t0)
     return 0
-
-
-def _dispatch(a) -> None:
-    progress = not a.no_progress
-    from . import answers, embedding, lds, report, scoring, trak
-
-    if a.cmd == "train-encoder":
-        embedding.train_encoder(data=_spec(a), encoder=a.encoder, params=dict(a.param), seed=a.seed, out=a.out,
-                             progress=progress)
-    elif a.cmd == "embed":
-        kw = dict(data=_spec(a), encoder=a.encoder, split=a.split, shard_size=a.shard_size, state_path=a.state,
-                  batch_size=a.batch_size, float16=a.float16, workers=a.workers, progress=progress)
-        if (a.shard is None) != (a.out is None):
-            raise SimattrError("embed: give --shard with --out, or --out-dir alone")
-        if a.shard is None:
-            embedding.embed(out_dir=a.out_dir, **kw)
-        else:
-            embedding.embed_shard(shard=a.shard, out=a.out, **kw)
-    elif a.cmd == "embed-index":
-        embedding.embed_index(data=_spec(a), encoder=a.encoder, split=a.split, shards=a.shards, out=a.out,
-                           state_path=a.state)
-    elif a.cmd == "score":
-        scoring.score_class(dataset=a.dataset, encoder=a.encoder, ranker=a.ranker, cls=a.cls,
-                           train_index=a.train_index, test_index=a.test_index,
-                           class_conditioned=a.class_conditioned, topk=a.topk,
-                           esvm={"C": a.C, "tol": a.tol, "max_iter": a.max_iter, "chunk_size": a.chunk_size,
-                                 "device": a.device, "neighbours": a.neighbours}, random_seed=a.random_seed or 0,
-                           out=a.out, progress=progress)
-    elif a.cmd == "score-model":
-        scoring.score_model_class(data=_spec(a), ranker=a.ranker, cls=a.cls, class_conditioned=a.class_conditioned,
-                                 topk=a.topk, out=a.out, trak_scores=a.trak_scores, subset_shards=a.subsets,
-                                 datamodels={"n_alphas": a.n_alphas or 8, "val_fraction": a.val_fraction or 0.1},
-                                 progress=progress)
-    elif a.cmd == "subsets":
-        from . import subsets
-
-        subsets.train_shard(data=_spec(a), purpose=a.purpose, alpha=a.alpha, n_models=a.models,
-                            shard_size=a.shard_size, shard=a.shard, recipe=_recipe(a), out=a.out, progress=progress)
-    elif a.cmd == "trak-checkpoints":
-        trak.trak_checkpoints(data=_spec(a), recipe=_recipe(a), n_checkpoints=a.checkpoints, seed=a.seed,
-                                out=a.out, progress=progress)
-    elif a.cmd == "trak":
-        trak.trak_attributions(data=_spec(a), recipe=_recipe(a), checkpoints=a.checkpoints_file,
-                                 proj_dim=a.proj_dim, projector_seed=a.projector_seed, batch_size=a.trak_batch_size,
-                                 lambda_reg=a.lambda_reg,
-                                 out=a.out, progress=progress)
-    elif a.cmd == "lds":
-        lds.lds_stage(score_files=a.scores, subset_shards=a.subsets, n_boot=a.n_boot, seed=a.seed, out=a.out)
-    elif a.cmd == "queries":
-        from . import support
-
-        support.prepare_queries(data=_spec(a), n_test=a.n_test, sample_seed=a.sample_seed, flip_models=a.flip_models,
-                                recipe=_recipe(a), out_path=a.out, log=logging.getLogger("simattr"))
-    elif a.cmd == "support":
-        from . import support
-        from .launch import LaunchSettings
-
-        r = _recipe(a)
-        settings = support.engine_settings({
-            "dataset": a.dataset, "encoder": a.encoder, "ranker": a.ranker, "k_max": a.k_max,
-            "threshold": a.threshold, "seed_set": a.seed_set, "engine": a.engine, "model": r.identity(),
-            "bisection_steps": a.bisection_steps, "seeds": a.seeds, "early_stop": a.early_stop,
-            "monotone_checks": a.monotone_checks, "seeds_min": a.seeds_min, "seeds_max": a.seeds_max,
-            "max_models": a.max_models, "confidence": a.confidence})
-        support.check_settings(settings)
-        launch = LaunchSettings(cluster=a.cluster, folder=a.submitit_dir, parallelism=a.parallelism,
-                                timeout_min=a.timeout_min, cpus_per_task=a.cpus_per_task,
-                                gpus_per_node=a.gpus_per_node, mem_gb=a.mem_gb,
-                                slurm_partition=a.slurm_partition or None, signal_delay_s=a.signal_delay_s,
-                                max_requeues=a.max_requeues, images_per_task=a.images_per_task,
-                                answers_at_once=a.answers_at_once)
-        answers.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir,
-                             gather_out=a.out, metric=a.metric, settings=settings, launch=launch, progress=progress,
-                             replicates=a.replicates)
-    elif a.cmd == "report":
-        if a.manifest:
-            _read_report_manifest(a)
-        if not a.gathers:
-            raise SimattrError("report: no support gathers given (--gathers or a --manifest with 'gathers')")
-        report.report_stage(data=_spec(a), gathers=a.gathers, score_files=a.scores,
-                            benchmarks=[b.split("=", 1) for b in a.benchmarks],
-                            stored=[s.split("=", 1) for s in a.stored], n_boot=a.n_boot, seed=a.seed,
-                            grid_images=a.grid_images, out_dir=a.out_dir, lds_files=a.lds, overlap_k=a.overlap_k,
-                            method_cost_entries=[_cost_entry(e) for e in a.method_costs])
 
 
 def _read_report_manifest(a: argparse.Namespace) -> None:

@@ -15,6 +15,8 @@ RANKERS = ("esvm", "esvm_reference", "esvm_signed", "knn_l2", "knn_cos", "random
 MODEL_ENCODER = "model"                   # the retrained model itself: the features of the model-based rankers
 MODEL_RANKERS = ("trak", "datamodels")
 METRICS = ("removal", "mislabel")
+#: the schema: every config key, its type and its default (the one place defaults are written)
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def _path(error) -> str:
@@ -56,10 +58,13 @@ def _fill_defaults(schema: dict, instance: Any) -> None:
             _fill_defaults(sub, instance[key])
 
 
-def validate(config: dict, schema_path: str | Path) -> dict:
+def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     """Return a copy of `config` with the schema's defaults filled in; raise SimattrError on the first error."""
     import jsonschema
 
+    if not Path(schema_path).exists():
+        raise SimattrError(f"{schema_path}: the config schema is missing (simattr runs from its source tree: "
+                           "pip install -e .)")
     schema = yaml.safe_load(Path(schema_path).read_text())
     config = copy.deepcopy(config or {})
     _fill_defaults(schema, config)
@@ -95,7 +100,7 @@ def check_methods(methods: list[dict]) -> None:
                                f"{m['ranker']} needs {want}")
 
 
-def load(path: str | Path, schema_path: str | Path) -> dict:
+def load(path: str | Path, schema_path: str | Path = SCHEMA) -> dict:
     path = Path(path)
     if not path.exists():
         raise SimattrError(f"{path}: config file not found")

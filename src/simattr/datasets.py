@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +32,10 @@ FOLDER_DATASETS = ("imagenet", "imagefolder")
 #: the file endings torchvision's ImageFolder accepts as images
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 BAD_IMAGES = ("error", "skip")
+#: the fields that determine each dataset's images, labels and split (Spec.identity; the others are None)
+IDENTITY_FIELDS = {"digits": ("name", "test_fraction", "split_seed"), "cifar10": ("name", "root"),
+                   "imagenet": ("name", "root", "image_size", "bad_images"),
+                   "imagefolder": ("name", "root", "image_size", "bad_images")}
 DEFAULT_IMAGE_SIZE = 224
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -61,38 +65,29 @@ class Spec:
                                f"({self.name} images have a fixed size)")
         if self.image_size is not None and self.image_size < 1:
             raise SimattrError(f"dataset.image_size must be >= 1, got {self.image_size}")
-        if self.bad_images not in BAD_IMAGES:
+        if self.name in FOLDER_DATASETS and self.bad_images not in BAD_IMAGES:
             raise SimattrError(f"dataset.bad_images must be one of {', '.join(BAD_IMAGES)}, got {self.bad_images!r}")
 
     @classmethod
+    def from_settings(cls, d: dict, where: str = "dataset") -> "Spec":
+        """From the fields that determine the data (identity()); a missing or extra one is one line naming it."""
+        from .settings import typed_fields
+
+        if not isinstance(d, dict) or d.get("name") not in NAMES:
+            got = d.get("name") if isinstance(d, dict) else d
+            raise SimattrError(f"{where}: unknown dataset {got!r}; valid: {', '.join(NAMES)}")
+        return cls(**typed_fields(cls, d, IDENTITY_FIELDS[d["name"]], where))
+
+    @classmethod
     def from_config(cls, section: dict) -> "Spec":
-        """From the config's `dataset` mapping (schema-validated; unknown keys are the schema's business)."""
-        keys = {k: section[k] for k in cls.__dataclass_fields__ if section.get(k) is not None}
-        return cls(**keys)
+        """From the config's (validated) `dataset` section: the fields that determine the data."""
+        if section.get("name") not in NAMES:
+            raise SimattrError(f"unknown dataset '{section.get('name')}'; valid: {', '.join(NAMES)}")
+        return cls.from_settings({k: section.get(k) for k in IDENTITY_FIELDS[section["name"]]})
 
     def identity(self) -> dict:
         """The fields that determine the data (hashed into every output's config_hash)."""
-        d = asdict(self)
-        if self.name == "digits":
-            d.pop("root"), d.pop("image_size"), d.pop("bad_images")
-        else:
-            d.pop("test_fraction"), d.pop("split_seed")
-            if self.name == "cifar10":
-                d.pop("image_size"), d.pop("bad_images")
-        return d
-
-    def cli_args(self) -> list[str]:
-        """The `simattr` command-line arguments that rebuild this spec (see cli._dataset_args)."""
-        args = ["--dataset", self.name]
-        if self.name == "digits":
-            args += ["--test-fraction", str(self.test_fraction), "--split-seed", str(self.split_seed)]
-        else:
-            args += ["--dataset-root", str(self.root)]
-        if self.image_size is not None:
-            args += ["--image-size", str(self.image_size)]
-        if self.bad_images != "error":
-            args += ["--bad-images", self.bad_images]
-        return args
+        return {k: getattr(self, k) for k in IDENTITY_FIELDS[self.name]}
 
 
 def to_unit(raw: np.ndarray) -> np.ndarray:

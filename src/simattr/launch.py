@@ -26,18 +26,37 @@ CLUSTERS = ("local", "debug", "slurm")
 
 @dataclass(frozen=True)
 class LaunchSettings:
-    cluster: str = "local"
-    folder: str = "submitit"
-    parallelism: int = 2
-    timeout_min: int = 60
-    cpus_per_task: int = 1
-    gpus_per_node: int = 0
-    mem_gb: float = 4.0
-    slurm_partition: str | None = None
-    signal_delay_s: int = 90
-    max_requeues: int = 3
-    images_per_task: int = 1
-    answers_at_once: int = 1       # of a task's images, answered at once in processes sharing its GPU
+    """How array tasks run (the config's `launch` section, and the submitit folder). No defaults here: the
+    schema has them (settings.defaults)."""
+    cluster: str
+    folder: str
+    parallelism: int
+    timeout_min: int
+    cpus_per_task: int
+    gpus_per_node: int
+    mem_gb: float
+    slurm_partition: str | None
+    signal_delay_s: int
+    max_requeues: int
+    images_per_task: int
+    answers_at_once: int       # of a task's images, answered at once in processes sharing its GPU
+
+    @classmethod
+    def from_settings(cls, d: dict, folder: str = "submitit", where: str = "launch") -> "LaunchSettings":
+        """From the `launch` section (every key) and the folder of submitit's files."""
+        from .settings import typed_fields
+
+        keys = [k for k in cls.__dataclass_fields__ if k != "folder"]
+        return cls(**{**typed_fields(cls, d, keys, where), "folder": folder,
+                      "slurm_partition": d.get("slurm_partition") or None})
+
+    @classmethod
+    def of(cls, **fields) -> "LaunchSettings":
+        """The schema's default launch settings with `fields` changed (folder among them)."""
+        from .settings import defaults
+
+        folder = fields.pop("folder", "submitit")
+        return cls.from_settings({**defaults()["launch"], **fields}, folder)
 
 
 @dataclass

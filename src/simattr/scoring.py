@@ -15,9 +15,10 @@ from .errors import SimattrError
 log = logging.getLogger("simattr")
 
 
-def score_class(*, dataset: str, encoder: str, ranker: str, cls: int, train_index: str, test_index: str,
-                class_conditioned: bool, topk: int, esvm: dict, random_seed: int, out: str,
-                progress: bool = True) -> None:
+def score_class(*, data: datasets.Spec, encoder: str, ranker: str, cls: int, train_index: str, test_index: str,
+                class_conditioned: bool, topk: int, ranker_settings: dict, out: str, progress: bool = True) -> None:
+    """Score class `cls`'s test images against the training images (its own class's, or all) with a feature
+    ranker; `ranker_settings` are its keywords (settings.ranker_settings)."""
     from . import rankers
 
     t0 = time.perf_counter()
@@ -33,22 +34,18 @@ def score_class(*, dataset: str, encoder: str, ranker: str, cls: int, train_inde
     c_idx = np.flatnonzero(tr_y == cls) if class_conditioned else np.arange(len(tr_y))
     if len(c_idx) == 0:
         raise SimattrError(f"{train_index}: class {cls} has no training images")
-    batched = {"chunk_size": esvm.get("chunk_size") or 128, "device": esvm.get("device") or "auto"}
-    settings: dict = {
-        "esvm": {"C": esvm["C"], **batched},
-        "esvm_signed": {"C": esvm["C"], "neighbours": esvm.get("neighbours") or 10, **batched},
-        "esvm_reference": {"C": esvm["C"], "tol": esvm["tol"], "max_iter": esvm["max_iter"]},
-        "knn_l2": batched, "knn_cos": batched}.get(ranker, {})
+    settings = dict(ranker_settings)
+    random_seed = settings.pop("random_seed", 0)
     extra = {}
     if ranker == "esvm_signed":         # every training image scored: its own class +, the runner-up's -
         full, runner_up = rankers.esvm_signed(te_f[q_idx], tr_f, tr_y, cls, progress=progress, **settings)
         scores, extra = full[:, c_idx], {"full_scores": full, "runner_up": runner_up}
     else:
         if ranker == "random":
-            settings = {"query_seeds": np.array([store.seed_from("random", dataset, random_seed, int(i))
+            settings = {"query_seeds": np.array([store.seed_from("random", data.name, random_seed, int(i))
                                                  for i in q_idx])}
         scores = rankers.score(ranker, te_f[q_idx], tr_f[c_idx], progress=progress, **settings)
-    attrs = {"dataset": dataset, "encoder": encoder, "ranker": ranker, "embedding_config_hash": tr_m["config_hash"],
+    attrs = {"dataset": data.name, "encoder": encoder, "ranker": ranker, "embedding_config_hash": tr_m["config_hash"],
              "n_train": len(tr_y),
              "settings": json.dumps({k: v for k, v in settings.items() if k != "query_seeds"}, sort_keys=True),
              "random_seed": int(random_seed)}

@@ -10,10 +10,7 @@ rule trak_checkpoints:
     benchmark:
         bench("attribution", "trak-checkpoints")
     params:
-        data=DATA_ARGS,
-        model=MODEL_ARGS,
-        checkpoints=config["trak"]["checkpoints"],
-        seed=config["trak"]["seed"],
+        settings=job_settings("trak-checkpoints"),
     threads: retrain_threads
     resources:
         mem_mb=retrain_mem_mb,
@@ -22,8 +19,7 @@ rule trak_checkpoints:
     conda:
         ENV
     shell:
-        "simattr --log {log} --gpus {resources.gpu} trak-checkpoints {params.data} {params.model} --checkpoints {params.checkpoints}"
-        " --seed {params.seed} --out {output}"
+        "simattr --log {log} --gpus {resources.gpu} trak-checkpoints --settings {params.settings:q} --out {output}"
 
 
 rule trak:
@@ -36,13 +32,8 @@ rule trak:
     benchmark:
         bench("attribution", "trak")
     params:
-        data=DATA_ARGS,
-        model=MODEL_ARGS,
-        proj_dim=config["trak"]["proj_dim"],
-        projector_seed=config["trak"]["projector_seed"],
-        batch_size=config["trak"]["batch_size"],
-        lambda_reg=config["trak"]["lambda_reg"],
-        projector=TRAK_PROJECTOR,   # not in the shell line: a new projection reruns the rule
+        settings=job_settings("trak"),   # with the projector's name: a new projection reruns the rule
+
     threads: 2
     resources:
         mem_mb=lambda wildcards: max(8000, retrain_mem_mb(wildcards)),
@@ -51,9 +42,8 @@ rule trak:
     conda:
         ENV
     shell:
-        "simattr --log {log} --gpus {resources.gpu} trak {params.data} {params.model} --checkpoints-file {input}"
-        " --proj-dim {params.proj_dim} --projector-seed {params.projector_seed}"
-        " --trak-batch-size {params.batch_size} --lambda-reg {params.lambda_reg} --out {output}"
+        "simattr --log {log} --gpus {resources.gpu} trak --settings {params.settings:q}"
+        " --checkpoints-file {input} --out {output}"
 
 
 rule subsets:
@@ -64,12 +54,7 @@ rule subsets:
     benchmark:
         bench("attribution", "subsets-{purpose}-{shard}")
     params:
-        data=DATA_ARGS,
-        model=MODEL_ARGS,
-        alpha=lambda wildcards: config[wildcards.purpose]["alpha"],
-        models=lambda wildcards: config[wildcards.purpose]["models"],
-        shard_size=lambda wildcards: config[wildcards.purpose]["shard_size"],
-        shard=lambda wildcards: int(wildcards.shard),
+        settings=job_settings("subsets"),
     threads: retrain_threads
     resources:
         mem_mb=retrain_mem_mb,
@@ -78,9 +63,8 @@ rule subsets:
     conda:
         ENV
     shell:
-        "simattr --log {log} --gpus {resources.gpu} subsets {params.data} {params.model} --purpose {wildcards.purpose}"
-        " --alpha {params.alpha} --models {params.models} --shard-size {params.shard_size}"
-        " --shard {params.shard} --out {output}"
+        "simattr --log {log} --gpus {resources.gpu} subsets --settings {params.settings:q}"
+        " --purpose {wildcards.purpose} --shard {wildcards.shard} --out {output}"
 
 
 rule lds:
@@ -94,13 +78,12 @@ rule lds:
     benchmark:
         bench("attribution", "lds-{encoder}-{ranker}")
     params:
-        n_boot=config["report"]["n_boot"],
-        seed=config["report"]["seed"],
+        settings=job_settings("lds"),
     threads: 1
     resources:
         mem_mb=4000,
     conda:
         ENV
     shell:
-        "simattr --log {log} lds --scores {input.scores} --subsets {input.subsets} --n-boot {params.n_boot}"
-        " --seed {params.seed} --out {output}"
+        "simattr --log {log} lds --settings {params.settings:q} --scores {input.scores} --subsets {input.subsets}"
+        " --out {output}"

@@ -1,14 +1,13 @@
 # Helpers shared by every rule: config validation (defaults filled in, one-line errors), the paths of
 # the data contract (from simattr.store) and the input functions. Nothing heavy is imported here.
 from simattr import config as sconfig
+from simattr import settings as ssettings
 from simattr import store
 from simattr.datasets import Spec, n_classes, split_size
 from simattr.errors import SimattrError
 from simattr.models import Recipe
-from simattr.trak import PROJECTOR as TRAK_PROJECTOR
 from snakemake.exceptions import WorkflowError
 import os
-import shlex
 import shutil
 import sys
 
@@ -36,13 +35,9 @@ except SimattrError as e:
     raise WorkflowError(f"invalid dataset: {e}") from None
 D = DATA.name
 try:
-    MODEL = Recipe(**config["model"])
+    MODEL = Recipe.from_config(config["model"])
 except SimattrError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
-# the retrained model's arguments: only the fields its recipe reads, so changing another one reruns nothing
-MODEL_ARGS = " ".join(MODEL.cli_args())
-# the dataset's command-line arguments: one param, so a change of any dataset setting reruns what reads images
-DATA_ARGS = " ".join(shlex.quote(a) for a in DATA.cli_args())
 from simattr.encoders import TRAINABLE  # encoders whose state file a rule makes
 
 
@@ -105,8 +100,16 @@ def split_shards(wildcards):
             for s in range(N_SHARDS[wildcards.split])]
 
 
-def embed_batch_size(wildcards):
-    return config["encoders"]["resnet"]["batch_size"] if wildcards.encoder == "resnet" else 256
+def job_settings(job, **fixed):
+    """A rule's `settings` param: the JSON of exactly what its job reads (simattr.settings.for_job, from this
+    config and the job's wildcards), so a changed config value reruns exactly the jobs that read it."""
+
+    def param(wildcards):
+        names = ssettings.JOBS[job][1]
+        kw = {k: fixed[k] if k in fixed else getattr(wildcards, k) for k in names}
+        return ssettings.as_json(ssettings.for_job(job, config, **kw))
+
+    return param
 
 
 NETWORK_ENCODERS = ("simclr", "supervised", "resnet")   # encoders that run a network (pixels does not)
@@ -144,8 +147,7 @@ def retrain_runtime(wildcards):
 
 def score_gpus(wildcards):
     """Feature rankers run on the GPU when esvm.device is cuda (auto takes one only if the job happens to have it)."""
-    devices = ("esvm", "esvm_signed", "knn_l2", "knn_cos")
-    return 1 if wildcards.ranker in devices and config["esvm"]["device"] == "cuda" else 0
+    return 1 if wildcards.ranker in ssettings.DEVICE_RANKERS and config["esvm"]["device"] == "cuda" else 0
 
 
 def subset_shards(purpose):
@@ -163,12 +165,6 @@ def lds_files():
 
 def class_scores(wildcards):
     return [path(store.SCORES, encoder=wildcards.encoder, ranker=wildcards.ranker, cls=c) for c in CLASSES]
-
-
-def ranker_setting(wildcards, rankers, section, key):
-    """A ranker's own setting, and None for the other rankers: changing esvm.C reruns only ESVM scores."""
-    rankers = (rankers,) if isinstance(rankers, str) else rankers
-    return config[section][key] if wildcards.ranker in rankers else None
 
 
 def local_task_threads(wildcards):

@@ -9,15 +9,7 @@ rule train_simclr:
     benchmark:
         bench("embed", encoder_job("simclr"))
     params:
-        data=DATA_ARGS,
-        seed=config["encoders"]["simclr"]["seed"],
-        arch=config["encoders"]["simclr"]["arch"],
-        epochs=config["encoders"]["simclr"]["epochs"],
-        batch_size=config["encoders"]["simclr"]["batch_size"],
-        lr=config["encoders"]["simclr"]["lr"],
-        temperature=config["encoders"]["simclr"]["temperature"],
-        feature_dim=config["encoders"]["simclr"]["feature_dim"],
-        proj_dim=config["encoders"]["simclr"]["proj_dim"],
+        settings=job_settings("train-encoder", encoder="simclr"),
     threads: 2
     resources:
         gpu=embed_gpus,
@@ -25,11 +17,8 @@ rule train_simclr:
     conda:
         ENV
     shell:
-        "simattr --log {log} --gpus {resources.gpu} train-encoder {params.data} --encoder simclr"
-        " --seed {params.seed} --param arch={params.arch}"
-        " --param epochs={params.epochs} --param batch_size={params.batch_size} --param lr={params.lr}"
-        " --param temperature={params.temperature} --param feature_dim={params.feature_dim}"
-        " --param proj_dim={params.proj_dim} --out {output}"
+        "simattr --log {log} --gpus {resources.gpu} train-encoder --settings {params.settings:q} --encoder simclr"
+        " --out {output}"
 
 
 rule train_supervised:
@@ -40,12 +29,7 @@ rule train_supervised:
     benchmark:
         bench("embed", encoder_job("supervised"))
     params:
-        data=DATA_ARGS,
-        seed=config["encoders"]["supervised"]["seed"],
-        epochs=config["encoders"]["supervised"]["epochs"],
-        batch_size=config["encoders"]["supervised"]["batch_size"],
-        lr=config["encoders"]["supervised"]["lr"],
-        hidden=config["encoders"]["supervised"]["hidden"],
+        settings=job_settings("train-encoder", encoder="supervised"),
     threads: 2
     resources:
         gpu=embed_gpus,
@@ -53,10 +37,8 @@ rule train_supervised:
     conda:
         ENV
     shell:
-        "simattr --log {log} --gpus {resources.gpu} train-encoder {params.data} --encoder supervised"
-        " --seed {params.seed}"
-        " --param epochs={params.epochs} --param batch_size={params.batch_size} --param lr={params.lr}"
-        " --param hidden={params.hidden} --out {output}"
+        "simattr --log {log} --gpus {resources.gpu} train-encoder --settings {params.settings:q} --encoder supervised"
+        " --out {output}"
 
 
 rule import_resnet:
@@ -69,23 +51,15 @@ rule import_resnet:
     benchmark:
         bench("embed", encoder_job("resnet"))
     params:
-        data=DATA_ARGS,
-        arch=config["encoders"]["resnet"]["arch"],
-        layout=config["encoders"]["resnet"]["layout"],
-        feature=config["encoders"]["resnet"]["feature"],
-        normalize=config["encoders"]["resnet"]["normalize"],
+        settings=job_settings("train-encoder", encoder="resnet"),
     threads: 1
     resources:
         mem_mb=4000,
     conda:
         ENV
     shell:
-        "simattr --log {log} train-encoder {params.data} --encoder resnet --param checkpoint={input.checkpoint:q}"
-        " --param arch={params.arch} --param layout={params.layout} --param feature={params.feature}"
-        " --param normalize={params.normalize} --out {output}"
+        "simattr --log {log} train-encoder --settings {params.settings:q} --encoder resnet --out {output}"
 
-
-# one job per shard: a cluster embeds a large split on many GPUs at once
 rule embed_shard:
     input:
         state=encoder_state,
@@ -96,10 +70,7 @@ rule embed_shard:
     benchmark:
         bench("embed", "{encoder}-{split}-shard-{shard}")
     params:
-        data=DATA_ARGS,
-        shard_size=config["embed"]["shard_size"],
-        float16=config["embed"]["float16"],
-        batch_size=embed_batch_size,
+        settings=job_settings("embed"),
         state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
     threads: config["embed"]["workers"] + 1
     resources:
@@ -109,12 +80,10 @@ rule embed_shard:
     conda:
         ENV
     shell:
-        "simattr --log {log} --gpus {resources.gpu} embed {params.data} --encoder {wildcards.encoder} --split {wildcards.split}"
-        " --shard-size {params.shard_size} --shard {wildcards.shard} --batch-size {params.batch_size}"
-        " --float16 {params.float16} --workers {resources.embed_workers} {params.state} --out {output}"
+        "simattr --log {log} --gpus {resources.gpu} embed --settings {params.settings:q}"
+        " --encoder {wildcards.encoder} --split {wildcards.split} --shard {wildcards.shard}"
+        " --workers {resources.embed_workers} {params.state} --out {output}"
 
-
-# the split's manifest: every shard checked against the current settings (a stale one is refused)
 rule embed_index:
     input:
         state=encoder_state,
@@ -126,7 +95,7 @@ rule embed_index:
     benchmark:
         bench("embed", "{encoder}-{split}")
     params:
-        data=DATA_ARGS,
+        settings=job_settings("embed-index"),
         state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
     threads: 1
     resources:
@@ -134,5 +103,5 @@ rule embed_index:
     conda:
         ENV
     shell:
-        "simattr --log {log} embed-index {params.data} --encoder {wildcards.encoder} --split {wildcards.split}"
-        " {params.state} --shards {input.shards} --out {output}"
+        "simattr --log {log} embed-index --settings {params.settings:q} --encoder {wildcards.encoder}"
+        " --split {wildcards.split} {params.state} --shards {input.shards} --out {output}"

@@ -51,16 +51,11 @@ rule report:
     log:
         logfile("report", "report"),
     params:
-        data=DATA_ARGS,
-        n_boot=config["report"]["n_boot"],
-        seed=config["report"]["seed"],
-        grid_images=config["report"]["grid_images"],
-        overlap_k=" ".join(str(k) for k in config["report"]["overlap_k"]),
+        settings=job_settings("report"),
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     threads: 1
     conda:
         ENV
     shell:
-        "simattr --log {log} report {params.data} --manifest {input.manifest} --n-boot {params.n_boot}"
-        " --seed {params.seed} --grid-images {params.grid_images} --overlap-k {params.overlap_k}"
+        "simattr --log {log} report --settings {params.settings:q} --manifest {input.manifest}"
         " --out-dir {params.out_dir}"

@@ -1,0 +1,234 @@
+"""Every job's settings, made from the validated config in this one place.
+
+The workflow hands a job its settings as one param, a JSON object holding only the keys that job reads
+(`simattr CMD --settings '{...}'`), so a changed config value reruns exactly the jobs that read it. By hand,
+`simattr CMD --config FILE` builds the same object from a config file, the schema filling what the file leaves
+out: the schema (workflow/schemas/config.schema.yaml) is the one source of defaults. `parse` checks an object's
+keys and turns its sections into typed settings: `dataset` a datasets.Spec, `model` a models.Recipe, `launch` a
+launch.LaunchSettings; `support` is the answers' identity (support.engine_settings).
+
+    for_job("score", config, encoder="simclr", ranker="esvm")
+    -> {"dataset": {"name": "digits", ...}, "class_conditioned": true, "topk": 64,
+        "ranker": {"C": 0.1, "chunk_size": 128, "device": "auto"}}
+"""
+from __future__ import annotations
+
+import functools
+import json
+from types import SimpleNamespace
+from typing import Any, Callable
+
+from . import config as sconfig
+from .errors import SimattrError
+
+EMBED_BATCH_SIZE = 256      # images encoded at once by every encoder but resnet (encoders.resnet.batch_size)
+#: each ranker's settings: (config section, key there, the ranker's keyword)
+RANKER_KEYS = {
+    "esvm": (("esvm", "C", "C"), ("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
+    "esvm_signed": (("esvm", "C", "C"), ("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device"),
+                    ("esvm", "runner_up_neighbours", "neighbours")),
+    "esvm_reference": (("esvm", "C", "C"), ("esvm", "tol", "tol"), ("esvm", "max_iter", "max_iter")),
+    "knn_l2": (("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
+    "knn_cos": (("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
+    "random": (("score", "random_seed", "random_seed"),),
+    "trak": (),
+    "datamodels": (("datamodels", "n_alphas", "n_alphas"), ("datamodels", "val_fraction", "val_fraction")),
+}
+FLOAT_KEYS = ("C", "tol", "val_fraction", "threshold", "confidence")   # floats even where a config wrote 1
+DEVICE_RANKERS = tuple(r for r, keys in RANKER_KEYS.items() if any(k[2] == "device" for k in keys))
+
+
+@functools.cache
+def defaults() -> dict:
+    """The whole config as the schema's defaults make it."""
+    return sconfig.validate({})
+
+
+def load_config(path: str) -> dict:
+    """A config file, validated, with the schema's defaults filled in."""
+    return sconfig.load(path)
+
+
+def _dataset(c: dict) -> dict:
+    from .datasets import Spec
+
+    return Spec.from_config(c["dataset"]).identity()
+
+
+def _model(c: dict) -> dict:
+    from .models import Recipe
+
+    return Recipe.from_config(c["model"]).identity()
+
+
+def encoder_params(c: dict, encoder: str) -> tuple[dict, int]:
+    """(params, seed) of an encoder's state: its config section but the seed (and resnet's batch size, which
+    only the embed jobs read); pixels has none."""
+    section = dict(c["encoders"].get(encoder, {}))
+    seed = section.pop("seed", 0)
+    if encoder == "resnet":
+        section.pop("batch_size")
+    return section, seed
+
+
+def _train_encoder(c: dict, encoder: str) -> dict:
+    params, seed = encoder_params(c, encoder)
+    return {"dataset": _dataset(c), "params": params, "seed": seed}
+
+
+def _embed(c: dict, encoder: str) -> dict:
+    e = c["embed"]
+    batch = c["encoders"]["resnet"]["batch_size"] if encoder == "resnet" else EMBED_BATCH_SIZE
+    return {"dataset": _dataset(c), "shard_size": e["shard_size"], "float16": e["float16"], "batch_size": batch}
+
+
+def ranker_settings(c: dict, ranker: str) -> dict:
+    """The keywords of one ranker (rankers.score, datamodels.fit_datamodels): a change to another ranker's
+    setting reruns none of its jobs."""
+    if ranker not in RANKER_KEYS:
+        raise SimattrError(f"unknown ranker '{ranker}'; valid: {', '.join(RANKER_KEYS)}")
+    return {kw: _float(c[section][key]) if kw in FLOAT_KEYS else c[section][key]
+            for section, key, kw in RANKER_KEYS[ranker]}
+
+
+def _float(x):
+    return None if x is None else float(x)
+
+
+def _score(c: dict, ranker: str) -> dict:
+    s = c["score"]
+    return {"dataset": _dataset(c), "class_conditioned": s["class_conditioned"], "topk": s["topk"],
+            "ranker": ranker_settings(c, ranker)}
+
+
+def _subsets(c: dict, purpose: str) -> dict:
+    p = c[purpose]
+    return {"dataset": _dataset(c), "model": _model(c), "alpha": p["alpha"], "models": p["models"],
+            "shard_size": p["shard_size"]}
+
+
+def _trak_checkpoints(c: dict) -> dict:
+    t = c["trak"]
+    return {"dataset": _dataset(c), "model": _model(c), "checkpoints": t["checkpoints"], "seed": t["seed"]}
+
+
+def _trak(c: dict) -> dict:
+    from .trak import PROJECTOR
+
+    t = c["trak"]
+    return {"dataset": _dataset(c), "model": _model(c), "proj_dim": t["proj_dim"],
+            "projector_seed": t["projector_seed"], "batch_size": t["batch_size"], "lambda_reg": t["lambda_reg"],
+            "projector": PROJECTOR}
+
+
+def _queries(c: dict) -> dict:
+    s = c["support"]
+    return {"dataset": _dataset(c), "model": _model(c), "n_test": s["n_test"], "sample_seed": s["sample_seed"],
+            "flip_models": s["flip_models"]}
+
+
+def _support(c: dict, metric: str, encoder: str, ranker: str) -> dict:
+    """The answers' identity (support.engine_settings: the common keys and the engine's own) and the
+    replicate seed sets."""
+    from .support import engine_settings
+
+    s = c["support"]
+    if metric not in sconfig.METRICS:
+        raise SimattrError(f"unknown metric '{metric}'; valid: {', '.join(sconfig.METRICS)}")
+    flat = {**{k: v for k, v in s.items() if not isinstance(v, (dict, list))}, **s[metric],
+            "dataset": c["dataset"]["name"], "encoder": encoder, "ranker": ranker, "model": _model(c)}
+    flat.update({k: _float(flat[k]) for k in FLOAT_KEYS if k in flat})
+    return {"support": engine_settings(flat), "replicates": s["replicates"]}
+
+
+def _lds(c: dict) -> dict:
+    return {"n_boot": c["report"]["n_boot"], "seed": c["report"]["seed"]}
+
+
+def _report(c: dict) -> dict:
+    r = c["report"]
+    return {"dataset": _dataset(c), "n_boot": r["n_boot"], "seed": r["seed"], "grid_images": r["grid_images"],
+            "overlap_k": list(r["overlap_k"])}
+
+
+def launch(c: dict) -> dict:
+    """How support tasks run (the `launch` section): never part of a result, so the workflow passes it as a
+    resource (no rerun when it changes)."""
+    return dict(c["launch"])
+
+
+#: job -> (settings maker, the wildcards it takes)
+JOBS: dict[str, tuple[Callable[..., dict], tuple[str, ...]]] = {
+    "train-encoder": (_train_encoder, ("encoder",)),
+    "embed": (_embed, ("encoder",)),
+    "embed-index": (lambda c: {"dataset": _dataset(c)}, ()),
+    "score": (_score, ("ranker",)),
+    "score-model": (_score, ("ranker",)),
+    "subsets": (_subsets, ("purpose",)),
+    "trak-checkpoints": (_trak_checkpoints, ()),
+    "trak": (_trak, ()),
+    "lds": (_lds, ()),
+    "queries": (_queries, ()),
+    "support": (_support, ("metric", "encoder", "ranker")),
+    "report": (_report, ()),
+}
+
+
+def for_job(job: str, config: dict, **wildcards: Any) -> dict:
+    """The settings `job` reads, from a validated config (and the job's wildcards: encoder, ranker, ...)."""
+    make, names = JOBS[job]
+    return make(config, **{k: wildcards[k] for k in names})
+
+
+def as_json(settings: dict) -> str:
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+def parse_json(text: str, where: str) -> dict:
+    """A JSON object from text; one line naming `where` when it is not one."""
+    try:
+        s = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SimattrError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(s, dict):
+        raise SimattrError(f"{where}: expected a JSON object, got {type(s).__name__}")
+    return s
+
+
+def parse(job: str, text_or_dict: str | dict, *, where: str = "--settings", **wildcards: Any) -> SimpleNamespace:
+    """A job's settings (JSON text or a dict) as attributes, checked against the keys `for_job` makes (one line
+    naming a missing or unknown key), the typed sections built."""
+    from .datasets import Spec
+    from .models import Recipe
+
+    s = parse_json(text_or_dict, where) if isinstance(text_or_dict, str) else text_or_dict
+    check_keys(for_job(job, defaults(), **wildcards), s, f"{where} of `simattr {job}`")
+    out = dict(s)
+    if "dataset" in out:
+        out["dataset"] = Spec.from_settings(out["dataset"], where=f"{where} dataset")
+    if "model" in out:
+        out["model"] = Recipe.from_settings(out["model"], where=f"{where} model")
+    return SimpleNamespace(**out)
+
+
+def check_keys(expected, got, where: str) -> None:
+    """One line naming the keys missing from `got` and those it should not have."""
+    missing, unknown = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    if missing or unknown:
+        raise SimattrError(f"{where}: " + "; ".join(x for x in (
+            f"lacks {', '.join(missing)}" if missing else "",
+            f"has unknown keys {', '.join(unknown)}" if unknown else "") if x))
+
+
+def typed_fields(cls, d: dict, keys, where: str) -> dict:
+    """`d`'s entries for exactly `keys` (the other fields of dataclass `cls` None), an int given for a float
+    field made a float (as argparse made it before settings travelled as JSON)."""
+    check_keys(keys, d, where)
+    out = {}
+    for k, f in cls.__dataclass_fields__.items():
+        v = d.get(k)
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if k in keys and isinstance(v, int) and not isinstance(v, bool) and kind.startswith("float"):
+            v = float(v)
+        out[k] = v
+    return out

@@ -1,0 +1,144 @@
+"""Settings come from the schema alone: every job's settings are made in one place (simattr.settings), travel as
+one JSON param, and parse back into typed objects; a command run by hand with --config gets what the workflow
+passes; no typed settings object has defaults of its own."""
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simattr import settings
+from simattr.cli import COMMANDS, build_parser
+from simattr.datasets import Spec
+from simattr.errors import SimattrError
+from simattr.launch import LaunchSettings
+from simattr.models import Recipe
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "config").glob("*.yaml"))
+WILDCARDS = {"encoder": "simclr", "ranker": "esvm", "metric": "removal", "purpose": "lds"}
+
+
+def load(path):
+    raw = yaml.safe_load(path.read_text())
+    if raw.get("encoders", {}).get("resnet", {}).get("checkpoint") is None:
+        raw.setdefault("encoders", {}).setdefault("resnet", {})["checkpoint"] = "ck.pth"
+    return settings.sconfig.validate(raw)
+
+
+def test_every_command_has_a_job_and_every_job_a_command():
+    assert set(COMMANDS) == set(settings.JOBS)
+    for name, c in COMMANDS.items():
+        assert c.wildcards == settings.JOBS[name][1], name
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_each_jobs_settings_round_trip_through_json_into_typed_objects(path):
+    config = load(path)
+    for job, (_, names) in settings.JOBS.items():
+        kw = {k: WILDCARDS[k] for k in names}
+        made = settings.for_job(job, config, **kw)
+        parsed = settings.parse(job, settings.as_json(made), **kw)
+        if "dataset" in made:
+            assert isinstance(parsed.dataset, Spec) and parsed.dataset.identity() == made["dataset"]
+            assert parsed.dataset.identity() == Spec.from_config(config["dataset"]).identity()
+        if "model" in made:
+            assert isinstance(parsed.model, Recipe) and parsed.model.identity() == made["model"]
+        rest = {k: v for k, v in vars(parsed).items() if k not in ("dataset", "model")}
+        assert rest == {k: v for k, v in made.items() if k not in ("dataset", "model")}, job
+
+
+def test_a_setting_reaches_only_the_jobs_that_read_it():
+    base = settings.defaults()
+
+    def changed(section, key, value):
+        """The jobs (score jobs: score:RANKER) whose settings change with one config value."""
+        c = json.loads(json.dumps(base))
+        c[section][key] = value
+        out = set()
+        for job, (_, names) in settings.JOBS.items():
+            rankers = {"score": ("esvm", "esvm_signed", "esvm_reference", "knn_l2", "knn_cos", "random"),
+                       "score-model": ("trak", "datamodels")}.get(job, ("esvm",))
+            for ranker in rankers:
+                kw = {k: ({**WILDCARDS, "ranker": ranker})[k] for k in names}
+                if settings.for_job(job, c, **kw) != settings.for_job(job, base, **kw):
+                    out.add(f"{job}:{ranker}" if job.startswith("score") else job)
+        return out
+
+    assert changed("esvm", "C", 1.0) == {"score:esvm", "score:esvm_signed", "score:esvm_reference"}
+    assert changed("esvm", "tol", 1e-3) == {"score:esvm_reference"}
+    assert changed("esvm", "device", "cpu") == {"score:esvm", "score:esvm_signed", "score:knn_l2", "score:knn_cos"}
+    assert changed("datamodels", "n_alphas", 4) == {"score-model:datamodels"}
+    assert changed("score", "random_seed", 4) == {"score:random"}
+    assert changed("trak", "proj_dim", 64) == {"trak"}
+    assert changed("report", "grid_images", 2) == {"report"}
+    assert changed("report", "n_boot", 50) == {"report", "lds"}
+    assert changed("support", "seeds", 5) == set()            # the adaptive engine does not read it
+    assert changed("support", "confidence", 0.95) == {"support"}
+    assert changed("launch", "parallelism", 8) == set()       # a resource of the support rule, not a setting
+    assert changed("dataset", "bad_images", "skip") == set()  # digits does not read it
+    assert "queries" in changed("model", "lr", 0.1) and "score" not in changed("model", "lr", 0.1)
+
+
+def test_hand_run_with_a_config_gets_the_workflows_settings(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("support: {n_test: 7}\nmodel: {hidden: 8}\n")
+    a = build_parser().parse_args(["queries", "--config", str(cfg), "--out", "q.h5"])
+    from simattr.cli import _settings
+
+    s = _settings(a, "queries", ())
+    assert s.n_test == 7 and s.model == Recipe.of(hidden=8) and s.flip_models == settings.defaults()["support"][
+        "flip_models"]
+
+
+def test_a_settings_object_with_a_missing_or_unknown_key_is_one_line():
+    good = settings.for_job("lds", settings.defaults())
+    with pytest.raises(SimattrError, match=r"^--settings of `simattr lds`: lacks seed$"):
+        settings.parse("lds", {"n_boot": 10})
+    with pytest.raises(SimattrError, match=r"has unknown keys topk"):
+        settings.parse("lds", {**good, "topk": 3})
+    with pytest.raises(SimattrError, match=r"^--settings: not valid JSON"):
+        settings.parse("lds", "{")
+    with pytest.raises(SimattrError, match=r"^--settings: expected a JSON object, got list"):
+        settings.parse("lds", "[1]")
+    with pytest.raises(SimattrError, match=r"model: lacks steps"):
+        settings.parse("queries", {**settings.for_job("queries", settings.defaults()),
+                                   "model": {"name": "mlp", "hidden": 8, "lr": 0.1, "weight_decay": 0.0}})
+    with pytest.raises(SimattrError, match=r"dataset: unknown dataset 'mnist'"):
+        settings.parse("queries", {**settings.for_job("queries", settings.defaults()), "dataset": {"name": "mnist"}})
+
+
+def test_the_cli_reports_bad_settings_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "simattr", "lds", "--settings", '{"n_boot": 3}', "--scores", "a.h5",
+                        "--subsets", "s.h5", "--out", str(tmp_path / "l.json")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "simattr: error: --settings of `simattr lds`: lacks seed"
+
+
+def test_typed_settings_have_no_defaults_of_their_own():
+    for cls in (Recipe, LaunchSettings):
+        with_default = [f.name for f in dataclasses.fields(cls)
+                        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+        assert with_default == [], cls
+
+
+def test_of_takes_the_schemas_defaults():
+    d = settings.defaults()
+    assert Recipe.of().identity() == {k: d["model"][k] for k in ("name", "hidden", "steps", "lr", "weight_decay")}
+    assert LaunchSettings.of(folder="f").images_per_task == d["launch"]["images_per_task"]
+    assert Recipe.of(lr=1).lr == 1.0 and isinstance(Recipe.of(lr=1).lr, float)   # a float field stays a float
+
+
+def test_no_flag_stands_for_a_config_key_but_the_resources():
+    """Settings travel in --settings; the flags left are paths, wildcards and resources (which change no
+    result). The one resource flag with a config key defaults to the schema's value."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {f for p in sub.choices.values() for a in p._actions for f in a.option_strings}
+    keys = {k for section in settings.defaults().values() if isinstance(section, dict) for k in section}
+    named = {f for f in flags if f.lstrip("-").replace("-", "_") in keys}
+    assert named == {"--workers"}
+    assert sub.choices["embed"].get_default("workers") == settings.defaults()["embed"]["workers"]
