@@ -1,5 +1,5 @@
 # simattr: similarity-based data attribution and its counterfactual evaluation.
-# Stages: embed -> score -> support -> report. See README.md for the data contract.
+# Stages: embed -> score -> support -> report. See docs/data-contract.md for the data contract.
 from snakemake.utils import min_version
 
 min_version("8.0")

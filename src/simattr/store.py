@@ -1,6 +1,6 @@
 """The data contract: every path, file format and provenance attribute lives here.
 
-Layout (relative to the results root, see README "Data contract", CONTRACT_VERSION):
+Layout (relative to the results root, see docs/data-contract.md, CONTRACT_VERSION):
 
     {dataset}/encoders/{encoder}.pt                               trained encoder state (torch)
     {dataset}/embeddings/{encoder}/{split}/shard-{NNNNN}.h5      features, labels, indices

@@ -4,7 +4,7 @@ The search knows nothing about which ranker made the ranking or which dataset it
 ranked list of training indices (best first) and a recipe to retrain with.
 
 Two engines (support.engine), both drawing their models from one ModelBank per answer:
-* bisection, the released protocol (method notes): probe k_max first; if the image is not flipped there, the
+* bisection, the released protocol (docs/method-notes.md): probe k_max first; if the image is not flipped there, the
   support is None (censored at k_max); then k = 0; then bisection over k with a fixed budget of probes. A
   probe at k retrains `seeds` models and calls the image flipped when their mean accuracy on it is
   <= threshold. With early stopping a probe stops training as soon as the remaining models cannot change the
