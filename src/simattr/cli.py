@@ -28,11 +28,10 @@ def _setup_logging(path: str | None) -> None:
 
 @dataclass(frozen=True)
 class Command:
-    """One `simattr` command: its job's settings (settings.JOBS), the arguments that are not settings (paths,
-    the job's wildcards), and the stage it runs."""
+    """One `simattr` command: its job's settings (settings.JOBS: the same name) and wildcards, and the stage it
+    runs (its other arguments: ARGS)."""
     name: str
     help: str
-    args: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, Any, bool], None]
     wildcards: tuple[str, ...] = ()
 
@@ -62,9 +61,64 @@ def _launch(a: argparse.Namespace):
     return LaunchSettings.from_settings(d, folder=a.submitit_dir, where="--launch")
 
 
-def _train_encoder_args(p):
-    p.add_argument("--encoder", required=True)
-    p.add_argument("--out", required=True)
+# The arguments that are not settings: the job's wildcards, its input and output paths, resources.
+def _arg(*flags: str, **kw) -> tuple[tuple[str, ...], dict]:
+    return flags, kw
+
+
+OUT = _arg("--out", required=True)
+ENCODER = _arg("--encoder", required=True)
+RANKER = _arg("--ranker", required=True)
+STATE = _arg("--state", help="encoder state (.pt) of encoders made by a rule of their own")
+SPLIT = _arg("--split", required=True, choices=["train", "test"])
+CLASS = _arg("--class", dest="cls", type=int, required=True)
+ONE_OF = "one of"    # a spec (ONE_OF, spec, spec, ...): a required choice between flags
+ARGS = {
+    "train-encoder": (ENCODER, OUT),
+    "embed": (ENCODER, STATE, SPLIT, _arg("--shard", type=int, help="embed only this shard, into --out"),
+              _arg("--workers", type=int, default=0, help="image-decoding processes (0: in this process); the "
+                   "workflow passes embed.workers (a resource: it changes no result)"),
+              (ONE_OF, _arg("--out", help="the shard file (with --shard)"),
+               _arg("--out-dir", help="folder of the split's shards and index.json (without --shard)"))),
+    "embed-index": (ENCODER, STATE, SPLIT, _arg("--shards", nargs="*", default=[]), OUT),
+    "score": (ENCODER, RANKER, CLASS, _arg("--train-index", required=True), _arg("--test-index", required=True),
+              OUT),
+    "score-model": (_arg("--ranker", required=True, choices=["trak", "datamodels"]), CLASS,
+                    _arg("--trak-scores", help="trak: the attribution file of the trak rule"),
+                    _arg("--subsets", nargs="*", default=[], help="datamodels: the subset-model shards"), OUT),
+    "subsets": (_arg("--purpose", required=True, choices=["datamodels", "lds"]),
+                _arg("--shard", type=int, required=True), OUT),
+    "trak-checkpoints": (OUT,),
+    "trak": (_arg("--checkpoints-file", required=True), OUT),
+    "lds": (_arg("--scores", nargs="+", required=True),
+            _arg("--subsets", nargs="+", required=True, help="the LDS subset-model shards"), OUT),
+    "queries": (OUT,),
+    "support": (ENCODER, RANKER, _arg("--metric", required=True, choices=["removal", "mislabel"]),
+                _arg("--queries", required=True), _arg("--scores", nargs="+", required=True),
+                _arg("--launch", help="JSON object of the `launch` section (how the tasks run; default: the "
+                     "--config file's, or the schema's)"),
+                _arg("--submitit-dir", required=True), _arg("--answers-dir", required=True), OUT),
+    "report": (_arg("--manifest", help="JSON file of the long lists (the workflow's way: ImageNet's run past the "
+                    "128 KiB limit of one command line): keys gathers, scores, benchmarks, stored, lds, "
+                    "method_costs, each a list of strings as the flags of the same names take them"),
+               _arg("--gathers", nargs="+", default=[]), _arg("--scores", nargs="*", default=[]),
+               _arg("--benchmarks", nargs="*", default=[], help="STAGE=FILE snakemake benchmark files"),
+               _arg("--stored", nargs="*", default=[], help="STAGE=PATH folders whose bytes are counted"),
+               _arg("--lds", nargs="*", default=[], help="the methods' LDS files"),
+               _arg("--method-costs", nargs="*", default=[], help="METHOD|KIND|VALUE entries of the cost table "
+                    "(KIND: bench, usage, stored, models)"),
+               _arg("--out-dir", required=True)),
+}
+
+
+def _add_args(p: argparse.ArgumentParser, specs) -> None:
+    for spec in specs:
+        if spec[0] == ONE_OF:
+            group = p.add_mutually_exclusive_group(required=True)
+            for flags, kw in spec[1:]:
+                group.add_argument(*flags, **kw)
+        else:
+            p.add_argument(*spec[0], **spec[1])
 
 
 def _train_encoder(a, s, progress):
@@ -72,18 +126,6 @@ def _train_encoder(a, s, progress):
 
     embedding.train_encoder(data=s.dataset, encoder=a.encoder, params=s.params, seed=s.seed, out=a.out,
                             progress=progress)
-
-
-def _embed_args(p):
-    p.add_argument("--encoder", required=True)
-    p.add_argument("--state", help="encoder state (.pt) of encoders made by a rule of their own")
-    p.add_argument("--split", required=True, choices=["train", "test"])
-    p.add_argument("--shard", type=int, help="embed only this shard, into --out")
-    p.add_argument("--workers", type=int, default=0, help="image-decoding processes (0: in this process); the "
-                   "workflow passes embed.workers (a resource: it changes no result)")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", help="the shard file (with --shard)")
-    where.add_argument("--out-dir", help="folder of the split's shards and index.json (without --shard)")
 
 
 def _embed(a, s, progress):
@@ -99,28 +141,11 @@ def _embed(a, s, progress):
         embedding.embed_shard(shard=a.shard, out=a.out, **kw)
 
 
-def _embed_index_args(p):
-    p.add_argument("--encoder", required=True)
-    p.add_argument("--state", help="encoder state (.pt) of encoders made by a rule of their own")
-    p.add_argument("--split", required=True, choices=["train", "test"])
-    p.add_argument("--shards", nargs="*", default=[])
-    p.add_argument("--out", required=True)
-
-
 def _embed_index(a, s, progress):
     from . import embedding
 
     embedding.embed_index(data=s.dataset, encoder=a.encoder, split=a.split, shards=a.shards, out=a.out,
                           state_path=a.state)
-
-
-def _score_args(p):
-    p.add_argument("--encoder", required=True)
-    p.add_argument("--ranker", required=True)
-    p.add_argument("--class", dest="cls", type=int, required=True)
-    p.add_argument("--train-index", required=True)
-    p.add_argument("--test-index", required=True)
-    p.add_argument("--out", required=True)
 
 
 def _score(a, s, progress):
@@ -131,26 +156,12 @@ def _score(a, s, progress):
                         ranker_settings=s.ranker, out=a.out, progress=progress)
 
 
-def _score_model_args(p):
-    p.add_argument("--ranker", required=True, choices=["trak", "datamodels"])
-    p.add_argument("--class", dest="cls", type=int, required=True)
-    p.add_argument("--trak-scores", help="trak: the attribution file of the trak rule")
-    p.add_argument("--subsets", nargs="*", default=[], help="datamodels: the subset-model shards")
-    p.add_argument("--out", required=True)
-
-
 def _score_model(a, s, progress):
     from . import scoring
 
     scoring.score_model_class(data=s.dataset, ranker=a.ranker, cls=a.cls, class_conditioned=s.class_conditioned,
                               topk=s.topk, out=a.out, trak_scores=a.trak_scores, subset_shards=a.subsets,
                               datamodels=s.ranker, progress=progress)
-
-
-def _subsets_args(p):
-    p.add_argument("--purpose", required=True, choices=["datamodels", "lds"])
-    p.add_argument("--shard", type=int, required=True)
-    p.add_argument("--out", required=True)
 
 
 def _subsets(a, s, progress):
@@ -160,20 +171,11 @@ def _subsets(a, s, progress):
                         shard_size=s.shard_size, shard=a.shard, recipe=s.model, out=a.out, progress=progress)
 
 
-def _out_args(p):
-    p.add_argument("--out", required=True)
-
-
 def _trak_checkpoints(a, s, progress):
     from . import trak
 
     trak.trak_checkpoints(data=s.dataset, recipe=s.model, n_checkpoints=s.checkpoints, seed=s.seed, out=a.out,
                           progress=progress)
-
-
-def _trak_args(p):
-    p.add_argument("--checkpoints-file", required=True)
-    p.add_argument("--out", required=True)
 
 
 def _trak(a, s, progress):
@@ -185,12 +187,6 @@ def _trak(a, s, progress):
     trak.trak_attributions(data=s.dataset, recipe=s.model, checkpoints=a.checkpoints_file, proj_dim=s.proj_dim,
                            projector_seed=s.projector_seed, batch_size=s.batch_size, lambda_reg=s.lambda_reg,
                            out=a.out, progress=progress)
-
-
-def _lds_args(p):
-    p.add_argument("--scores", nargs="+", required=True)
-    p.add_argument("--subsets", nargs="+", required=True, help="the LDS subset-model shards")
-    p.add_argument("--out", required=True)
 
 
 def _lds(a, s, progress):
@@ -206,39 +202,12 @@ def _queries(a, s, progress):
                             recipe=s.model, out_path=a.out, log=logging.getLogger("simattr"))
 
 
-def _support_args(p):
-    p.add_argument("--encoder", required=True)
-    p.add_argument("--ranker", required=True)
-    p.add_argument("--metric", required=True, choices=["removal", "mislabel"])
-    p.add_argument("--queries", required=True)
-    p.add_argument("--scores", nargs="+", required=True)
-    p.add_argument("--launch", help="JSON object of the `launch` section (how the tasks run; default: the "
-                   "--config file's, or the schema's)")
-    p.add_argument("--submitit-dir", required=True)
-    p.add_argument("--answers-dir", required=True)
-    p.add_argument("--out", required=True)
-
-
 def _support(a, s, progress):
     from . import answers
 
     answers.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir, gather_out=a.out,
                           metric=a.metric, settings=s.support, launch=_launch(a), progress=progress,
                           replicates=s.replicates)
-
-
-def _report_args(p):
-    p.add_argument("--manifest", default=None, help="JSON file of the long lists (the workflow's way: ImageNet's "
-                   "run past the 128 KiB limit of one command line): keys gathers, scores, benchmarks, stored, "
-                   "lds, method_costs, each a list of strings as the flags of the same names take them")
-    p.add_argument("--gathers", nargs="+", default=[])
-    p.add_argument("--scores", nargs="*", default=[])
-    p.add_argument("--benchmarks", nargs="*", default=[], help="STAGE=FILE snakemake benchmark files")
-    p.add_argument("--stored", nargs="*", default=[], help="STAGE=PATH folders whose bytes are counted")
-    p.add_argument("--lds", nargs="*", default=[], help="the methods' LDS files")
-    p.add_argument("--method-costs", nargs="*", default=[], help="METHOD|KIND|VALUE entries of the cost table "
-                   "(KIND: bench, usage, stored, models)")
-    p.add_argument("--out-dir", required=True)
 
 
 def _report(a, s, progress):
@@ -257,25 +226,22 @@ def _report(a, s, progress):
 
 COMMANDS = {c.name: c for c in (
     Command("train-encoder", "make an encoder state: train simclr / supervised on the train split, or import "
-            "resnet from its checkpoint", _train_encoder_args, _train_encoder, ("encoder",)),
-    Command("embed", "embed one shard of a split (--shard, --out) or the whole split (--out-dir)", _embed_args,
-            _embed, ("encoder",)),
-    Command("embed-index", "check a split's shards against the settings, write index.json", _embed_index_args,
-            _embed_index),
-    Command("score", "score one class's test images against the training images", _score_args, _score,
-            ("ranker",)),
+            "resnet from its checkpoint", _train_encoder, ("encoder",)),
+    Command("embed", "embed one shard of a split (--shard, --out) or the whole split (--out-dir)", _embed,
+            ("encoder",)),
+    Command("embed-index", "check a split's shards against the settings, write index.json", _embed_index),
+    Command("score", "score one class's test images against the training images", _score, ("ranker",)),
     Command("score-model", "score one class's test images with a model-based ranker (trak, datamodels)",
-            _score_model_args, _score_model, ("ranker",)),
+            _score_model, ("ranker",)),
     Command("subsets", "train one shard of models on random subsets of the training set (datamodels, LDS), "
-            "resuming from its journal", _subsets_args, _subsets, ("purpose",)),
-    Command("trak-checkpoints", "train the full-data models TRAK attributes", _out_args, _trak_checkpoints),
-    Command("trak", "TRAK scores of every test image against every training image (traker)", _trak_args, _trak),
-    Command("lds", "linear datamodeling score of one method's scores", _lds_args, _lds),
-    Command("queries", "train full-data models, sample test images, find their flip classes", _out_args,
-            _queries),
-    Command("support", "removal or mislabel support of the sampled test images (submitit array)", _support_args,
-            _support, ("metric", "encoder", "ranker")),
-    Command("report", "tables and plots comparing the methods' support sizes", _report_args, _report),
+            "resuming from its journal", _subsets, ("purpose",)),
+    Command("trak-checkpoints", "train the full-data models TRAK attributes", _trak_checkpoints),
+    Command("trak", "TRAK scores of every test image against every training image (traker)", _trak),
+    Command("lds", "linear datamodeling score of one method's scores", _lds),
+    Command("queries", "train full-data models, sample test images, find their flip classes", _queries),
+    Command("support", "removal or mislabel support of the sampled test images (submitit array)", _support,
+            ("metric", "encoder", "ranker")),
+    Command("report", "tables and plots comparing the methods' support sizes", _report),
 )}
 
 
@@ -294,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "only the keys this job reads)")
         src.add_argument("--config", help="a config file (YAML) to build the settings from; the schema's "
                          "defaults fill what it leaves out (for running a stage by hand)")
-        c.args(p)
+        _add_args(p, ARGS[c.name])
     return ap
 
 

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import SimattrError
+from .settings import Named
 
 SPLITS = ("train", "test")
 NAMES = ("digits", "cifar10", "imagenet", "imagefolder")
@@ -43,7 +44,7 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
 @dataclass(frozen=True)
-class Spec:
+class Spec(Named):
     """What a dataset is: everything that changes its images, labels or split (the config's `dataset`)."""
     name: str = "digits"
     root: str | None = None             # cifar10, imagenet, imagefolder
@@ -51,6 +52,8 @@ class Spec:
     split_seed: int = 0                 # digits: seed of the split
     image_size: int | None = None       # folder datasets: decoded size (default 224)
     bad_images: str = "error"           # folder datasets: 'error' names the first bad file; 'skip' drops them
+    FIELDS = IDENTITY_FIELDS            # the fields each dataset reads (a class attribute, not a field)
+    WHAT = "dataset"                    # its config section
 
     def __post_init__(self):
         if self.name not in NAMES:
@@ -67,27 +70,6 @@ class Spec:
             raise SimattrError(f"dataset.image_size must be >= 1, got {self.image_size}")
         if self.name in FOLDER_DATASETS and self.bad_images not in BAD_IMAGES:
             raise SimattrError(f"dataset.bad_images must be one of {', '.join(BAD_IMAGES)}, got {self.bad_images!r}")
-
-    @classmethod
-    def from_settings(cls, d: dict, where: str = "dataset") -> "Spec":
-        """From the fields that determine the data (identity()); a missing or extra one is one line naming it."""
-        from .settings import typed_fields
-
-        if not isinstance(d, dict) or d.get("name") not in NAMES:
-            got = d.get("name") if isinstance(d, dict) else d
-            raise SimattrError(f"{where}: unknown dataset {got!r}; valid: {', '.join(NAMES)}")
-        return cls(**typed_fields(cls, d, IDENTITY_FIELDS[d["name"]], where))
-
-    @classmethod
-    def from_config(cls, section: dict) -> "Spec":
-        """From the config's (validated) `dataset` section: the fields that determine the data."""
-        if section.get("name") not in NAMES:
-            raise SimattrError(f"unknown dataset '{section.get('name')}'; valid: {', '.join(NAMES)}")
-        return cls.from_settings({k: section.get(k) for k in IDENTITY_FIELDS[section["name"]]})
-
-    def identity(self) -> dict:
-        """The fields that determine the data (hashed into every output's config_hash)."""
-        return {k: getattr(self, k) for k in IDENTITY_FIELDS[self.name]}
 
 
 def to_unit(raw: np.ndarray) -> np.ndarray:

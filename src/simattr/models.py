@@ -27,7 +27,7 @@ import numpy as np
 from .accel import default_device
 from .backbones import NORMALIZE
 from .errors import SimattrError
-from .settings import typed_fields
+from .settings import Named
 
 MODELS = ("mlp", "resnet9", "resnet18")
 CNN_MODELS = ("resnet9", "resnet18")
@@ -39,7 +39,7 @@ FIELDS = {"mlp": ("name", "hidden", "steps", "lr", "weight_decay"),
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Recipe(Named):
     """The retrained model (the config's `model`). No defaults here: the schema has them (settings.defaults);
     the fields a model does not read (FIELDS) are None."""
     name: str
@@ -51,34 +51,12 @@ class Recipe:
     batch_size: int | None        # resnet9, resnet18
     label_smoothing: float | None  # resnet9, resnet18
     deterministic: bool | None    # CNNs on CUDA: deterministic algorithms (same seed, same bits; slower)
+    FIELDS = FIELDS               # the fields each model reads (a class attribute, not a field)
+    WHAT = "model"                # its config section
 
     def __post_init__(self):
         if self.name not in MODELS:
             raise SimattrError(f"unknown model '{self.name}'; valid: {', '.join(MODELS)}")
-
-    @classmethod
-    def from_settings(cls, d: dict, where: str = "model") -> "Recipe":
-        """From the fields its model reads (identity()); a missing or extra field is one line naming it."""
-        if not isinstance(d, dict) or d.get("name") not in MODELS:
-            got = d.get("name") if isinstance(d, dict) else d
-            raise SimattrError(f"{where}: unknown model {got!r}; valid: {', '.join(MODELS)}")
-        return cls(**typed_fields(cls, d, FIELDS[d["name"]], where))
-
-    @classmethod
-    def from_config(cls, section: dict) -> "Recipe":
-        """From the config's (validated) `model` section: the fields its model reads."""
-        return cls.from_settings({k: section[k] for k in FIELDS.get(section.get("name"), ("name",))})
-
-    @classmethod
-    def of(cls, **fields) -> "Recipe":
-        """The schema's default recipe with `fields` changed (for hand use and tests)."""
-        from .settings import defaults
-
-        return cls.from_config({**defaults()["model"], **fields})
-
-    def identity(self) -> dict:
-        """The fields this recipe's model reads (what an answer's settings hash)."""
-        return {k: getattr(self, k) for k in FIELDS[self.name]}
 
 
 _BLAS = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from . import config as sconfig
 from .errors import SimattrError
@@ -232,3 +232,38 @@ def typed_fields(cls, d: dict, keys, where: str) -> dict:
             v = float(v)
         out[k] = v
     return out
+
+
+def named_fields(cls, d: dict, fields_by_name: dict, what: str, where: str) -> dict:
+    """typed_fields for settings whose `name` says which fields they read (datasets, models): one line for an
+    unknown name."""
+    if not isinstance(d, dict) or d.get("name") not in fields_by_name:
+        got = d.get("name") if isinstance(d, dict) else d
+        raise SimattrError(f"{where}: unknown {what} {got!r}; valid: {', '.join(fields_by_name)}")
+    return typed_fields(cls, d, fields_by_name[d["name"]], where)
+
+
+class Named:
+    """A typed settings object whose `name` picks the fields it reads (datasets.Spec, models.Recipe): FIELDS maps
+    each name to them (the fields it does not read are None); WHAT is its config section."""
+    FIELDS: ClassVar[dict[str, tuple[str, ...]]]
+    WHAT: ClassVar[str]
+
+    @classmethod
+    def from_settings(cls, d: dict, where: str | None = None):
+        """From exactly the fields it reads (identity()); a missing or extra one is one line naming it."""
+        return cls(**named_fields(cls, d, cls.FIELDS, cls.WHAT, where or cls.WHAT))
+
+    @classmethod
+    def from_config(cls, section: dict):
+        """From its config section (validated): the fields it reads."""
+        return cls.from_settings({k: section.get(k) for k in cls.FIELDS.get(section.get("name"), ("name",))})
+
+    @classmethod
+    def of(cls, **fields):
+        """The schema's default with `fields` changed (for hand use and tests)."""
+        return cls.from_config({**defaults()[cls.WHAT], **fields})
+
+    def identity(self) -> dict:
+        """The fields it reads (what outputs made from it hash)."""
+        return {k: getattr(self, k) for k in self.FIELDS[self.name]}
