@@ -121,6 +121,14 @@ def test_end_to_end_from_a_shipped_config(tmp_path, shipped):
     if lds:
         rows = {row["method"]: row for row in csv.DictReader((out / "report" / "lds.csv").open())}
         assert sorted(rows) == names and all(int(row["n_models"]) == lds for row in rows.values())
-        assert all(-1 <= float(row["mean"]) <= 1 for row in rows.values() if row["mean"])
+        for name, row in rows.items():       # the table's mean is the mean of the method's per-test LDS values
+            encoder, ranker = name.split("/")
+            per = json.loads((out / "lds" / encoder / f"{ranker}.json").read_text())["per_test"]
+            vals = [r["spearman"] for r in per if r["spearman"] is not None]
+            assert int(row["n_test"]) == len(per) and int(row["n_undefined"]) == len(per) - len(vals)
+            if vals:                          # lds.csv writes 3 decimals
+                assert float(row["mean"]) == pytest.approx(np.mean(vals), abs=6e-4)
+            else:
+                assert row["mean"] == ""
     with h5py.File(out / "scores" / "resnet" / "esvm" / "class-0.h5") as f:
         assert np.isfinite(f["scores"][()]).all()

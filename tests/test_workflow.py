@@ -169,13 +169,14 @@ def test_every_file_of_the_contract_with_values_in_range(run):
     for r in rows:                            # the report's figures agree with the answer files themselves
         want = summary_from_answers(root / "support" / r["encoder"] / r["ranker"] / r["metric"])
         assert {k: r[k] for k in want} == want, r
-    for png in ("support_cdf.png", "topk_grid.png"):
-        assert (rep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_figures(rep, n_methods=len(cfg["methods"]), grid_images=cfg["report"]["grid_images"])
     md = (rep / "report.md").read_text()
     assert all(f"{m['encoder']}/{m['ranker']}" in md for m in cfg["methods"])
     names = sorted(f"{m['encoder']}/{m['ranker']}" for m in cfg["methods"])
     lds = {r["method"]: r for r in csv.DictReader((rep / "lds.csv").open())}
-    assert sorted(lds) == names and all(-1 <= float(r["mean"]) <= 1 for r in lds.values() if r["mean"])
+    assert sorted(lds) == names
+    check_lds_against_a_recomputation(root, lds, "model/trak")
+    check_lds_against_a_recomputation(root, lds, "simclr/esvm")
     assert int(lds["model/trak"]["n_test"]) == 360 and int(lds["model/trak"]["n_models"]) == cfg["lds"]["models"]
     overlap = list(csv.DictReader((rep / "overlap.csv").open()))
     assert len(overlap) == len(names) ** 2 * 2
@@ -199,6 +200,59 @@ def test_every_file_of_the_contract_with_values_in_range(run):
     for i, r in enumerate(runner):            # own class >= 0, runner-up <= 0, the rest 0
         assert (full[i, y_train == 3] >= 0).all() and (full[i, y_train == r] <= 0).all()
         assert (full[i, (y_train != 3) & (y_train != r)] == 0).all()
+
+
+def check_lds_against_a_recomputation(root: Path, table: dict, method: str) -> None:
+    """A method's LDS recomputed here from its score files and the LDS subset shards, with scipy's Spearman:
+    the per-test values of its LDS file and the mean (and test count) of the report's lds.csv row."""
+    from scipy.stats import spearmanr
+
+    encoder, ranker = method.split("/")
+    per_test = json.loads((root / "lds" / encoder / f"{ranker}.json").read_text())["per_test"]
+    masks, margins = [], []
+    for f in sorted((root / "subsets" / "lds").glob("shard-*.h5")):
+        with h5py.File(f) as h:
+            n = int(h.attrs["n_train"])
+            masks.append(np.unpackbits(h["masks"][()], axis=1, count=n, bitorder="little").astype(bool))
+            margins.append(h["margins"][()])
+            order = h["model_ids"][()]
+            assert order.tolist() == sorted(order.tolist())
+    masks, margins = np.concatenate(masks), np.concatenate(margins)
+    got = {}
+    for f in sorted((root / "scores" / encoder / ranker).glob("class-*.h5")):
+        with h5py.File(f) as h:
+            te, tr, s = h["test_indices"][()], h["train_indices"][()], h["scores"][()]
+            full = h["full_scores"][()] if "full_scores" in h else None
+        for i, t in enumerate(te):
+            if full is not None:
+                w = full[i].astype(np.float64)
+            else:                  # a similarity ranker: its candidates' scores shifted to >= 0, the rest 0
+                w = np.zeros(masks.shape[1])
+                w[tr] = s[i] - s[i].min()
+            pred = masks.astype(np.float64) @ w
+            got[int(t)] = spearmanr(pred, margins[:, t]).statistic
+    want = {r["test_index"]: r["spearman"] for r in per_test}
+    assert sorted(got) == sorted(want)
+    finite = [t for t in want if want[t] is not None]
+    assert len(finite) > 0.9 * len(want)
+    np.testing.assert_allclose([got[t] for t in finite], [want[t] for t in finite], atol=1e-5)
+    assert int(table[method]["n_test"]) == len(want)
+    assert float(table[method]["mean"]) == pytest.approx(np.mean([want[t] for t in finite]), abs=6e-4)  # 3 decimals
+
+
+def check_figures(rep: Path, n_methods: int, grid_images: int) -> None:
+    """The report's figures decode as images of the shape their content asks for: the top-k grid has a row per
+    shown test image for each method (its height grows with both) and is not blank."""
+    from PIL import Image
+
+    for png in ("support_cdf.png", "topk_grid.png"):
+        with Image.open(rep / png) as im:
+            a = np.asarray(im.convert("L"), np.float64)
+        assert a.std() > 1.0, png                               # something is drawn
+        if png == "topk_grid.png":          # report.figures: (k + 1) cells of 1.15 in + 1.2 in wide, a row each
+            rows = grid_images * n_methods  # of 1.15 in + 0.4 in high, for each method under each shown image
+            want = (rows * 1.15 + 0.4) / (9 * 1.15 + 1.2)
+            assert a.shape[0] / a.shape[1] == pytest.approx(want, rel=0.1), (a.shape, rows)
 
 
 def test_a_second_run_does_nothing(run):
@@ -297,7 +351,7 @@ def test_simclr_arch_reaches_its_training_rule(tmp_path):
     r = smk("-n", "-p", "--cores", "2", workdir=tmp_path,
             configfile=variant(tmp_path, lambda c: c["encoders"]["simclr"].update(arch="resnet18")))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "--encoder simclr --seed 0 --param arch=resnet18 " in r.stdout
+    assert '"arch":"resnet18"' in r.stdout and "train-encoder --settings" in r.stdout
 
 
 def test_lint_reports_nothing(tmp_path):
