@@ -52,7 +52,7 @@ from simattr import flipcurve, models, report, store, support
 
 METHODS = ("simclr/esvm", "simclr/knn_l2", "model/trak")
 METRICS = {"removal": (128, 7), "mislabel": (32, 5)}      # metric -> (k_max, bisection_steps): config/config.yaml
-RECIPE = models.Recipe(name="mlp", hidden=64, steps=100, lr=0.01, weight_decay=0.0)
+RECIPE = models.Recipe.of(name="mlp", hidden=64, steps=100, lr=0.01, weight_decay=0.0)
 SEED_SETS = (0, 1, 2, 3)
 DENSE_SEED_SET = 99
 THRESHOLD = 0.5

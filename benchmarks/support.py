@@ -8,7 +8,7 @@ Inputs (made in a temp dir, or --workdir): the bundled digits dataset, `support.
 default config's model recipe (mlp, hidden 64, 100 steps, lr 0.01; test_fraction 0.2, split_seed 0;
 flip_models 5) and --n-test sampled images (sample_seed 0); rankings from one real ranker (`knn_l2` on the
 `pixels` encoder's standardised pixels, class-conditioned: each class's sampled test images against that
-class's training images, as `stages.score_class` does), written with `store.write_scores`.
+class's training images, as `scoring.score_class` does), written with `store.write_scores`.
 
 Two arms, timed end to end (reading the inputs included; preparing them is shared and not timed):
 
@@ -16,7 +16,7 @@ Two arms, timed end to end (reading the inputs included; preparing them is share
              (0, k_max] with the fixed budget. Every probe trains EVERY seed, ONE model at a time
              (`models.train_predict(..., seeds=[s])`), with simattr's per-model seeds
              (`support.model_seed(dataset, test_index, k, seed_index)`). No journal, no early stopping, no k = 0.
-  engine     `stages.support_stage` with submitit `local` (parallelism 2: both cores; --images-per-task answers
+  engine     `answers.support_stage` with submitit `local` (parallelism 2: both cores; --images-per-task answers
              per task process, launch.images_per_task),
              early stopping, monotone_checks 0 (the released protocol has none), a fresh answers dir. Its
              protocol also probes k = 0 after a flipping k_max, answered by the full-data models (no training).
@@ -46,12 +46,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simattr import datasets, encoders, models, rankers, stages, store, support
+from simattr import answers as answers_stage, datasets, encoders, models, rankers, store, support
 from simattr.launch import LaunchSettings
 
 DATASET = "digits"
 # the default config (config/config.yaml)
-RECIPE = models.Recipe(name="mlp", hidden=64, steps=100, lr=0.01, weight_decay=0.0)
+RECIPE = models.Recipe.of(name="mlp", hidden=64, steps=100, lr=0.01, weight_decay=0.0)
 TEST_FRACTION, SPLIT_SEED, FLIP_MODELS, SAMPLE_SEED = 0.2, 0, 5, 0
 SEARCH = {"removal": (128, 7), "mislabel": (32, 5)}   # metric -> (k_max, bisection_steps)
 ENCODER, RANKER = "pixels", "knn_l2"
@@ -136,13 +136,13 @@ def run_engine(queries: str, score_files: list[str], workdir: Path, *, metric, k
     run_dir = Path(tempfile.mkdtemp(prefix="engine-", dir=workdir))     # fresh: nothing to reuse
     settings = {"dataset": DATASET, "encoder": ENCODER, "ranker": RANKER, "k_max": k_max,
                 "bisection_steps": steps, "seeds": seeds, "threshold": threshold, "early_stop": True,
-                "monotone_checks": 0, "engine": "bisection", "seed_set": 0, "model": dict(RECIPE.__dict__)}
-    launch = LaunchSettings(cluster="local", parallelism=parallelism, folder=str(run_dir / "submitit"),
-                            images_per_task=images_per_task)
+                "monotone_checks": 0, "engine": "bisection", "seed_set": 0, "model": RECIPE.identity()}
+    launch = LaunchSettings.of(cluster="local", parallelism=parallelism, folder=str(run_dir / "submitit"),
+                               images_per_task=images_per_task)
     t0 = time.perf_counter()
-    gather = stages.support_stage(queries=queries, score_files=score_files, answers_dir=str(run_dir / "answers"),
-                                  gather_out=str(run_dir / "gather.json"), metric=metric, settings=settings,
-                                  launch=launch, progress=False)
+    gather = answers_stage.support_stage(queries=queries, score_files=score_files, answers_dir=str(run_dir / "answers"),
+                                         gather_out=str(run_dir / "gather.json"), metric=metric, settings=settings,
+                                         launch=launch, progress=False)
     wall = time.perf_counter() - t0
     answers = {}
     for ans in gather["answers"]:
@@ -352,7 +352,7 @@ def main(argv=None) -> int:
     if a.json:
         out = {"settings": {"dataset": DATASET, "n_test": n_test, "metric": a.metric, "k_max": k_max,
                             "bisection_steps": steps, "seeds": a.seeds, "threshold": a.threshold,
-                            "parallelism": a.parallelism, "ranker": f"{ENCODER}/{RANKER}", "model": RECIPE.__dict__,
+                            "parallelism": a.parallelism, "ranker": f"{ENCODER}/{RANKER}", "model": RECIPE.identity(),
                             "quick": a.quick},
                "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                            "torch": torch.__version__, "torch_threads": torch.get_num_threads()},

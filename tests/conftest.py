@@ -1,5 +1,6 @@
 """Shared test settings. The tiers: `make test` runs everything (CI); `make test-fast` leaves out the tests
 marked `slow` (whole workflow runs) and `slurm` (a real cluster): the unit tests and the static workflow checks.
+Shared fixtures live here; the small data files they and the tests make, in tests/datafiles.py.
 
 The suite's device: the CPU, wherever it runs (SIMATTR_DEVICE=cpu unless set), so that its exact-bit checks
 (the same seed gives the same bits, resumed answers equal fresh ones) hold on a GPU machine too; subprocesses
@@ -10,6 +11,14 @@ import os
 import pytest
 
 os.environ.setdefault("SIMATTR_DEVICE", "cpu")
+
+
+@pytest.fixture
+def support_inputs(tmp_path):
+    """(queries.h5, score files by class) of the toy support problem (datafiles.support_inputs) in tmp_path."""
+    from datafiles import support_inputs as make
+
+    return make(tmp_path)
 
 
 def _cuda() -> bool:

@@ -80,3 +80,43 @@ def make_empty_image_folder(root: Path, n_classes: int, per_class: int, val_per_
             for i in range(k):
                 (d / f"{c}_{i}.JPEG").touch()
     return Path(root)
+
+
+def toy_blobs() -> tuple[np.ndarray, np.ndarray]:
+    """120 training rows in 5-d around 3 class centres (40 each): a problem a small MLP learns in a few steps."""
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(3, 5)) * 3
+    y = np.repeat(np.arange(3), 40)
+    X = (centers[y] + rng.normal(size=(120, 5))).astype(np.float32)
+    return X, y
+
+
+#: support settings of the toy problem (bisection; the adaptive engine's keys added where a test needs them)
+SUPPORT_SETTINGS = {"dataset": "toy", "encoder": "toy", "ranker": "knn_l2", "k_max": 40, "bisection_steps": 6,
+                    "seeds": 3, "threshold": 0.5, "early_stop": True, "monotone_checks": 0, "engine": "bisection",
+                    "model": {"name": "mlp", "hidden": 8, "steps": 40, "lr": 0.05, "weight_decay": 0.0}}
+
+
+def support_inputs(folder: Path) -> tuple[str, list[str]]:
+    """The support stage's inputs for the toy problem in `folder`: queries.h5 (4 test images, classes 0 1 2 0)
+    and one knn_l2 score file per class; (queries path, score file paths by class)."""
+    from simattr import store
+
+    X, y = toy_blobs()
+    rng = np.random.default_rng(2)
+    test_idx = np.array([0, 1, 2, 3])
+    yq = np.array([0, 1, 2, 0])
+    Xq = np.stack([X[y == c].mean(0) for c in yq]) + rng.normal(scale=0.3, size=(4, X.shape[1]))
+    store.write_arrays(folder / "queries.h5", {
+        "X_train": X, "y_train": y, "test_indices": test_idx, "X_query": Xq.astype(np.float32),
+        "y_query": yq, "flip_class": (yq + 1) % 3, "full_correct": np.ones((5, 4), np.uint8)}, {"n_classes": 3})
+    files = []
+    for c in range(3):
+        te = np.flatnonzero(yq == c)
+        tr = np.flatnonzero(y == c)
+        s = -((Xq[te][:, None] - X[tr][None]) ** 2).sum(-1)
+        f = folder / f"class-{c}.h5"
+        store.write_scores(f, test_indices=test_idx[te], train_indices=tr, scores=s, topk=tr[np.argsort(-s, 1)],
+                           attrs={"class": c, "encoder": "toy", "ranker": "knn_l2"})
+        files.append(str(f))
+    return str(folder / "queries.h5"), files

@@ -22,7 +22,7 @@ from simattr import answers, launch, support
 from simattr.launch import LaunchSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_support import SETTINGS, _support_inputs  # noqa: E402
+from datafiles import SUPPORT_SETTINGS as SETTINGS, support_inputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts" / "slurm"
@@ -140,7 +140,7 @@ def _wait_for(cond, timeout: float, what: str):
 
 
 def test_support_stage_runs_as_a_slurm_array_with_the_same_answers(slurm, tmp_path):
-    queries, files = _support_inputs(tmp_path)
+    queries, files = support_inputs(tmp_path)
     settings = _settings()
     common = dict(queries=queries, score_files=files, metric="removal", settings=settings, progress=False)
     t0 = time.perf_counter()
@@ -162,7 +162,7 @@ def test_support_stage_runs_as_a_slurm_array_with_the_same_answers(slurm, tmp_pa
 
 
 def test_a_task_that_raises_is_reported_with_its_log_while_the_rest_complete(slurm, tmp_path):
-    queries, files = _support_inputs(tmp_path)
+    queries, files = support_inputs(tmp_path)
     settings = _settings()
     units = [_unit(queries, files, tmp_path / "ans", t, settings) for t in (0, 1)]
     units.append({**units[0], "test_index": 999, "out_path": str(tmp_path / "ans" / "999.json")})
@@ -185,7 +185,7 @@ SLOW = {"steps": 80000}
 def slow_reference(tmp_path_factory):
     """The uninterrupted answer of the slow unit, computed in this process."""
     tmp = tmp_path_factory.mktemp("slow")
-    queries, files = _support_inputs(tmp)
+    queries, files = support_inputs(tmp)
     unit = _unit(queries, files, tmp / "ref", 1, _settings(**SLOW))
     t0 = time.perf_counter()
     ref = answers._answer_task(**unit)
@@ -202,7 +202,7 @@ def _check_resumed(answer: dict, ref: dict, out_path: str) -> None:
 
 def test_scontrol_requeue_of_a_running_task_resumes_from_its_journal(slurm, slow_reference, tmp_path):
     ref, ref_s = slow_reference
-    queries, files = _support_inputs(tmp_path)
+    queries, files = support_inputs(tmp_path)
     unit = _unit(queries, files, tmp_path / "ans", 1, _settings(**SLOW))
     name = f"simattr-requeue-{uuid.uuid4().hex[:6]}"
     th, box = _run_in_thread(launch.run_tasks, answers._answer_task, [unit], ["image 1"], _slurm_launch(tmp_path),
@@ -227,7 +227,7 @@ def test_scontrol_requeue_of_a_running_task_resumes_from_its_journal(slurm, slow
 def test_a_task_reaching_its_time_limit_is_checkpointed_and_resumed(slurm, slow_reference, tmp_path):
     ref, ref_s = slow_reference
     assert ref_s > 40, f"the slow unit took only {ref_s:.0f} s: too short to reach a one-minute limit"
-    queries, files = _support_inputs(tmp_path)
+    queries, files = support_inputs(tmp_path)
     unit = _unit(queries, files, tmp_path / "ans", 1, _settings(**SLOW))
     t0 = time.perf_counter()
     results, failures = launch.run_tasks(answers._answer_task, [unit], ["image 1"],

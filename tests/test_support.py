@@ -6,6 +6,8 @@ import pytest
 from simattr import models, support
 from simattr.support import Probe, bisect_support, models_needed
 
+from datafiles import SUPPORT_SETTINGS, toy_blobs
+
 
 def oracle(true_k, calls=None):
     def probe(k):
@@ -79,7 +81,7 @@ def test_models_needed_matches_training_every_model():
 
 
 def test_k0_probe_reuses_the_full_data_models_and_trains_nothing(monkeypatch):
-    X, y = _toy()
+    X, y = toy_blobs()
     calls = []
     real = models.train_predict
     monkeypatch.setattr(models, "train_predict", lambda *a, **kw: calls.append(kw["seeds"]) or real(*a, **kw))
@@ -97,17 +99,9 @@ def test_k0_probe_reuses_the_full_data_models_and_trains_nothing(monkeypatch):
     assert len(calls) == 2
 
 
-def _toy():
-    rng = np.random.default_rng(1)
-    centers = rng.normal(size=(3, 5)) * 3
-    y = np.repeat(np.arange(3), 40)
-    X = (centers[y] + rng.normal(size=(120, 5))).astype(np.float32)
-    return X, y
-
-
 @pytest.mark.parametrize("metric", ["removal", "mislabel"])
 def test_early_stopping_keeps_every_decision(metric):
-    X, y = _toy()
+    X, y = toy_blobs()
     q = X[0] + 0.1
     ranking = np.argsort(((X - q) ** 2).sum(1))
     ranking = ranking[y[ranking] == 0]
@@ -122,43 +116,15 @@ def test_early_stopping_keeps_every_decision(metric):
         assert a.n_models == 5 and 1 <= b.n_models <= 5
 
 
-def _support_inputs(tmp_path):
-    from simattr import store
-
-    X, y = _toy()
-    rng = np.random.default_rng(2)
-    test_idx = np.array([0, 1, 2, 3])
-    yq = np.array([0, 1, 2, 0])
-    Xq = np.stack([X[y == c].mean(0) for c in yq]) + rng.normal(scale=0.3, size=(4, X.shape[1]))
-    store.write_arrays(tmp_path / "queries.h5", {
-        "X_train": X, "y_train": y, "test_indices": test_idx, "X_query": Xq.astype(np.float32),
-        "y_query": yq, "flip_class": (yq + 1) % 3, "full_correct": np.ones((5, 4), np.uint8)}, {"n_classes": 3})
-    files = []
-    for c in range(3):
-        te = np.flatnonzero(yq == c)
-        tr = np.flatnonzero(y == c)
-        s = -((Xq[te][:, None] - X[tr][None]) ** 2).sum(-1)
-        f = tmp_path / f"class-{c}.h5"
-        store.write_scores(f, test_indices=test_idx[te], train_indices=tr, scores=s, topk=tr[np.argsort(-s, 1)],
-                           attrs={"class": c, "encoder": "toy", "ranker": "knn_l2"})
-        files.append(str(f))
-    return str(tmp_path / "queries.h5"), files
-
-
-SETTINGS = {"dataset": "toy", "encoder": "toy", "ranker": "knn_l2", "k_max": 40, "bisection_steps": 6,
-            "seeds": 3, "threshold": 0.5, "early_stop": True, "monotone_checks": 0, "engine": "bisection",
-            "model": {"name": "mlp", "hidden": 8, "steps": 40, "lr": 0.05, "weight_decay": 0.0}}
-
-
 @pytest.mark.parametrize("metric", ["removal", "mislabel"])
-def test_support_stage_answers_every_image_and_resumes_without_retraining(metric, tmp_path):
+def test_support_stage_answers_every_image_and_resumes_without_retraining(metric, tmp_path, support_inputs):
     from simattr import answers, store
     from simattr.launch import LaunchSettings
 
-    queries, files = _support_inputs(tmp_path)
+    queries, files = support_inputs
     launch = LaunchSettings.of(cluster="debug", folder=str(tmp_path / "submitit"))
     kw = dict(queries=queries, score_files=files, answers_dir=str(tmp_path / "answers"), metric=metric,
-              settings=SETTINGS, launch=launch, progress=False)
+              settings=SUPPORT_SETTINGS, launch=launch, progress=False)
     g1 = answers.support_stage(gather_out=str(tmp_path / "g1.json"), **kw)
     assert [a["test_index"] for a in g1["answers"]] == [0, 1, 2, 3]
     for a in g1["answers"]:
@@ -177,19 +143,21 @@ def test_support_stage_answers_every_image_and_resumes_without_retraining(metric
     assert strip(g2["answers"][2]) == strip(g1["answers"][2])
     assert g2["answers"][2]["models_reused"] == g2["answers"][2]["trainings"]   # all from its journal
     # other settings: recomputed, not reused
-    g3 = answers.support_stage(gather_out=str(tmp_path / "g3.json"), **{**kw, "settings": {**SETTINGS, "seeds": 5}})
+    g3 = answers.support_stage(gather_out=str(tmp_path / "g3.json"), **{**kw, "settings": {**SUPPORT_SETTINGS, "seeds": 5}})
     assert g3["answers"][1]["wall_s"] != -1.0
 
 
-def test_several_images_per_task_give_the_same_answers_and_isolate_a_failing_image(tmp_path, monkeypatch):
+def test_several_images_per_task_give_the_same_answers_and_isolate_a_failing_image(tmp_path, monkeypatch,
+                                                                                   support_inputs):
     from simattr import answers
     from simattr.errors import SimattrError
     from simattr.launch import LaunchSettings
 
-    queries, files = _support_inputs(tmp_path)
-    kw = dict(queries=queries, score_files=files, metric="removal", settings=SETTINGS, progress=False)
+    queries, files = support_inputs
+    kw = dict(queries=queries, score_files=files, metric="removal", settings=SUPPORT_SETTINGS, progress=False)
     one = answers.support_stage(answers_dir=str(tmp_path / "a1"), gather_out=str(tmp_path / "g1.json"),
-                               launch=LaunchSettings.of(cluster="debug", folder=str(tmp_path / "s1"), images_per_task=1), **kw)
+                               launch=LaunchSettings.of(cluster="debug", folder=str(tmp_path / "s1"),
+                                                        images_per_task=1), **kw)
     three = LaunchSettings.of(cluster="debug", folder=str(tmp_path / "s3"), images_per_task=3)
     got = answers.support_stage(answers_dir=str(tmp_path / "a3"), gather_out=str(tmp_path / "g3.json"),
                                launch=three, **kw)
@@ -232,12 +200,12 @@ def test_search_reports_zero_when_the_image_flips_without_any_change():
     assert found is None and [p.k for p in probes] == [64]
 
 
-def test_an_answer_is_recomputed_when_its_ranking_changes(tmp_path):
+def test_an_answer_is_recomputed_when_its_ranking_changes(tmp_path, support_inputs):
     from simattr import store
 
-    queries, files = _support_inputs(tmp_path)
+    queries, files = support_inputs
     unit = dict(queries_path=queries, scores_path=files[0], out_path=str(tmp_path / "a" / "0.json"),
-                test_index=0, metric="removal", settings=SETTINGS)
+                test_index=0, metric="removal", settings=SUPPORT_SETTINGS)
     first = support.answer(**unit)
     assert support.expected_answer(**unit) == first
     sc = store.read_scores(files[0])
@@ -251,7 +219,7 @@ def test_an_answer_is_recomputed_when_its_ranking_changes(tmp_path):
 def test_threshold_of_one_is_refused():
     from simattr.errors import SimattrError
 
-    X, y = _toy()
+    X, y = toy_blobs()
     with pytest.raises(SimattrError, match="threshold"):
         support.make_probe(X_train=X, y_train=y, x_query=X[0], label=0, ranking=np.arange(10), metric="removal",
                            flip_class=None, n_classes=3, recipe=models.Recipe.of(), seeds=3, threshold=1.0,
@@ -259,11 +227,12 @@ def test_threshold_of_one_is_refused():
 
 
 @pytest.mark.parametrize("engine", ["bisection", "adaptive"])
-def test_a_task_killed_midway_resumes_from_its_journal_without_training_a_model_twice(engine, tmp_path, monkeypatch):
+def test_a_task_killed_midway_resumes_from_its_journal_without_training_a_model_twice(engine, tmp_path, monkeypatch,
+                                                                                     support_inputs):
     import json
 
-    queries, files = _support_inputs(tmp_path)
-    settings = SETTINGS if engine == "bisection" else ADAPTIVE
+    queries, files = support_inputs
+    settings = SUPPORT_SETTINGS if engine == "bisection" else ADAPTIVE
     unit = dict(queries_path=queries, scores_path=files[0], test_index=0, metric="removal", settings=settings)
     clean = support.answer(out_path=str(tmp_path / "clean" / "0.json"), **unit)
     assert clean["trainings"] > 4
@@ -297,14 +266,14 @@ def test_a_task_killed_midway_resumes_from_its_journal_without_training_a_model_
     assert len(keys) == len(set(keys)) == clean["trainings"]       # no model trained twice
 
 
-ADAPTIVE = {**{k: v for k, v in SETTINGS.items() if k not in ("bisection_steps", "seeds", "early_stop",
+ADAPTIVE = {**{k: v for k, v in SUPPORT_SETTINGS.items() if k not in ("bisection_steps", "seeds", "early_stop",
                                                                  "monotone_checks")},
             "engine": "adaptive", "seeds_min": 3, "seeds_max": 7, "max_models": 24, "confidence": 0.9}
 
 
-def test_seed_set_changes_every_model_seed_and_nothing_else(tmp_path, monkeypatch):
+def test_seed_set_changes_every_model_seed_and_nothing_else(tmp_path, monkeypatch, support_inputs):
     assert support.model_seed("toy", 3, 5, 1) == support.model_seed("toy", 3, 5, 1, seed_set=0)
-    queries, files = _support_inputs(tmp_path)
+    queries, files = support_inputs
     seen = {}
     real = models.train_predict
 
@@ -329,8 +298,8 @@ def test_seed_set_changes_every_model_seed_and_nothing_else(tmp_path, monkeypatc
     assert k0[0]["full_data_models"] == k0[0]["n_models"] and (k0[1] is None or "full_data_models" not in k0[1])
 
 
-def test_an_adaptive_answer_records_its_curve_interval_and_both_readings(tmp_path):
-    queries, files = _support_inputs(tmp_path)
+def test_an_adaptive_answer_records_its_curve_interval_and_both_readings(tmp_path, support_inputs):
+    queries, files = support_inputs
     a = support.answer(queries_path=queries, scores_path=files[0], out_path=str(tmp_path / "0.json"), test_index=0,
                        metric="removal", settings=ADAPTIVE)
     assert a["engine"] == "adaptive" and a["trainings"] <= ADAPTIVE["max_models"]
@@ -365,11 +334,11 @@ def test_bad_support_settings_are_one_line_config_errors(change, message):
     assert "\n" not in str(e.value)
 
 
-def test_replicates_answer_every_image_under_each_seed_set_and_resume(tmp_path):
+def test_replicates_answer_every_image_under_each_seed_set_and_resume(tmp_path, support_inputs):
     from simattr import answers, store
     from simattr.launch import LaunchSettings
 
-    queries, files = _support_inputs(tmp_path)
+    queries, files = support_inputs
     kw = dict(queries=queries, score_files=files, answers_dir=str(tmp_path / "answers"), metric="removal",
               settings={**ADAPTIVE, "seed_set": 4}, progress=False,
               launch=LaunchSettings.of(cluster="debug", folder=str(tmp_path / "submitit")))

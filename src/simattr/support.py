@@ -552,7 +552,7 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
     flip = inputs["flip_class"] if metric == "mislabel" else None
     threshold = float(settings["threshold"])
     journal = Journal(journal_path(out_path), a_hash)
-    bank = ModelBank.for_answer(inputs, metric=metric, recipe=models.Recipe(**settings["model"]),
+    bank = ModelBank.for_answer(inputs, metric=metric, recipe=models.Recipe.from_settings(settings["model"]),
                                 dataset=settings["dataset"], test_index=test_index,
                                 seed_set=int(settings["seed_set"]), journal=journal)
     checks: list[Probe] = []
