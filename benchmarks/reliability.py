@@ -26,7 +26,7 @@ reference, and each arm's distance to it and each answer's 90% interval's covera
 Printed per method, metric and arm: test-retest over every pair of seed sets (Spearman over images; median,
 mean and 90th-percentile relative difference |a - b| / max(a, b) over images both flipped; flipped-or-not
 disagreements and identical answers per pair), mean models per answer and wall per answer; how often one seed
-set's median support lies inside the 95% interval the report (report.summarize: two-level bootstrap over
+set's median support lies inside the 95% interval the report (report.statistics.summarize: two-level bootstrap over
 images and models) computes from another seed set; the distance to the reference and the coverage; the
 pairwise win rate knn_l2 vs esvm under each seed set with the report's paired test; and the frontier (models
 per answer against agreement) per arm. Records are cached per unit in --results/bench-cache (a rerun resumes,
@@ -48,7 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simattr import flipcurve, models, report, store, support
+from simattr import flipcurve, models, store, support
+from simattr.report import statistics
 
 METHODS = ("simclr/esvm", "simclr/knn_l2", "model/trak")
 METRICS = {"removal": (128, 7), "mislabel": (32, 5)}      # metric -> (k_max, bisection_steps): config/config.yaml
@@ -166,11 +167,11 @@ def _fmt(x, d=3):
 
 
 def _report_ci(method: str, metric: str, k_max: int, answers: list[dict], arm: str, n_boot: int) -> tuple:
-    """The report's 95% interval of the median support from one seed set's answers (report.summarize)."""
+    """The report's 95% interval of the median support from one seed set's answers (report.statistics.summarize)."""
     g = {"dataset": "digits", "encoder": method.split("/")[0], "ranker": method.split("/")[1], "metric": metric,
          "k_max": k_max, "answers": answers,
          "settings": {"engine": "adaptive" if arm.startswith("adaptive") else "bisection"}}
-    row = report.summarize([g], n_boot=n_boot, seed=0)[0]
+    row = statistics.summarize([g], n_boot=n_boot, seed=0)[0]
     lo = math.inf if row["ci_low_censored"] else row["ci_low"]
     hi = math.inf if row["ci_high_censored"] or row["ci_high"] is None else row["ci_high"]
     return lo, hi
@@ -198,7 +199,7 @@ def summarise(units: list[dict], n_boot: int) -> dict:
             k_max = mine[0]["k_max"]
             for arm in arms():
                 by = {s: [u["arms"][arm][str(s)] for u in mine] for s in SEED_SETS}
-                rts = [report.retest_agreement(by[a], by[b], k_max) for a, b in pairs]
+                rts = [statistics.retest_agreement(by[a], by[b], k_max) for a, b in pairs]
                 rel = [x for r in rts for x in r["rel_diffs"]]
                 models_per = float(np.mean([a["trainings"] for s in SEED_SETS for a in by[s]]))
                 cell = {"metric": metric, "method": method, "arm": arm, "n": len(mine), "pairs": len(pairs),
@@ -246,7 +247,7 @@ def summarise(units: list[dict], n_boot: int) -> dict:
                                    "ranker": method.split("/")[1], "metric": metric, "k_max": mine[0]["k_max"],
                                    "answers": [u["arms"][arm][s] for u in mine]})
                 if len(gs) == 2:
-                    w = [r for r in report.win_rates(gs, n_boot=n_boot, seed=0)
+                    w = [r for r in statistics.win_rates(gs, n_boot=n_boot, seed=0)
                          if r["method_a"] == "simclr/knn_l2"][0]
                     out["wins"].append({"metric": metric, "arm": arm, "seed_set": int(s), **w})
     for arm in arms():
