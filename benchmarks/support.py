@@ -201,7 +201,7 @@ def bitwise_batching(rel: dict, seeds: int) -> dict:
         single_s += [m["train_s"] for m in kept]
         for n in sorted({min(2, seeds), min(3, seeds), seeds}):
             t0 = time.perf_counter()
-            with models._one_blas_thread():
+            with models.one_blas_thread():
                 params = models.train_mlp(X, y, [m["seed"] for m in kept[:n]], rel["n_classes"],
                                           hidden=RECIPE.hidden, steps=RECIPE.steps, lr=RECIPE.lr,
                                           weight_decay=RECIPE.weight_decay)

@@ -88,9 +88,9 @@ def test_hand_run_with_a_config_gets_the_workflows_settings(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("support: {n_test: 7}\nmodel: {hidden: 8}\n")
     a = build_parser().parse_args(["queries", "--config", str(cfg), "--out", "q.h5"])
-    from simattr.cli import _settings
+    from simattr.cli import job_settings
 
-    s = _settings(a, "queries", ())
+    s = job_settings(a, "queries", ())
     assert s.n_test == 7 and s.model == Recipe.of(hidden=8) and s.flip_models == settings.defaults()["support"][
         "flip_models"]
 

@@ -166,7 +166,7 @@ def test_a_task_that_raises_is_reported_with_its_log_while_the_rest_complete(slu
     settings = _settings()
     units = [_unit(queries, files, tmp_path / "ans", t, settings) for t in (0, 1)]
     units.append({**units[0], "test_index": 999, "out_path": str(tmp_path / "ans" / "999.json")})
-    results, failures = launch.run_tasks(answers._answer_task, units, ["image 0", "image 1", "image 999"],
+    results, failures = launch.run_tasks(answers.answer_task, units, ["image 0", "image 1", "image 999"],
                                          _slurm_launch(tmp_path), name=f"simattr-fail-{uuid.uuid4().hex[:6]}",
                                          progress=False)
     assert results[0]["test_index"] == 0 and results[1]["test_index"] == 1 and results[2] is None
@@ -188,7 +188,7 @@ def slow_reference(tmp_path_factory):
     queries, files = support_inputs(tmp)
     unit = _unit(queries, files, tmp / "ref", 1, _settings(**SLOW))
     t0 = time.perf_counter()
-    ref = answers._answer_task(**unit)
+    ref = answers.answer_task(**unit)
     return ref, time.perf_counter() - t0
 
 
@@ -205,7 +205,7 @@ def test_scontrol_requeue_of_a_running_task_resumes_from_its_journal(slurm, slow
     queries, files = support_inputs(tmp_path)
     unit = _unit(queries, files, tmp_path / "ans", 1, _settings(**SLOW))
     name = f"simattr-requeue-{uuid.uuid4().hex[:6]}"
-    th, box = _run_in_thread(launch.run_tasks, answers._answer_task, [unit], ["image 1"], _slurm_launch(tmp_path),
+    th, box = _run_in_thread(launch.run_tasks, answers.answer_task, [unit], ["image 1"], _slurm_launch(tmp_path),
                              name=name, progress=False)
     job = _job_of(name)
     journal = support.journal_path(unit["out_path"])
@@ -230,7 +230,7 @@ def test_a_task_reaching_its_time_limit_is_checkpointed_and_resumed(slurm, slow_
     queries, files = support_inputs(tmp_path)
     unit = _unit(queries, files, tmp_path / "ans", 1, _settings(**SLOW))
     t0 = time.perf_counter()
-    results, failures = launch.run_tasks(answers._answer_task, [unit], ["image 1"],
+    results, failures = launch.run_tasks(answers.answer_task, [unit], ["image 1"],
                                          # SLURM checks limits every 30 s, so the signal may come up to 30 s early:
                                          # with a 20 s delay it comes 10-40 s into each run, before the kill
                                          _slurm_launch(tmp_path, timeout_min=1, signal_delay_s=20, max_requeues=10),

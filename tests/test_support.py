@@ -170,14 +170,14 @@ def test_several_images_per_task_give_the_same_answers_and_isolate_a_failing_ima
                                launch=shared, **kw)
     assert [strip(a) for a in got["answers"]] == [strip(a) for a in one["answers"]]
     # image 1 raises inside the first task (images 0, 1, 2): 0 and 2 are still answered and kept
-    real = answers._answer_task
+    real = answers.answer_task
 
     def flaky(**u):
         if u["test_index"] == 1:
             raise ValueError("disk on fire")
         return real(**u)
 
-    monkeypatch.setattr(answers, "_answer_task", flaky)
+    monkeypatch.setattr(answers, "answer_task", flaky)
     with pytest.raises(SimattrError, match=r"test image 1: ValueError: disk on fire"):
         answers.support_stage(answers_dir=str(tmp_path / "af"), gather_out=str(tmp_path / "gf.json"),
                              launch=LaunchSettings.of(cluster="debug", folder=str(tmp_path / "sf"), images_per_task=3),

@@ -14,6 +14,7 @@ Importing this module does not import torch.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -32,6 +33,18 @@ def claim(job: str, gpus: int, check: bool = True) -> None:
     _job.update(name=str(job), gpus=int(gpus))
     if gpus > 0 and check:
         default_device()
+
+
+@contextlib.contextmanager
+def claimed(job: str, gpus: int):
+    """claim(job, gpus, check=False) for a block (a task run inside this process); the claim before it is
+    restored after."""
+    old = dict(_job)
+    claim(job, gpus, check=False)
+    try:
+        yield
+    finally:
+        _job.update(old)
 
 
 def visible_devices() -> str | None:

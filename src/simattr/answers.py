@@ -13,7 +13,7 @@ from .errors import SimattrError
 log = logging.getLogger("simattr")
 
 
-def _answer_task(**kw):
+def answer_task(**kw):
     from . import support
 
     return support.answer(**kw)
@@ -27,19 +27,19 @@ def _answer_chunk(units: list[dict], at_once: int = 1, threads: int = 1, name: s
     naming each failed image (the others are written and a rerun reuses them)."""
     out, errors = [], []
 
-    def failed(u, e):
-        log.error("test image %s failed: %s", u["test_index"], e)
+    def failed(u, e):                     # called in its except block: the log gets the traceback
+        log.exception("test image %s failed", u["test_index"])
         errors.append(f"test image {u['test_index']}: {type(e).__name__}: {e}")
 
     if at_once > 1 and len(units) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        from .launch import _Task
+        from .launch import Task
 
         # spawn: a fresh interpreter (no CUDA state or locks inherited from this process)
         with ProcessPoolExecutor(min(at_once, len(units)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = [(u, pool.submit(_Task(_answer_task, threads, name, gpus), u)) for u in units]
+            jobs = [(u, pool.submit(Task(answer_task, threads, name, gpus), u)) for u in units]
             for u, job in jobs:
                 try:
                     out.append(job.result())
@@ -48,10 +48,9 @@ def _answer_chunk(units: list[dict], at_once: int = 1, threads: int = 1, name: s
     else:
         for u in units:
             try:
-                out.append(_answer_task(**u))
+                out.append(answer_task(**u))
             except Exception as e:  # noqa: BLE001 - reported below, with the image it belongs to
-                log.exception("test image %s failed", u["test_index"])
-                errors.append(f"test image {u['test_index']}: {type(e).__name__}: {e}")
+                failed(u, e)
     if errors:
         raise SimattrError(f"{len(errors)} of {len(units)} answers of this task failed: " + "; ".join(errors))
     return out

@@ -36,7 +36,7 @@ class Command:
     wildcards: tuple[str, ...] = ()
 
 
-def _settings(a: argparse.Namespace, job: str, wildcards: tuple[str, ...]):
+def job_settings(a: argparse.Namespace, job: str, wildcards: tuple[str, ...]):
     """The job's settings: --settings JSON (the workflow's way) or built from --config FILE (by hand; the
     schema's defaults fill what the file leaves out)."""
     from . import settings
@@ -296,7 +296,7 @@ def run(argv: list[str] | None = None) -> int:
 
     accel.claim(f"simattr {a.cmd}" + (f" (log {a.log})" if a.log else ""), a.gpus)
     c = COMMANDS[a.cmd]
-    c.run(a, _settings(a, c.name, c.wildcards), not a.no_progress)
+    c.run(a, job_settings(a, c.name, c.wildcards), not a.no_progress)
     if a.log:
         _write_usage(a.log, a.cmd, t0)
     return 0

@@ -69,7 +69,7 @@ class Failure:
         return f"{self.label}: {self.error} (log: {self.log})"
 
 
-class _Task(_Checkpointable):
+class Task(_Checkpointable):
     """Picklable callable: limit BLAS and torch threads to the task's cores, say which GPUs the task was given
     (accel: a network task that finds no usable CUDA then stops in one line), then call fn(**kwargs).
     `visible`: the CUDA_VISIBLE_DEVICES of a local task (the launcher spreads local tasks over the machine's
@@ -90,8 +90,6 @@ class _Task(_Checkpointable):
 
         if self.visible is not None:              # before torch starts CUDA in this process
             os.environ["CUDA_VISIBLE_DEVICES"] = self.visible
-        old_job = dict(accel._job)
-        accel.claim(f"{self.name} task", self.gpus, check=False)
         # threadpool_limits reaches only the libraries loaded now; torch is usually imported later, inside fn,
         # and would size its pool from OMP_NUM_THREADS (Snakemake sets it to the whole support job's threads)
         old_env, torch = os.environ.get("OMP_NUM_THREADS"), sys.modules.get("torch")
@@ -100,10 +98,9 @@ class _Task(_Checkpointable):
         if torch is not None:
             torch.set_num_threads(self.threads)
         try:
-            with threadpool_limits(limits=self.threads):
+            with accel.claimed(f"{self.name} task", self.gpus), threadpool_limits(limits=self.threads):
                 return self.fn(**kwargs)
         finally:                                  # `debug` runs tasks in this process: leave it as it was
-            accel._job.update(old_job)
             if old_env is None:
                 os.environ.pop("OMP_NUM_THREADS", None)
             else:
@@ -192,7 +189,7 @@ def run_tasks(fn: Callable[..., Any], units: list[dict], labels: list[str], sett
 
     Results of failed units are None. Failures carry the task's log path.
     """
-    task = _Task(fn, settings.cpus_per_task, name, settings.gpus_per_node)
+    task = Task(fn, settings.cpus_per_task, name, settings.gpus_per_node)
     results: list[Any] = [None] * len(units)
     failures: list[Failure] = []
     if not units:
@@ -232,7 +229,7 @@ def run_tasks(fn: Callable[..., Any], units: list[dict], labels: list[str], sett
                 i = queue.pop(0)
                 if slots is not None:
                     held[i] = slots.take()
-                    running[i] = ex.submit(_Task(fn, settings.cpus_per_task, name, settings.gpus_per_node,
+                    running[i] = ex.submit(Task(fn, settings.cpus_per_task, name, settings.gpus_per_node,
                                                  ",".join(held[i])), units[i])
                 else:
                     running[i] = ex.submit(task, units[i])

@@ -62,7 +62,7 @@ class Recipe(Named):
 _BLAS = None
 
 
-def _one_blas_thread():
+def one_blas_thread():
     """BLAS pinned to one thread: a model's bits then never depend on the cores its task was given."""
     global _BLAS
     if _BLAS is None:
@@ -188,7 +188,7 @@ def train_predict(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, 
         return np.stack([train_predict_cnn(X_train, y_train, X_eval, int(s), n_classes, recipe, device=device,
                                            logits=logits) for s in seeds])
     predict = predict_logits if logits else predict_mlp
-    with _one_blas_thread():
+    with one_blas_thread():
         out = [predict(_train_one_mlp(X_train, y_train, int(s), n_classes, recipe), X_eval)[0] for s in seeds]
         return np.stack(out)
 
@@ -480,7 +480,7 @@ def train_state(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe:
         dev = torch.device(device) if device is not None else default_device()
         net = _train_cnn(X_train, y_train, int(seed), n_classes, recipe, dev)
         return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with _one_blas_thread():
+    with one_blas_thread():
         w1, b1, w2, b2 = (p[0] for p in _train_one_mlp(X_train, y_train, int(seed), n_classes, recipe))
     return {k: torch.from_numpy(np.ascontiguousarray(v))
             for k, v in (("0.weight", w1.T), ("0.bias", b1[0]), ("2.weight", w2.T), ("2.bias", b2[0]))}
