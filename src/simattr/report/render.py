@@ -63,6 +63,14 @@ def _csv_cell(row: Mapping[str, Any], col: str) -> str:
     return _fmt(row.get(col), 3)
 
 
+def _by_metric(items: Sequence[Mapping[str, Any]], metrics: Sequence[str]):
+    """(metric, its items) for each metric in order that has any."""
+    for metric in metrics:
+        mine = [x for x in items if x["metric"] == metric]
+        if mine:
+            yield metric, mine
+
+
 def _md_table(header: Sequence[str], body: Sequence[Sequence[str]], align: Sequence[str] | None = None) -> str:
     align = align or ["l"] + ["r"] * (len(header) - 1)
     sep = [":---" if a == "l" else "---:" for a in align]
@@ -108,10 +116,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[st
     out += ["## Support size", ""]
     if not rows:
         out += ["No support answers.", ""]
-    for metric in metrics:
-        mine = [r for r in rows if r["metric"] == metric]
-        if not mine:
-            continue
+    for metric, mine in _by_metric(rows, metrics):
         body = []
         for r in mine:
             med = _support_value(r, "median_support", "median_censored")
@@ -138,10 +143,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[st
             "or another sample of test images could reverse it.", ""]
     if not wins:
         out += ["Fewer than two methods per metric; no win rates.", ""]
-    for metric in metrics:
-        mine = [w for w in wins if w["metric"] == metric]
-        if not mine:
-            continue
+    for metric, mine in _by_metric(wins, metrics):
         names = sorted({w["method_a"] for w in mine} | {w["method_b"] for w in mine})
         cell = {(w["method_a"], w["method_b"]): w for w in mine}
         body = []
