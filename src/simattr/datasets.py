@@ -245,7 +245,7 @@ class Stream:
                 _Batches(split, labels), batch_size=None, sampler=self.order, num_workers=self.workers,
                 pin_memory=pin, persistent_workers=True, prefetch_factor=2,
                 multiprocessing_context=multiprocessing.get_context(context) if context else None)
-        self._direct = _Batches(split, labels)
+        self._direct = None if self._loader is not None else _Batches(split, labels)
         self.pin = pin
 
     def __call__(self, index):
