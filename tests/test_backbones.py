@@ -91,16 +91,20 @@ def test_every_layout_gives_the_backbones_features(tmp_path, wrap, layout):
 def test_encoder_state_round_trip_and_grayscale(tmp_path):
     ckpt = tmp_path / "moco.pth.tar"
     torch.save(moco_v2(reference_net()), ckpt)
-    params = {**encoders.DEFAULT_PARAMS["resnet"], "arch": "resnet18", "checkpoint": str(ckpt), "feature": "pool3"}
-    state = encoders.from_checkpoint(params)
-    encoders.save_state(state, tmp_path / "resnet.pt")
-    loaded = encoders.load_state(tmp_path / "resnet.pt", expect_name="resnet")
+    params = {"arch": "resnet18", "checkpoint": str(ckpt), "layout": "auto", "feature": "pool3",
+              "normalize": "imagenet"}
+    enc = encoders.ResNet.from_checkpoint(params)
+    enc.save(tmp_path / "resnet.pt")
+    raw = torch.load(tmp_path / "resnet.pt", weights_only=True)
+    assert list(raw) == ["encoder", "params", "input_shape", "seed", "backbone", "cifar_stem", "layout_found"]
+    assert raw["layout_found"] == "moco_v2" and raw["cifar_stem"] is False and raw["input_shape"] == [3, 1, 1]
+    loaded = encoders.ResNet.from_state(tmp_path / "resnet.pt")
     gray = np.random.default_rng(1).random((3, 1, 16, 16), dtype=np.float32)
-    f1 = encoders.encode(loaded, gray, batch_size=2)
-    f2 = encoders.encode(state, np.repeat(gray, 3, axis=1))
-    assert f1.shape == (3, 256) and np.allclose(f1, f2, atol=1e-5)
+    f1 = loaded.encode(gray, batch_size=2)
+    f2 = enc.encode(np.repeat(gray, 3, axis=1))
+    assert f1.shape == (3, 256) and loaded.dim == 256 and np.allclose(f1, f2, atol=1e-5)
     with pytest.raises(SimattrError, match="pretrained"):
-        encoders.fit("resnet", gray, np.zeros(3, int), params, seed=0)
+        encoders.ResNet.fit(gray, np.zeros(3, int), params, seed=0)
 
 
 def test_foreign_keys_are_named(tmp_path):

@@ -148,9 +148,9 @@ def test_embedding_with_decoding_workers_matches_in_process(tmp_path):
 
     root = make_image_folder(tmp_path / "f", per_class=5)
     part = load_split(Spec("imagefolder", root=str(root), image_size=8), "train")
-    state = encoders.fit("pixels", part.images, part.labels, {}, seed=0, progress=False)
-    a = embedding._encode_range(state, part, 2, 13, 4, False, "test", workers=0)
-    b = embedding._encode_range(state, part, 2, 13, 4, False, "test", workers=2)
+    enc = encoders.Pixels.fit(part.images, part.labels, {}, seed=0, progress=False)
+    a = embedding._encode_range(enc, part, 2, 13, 4, False, "test", workers=0)
+    b = embedding._encode_range(enc, part, 2, 13, 4, False, "test", workers=2)
     assert a.shape == (11, 3 * 8 * 8) and np.array_equal(a, b)
 
 
@@ -166,17 +166,16 @@ def test_split_indexing_selects_without_decoding(tmp_path):
     np.testing.assert_array_equal(sub[[2, 0]].images, tr.load([3, 1]))
 
 
-def _resnet_state(tmp_path):
+def _resnet_params(tmp_path):
+    """The resnet encoder's params, for a random ResNet-18 checkpoint written here."""
     import torch
     import torchvision
-
-    from simattr import encoders
 
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None).eval()
     torch.save(net.state_dict(), tmp_path / "r18.pth")
-    params = {**encoders.DEFAULT_PARAMS["resnet"], "arch": "resnet18", "checkpoint": str(tmp_path / "r18.pth")}
-    return encoders.from_checkpoint(params)
+    return {"arch": "resnet18", "checkpoint": str(tmp_path / "r18.pth"), "layout": "auto", "feature": "pool",
+            "normalize": "imagenet"}
 
 
 @pytest.mark.parametrize("dataset", ["imagefolder", "cifar10"])
@@ -205,28 +204,30 @@ def test_streamed_batches_are_uint8_and_give_the_features_of_float_images(datase
             np.testing.assert_array_equal(torch.cat([y for _, y in got]).numpy(), part.labels[order])
     finally:
         stream.close()
-    state = _resnet_state(tmp_path)
-    before = encoders.encode(state, part.images, batch_size=4)          # float32 images, as before
+    enc = encoders.ResNet.from_checkpoint(_resnet_params(tmp_path))
+    before = enc.encode(part.images, batch_size=4)                      # float32 images, as before
     for workers in (0, 2):
-        after = embedding._encode_range(state, part, 0, len(part), 4, False, "t", workers=workers)
+        after = embedding._encode_range(enc, part, 0, len(part), 4, False, "t", workers=workers)
         np.testing.assert_array_equal(after, before)
 
 
 def test_an_embed_job_builds_its_network_once(tmp_path, monkeypatch):
-    from simattr import embedding, encoders
+    import simattr.backbones as bb
+    from simattr import embedding
 
     spec = Spec("imagefolder", root=str(make_image_folder(tmp_path / "f", per_class=6)), image_size=16)
-    state = _resnet_state(tmp_path)
-    encoders.save_state(state, tmp_path / "resnet.pt")
-    monkeypatch.setattr(embedding, "_encoder_state", lambda *a, **k: (state, {"x": 1}))
-    import simattr.backbones as bb
-
+    state, shard = str(tmp_path / "resnet.pt"), str(tmp_path / "shard.h5")
+    embedding.train_encoder(data=spec, encoder="resnet", params=_resnet_params(tmp_path), seed=0, out=state,
+                            progress=False)
     builds = []
-    real = bb.Features.__init__
-    monkeypatch.setattr(bb.Features, "__init__", lambda self, *a, **k: (builds.append(1), real(self, *a, **k))[1])
+    real = bb.resnet
+    monkeypatch.setattr(bb, "resnet", lambda *a, **k: (builds.append(1), real(*a, **k))[1])
     embedding.embed_shard(data=spec, encoder="resnet", split="train", shard=0, shard_size=0, batch_size=3,
-                       out=str(tmp_path / "shard.h5"), progress=False)
-    assert len(builds) == 1                                # 18 images in 6 batches: one network
+                          out=shard, state_path=state, progress=False)
+    assert len(builds) == 1              # the state file read and checked, 18 images in 6 batches: one network
+    embedding.embed_index(data=spec, encoder="resnet", split="train", shards=[shard],
+                          out=str(tmp_path / "index.json"), state_path=state)
+    assert len(builds) == 1              # the manifest reads the state's settings only
 
 
 @pytest.mark.cuda

@@ -31,14 +31,17 @@ def data():
 @pytest.fixture(scope="module")
 def states(data):
     x, y, _ = data
-    return {name: E.fit(name, x, y, TINY[name], seed=3, progress=False) for name in TINY}
+    return {name: E.get(name).fit(x, y, TINY[name], seed=3, progress=False) for name in TINY}
 
 
 def test_registry_names():
     assert E.ENCODERS == ("pixels", "simclr", "supervised", "resnet")
     assert E.TRAINABLE == ("simclr", "supervised", "resnet")
-    for name in E.ENCODERS:
-        assert set(E.DEFAULT_PARAMS[name]) == set(E.PARAM_KEYS[name])
+    assert [E.get(n) for n in E.ENCODERS] == [E.Pixels, E.SimCLR, E.Supervised, E.ResNet]
+    assert all(issubclass(k, E.Encoder) and k.name == n for n, k in E.KINDS.items())
+    assert not hasattr(E, "DEFAULT_PARAMS")
+    for name in TINY:
+        assert set(E.get(name).param_keys) == set(TINY[name])
 
 
 def test_import_does_not_import_torch():
@@ -53,14 +56,14 @@ def test_import_does_not_import_torch():
 def test_unknown_encoder_lists_valid_names(data, tmp_path):
     x, y, _ = data
     with pytest.raises(SimattrError) as e:
-        E.fit("vit", x, y, {}, seed=0, progress=False)
+        E.get("vit")
     for name in E.ENCODERS:
         assert name in str(e.value)
     assert "vit" in str(e.value)
     with pytest.raises(SimattrError, match="pixels, simclr, supervised, resnet"):
-        E.load_state(tmp_path / "x.pt", "vit")
+        E.read_state(tmp_path / "x.pt", "vit")
     with pytest.raises(SimattrError, match="pixels, simclr, supervised, resnet"):
-        E.encode({"encoder": "vit"}, x)
+        E.Encoder.from_state({"encoder": "vit"})
 
 
 @pytest.mark.parametrize("name,bad,word", [
@@ -76,22 +79,22 @@ def test_unknown_encoder_lists_valid_names(data, tmp_path):
 def test_bad_params_raise(data, name, bad, word):
     x, y, _ = data
     with pytest.raises(SimattrError, match=word):
-        E.fit(name, x, y, bad, seed=0, progress=False)
+        E.get(name).fit(x, y, bad, seed=0, progress=False)
 
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_encode_shape_dtype_finite(states, data, name):
     x, _, xt = data
-    st = states[name]
-    assert st["encoder"] == name and st["params"] == TINY[name]
-    d = E.feature_dim(st)
+    enc = states[name]
+    assert type(enc) is E.get(name) and enc.name == name and enc.params == TINY[name]
+    d = enc.dim
     assert d == {"pixels": 64, "simclr": 32, "supervised": 24}[name]
     for imgs in (x, xt):
-        f = E.encode(st, imgs)
+        f = enc.encode(imgs)
         assert f.shape == (len(imgs), d)
         assert f.dtype == np.float32
         assert np.isfinite(f).all()
-    f = E.encode(st, x)
+    f = enc.encode(x)
     # the features tell images apart (not a constant map)
     assert np.ptp(f, axis=0).max() > 1e-3
     assert len(np.unique(f.round(5), axis=0)) > len(x) // 2
@@ -100,42 +103,42 @@ def test_encode_shape_dtype_finite(states, data, name):
 @pytest.mark.parametrize("name", list(TINY))
 def test_encode_independent_of_batching(states, data, name):
     x, _, _ = data
-    a = E.encode(states[name], x)
-    b = E.encode(states[name], x, batch_size=7)
+    a = states[name].encode(x)
+    b = states[name].encode(x, batch_size=7)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(E.encode(states[name], x[:10]), E.encode(states[name], x[:10]))
+    np.testing.assert_array_equal(states[name].encode(x[:10]), states[name].encode(x[:10]))
 
 
 @pytest.mark.parametrize("name", ["simclr", "supervised"])
 def test_fit_is_deterministic(states, data, name):
     x, y, xt = data
-    again = E.fit(name, x, y, TINY[name], seed=3, progress=False)
-    np.testing.assert_array_equal(E.encode(states[name], xt), E.encode(again, xt))
-    other = E.fit(name, x, y, TINY[name], seed=4, progress=False)
-    assert not np.allclose(E.encode(states[name], xt), E.encode(other, xt))
+    again = E.get(name).fit(x, y, TINY[name], seed=3, progress=False)
+    np.testing.assert_array_equal(states[name].encode(xt), again.encode(xt))
+    other = E.get(name).fit(x, y, TINY[name], seed=4, progress=False)
+    assert not np.allclose(states[name].encode(xt), other.encode(xt))
 
 
 def test_simclr_ignores_labels(states, data):
     x, y, xt = data
     perm = np.random.default_rng(0).permutation(y)
     assert (perm != y).any()
-    ref = E.encode(states["simclr"], xt)
+    ref = states["simclr"].encode(xt)
     for labels in (perm, np.zeros_like(y), None):
-        st = E.fit("simclr", x, labels, TINY["simclr"], seed=3, progress=False)
-        np.testing.assert_array_equal(E.encode(st, xt), ref)
+        enc = E.SimCLR.fit(x, labels, TINY["simclr"], seed=3, progress=False)
+        np.testing.assert_array_equal(enc.encode(xt), ref)
 
 
 def test_supervised_uses_labels(states, data):
     x, y, xt = data
     perm = np.random.default_rng(0).permutation(y)
-    st = E.fit("supervised", x, perm, TINY["supervised"], seed=3, progress=False)
-    assert not np.allclose(E.encode(st, xt), E.encode(states["supervised"], xt))
+    enc = E.Supervised.fit(x, perm, TINY["supervised"], seed=3, progress=False)
+    assert not np.allclose(enc.encode(xt), states["supervised"].encode(xt))
 
 
 def test_pixels_standardised_on_train(states, data):
     x, _, _ = data
-    st = states["pixels"]
-    f = E.encode(st, x)
+    enc = states["pixels"]
+    f = enc.encode(x)
     raw_std = x.reshape(len(x), -1).std(0)
     varying = raw_std >= E.PIXEL_STD_FLOOR
     assert varying.sum() > 30
@@ -144,8 +147,8 @@ def test_pixels_standardised_on_train(states, data):
     # (near-)constant pixels: divided by the floor, not by ~0
     assert (raw_std == 0).any()
     assert np.abs(f[:, raw_std == 0]).max() < 1e-6
-    assert np.abs(E.encode(st, np.ones_like(x[:2]))).max() < 1.0 / E.PIXEL_STD_FLOOR + 1e-3
-    assert "backbone" not in st
+    assert np.abs(enc.encode(np.ones_like(x[:2]))).max() < 1.0 / E.PIXEL_STD_FLOOR + 1e-3
+    assert "backbone" not in enc.state_dict() and enc.device is None
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -154,72 +157,89 @@ def test_save_load_round_trip(states, data, tmp_path, name):
 
     _, _, xt = data
     path = tmp_path / "enc" / f"{name}.pt"
-    E.save_state(states[name], path)
+    states[name].save(path)
     assert sorted(p.name for p in path.parent.iterdir()) == [f"{name}.pt"]  # no temp file left behind
-    torch.load(path, weights_only=True)  # plain tensors and python values only
-    loaded = E.load_state(path, name)
-    assert loaded["encoder"] == name and loaded["params"] == TINY[name]
-    assert E.feature_dim(loaded) == E.feature_dim(states[name])
-    np.testing.assert_array_equal(E.encode(loaded, xt), E.encode(states[name], xt))
+    raw = torch.load(path, weights_only=True)  # plain tensors and python values only
+    assert list(raw) == ["encoder", "params", "input_shape", "seed", *E.get(name).state_keys]
+    for loaded in (E.get(name).from_state(path), E.Encoder.from_state(path), E.Encoder.from_state(raw)):
+        assert type(loaded) is E.get(name) and loaded.params == TINY[name]
+        assert loaded.dim == states[name].dim
+        np.testing.assert_array_equal(loaded.encode(xt), states[name].encode(xt))
+    assert list(loaded.state_dict()) == list(raw)
     if name in E.TRAINABLE:  # the projection head / classifier layer is not part of the state
-        assert all(not k.startswith("head") for k in loaded["backbone"])
+        assert all(not k.startswith("head") for k in raw["backbone"])
+
+
+def test_other_entries_are_kept_and_written_back(states, data, tmp_path):
+    """What a caller stores beside the encoder's own entries (the embed stage's "settings") comes back as it was."""
+    import torch
+
+    enc = states["supervised"]
+    again = E.Supervised({**enc.state_dict(), "settings": "{}"})
+    assert again.meta == {"settings": "{}"} and enc.meta == {}
+    again.save(tmp_path / "s.pt")
+    assert list(torch.load(tmp_path / "s.pt", weights_only=True))[-1] == "settings"
+    assert E.Encoder.from_state(tmp_path / "s.pt").meta == {"settings": "{}"}
 
 
 def test_load_state_errors_name_the_path(states, tmp_path):
     path = tmp_path / "simclr.pt"
-    E.save_state(states["simclr"], path)
+    states["simclr"].save(path)
     for wrong in ("supervised", "pixels"):
-        with pytest.raises(SimattrError) as e:
-            E.load_state(path, wrong)
-        assert str(path) in str(e.value) and "simclr" in str(e.value) and "\n" not in str(e.value)
+        for load in (E.get(wrong).from_state, lambda p: E.read_state(p, wrong)):
+            with pytest.raises(SimattrError) as e:
+                load(path)
+            assert str(path) in str(e.value) and "simclr" in str(e.value) and "\n" not in str(e.value)
 
     missing = tmp_path / "nope.pt"
     with pytest.raises(SimattrError) as e:
-        E.load_state(missing, "simclr")
+        E.SimCLR.from_state(missing)
     assert str(missing) in str(e.value)
 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"this is not a torch file\x00\x01" * 10)
     with pytest.raises(SimattrError) as e:
-        E.load_state(garbage, "simclr")
+        E.SimCLR.from_state(garbage)
     assert str(garbage) in str(e.value) and "\n" not in str(e.value)
 
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(SimattrError) as e:
-        E.load_state(truncated, "simclr")
+        E.SimCLR.from_state(truncated)
     assert str(truncated) in str(e.value)
 
 
 def test_load_state_rejects_wrong_structure(states, tmp_path):
     import torch
 
+    sup = states["supervised"].state_dict()
     cases = {
         "notdict.pt": [1, 2, 3],
         "noname.pt": {"params": {}},
-        "noweights.pt": {k: v for k, v in states["supervised"].items() if k != "backbone"},
-        "badshape.pt": {**states["supervised"], "params": {**TINY["supervised"], "hidden": 99}},
+        "noweights.pt": {k: v for k, v in sup.items() if k != "backbone"},
+        "badshape.pt": {**sup, "params": {**TINY["supervised"], "hidden": 99}},
+        "badinput.pt": {**sup, "input_shape": [1, 8]},
     }
     for fname, obj in cases.items():
         p = tmp_path / fname
         torch.save(obj, p)
         with pytest.raises(SimattrError) as e:
-            E.load_state(p, "supervised")
+            E.Supervised.from_state(p)
         assert str(p) in str(e.value) and "\n" not in str(e.value)
 
 
 def test_encode_rejects_wrong_image_shape(states):
     with pytest.raises(SimattrError, match="shape"):
-        E.encode(states["simclr"], np.zeros((3, 1, 16, 16), np.float32))
+        states["simclr"].encode(np.zeros((3, 1, 16, 16), np.float32))
     with pytest.raises(SimattrError, match="shape"):
-        E.encode(states["pixels"], np.zeros((3, 64), np.float32))
+        states["pixels"].encode(np.zeros((3, 64), np.float32))
 
 
 def test_fit_logs_epoch_losses(data, caplog):
     x, _, _ = data
     log = logging.getLogger("simattr.test_encoders")
     with caplog.at_level(logging.DEBUG, logger=log.name):
-        E.fit("simclr", x, None, TINY["simclr"], seed=0, progress=False, log=log)
+        E.SimCLR.fit(x, None, TINY["simclr"], seed=0, progress=False, log=log)
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("simclr epoch" in m and "loss" in m for m in msgs) == TINY["simclr"]["epochs"]
 
@@ -259,9 +279,9 @@ def test_pixels_knn_quality():
 
     tr = load_split("digits", "train", test_fraction=0.2, seed=0)
     te = load_split("digits", "test", test_fraction=0.2, seed=0)
-    st = E.fit("pixels", tr.images, tr.labels, {}, seed=0, progress=False)
-    knn = KNeighborsClassifier(1, metric="cosine").fit(E.encode(st, tr.images), tr.labels)
-    assert (knn.predict(E.encode(st, te.images)) == te.labels).mean() >= 0.95
+    enc = E.Pixels.fit(tr.images, tr.labels, {}, seed=0, progress=False)
+    knn = KNeighborsClassifier(1, metric="cosine").fit(enc.encode(tr.images), tr.labels)
+    assert (knn.predict(enc.encode(te.images)) == te.labels).mean() >= 0.95
 
 
 def test_rgb_views_are_simclr_crops_and_colour(tmp_path):
@@ -283,8 +303,8 @@ def test_simclr_fits_rgb_images(tmp_path):
     raw, labels = cifar_images(64, 0)
     images = raw.reshape(64, 3, 32, 32).astype(np.float32) / 255.0
     params = {**TINY["simclr"], "epochs": 1, "batch_size": 32}
-    state = E.fit("simclr", images, np.asarray(labels), params, seed=0, progress=False)
-    f = E.encode(state, images[:5])
+    enc = E.SimCLR.fit(images, np.asarray(labels), params, seed=0, progress=False)
+    f = enc.encode(images[:5])
     assert f.shape == (5, params["feature_dim"]) and np.isfinite(f).all()
 
 
@@ -294,25 +314,25 @@ def test_simclr_resnet18_trains_and_encodes_512d_deterministically():
     rng = np.random.default_rng(0)
     images = rng.random((40, 3, 16, 16), dtype=np.float32)
     params = {**TINY["simclr"], "arch": "resnet18", "epochs": 1, "batch_size": 20}
-    a = E.fit("simclr", images, None, params, seed=0, progress=False)
-    b = E.fit("simclr", images, None, params, seed=0, progress=False)
-    assert E.feature_dim(a) == 512
-    assert a["backbone"]["conv1.weight"].shape == (64, 3, 3, 3) and "fc.weight" not in a["backbone"]
-    fa = E.encode(a, images[:6])
+    a = E.SimCLR.fit(images, None, params, seed=0, progress=False)
+    b = E.SimCLR.fit(images, None, params, seed=0, progress=False)
+    assert a.dim == 512
+    assert a.backbone["conv1.weight"].shape == (64, 3, 3, 3) and "fc.weight" not in a.backbone
+    fa = a.encode(images[:6])
     assert fa.shape == (6, 512) and fa.dtype == np.float32 and np.isfinite(fa).all()
-    np.testing.assert_array_equal(fa, E.encode(b, images[:6]))
+    np.testing.assert_array_equal(fa, b.encode(images[:6]))
 
 
 def test_simclr_resnet18_on_grayscale_takes_one_channel(tmp_path):
     rng = np.random.default_rng(1)
     images = rng.random((8, 1, 8, 8), dtype=np.float32)
     params = {**TINY["simclr"], "arch": "resnet18", "epochs": 1, "batch_size": 8}
-    state = E.fit("simclr", images, None, params, seed=0, progress=False)
-    assert state["backbone"]["conv1.weight"].shape == (64, 1, 3, 3)
-    E.save_state(state, tmp_path / "simclr.pt")
-    loaded = E.load_state(tmp_path / "simclr.pt", "simclr")
-    np.testing.assert_array_equal(E.encode(loaded, images), E.encode(state, images))
-    assert E.encode(loaded, images).shape == (8, 512)
+    enc = E.SimCLR.fit(images, None, params, seed=0, progress=False)
+    assert enc.backbone["conv1.weight"].shape == (64, 1, 3, 3)
+    enc.save(tmp_path / "simclr.pt")
+    loaded = E.SimCLR.from_state(tmp_path / "simclr.pt")
+    np.testing.assert_array_equal(loaded.encode(images), enc.encode(images))
+    assert loaded.encode(images).shape == (8, 512)
 
 
 def test_simclr_arch_changes_the_settings_hash():
@@ -327,11 +347,13 @@ def test_simclr_arch_changes_the_settings_hash():
 
 def test_a_simclr_state_saved_before_arch_existed_loads_as_small(states, data, tmp_path):
     _, _, xt = data
-    old = {**states["simclr"], "params": {k: v for k, v in TINY["simclr"].items() if k != "arch"}}
-    E.save_state(old, tmp_path / "old.pt")
-    loaded = E.load_state(tmp_path / "old.pt", "simclr")
-    assert loaded["params"]["arch"] == "small"
-    np.testing.assert_array_equal(E.encode(loaded, xt), E.encode(states["simclr"], xt))
+    import torch
+
+    old = {**states["simclr"].state_dict(), "params": {k: v for k, v in TINY["simclr"].items() if k != "arch"}}
+    torch.save(old, tmp_path / "old.pt")
+    loaded = E.SimCLR.from_state(tmp_path / "old.pt")
+    assert loaded.params["arch"] == "small" and "arch" not in old["params"]
+    np.testing.assert_array_equal(loaded.encode(xt), states["simclr"].encode(xt))
 
 
 @pytest.mark.cuda
@@ -339,6 +361,8 @@ def test_an_encoder_on_cuda_gives_the_cpus_features(states, data):
     """cuDNN's convolutions (TF32 by default) differ from the CPU's in the last digits only."""
     x = data[2]
     for name in ("simclr", "supervised"):
-        cpu = E.Encoder(states[name], device="cpu")(x)
-        cuda = E.Encoder(states[name], device="cuda")(x)
+        cpu = E.Encoder.from_state(states[name].state_dict(), device="cpu").encode(x)
+        cuda = E.Encoder.from_state(states[name].state_dict(), device="cuda")
+        assert cuda.device.type == "cuda" and cuda.to("cpu").device.type == "cpu" and cuda.to("cuda") is cuda
+        cuda = cuda.encode(x)
         np.testing.assert_allclose(cuda, cpu, rtol=1e-2, atol=1e-2 * np.abs(cpu).max())

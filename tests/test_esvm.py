@@ -28,8 +28,8 @@ def test_agrees_with_sklearn_on_clustered_features_at_both_scales(n, d, m):
 def test_agrees_with_sklearn_on_digits_features():
     tr = datasets.load_split("digits", "train", test_fraction=0.2, seed=0)
     te = datasets.load_split("digits", "test", test_fraction=0.2, seed=0)
-    state = encoders.fit("pixels", tr.images, tr.labels, {}, seed=0, progress=False)
-    ftr, fte = encoders.encode(state, tr.images), encoders.encode(state, te.images)
+    enc = encoders.Pixels.fit(tr.images, tr.labels, {}, seed=0, progress=False)
+    ftr, fte = enc.encode(tr.images), enc.encode(te.images)
     for cls in (0, 3, 8):
         neg, q = ftr[tr.labels == cls], fte[te.labels == cls][:8]
         ref = esvm_reference(q, neg)

@@ -75,3 +75,16 @@ def test_esvm_signed_scores_own_class_positive_runner_up_negative_rest_zero():
         s = s - s.min()
         np.testing.assert_allclose(np.abs(full[i, cand]), s, rtol=1e-4, atol=1e-4)
         assert np.abs(full[i, cand]).min() == pytest.approx(0.0, abs=1e-6)     # the least like q scores 0
+
+
+@pytest.mark.parametrize("name", ["esvm", "knn_l2", "knn_cos"])
+def test_the_device_is_accels_choice_unless_named(name, monkeypatch):
+    """device auto / None: accel.default_device() decides (here it refuses a bad SIMATTR_DEVICE); a named device
+    is taken as it is."""
+    q, c = np.ones((1, 3), np.float32), np.eye(3, dtype=np.float32)
+    want = rankers.score(name, q, c, device="cpu")
+    monkeypatch.setenv("SIMATTR_DEVICE", "tpu")
+    for device in ("auto", None):
+        with pytest.raises(SimattrError, match="SIMATTR_DEVICE='tpu'"):
+            rankers.score(name, q, c, device=device)
+    np.testing.assert_array_equal(rankers.score(name, q, c, device="cpu"), want)

@@ -42,7 +42,7 @@ def feature_width(arch: str, feature: str) -> int:
     return {"pool": 512 if arch == "resnet18" else 2048, "pool3": 256 if arch == "resnet18" else 1024}[feature]
 
 
-def _resnet(arch: str, cifar_stem: bool, in_channels: int = 3):
+def resnet(arch: str, cifar_stem: bool, in_channels: int = 3):
     """torchvision's `arch`, randomly initialised, fc dropped (features: the layer4 average pool); the CIFAR stem
     is conv1 3x3 stride 1 without max-pool. `in_channels` other than 3 replaces conv1 (e.g. 1 for grayscale)."""
     import torchvision
@@ -62,7 +62,7 @@ def _resnet(arch: str, cifar_stem: bool, in_channels: int = 3):
 
 @functools.lru_cache(maxsize=8)
 def _backbone_keys(arch: str, cifar_stem: bool) -> set[str]:
-    return set(_resnet(arch, cifar_stem).state_dict())
+    return set(resnet(arch, cifar_stem).state_dict())
 
 
 def _state_dict(obj: Any, where: str) -> dict:
@@ -139,7 +139,7 @@ def load_checkpoint(path, arch: str, layout: str = "auto") -> tuple[dict, dict]:
             if best is None or key[0] < best[0]:
                 best = key
             if not missing and not extra:
-                shapes = _resnet(arch, cifar).state_dict()
+                shapes = resnet(arch, cifar).state_dict()
                 bad = [k for k in want if tuple(cand[k].shape) != tuple(shapes[k].shape)]
                 if bad:
                     raise SimattrError(f"{path}: layout {lay} (prefix '{prefix}') fits {arch}'s keys but not its "
@@ -160,7 +160,7 @@ def load_checkpoint(path, arch: str, layout: str = "auto") -> tuple[dict, dict]:
 class Features:
     """A callable: images (N, C, H, W), float in [0, 1] or uint8 (numpy or torch) -> features (N, d), normalised as
     configured on the device; grayscale images are repeated to 3 channels. The network is built and moved to the
-    device once, here."""
+    device once, here (`to` moves it on)."""
 
     def __init__(self, arch: str, backbone: dict, cifar_stem: bool, feature: str = "pool",
                  normalize: str = "imagenet", device=None):
@@ -170,16 +170,25 @@ class Features:
             raise SimattrError(f"unknown ResNet feature '{feature}'; valid: {', '.join(FEATURES)}")
         if normalize not in NORMALIZE:
             raise SimattrError(f"unknown normalisation '{normalize}'; valid: {', '.join(NORMALIZE)}")
-        self.device = torch.device(device) if device else default_device()
-        net = _resnet(arch, cifar_stem)
+        net = resnet(arch, cifar_stem)
         net.load_state_dict(backbone)
         if feature == "pool3":
             net.layer4 = torch.nn.Identity()
-        self.net = net.eval().to(self.device)
+        self.net = net.eval()
         mean, std = NORMALIZE[normalize]
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.dim = feature_width(arch, feature)
+        self.to(device)
+
+    def to(self, device=None) -> "Features":
+        """Move the network to `device` (default: accel.default_device())."""
+        import torch
+
+        self.device = torch.device(device) if device else default_device()
+        self.net = self.net.to(self.device)
+        self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
+        return self
 
     def __call__(self, images):
         import torch

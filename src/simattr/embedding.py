@@ -23,61 +23,68 @@ def embed_settings(data: datasets.Spec, encoder: str, params: dict, seed: int) -
 
 def train_encoder(*, data: datasets.Spec, encoder: str, params: dict, seed: int, out: str,
                   progress: bool = True) -> None:
+    """Make encoder `encoder`'s state (fitted on the train split, or read from its checkpoint) and save it with the
+    settings it was made with."""
     from . import encoders
 
-    if encoder not in encoders.TRAINABLE:
+    kind = encoders.get(encoder)
+    if not kind.trainable:
         raise SimattrError(f"encoder '{encoder}' has no training step; trainable: {', '.join(encoders.TRAINABLE)}")
     t0 = time.perf_counter()
-    if encoder == "resnet":                       # pretrained: the state is the checkpoint's backbone
-        state, n = encoders.from_checkpoint(params, log=log), 0
+    if kind.pretrained:                           # the state is the checkpoint's backbone
+        enc, n = kind.from_checkpoint(params, log=log), 0
     else:
         tr = datasets.load_split(data, "train")
-        state = encoders.fit(encoder, tr.images, tr.labels, params, seed=seed, progress=progress, log=log)
+        enc = kind.fit(tr.images, tr.labels, params, seed=seed, progress=progress, log=log)
         n = len(tr)
-    state["settings"] = json.dumps(embed_settings(data, encoder, params, seed), sort_keys=True)
-    encoders.save_state(state, out)
+    enc.meta["settings"] = json.dumps(embed_settings(data, encoder, params, seed), sort_keys=True)
+    enc.save(out)
     log.info("%s state from %d train images in %.1f s -> %s", encoder, n, time.perf_counter() - t0, out)
 
 
-def _encoder_state(data: datasets.Spec, encoder: str, state_path: str | None, fit: bool = True
-                   ) -> tuple[dict | None, dict]:
-    """(encoder state, the settings hashed into the shards' config_hash). Encoders with a state rule come from
-    their file, checked to be made for this data; `pixels` is fitted on the train split here (unless not `fit`:
-    then the state is None)."""
+def _encoder(data: datasets.Spec, encoder: str, state_path: str | None, build: bool = True):
+    """(the encoder, ready on its device; the settings hashed into the shards' config_hash). Encoders with a state
+    rule come from their file, checked to be made for this data; `pixels` is fitted on the train split here.
+    Unless `build`, the encoder is None (its file is read for the settings, no network is built)."""
     from . import encoders
 
-    if encoder in encoders.TRAINABLE:
-        if not state_path:
-            raise SimattrError(f"encoder '{encoder}' needs its state file (--state)")
-        state = encoders.load_state(state_path, expect_name=encoder)
-        settings = json.loads(state["settings"])
-        trained_on = {k: settings.get(k) for k in data.identity()}
-        if trained_on != data.identity():
-            raise SimattrError(f"{state_path}: made for other data ({trained_on}, now {data.identity()}); "
-                               "rerun its rule")
-        return state, settings
-    settings = embed_settings(data, encoder, {}, 0)
-    if not fit:
-        return None, settings
-    tr = datasets.load_split(data, "train")
-    return encoders.fit(encoder, tr.images, tr.labels, {}, seed=0, progress=False), settings
+    kind = encoders.get(encoder)
+    if not kind.trainable:
+        settings = embed_settings(data, encoder, {}, 0)
+        if not build:
+            return None, settings
+        tr = datasets.load_split(data, "train")
+        return kind.fit(tr.images, tr.labels, {}, seed=0, progress=False), settings
+    if not state_path:
+        raise SimattrError(f"encoder '{encoder}' needs its state file (--state)")
+    if build:
+        enc = kind.from_state(state_path)                # the job's one network, on its device
+        stored = enc.meta
+    else:
+        enc, stored = None, encoders.read_state(state_path, expect=encoder)
+    if "settings" not in stored:
+        raise SimattrError(f"{state_path}: no 'settings' entry (not written by train-encoder); rerun its rule")
+    settings = json.loads(stored["settings"])
+    trained_on = {k: settings.get(k) for k in data.identity()}
+    if trained_on != data.identity():
+        raise SimattrError(f"{state_path}: made for other data ({trained_on}, now {data.identity()}); "
+                           "rerun its rule")
+    return enc, settings
 
 
-def _encode_range(state: dict, part: datasets.Split, start: int, stop: int, batch_size: int, progress: bool,
+def _encode_range(encoder, part: datasets.Split, start: int, stop: int, batch_size: int, progress: bool,
                   what: str, workers: int = 0) -> np.ndarray:
-    """Features of images start..stop-1 of a split, decoded and encoded batch by batch (progress bar, log)."""
+    """Features of images start..stop-1 of a split by `encoder` (an encoders.Encoder), decoded and encoded batch by
+    batch (progress bar, log)."""
     from tqdm import tqdm
 
-    from . import encoders
-
-    encoder = encoders.Encoder(state)                  # one network, built and moved to the device once
     cuda = encoder.device is not None and encoder.device.type == "cuda"
     stream = part.stream(batch_size, workers, pin=cuda)  # uint8 batches from persistent decoders
     feats, t0, last, done = [], time.perf_counter(), time.perf_counter(), 0
     try:
         with tqdm(total=stop - start, desc=what, unit="img", disable=not progress, leave=False) as bar:
             for images in stream(np.arange(start, stop)):
-                feats.append(encoder(images, batch_size=batch_size))
+                feats.append(encoder.encode(images, batch_size=batch_size))
                 done += len(images)
                 bar.update(len(images))
                 if time.perf_counter() - last > 30:
@@ -93,14 +100,14 @@ def embed_shard(*, data: datasets.Spec, encoder: str, split: str, shard: int, sh
                 progress: bool = True) -> None:
     """Embed shard `shard` of one split (images shard*shard_size .. ; shard_size 0: the whole split)."""
     t0 = time.perf_counter()
-    state, settings = _encoder_state(data, encoder, state_path)
+    enc, settings = _encoder(data, encoder, state_path)
     part = datasets.load_split(data, split)
     ranges = store.shard_ranges(len(part), shard_size)
     if not 0 <= shard < len(ranges):
         raise SimattrError(f"shard {shard} does not exist: the {split} split has {len(part)} images, "
                            f"{len(ranges)} shard(s) of {shard_size or len(part)}")
     start, stop = ranges[shard]
-    feats = _encode_range(state, part, start, stop, batch_size, progress, f"{encoder}/{split} shard {shard}",
+    feats = _encode_range(enc, part, start, stop, batch_size, progress, f"{encoder}/{split} shard {shard}",
                           workers)
     store.write_shard(out, feats, part.labels[start:stop], np.arange(start, stop), dataset=data.name, split=split,
                       encoder=encoder, config_hash=store.config_hash(settings), class_names=part.class_names,
@@ -112,7 +119,7 @@ def embed_shard(*, data: datasets.Spec, encoder: str, split: str, shard: int, sh
 def embed_index(*, data: datasets.Spec, encoder: str, split: str, shards: list[str], out: str,
                 state_path: str | None = None) -> dict:
     """The split's manifest from its shards, each checked against the current settings (stale shards refused)."""
-    _, settings = _encoder_state(data, encoder, state_path, fit=False)
+    _, settings = _encoder(data, encoder, state_path, build=False)
     part = datasets.load_split(data, split)
     expect = {"dataset": data.name, "split": split, "encoder": encoder, "config_hash": store.config_hash(settings)}
     manifest = store.write_index(Path(out).parent, shards, n=len(part), expect=expect, skipped=part.skipped)

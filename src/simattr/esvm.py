@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .accel import default_device
 from .errors import SimattrError
 
 #: the primal system is used while d + 1 is at most this; wider features use the dual
@@ -474,17 +475,14 @@ def exemplar_svm_scores(queries, negatives, C: float = 0.1, *, device=None, dtyp
 
     Equal, up to the solver tolerance, to scikit-learn's LinearSVC(C, class_weight='balanced',
     squared hinge, tol=1e-6) fitted on [query; negatives] and evaluated by decision_function(negatives).
-    `device`: torch device (default: CUDA when present, else CPU). `dtype`: compute dtype (default float32;
-    float16/bfloat16 inputs are computed in float32). `chunk_size`: queries solved together (memory: a few
-    chunk_size x n arrays, plus chunk_size x (d+1)^2 in the primal or chunk_size x k^2 in the dual, k <= n). `what` names the input in errors. Returns the same kind of array as
+    `device`: a torch device, or None / "auto" for accel.default_device() (CUDA when present, else CPU).
+    `dtype`: compute dtype (default float32; float16/bfloat16 inputs are computed in float32). `chunk_size`:
+    queries solved together (memory: a few chunk_size x n arrays, plus chunk_size x (d+1)^2 in the primal or
+    chunk_size x k^2 in the dual, k <= n). `what` names the input in errors. Returns the same kind of array as
     `queries` (numpy float32 for numpy input), and a SolveInfo when `return_info`.
     """
     as_numpy = not isinstance(queries, torch.Tensor)
-    if device is None:
-        from .accel import default_device
-
-        device = default_device()
-    device = torch.device(device)
+    device = default_device() if device in (None, "auto") else torch.device(device)
     dt = _default_dtype(dtype)
     if dt in (torch.float16, torch.bfloat16):
         dt = torch.float32

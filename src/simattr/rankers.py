@@ -17,25 +17,16 @@ import numpy as np
 import torch
 
 from . import esvm as esvm_mod
-from .accel import default_device, torch_build
+from .accel import default_device
 from .errors import SimattrError
 
 RankerFn = Callable[..., np.ndarray]
 log = logging.getLogger(__name__)
 
 
-def _device(device) -> torch.device:
-    if device in (None, "auto"):
-        return default_device()
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SimattrError(f"esvm.device is 'cuda' but {torch_build(torch)} sees no CUDA device; use 'auto' or "
-                           "'cpu', or install a CUDA build of pytorch")
-    return torch.device(device)
-
-
 def esvm(queries: np.ndarray, candidates: np.ndarray, *, C: float = 0.1, chunk_size: int = 128,
          device=None, progress: bool = False, **_) -> np.ndarray:
-    scores, info = esvm_mod.exemplar_svm_scores(queries, candidates, C, device=_device(device),
+    scores, info = esvm_mod.exemplar_svm_scores(queries, candidates, C, device=device,
                                                 chunk_size=chunk_size, progress=progress, return_info=True)
     log.info("esvm: %s", info.summary())
     return scores
@@ -48,7 +39,7 @@ def esvm_reference(queries: np.ndarray, candidates: np.ndarray, *, C: float = 0.
 
 def _batched(kernel, queries: np.ndarray, candidates: np.ndarray, chunk_size: int, device) -> np.ndarray:
     """kernel(Q chunk, candidates) on torch tensors, chunk by chunk; float32 numpy out."""
-    dev = _device(device)
+    dev = default_device() if device in (None, "auto") else torch.device(device)
     c = torch.as_tensor(np.asarray(candidates, dtype=np.float32), device=dev)
     q = np.asarray(queries, dtype=np.float32)
     out = np.empty((len(q), len(c)), dtype=np.float32)
