@@ -61,12 +61,12 @@ ENCODER, RANKER = "pixels", "knn_l2"
 def make_inputs(workdir: Path, n_test: int) -> tuple[str, list[str]]:
     """queries.h5 (full-data models, sampled images, flip classes) and one score file per sampled class."""
     queries = workdir / "queries.h5"
-    data = datasets.Spec(DATASET, test_fraction=TEST_FRACTION, split_seed=SPLIT_SEED)
+    data = datasets.Spec.of(name=DATASET, test_fraction=TEST_FRACTION, split_seed=SPLIT_SEED)
     support.prepare_queries(data=data, n_test=n_test, sample_seed=SAMPLE_SEED, flip_models=FLIP_MODELS, recipe=RECIPE, out_path=str(queries))
     arrays, _ = store.read_arrays(queries, ("test_indices", "y_query"))
     tr, te = datasets.load_split(data, "train"), datasets.load_split(data, "test")
-    state = encoders.fit(ENCODER, tr.images, tr.labels, {}, seed=0, progress=False)
-    tr_f, te_f = encoders.encode(state, tr.images), encoders.encode(state, te.images)
+    enc = encoders.get(ENCODER).fit(tr.images, tr.labels, {}, seed=0, progress=False)
+    tr_f, te_f = enc.encode(tr.images), enc.encode(te.images)
     files = []
     for c in sorted(set(arrays["y_query"].tolist())):
         q_idx = arrays["test_indices"][arrays["y_query"] == c]          # the sampled test images of class c

@@ -132,15 +132,15 @@ def test_spec_checks_and_cli_round_trip():
         Spec("digits", image_size=32)
     with pytest.raises(SimattrError, match="bad_images must be one of error, skip"):
         Spec("imagefolder", root="x", bad_images="ignore")
-    from simattr.cli import _spec, build_parser
-
-    for spec in (Spec("digits", test_fraction=0.3, split_seed=2), Spec("cifar10", root="/d/c"),
-                 Spec("imagefolder", root="/d/my images", image_size=64, bad_images="skip")):
-        a = build_parser().parse_args(["embed", *spec.cli_args(), "--encoder", "pixels", "--split", "train",
-                                       "--out-dir", "x"])
-        assert _spec(a) == spec
-    assert Spec.from_config({"name": "imagenet", "root": "/r", "image_size": None, "test_fraction": 0.2}) == \
-        Spec("imagenet", root="/r")
+    for section in ({"name": "digits", "test_fraction": 0.3, "split_seed": 2}, {"name": "cifar10", "root": "/d/c"},
+                    {"name": "imagefolder", "root": "/d/my images", "image_size": 64, "bad_images": "skip"}):
+        spec = Spec.from_config(section)
+        assert spec.identity() == section and Spec.from_settings(spec.identity()) == spec
+    assert Spec.from_config({"name": "imagenet", "root": "/r", "image_size": None, "bad_images": "error",
+                             "test_fraction": 0.2}).identity() == \
+        {"name": "imagenet", "root": "/r", "image_size": None, "bad_images": "error"}
+    with pytest.raises(SimattrError, match="dataset: lacks split_seed"):
+        Spec.from_settings({"name": "digits", "test_fraction": 0.2})
 
 
 def test_embedding_with_decoding_workers_matches_in_process(tmp_path):

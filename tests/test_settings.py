@@ -32,6 +32,7 @@ def load(path):
 
 def test_every_command_has_a_job_and_every_job_a_command():
     assert set(COMMANDS) == set(settings.JOBS)
+    assert set(settings.RANKER_KEYS) == set(settings.sconfig.RANKERS)     # every ranker has its settings
     for name, c in COMMANDS.items():
         assert c.wildcards == settings.JOBS[name][1], name
 

@@ -448,7 +448,7 @@ def profile_dry_run_jobs(configfile: Path, tmp_path: Path) -> list[dict]:
         jobs.append({"rule": rule.group(1), "encoder": (re.findall(r"--encoder (\w+)", shell.group(1)) or [""])[0],
                      "gpu": num(r"\bgpu=(\d+)", res.group(1) if res else ""),
                      "flag": num(r"--gpus (\d+)", shell.group(1)),
-                     "per_task": num(r"--gpus-per-node (\d+)", shell.group(1))})
+                     "per_task": num(r"\bgpus_per_node=(\d+)", shell.group(1))})
     return jobs
 
 

@@ -127,3 +127,16 @@ def release(device) -> None:
 
     if getattr(device, "type", str(device)) == "cuda":
         torch.cuda.empty_cache()
+
+
+def device(want=None):
+    """The one place a device is chosen: `want` (a torch.device or a name: cpu, cuda, cuda:1) when given, else
+    (None, "auto") default_device(). Asking for CUDA where torch has none is one line (SimattrError)."""
+    import torch
+
+    if want is None or (isinstance(want, str) and want.strip().lower() in ("", "auto")):
+        return default_device()
+    dev = torch.device(want)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SimattrError(f"device {str(want)!r} was asked for, but " + no_cuda_message(torch).split(" but ", 1)[1])
+    return dev

@@ -20,7 +20,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from .accel import default_device
+from .accel import device as accel_device
 from .errors import SimattrError
 
 ARCHS = ("resnet18", "resnet50")
@@ -183,9 +183,7 @@ class Features:
 
     def to(self, device=None) -> "Features":
         """Move the network to `device` (default: accel.default_device())."""
-        import torch
-
-        self.device = torch.device(device) if device else default_device()
+        self.device = accel_device(device)
         self.net = self.net.to(self.device)
         self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
         return self

@@ -49,13 +49,13 @@ def job_settings(a: argparse.Namespace, job: str, wildcards: tuple[str, ...]):
 
 
 def _launch(a: argparse.Namespace):
-    """The support tasks' launch settings: --launch JSON (the workflow passes the `launch` section as a
-    resource: how tasks run changes no answer) or the --config file's."""
+    """The support tasks' launch settings: --launch KEY=VALUE ... (the workflow passes the `launch` section as
+    resources: how tasks run changes no answer) or the --config file's."""
     from . import settings
     from .launch import LaunchSettings
 
     if a.launch:
-        d = settings.parse_json(a.launch, "--launch")
+        d = settings.key_values(a.launch, "--launch")
     else:
         d = settings.launch(settings.load_config(a.config) if a.config else settings.defaults())
     return LaunchSettings.from_settings(d, folder=a.submitit_dir, where="--launch")
@@ -95,8 +95,9 @@ ARGS = {
     "queries": (OUT,),
     "support": (ENCODER, RANKER, _arg("--metric", required=True, choices=["removal", "mislabel"]),
                 _arg("--queries", required=True), _arg("--scores", nargs="+", required=True),
-                _arg("--launch", help="JSON object of the `launch` section (how the tasks run; default: the "
-                     "--config file's, or the schema's)"),
+                _arg("--launch", nargs="+", metavar="KEY=VALUE", help="every key of the `launch` section (how "
+                     "the tasks run: the workflow passes them from the support rule's resources, which the SLURM "
+                     "profile may override); default: the --config file's, or the schema's"),
                 _arg("--submitit-dir", required=True), _arg("--answers-dir", required=True), OUT),
     "report": (_arg("--manifest", help="JSON file of the long lists (the workflow's way: ImageNet's run past the "
                     "128 KiB limit of one command line): keys gathers, scores, benchmarks, stored, lds, "

@@ -7,12 +7,13 @@ from typing import Any
 
 import yaml
 
+from .encoders import ENCODERS as FEATURE_ENCODERS
 from .errors import SimattrError
 
 # The registries' names, known without importing torch (the schema lists them too; a test checks both agree).
-ENCODERS = ("pixels", "simclr", "supervised", "resnet", "model")
-RANKERS = ("esvm", "esvm_reference", "esvm_signed", "knn_l2", "knn_cos", "random", "trak", "datamodels")
 MODEL_ENCODER = "model"                   # the retrained model itself: the features of the model-based rankers
+ENCODERS = FEATURE_ENCODERS + (MODEL_ENCODER,)
+RANKERS = ("esvm", "esvm_reference", "esvm_signed", "knn_l2", "knn_cos", "random", "trak", "datamodels")
 MODEL_RANKERS = ("trak", "datamodels")
 METRICS = ("removal", "mislabel")
 #: the schema: every config key, its type and its default (the one place defaults are written)

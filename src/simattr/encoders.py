@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .accel import default_device
+from .accel import default_device, device as accel_device
 from .backbones import one_line
 from .errors import SimattrError
 
@@ -194,7 +194,6 @@ def crop_resize(x, gen, area=(0.25, 1.0)):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-_crop_resize = crop_resize  # the old name, for models.py until it imports crop_resize; then delete this line
 
 
 def _colour(x, gen, p: float = 0.8, strength: float = 0.4, p_gray: float = 0.2):
@@ -457,9 +456,7 @@ class _Network(Encoder):
         self.net = net.eval()
 
     def to(self, device=None) -> Encoder:
-        import torch
-
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = accel_device(device)
         self.net = self.net.to(self.device)
         return self
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .accel import default_device
+from .accel import device as accel_device
 from .errors import SimattrError
 
 #: the primal system is used while d + 1 is at most this; wider features use the dual
@@ -482,7 +482,7 @@ def exemplar_svm_scores(queries, negatives, C: float = 0.1, *, device=None, dtyp
     `queries` (numpy float32 for numpy input), and a SolveInfo when `return_info`.
     """
     as_numpy = not isinstance(queries, torch.Tensor)
-    device = default_device() if device in (None, "auto") else torch.device(device)
+    device = accel_device(device)
     dt = _default_dtype(dtype)
     if dt in (torch.float16, torch.bfloat16):
         dt = torch.float32

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .accel import default_device
+from .accel import device as accel_device
 from .backbones import NORMALIZE
 from .errors import SimattrError
 from .settings import Named
@@ -321,11 +321,11 @@ def _streamed_batches(stream, n: int, gen, bs: int, per_epoch: int, dev, mean, s
     import torch
 
     from .datasets import tensor_to_unit
-    from .encoders import _crop_resize
+    from .encoders import crop_resize
 
     order = torch.randperm(n, generator=gen)[:per_epoch * bs].numpy()
     for xb, yb in stream(order):
-        xb = _crop_resize(tensor_to_unit(xb, dev), aug_gen)
+        xb = crop_resize(tensor_to_unit(xb, dev), aug_gen)
         yield (xb - mean) / std, yb.to(dev, non_blocking=True)
 
 
@@ -345,7 +345,7 @@ def net_inputs(recipe: Recipe, X, device=None, batch_size: int = 256):
 
     from .datasets import tensor_to_unit
 
-    dev = torch.device(device) if device is not None else default_device()
+    dev = accel_device(device)
     streamed = recipe.name in STREAMED_MODELS
     mean, std = _imagenet_stats(dev) if streamed else (None, None)
     if hasattr(X, "stream"):
@@ -364,11 +364,9 @@ def train_predict_cnn(X_train, y_train: np.ndarray, X_eval, seed: int, n_classes
 
     resnet9: X_train and X_eval are arrays (prepare_inputs), resident on the device. resnet18: they are
     dataset Splits (images in [0, 1]), streamed by DataLoader workers and normalised with ImageNet's mean/std."""
-    import torch
-
     from .accel import release
 
-    dev = torch.device(device) if device is not None else default_device()
+    dev = accel_device(device)
     net = _train_cnn(X_train, y_train, seed, n_classes, recipe, dev)
     out = _predict_cnn(net, X_eval, n_classes, recipe, dev, logits=logits)
     del net                                       # nothing else holds it (no optimiser / scheduler cycle) ...
@@ -477,7 +475,7 @@ def train_state(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe:
     import torch
 
     if recipe.name in CNN_MODELS:
-        dev = torch.device(device) if device is not None else default_device()
+        dev = accel_device(device)
         net = _train_cnn(X_train, y_train, int(seed), n_classes, recipe, dev)
         return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     with one_blas_thread():

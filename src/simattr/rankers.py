@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import esvm as esvm_mod
-from .accel import default_device
+from .accel import device as accel_device
 from .errors import SimattrError
 
 RankerFn = Callable[..., np.ndarray]
@@ -39,7 +39,7 @@ def esvm_reference(queries: np.ndarray, candidates: np.ndarray, *, C: float = 0.
 
 def _batched(kernel, queries: np.ndarray, candidates: np.ndarray, chunk_size: int, device) -> np.ndarray:
     """kernel(Q chunk, candidates) on torch tensors, chunk by chunk; float32 numpy out."""
-    dev = default_device() if device in (None, "auto") else torch.device(device)
+    dev = accel_device(device)
     c = torch.as_tensor(np.asarray(candidates, dtype=np.float32), device=dev)
     q = np.asarray(queries, dtype=np.float32)
     out = np.empty((len(q), len(c)), dtype=np.float32)

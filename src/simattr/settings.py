@@ -4,8 +4,9 @@ The workflow hands a job its settings as one param, a JSON object holding only t
 (`simattr CMD --settings '{...}'`), so a changed config value reruns exactly the jobs that read it. By hand,
 `simattr CMD --config FILE` builds the same object from a config file, the schema filling what the file leaves
 out: the schema (workflow/schemas/config.schema.yaml) is the one source of defaults. `parse` checks an object's
-keys and turns its sections into typed settings: `dataset` a datasets.Spec, `model` a models.Recipe, `launch` a
-launch.LaunchSettings; `support` is the answers' identity (support.engine_settings).
+keys and turns its sections into typed settings: `dataset` a datasets.Spec, `model` a models.Recipe; `support`
+is the answers' identity (support.engine_settings). How support tasks run (`launch`, a launch.LaunchSettings)
+changes no result: the support rule passes it from its resources (`--launch KEY=VALUE ...`), never a param.
 
     for_job("score", config, encoder="simclr", ranker="esvm")
     -> {"dataset": {"name": "digits", ...}, "class_conditioned": true, "topk": 64,
@@ -152,8 +153,8 @@ def _report(c: dict) -> dict:
 
 
 def launch(c: dict) -> dict:
-    """How support tasks run (the `launch` section): never part of a result, so the workflow passes it as a
-    resource (no rerun when it changes)."""
+    """How support tasks run (the `launch` section): never part of a result, so the workflow passes it as
+    resources (no rerun when it changes)."""
     return dict(c["launch"])
 
 
@@ -193,6 +194,19 @@ def parse_json(text: str, where: str) -> dict:
     if not isinstance(s, dict):
         raise SimattrError(f"{where}: expected a JSON object, got {type(s).__name__}")
     return s
+
+
+def key_values(items: list[str], where: str) -> dict:
+    """KEY=VALUE words as a dict, each value read as YAML (numbers, true/false; an empty value is None)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SimattrError(f"{where}: expected KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value) if value else None
+    return out
 
 
 def parse(job: str, text_or_dict: str | dict, *, where: str = "--settings", **wildcards: Any) -> SimpleNamespace:

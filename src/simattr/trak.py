@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from . import datasets, models, store
-from .accel import default_device
+from .accel import default_device, device as accel_device
 from .errors import SimattrError
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,6 @@ def trak_scores(*, recipe: models.Recipe, X_train, y_train: np.ndarray, X_target
     recipe's model (train_checkpoints). save_dir: traker's working folder (memory-mapped gradients and features,
     about n_train x proj_dim x 4 bytes x 3 per checkpoint on CPU); it is emptied first, and a non-empty folder
     that is not a traker folder is refused."""
-    import torch
-
     if not checkpoints:
         raise SimattrError("trak needs at least one checkpoint")
     y_train = np.asarray(y_train, dtype=np.int64)
@@ -97,7 +95,7 @@ def trak_scores(*, recipe: models.Recipe, X_train, y_train: np.ndarray, X_target
         log.warning("trak: proj_dim %d >= %d training images: the features' Phi^T Phi (proj_dim x proj_dim, rank "
                     "<= n_train) is singular and the scores are dominated by its inverse's noise; use a proj_dim "
                     "well below the training set size", proj_dim, len(y_train))
-    dev = torch.device(device) if device is not None else default_device()
+    dev = accel_device(device)
     save = _fresh_dir(save_dir)
     model = models.torch_module(recipe, _input_shape(X_train), n_classes).to(dev).eval()
 

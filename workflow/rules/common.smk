@@ -4,6 +4,7 @@ from simattr import config as sconfig
 from simattr import settings as ssettings
 from simattr import store
 from simattr.datasets import Spec, n_classes, split_size
+from simattr.encoders import TRAINABLE  # encoders whose state file a rule makes
 from simattr.errors import SimattrError
 from simattr.models import Recipe
 from snakemake.exceptions import WorkflowError
@@ -38,15 +39,16 @@ try:
     MODEL = Recipe.from_config(config["model"])
 except SimattrError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
-from simattr.encoders import TRAINABLE  # encoders whose state file a rule makes
 
 
 def encoder_job(encoder):
     """The log / benchmark name of the rule that makes an encoder's state (import_resnet, train_simclr, ...)."""
     return "import-resnet" if encoder == "resnet" else f"train-{encoder}"
+
+
 ENV = "../../envs/simattr.yaml"  # relative to the rule files
 METHODS = [(m["encoder"], m["ranker"]) for m in config["methods"]]
-FEATURE_ENCODERS = [e for e in sconfig.ENCODERS if e != sconfig.MODEL_ENCODER]
+FEATURE_ENCODERS = sconfig.FEATURE_ENCODERS
 FEATURE_RANKERS = [r for r in sconfig.RANKERS if r not in sconfig.MODEL_RANKERS]
 ENCODERS_USED = sorted({e for e, _ in METHODS if e != sconfig.MODEL_ENCODER})
 RANKERS_USED = {r for _, r in METHODS}
@@ -112,7 +114,7 @@ def job_settings(job, **fixed):
     return param
 
 
-NETWORK_ENCODERS = ("simclr", "supervised", "resnet")   # encoders that run a network (pixels does not)
+NETWORK_ENCODERS = TRAINABLE   # every encoder with a state of its own runs a network (pixels does not)
 CNN = MODEL.name != "mlp"
 
 

@@ -38,8 +38,19 @@ rule support:
         answers=lambda wildcards: path(store.SUPPORT_DIR, **wildcards),
         submitit=lambda wildcards: path("{dataset}/submitit/{encoder}-{ranker}-{metric}", **wildcards),
     # how the tasks run never changes an answer: resources, unlike params, do not trigger reruns
+    # (the profile may override each one: profiles/slurm sets submitit_cluster=slurm)
     resources:
-        submitit_launch=ssettings.as_json(ssettings.launch(config)),
+        submitit_cluster=config["launch"]["cluster"],
+        submitit_parallelism=config["launch"]["parallelism"],
+        submitit_timeout_min=config["launch"]["timeout_min"],
+        submitit_cpus_per_task=config["launch"]["cpus_per_task"],
+        submitit_gpus_per_node=config["launch"]["gpus_per_node"],
+        submitit_mem_gb=str(config["launch"]["mem_gb"]),
+        submitit_partition=config["launch"]["slurm_partition"] or "",
+        submitit_signal_delay_s=config["launch"]["signal_delay_s"],
+        submitit_max_requeues=config["launch"]["max_requeues"],
+        submitit_images_per_task=config["launch"]["images_per_task"],
+        submitit_answers_at_once=config["launch"]["answers_at_once"],
     localrule: True
     # on the local executor the tasks run on this machine: reserve their cores so that Snakemake does
     # not start other jobs on top of them
@@ -49,5 +60,11 @@ rule support:
     shell:
         "simattr --log {log} support --settings {params.settings:q} --encoder {wildcards.encoder}"
         " --ranker {wildcards.ranker} --metric {wildcards.metric} --queries {input.queries}"
-        " --scores {input.scores} --launch {resources.submitit_launch:q}"
+        " --scores {input.scores} --launch cluster={resources.submitit_cluster}"
+        " parallelism={resources.submitit_parallelism} timeout_min={resources.submitit_timeout_min}"
+        " cpus_per_task={resources.submitit_cpus_per_task} gpus_per_node={resources.submitit_gpus_per_node}"
+        " mem_gb={resources.submitit_mem_gb} slurm_partition={resources.submitit_partition:q}"
+        " signal_delay_s={resources.submitit_signal_delay_s} max_requeues={resources.submitit_max_requeues}"
+        " images_per_task={resources.submitit_images_per_task}"
+        " answers_at_once={resources.submitit_answers_at_once}"
         " --submitit-dir {params.submitit} --answers-dir {params.answers} --out {output}"
