@@ -14,20 +14,20 @@ from simattr.errors import SimattrError
 
 
 def test_digits_split_is_stratified_and_seeded():
-    tr = load_split(Spec("digits"), "train")
+    tr = load_split(Spec.of(name="digits"), "train")
     te = load_split("digits", "test", test_fraction=0.2, seed=0)
     assert len(tr) + len(te) == 1797 and abs(len(te) - 0.2 * 1797) < 2
     assert not set(tr.source_index) & set(te.source_index)
     assert tr.images.shape[1:] == (1, 8, 8) and tr.images.dtype == np.float32
-    assert np.array_equal(load_split(Spec("digits", split_seed=1), "test").labels.shape, te.labels.shape)
-    assert not np.array_equal(load_split(Spec("digits", split_seed=1), "test").source_index, te.source_index)
+    assert np.array_equal(load_split(Spec.of(name="digits", split_seed=1), "test").labels.shape, te.labels.shape)
+    assert not np.array_equal(load_split(Spec.of(name="digits", split_seed=1), "test").source_index, te.source_index)
     assert np.array_equal(te[3], te.images[3])
     assert n_classes("digits") == 10
 
 
 def test_cifar_root_loads_through_torchvision(tmp_path):
     root = make_cifar_root(tmp_path / "c", per_batch=12, n_test=20)
-    spec = Spec("cifar10", root=str(root))
+    spec = Spec.of(name="cifar10", root=str(root))
     tr, te = load_split(spec, "train"), load_split(spec, "test")
     assert len(tr) == 60 and len(te) == 20
     assert tr.class_names == tuple(CIFAR_CLASSES) and n_classes(spec) == 10
@@ -41,13 +41,13 @@ def test_cifar_root_loads_through_torchvision(tmp_path):
 
 def test_cifar_missing_root_says_what_to_put_where(tmp_path):
     with pytest.raises(SimattrError, match=r"cifar-10-batches-py.*cifar-10-python\.tar\.gz.*missing: data_batch_1"):
-        load_split(Spec("cifar10", root=str(tmp_path / "nowhere")), "train")
+        load_split(Spec.of(name="cifar10", root=str(tmp_path / "nowhere")), "train")
     root = make_cifar_root(tmp_path / "c")
     (root / "cifar-10-batches-py" / "test_batch").unlink()
     with pytest.raises(SimattrError, match="missing: test_batch$"):
-        load_split(Spec("cifar10", root=str(root)), "train")
+        load_split(Spec.of(name="cifar10", root=str(root)), "train")
     with pytest.raises(SimattrError, match="needs dataset.root"):
-        Spec("cifar10")
+        Spec.of(name="cifar10")
 
 
 def test_cifar_corrupt_batch_is_named(tmp_path):
@@ -55,17 +55,17 @@ def test_cifar_corrupt_batch_is_named(tmp_path):
     bad = root / "cifar-10-batches-py" / "data_batch_3"
     bad.write_bytes(b"not a pickle")
     with pytest.raises(SimattrError, match=r"data_batch_3: not a CIFAR-10 batch file"):
-        load_split(Spec("cifar10", root=str(root)), "train")
+        load_split(Spec.of(name="cifar10", root=str(root)), "train")
     with open(bad, "wb") as f:
         pickle.dump({"data": np.zeros((4, 100), np.uint8), "labels": [0, 1, 2, 3]}, f)
     with pytest.raises(SimattrError, match=r"data_batch_3: not a CIFAR-10 batch file"):
-        load_split(Spec("cifar10", root=str(root)), "train")
-    assert len(load_split(Spec("cifar10", root=str(root)), "test")) == 30     # the test split does not read it
+        load_split(Spec.of(name="cifar10", root=str(root)), "train")
+    assert len(load_split(Spec.of(name="cifar10", root=str(root)), "test")) == 30     # the test split does not read it
 
 
 def test_image_folder_lists_sorted_and_decodes(tmp_path):
     root = make_image_folder(tmp_path / "f", per_class={"cat": 6, "dog": 4, "eel": 5})
-    spec = Spec("imagefolder", root=str(root), image_size=12)
+    spec = Spec.of(name="imagefolder", root=str(root), image_size=12)
     tr, te = load_split(spec, "train"), load_split(spec, "test")
     assert tr.class_names == ("cat", "dog", "eel") and n_classes(spec) == 3
     assert len(tr) == 15 and len(te) == 9
@@ -76,15 +76,15 @@ def test_image_folder_lists_sorted_and_decodes(tmp_path):
     assert np.array_equal(tr.load([4, 3]), x[[4, 3]])          # grayscale and RGBA files become RGB
     means = [x[tr.labels == c].mean(axis=(0, 2, 3)) for c in range(3)]
     assert np.abs(means[0] - means[1]).max() > 0.1             # the classes' colours survive decoding
-    assert Spec("imagefolder", root=str(root)).image_size is None
-    assert load_split(Spec("imagefolder", root=str(root)), "test").load([0]).shape == (1, 3, 224, 224)
+    assert Spec.of(name="imagefolder", root=str(root)).image_size is None
+    assert load_split(Spec.of(name="imagefolder", root=str(root)), "test").load([0]).shape == (1, 3, 224, 224)
 
 
 def test_image_folder_test_folder_and_missing_classes(tmp_path):
     root = make_image_folder(tmp_path / "f")
     (root / "val").rename(root / "test")
     shutil.rmtree(root / "test" / "dog")
-    te = load_split(Spec("imagefolder", root=str(root), image_size=8), "test")
+    te = load_split(Spec.of(name="imagefolder", root=str(root), image_size=8), "test")
     assert sorted(set(te.labels.tolist())) == [0, 2]           # labels follow the train folders' order
 
 
@@ -100,9 +100,9 @@ def test_image_folder_wrong_layout(tmp_path, breakage, message):
     root = make_image_folder(tmp_path / "f")
     breakage(root)
     with pytest.raises(SimattrError, match=message):
-        load_split(Spec("imagefolder", root=str(root), image_size=8), "test")
+        load_split(Spec.of(name="imagefolder", root=str(root), image_size=8), "test")
     with pytest.raises(SimattrError, match="not a folder"):
-        load_split(Spec("imagenet", root=str(tmp_path / "absent")), "train")
+        load_split(Spec.of(name="imagenet", root=str(tmp_path / "absent")), "train")
 
 
 def test_corrupt_image_error_or_skip(tmp_path):
@@ -110,7 +110,7 @@ def test_corrupt_image_error_or_skip(tmp_path):
     bad = root / "train" / "dog" / "002.png"
     bad.write_bytes(bad.read_bytes()[:40])                     # a truncated PNG
     (root / "train" / "eel" / "readme.md").write_text("x")
-    strict = Spec("imagefolder", root=str(root), image_size=8)
+    strict = Spec.of(name="imagefolder", root=str(root), image_size=8)
     with pytest.raises(SimattrError, match=r"eel/readme\.md: not an image file.*bad_images: skip"):
         load_split(strict, "train")
     (root / "train" / "eel" / "readme.md").unlink()
@@ -120,18 +120,18 @@ def test_corrupt_image_error_or_skip(tmp_path):
     with pytest.raises(SimattrError, match=r"dog/002\.png: cannot decode the image"):
         tr.load([i])
     (root / "train" / "eel" / "readme.md").write_text("x")
-    lenient = load_split(Spec("imagefolder", root=str(root), image_size=8, bad_images="skip"), "train")
+    lenient = load_split(Spec.of(name="imagefolder", root=str(root), image_size=8, bad_images="skip"), "train")
     assert sorted(lenient.skipped) == ["train/dog/002.png", "train/eel/readme.md"]
     assert len(lenient) == len(tr) - 1 and lenient.images.shape[0] == len(tr) - 1
 
 
 def test_spec_checks_and_cli_round_trip():
     with pytest.raises(SimattrError, match="unknown dataset 'cifar'"):
-        Spec("cifar")
+        Spec.of(name="cifar")
     with pytest.raises(SimattrError, match="image_size applies to imagenet, imagefolder only"):
-        Spec("digits", image_size=32)
+        Spec.of(name="digits", image_size=32)
     with pytest.raises(SimattrError, match="bad_images must be one of error, skip"):
-        Spec("imagefolder", root="x", bad_images="ignore")
+        Spec.of(name="imagefolder", root="x", bad_images="ignore")
     for section in ({"name": "digits", "test_fraction": 0.3, "split_seed": 2}, {"name": "cifar10", "root": "/d/c"},
                     {"name": "imagefolder", "root": "/d/my images", "image_size": 64, "bad_images": "skip"}):
         spec = Spec.from_config(section)
@@ -147,7 +147,7 @@ def test_embedding_with_decoding_workers_matches_in_process(tmp_path):
     from simattr import embedding, encoders
 
     root = make_image_folder(tmp_path / "f", per_class=5)
-    part = load_split(Spec("imagefolder", root=str(root), image_size=8), "train")
+    part = load_split(Spec.of(name="imagefolder", root=str(root), image_size=8), "train")
     enc = encoders.Pixels.fit(part.images, part.labels, {}, seed=0, progress=False)
     a = embedding._encode_range(enc, part, 2, 13, 4, False, "test", workers=0)
     b = embedding._encode_range(enc, part, 2, 13, 4, False, "test", workers=2)
@@ -156,7 +156,7 @@ def test_embedding_with_decoding_workers_matches_in_process(tmp_path):
 
 def test_split_indexing_selects_without_decoding(tmp_path):
     root = make_image_folder(tmp_path / "f", per_class=4)
-    tr = load_split(Spec("imagefolder", root=str(root), image_size=8), "train")
+    tr = load_split(Spec.of(name="imagefolder", root=str(root), image_size=8), "train")
     keep = np.ones(len(tr), bool)
     keep[[0, 5]] = False
     sub = tr[keep]                                    # what a removal probe does to the training set
@@ -189,9 +189,9 @@ def test_streamed_batches_are_uint8_and_give_the_features_of_float_images(datase
     from datafiles import make_cifar_root
 
     if dataset == "cifar10":
-        spec = Spec("cifar10", root=str(make_cifar_root(tmp_path / "c", per_batch=6, n_test=4)))
+        spec = Spec.of(name="cifar10", root=str(make_cifar_root(tmp_path / "c", per_batch=6, n_test=4)))
     else:
-        spec = Spec("imagefolder", root=str(make_image_folder(tmp_path / "f", per_class=5)), image_size=16)
+        spec = Spec.of(name="imagefolder", root=str(make_image_folder(tmp_path / "f", per_class=5)), image_size=16)
     part = load_split(spec, "train")
     stream = part.stream(4, 2, labels=True, context="forkserver")
     try:
@@ -215,7 +215,7 @@ def test_an_embed_job_builds_its_network_once(tmp_path, monkeypatch):
     import simattr.backbones as bb
     from simattr import embedding
 
-    spec = Spec("imagefolder", root=str(make_image_folder(tmp_path / "f", per_class=6)), image_size=16)
+    spec = Spec.of(name="imagefolder", root=str(make_image_folder(tmp_path / "f", per_class=6)), image_size=16)
     state, shard = str(tmp_path / "resnet.pt"), str(tmp_path / "shard.h5")
     embedding.train_encoder(data=spec, encoder="resnet", params=_resnet_params(tmp_path), seed=0, out=state,
                             progress=False)
@@ -236,7 +236,7 @@ def test_a_pinned_stream_feeds_cuda_without_changing_a_bit(tmp_path):
 
     from simattr.datasets import tensor_to_unit
 
-    spec = Spec("imagefolder", root=str(make_image_folder(tmp_path / "f", per_class=5)), image_size=16)
+    spec = Spec.of(name="imagefolder", root=str(make_image_folder(tmp_path / "f", per_class=5)), image_size=16)
     part = load_split(spec, "train")
     stream = part.stream(4, 2, pin=True)
     try:

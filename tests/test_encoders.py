@@ -338,7 +338,7 @@ def test_simclr_resnet18_on_grayscale_takes_one_channel(tmp_path):
 def test_simclr_arch_changes_the_settings_hash():
     from simattr import datasets, embedding, store
 
-    spec = datasets.Spec("digits")
+    spec = datasets.Spec.of(name="digits")
     small = embedding.embed_settings(spec, "simclr", TINY["simclr"], 0)
     r18 = embedding.embed_settings(spec, "simclr", {**TINY["simclr"], "arch": "resnet18"}, 0)
     assert small["params"]["arch"] == "small" and r18["params"]["arch"] == "resnet18"

@@ -88,7 +88,7 @@ def test_resnet18_streams_a_folder_split_and_repeats_exactly(tmp_path):
     from datafiles import make_image_folder
 
     root = make_image_folder(tmp_path / "f", per_class=8, val_per_class=2)
-    spec = datasets.Spec("imagefolder", root=str(root), image_size=16)
+    spec = datasets.Spec.of(name="imagefolder", root=str(root), image_size=16)
     tr, te = datasets.load_split(spec, "train"), datasets.load_split(spec, "test")
     r = models.Recipe.of(name="resnet18", epochs=2, batch_size=8, lr=0.1, weight_decay=5e-5)
     assert models.prepare_inputs(r, tr, te) == [tr, te]       # streamed: nothing loaded up front
@@ -219,7 +219,7 @@ def test_a_retrain_leaves_no_parameters_or_optimiser_state_alive(name, tmp_path,
         from datafiles import make_image_folder
 
         root = make_image_folder(tmp_path / "f", per_class=4, val_per_class=1)
-        spec = datasets.Spec("imagefolder", root=str(root), image_size=16)
+        spec = datasets.Spec.of(name="imagefolder", root=str(root), image_size=16)
         X, Xe = datasets.load_split(spec, "train"), datasets.load_split(spec, "test")
         ytr = X.labels
         r = models.Recipe.of(name="resnet18", epochs=1, batch_size=4, lr=0.1)

@@ -120,7 +120,7 @@ def test_the_cli_reports_bad_settings_in_one_line(tmp_path):
 
 
 def test_typed_settings_have_no_defaults_of_their_own():
-    for cls in (Recipe, LaunchSettings):
+    for cls in (Spec, Recipe, LaunchSettings):
         with_default = [f.name for f in dataclasses.fields(cls)
                         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
         assert with_default == [], cls

@@ -10,7 +10,7 @@ import pytest
 from simattr import datasets, models, store, subsets
 from simattr.errors import SimattrError
 
-DIGITS = datasets.Spec(name="digits")
+DIGITS = datasets.Spec.of(name="digits")
 RECIPE = models.Recipe.of(name="mlp", hidden=16, steps=10, lr=0.05)
 
 

@@ -45,15 +45,26 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 @dataclass(frozen=True)
 class Spec(Named):
-    """What a dataset is: everything that changes its images, labels or split (the config's `dataset`)."""
-    name: str = "digits"
-    root: str | None = None             # cifar10, imagenet, imagefolder
-    test_fraction: float = 0.2          # digits: held-out fraction of the stratified split
-    split_seed: int = 0                 # digits: seed of the split
-    image_size: int | None = None       # folder datasets: decoded size (default 224)
-    bad_images: str = "error"           # folder datasets: 'error' names the first bad file; 'skip' drops them
+    """What a dataset is: everything that changes its images, labels or split (the config's `dataset`). No
+    defaults here: the schema has them (Spec.of, settings.defaults); the fields a dataset does not read are None."""
+    name: str
+    root: str | None                    # cifar10, imagenet, imagefolder
+    test_fraction: float | None         # digits: held-out fraction of the stratified split
+    split_seed: int | None              # digits: seed of the split
+    image_size: int | None              # folder datasets: decoded size (None: 224)
+    bad_images: str | None              # folder datasets: 'error' names the first bad file; 'skip' drops them
     FIELDS = IDENTITY_FIELDS            # the fields each dataset reads (a class attribute, not a field)
     WHAT = "dataset"                    # its config section
+
+    @classmethod
+    def from_config(cls, section: dict) -> "Spec":
+        """From the config's `dataset` section; an image_size set for a dataset of fixed-size images is an
+        error (one line), not silently ignored."""
+        if section.get("image_size") is not None and section.get("name") in NAMES and \
+                section["name"] not in FOLDER_DATASETS:
+            raise SimattrError(f"dataset.image_size applies to {', '.join(FOLDER_DATASETS)} only "
+                               f"({section['name']} images have a fixed size)")
+        return super().from_config(section)
 
     def __post_init__(self):
         if self.name not in NAMES:
@@ -274,7 +285,7 @@ def _spec(data, test_fraction: float | None, seed: int | None) -> Spec:
         kw["test_fraction"] = test_fraction
     if seed is not None:
         kw["split_seed"] = seed
-    return Spec(**kw)
+    return Spec.of(**kw)
 
 
 def load_split(data: Spec | str, split: str, *, test_fraction: float | None = None, seed: int | None = None

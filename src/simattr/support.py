@@ -346,7 +346,7 @@ def load_queries(path: str) -> dict:
             raise SimattrError(f"{path}: holds neither X_train nor data_spec (the training images)")
         from . import datasets
 
-        arrays["X_train"] = datasets.load_split(datasets.Spec(**json.loads(attrs["data_spec"])), "train")
+        arrays["X_train"] = datasets.load_split(datasets.Spec.from_config(json.loads(attrs["data_spec"])), "train")
     return {"path": str(path), "arrays": arrays, "attrs": attrs}
 
 
