@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from simattr import augment as A
 from simattr import encoders as E
 from simattr.datasets import load_split
 from simattr.errors import SimattrError
@@ -248,28 +249,28 @@ def test_augment_and_loss():
     import torch
 
     x = torch.from_numpy(load_split("digits", "train", test_fraction=0.2, seed=0).images[:64])
-    a = E.augment(x, torch.Generator().manual_seed(1))
-    b = E.augment(x, torch.Generator().manual_seed(1))
-    c = E.augment(x, torch.Generator().manual_seed(2))
+    a = A.augment(x, torch.Generator().manual_seed(1))
+    b = A.augment(x, torch.Generator().manual_seed(1))
+    c = A.augment(x, torch.Generator().manual_seed(2))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     assert not torch.allclose(a, x)
     # translation: every image is its zero-padded self cropped at an offset of at most 1 pixel
-    t = E._translate(x, torch.Generator().manual_seed(0))
+    t = A.translate(x, torch.Generator().manual_seed(0))
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
     for i in range(len(x)):
         assert any(torch.equal(t[i], padded[i, :, r:r + 8, c:c + 8]) for r in range(3) for c in range(3))
     assert not torch.equal(t, x)
     # the photometric / small geometric parts keep a view nearest (cosine, in pixels) to its own image
     g = torch.Generator().manual_seed(1)
-    v = E._noise(E._jitter(E._erase(E._affine(x, g), g), g), g).clamp(0, 1)
+    v = A.noise(A.jitter(A.erase(A.affine(x, g), g), g), g).clamp(0, 1)
     sim = torch.nn.functional.normalize(v.flatten(1), dim=1) @ torch.nn.functional.normalize(x.flatten(1), dim=1).T
     assert (sim.argmax(1) == torch.arange(len(x))).float().mean() > 0.9
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(32, 16, generator=g)
-    matched = E.nt_xent(z, z + 0.01 * torch.randn(32, 16, generator=g), 0.2)
-    shuffled = E.nt_xent(z, z[torch.randperm(32, generator=g)], 0.2)
+    matched = A.nt_xent(z, z + 0.01 * torch.randn(32, 16, generator=g), 0.2)
+    shuffled = A.nt_xent(z, z[torch.randperm(32, generator=g)], 0.2)
     chance = float(np.log(2 * 32 - 1))  # the loss when the partner is no more similar than the 62 others
     assert float(matched) < 1.0 and float(shuffled) > chance - 0.5
 
@@ -288,12 +289,12 @@ def test_rgb_views_are_simclr_crops_and_colour(tmp_path):
     import torch
 
     x = torch.rand(6, 3, 16, 16)
-    a = E.augment(x, torch.Generator().manual_seed(0))
-    b = E.augment(x, torch.Generator().manual_seed(0))
-    c = E.augment(x, torch.Generator().manual_seed(1))
+    a = A.augment(x, torch.Generator().manual_seed(0))
+    b = A.augment(x, torch.Generator().manual_seed(0))
+    c = A.augment(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1
-    gray = E.augment(x[:1, :1], torch.Generator().manual_seed(0))     # one channel: the digits' views
+    gray = A.augment(x[:1, :1], torch.Generator().manual_seed(0))     # one channel: the digits' views
     assert gray.shape == (1, 1, 16, 16)
 
 

@@ -158,7 +158,7 @@ def test_mlp_train_state_in_its_torch_module_gives_train_predicts_logits():
     state = models.train_state(Xtr, y[:100], 7, 4, r)
     assert {k: tuple(v.shape) for k, v in state.items()} == {"0.weight": (32, 64), "0.bias": (32,),
                                                             "2.weight": (4, 32), "2.bias": (4,)}
-    with models._one_blas_thread():
+    with models.one_blas_thread():
         w1 = models.train_mlp(Xtr, y[:100], [7], 4, hidden=32, steps=40, lr=r.lr, weight_decay=1e-4)[0][0]
     np.testing.assert_array_equal(state["0.weight"].numpy(), w1.T)         # the same bits as training
     net = models.torch_module(r, Xtr.shape[1:], 4)

@@ -68,7 +68,6 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
     if replicates < 1:
         raise SimattrError(f"support.replicates must be >= 1 (got {replicates})")
     settings = support.engine_settings(settings)
-    support.check_settings(settings)
     loaded_queries = support.load_queries(queries)
     arrays = loaded_queries["arrays"]
     by_class = {}

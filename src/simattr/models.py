@@ -321,7 +321,7 @@ def _streamed_batches(stream, n: int, gen, bs: int, per_epoch: int, dev, mean, s
     import torch
 
     from .datasets import tensor_to_unit
-    from .encoders import crop_resize
+    from .augment import crop_resize
 
     order = torch.randperm(n, generator=gen)[:per_epoch * bs].numpy()
     for xb, yb in stream(order):

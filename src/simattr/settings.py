@@ -5,7 +5,7 @@ The workflow hands a job its settings as one param, a JSON object holding only t
 `simattr CMD --config FILE` builds the same object from a config file, the schema filling what the file leaves
 out: the schema (workflow/schemas/config.schema.yaml) is the one source of defaults. `parse` checks an object's
 keys and turns its sections into typed settings: `dataset` a datasets.Spec, `model` a models.Recipe; `support`
-is the answers' identity (support.engine_settings). How support tasks run (`launch`, a launch.LaunchSettings)
+is the answers' identity (support.Settings, checked by support.engine_settings). How support tasks run (`launch`, a launch.LaunchSettings)
 changes no result: the support rule passes it from its resources (`--launch KEY=VALUE ...`), never a param.
 
     for_job("score", config, encoder="simclr", ranker="esvm")
@@ -35,7 +35,7 @@ RANKER_KEYS = {
     "trak": (),
     "datamodels": (("datamodels", "n_alphas", "n_alphas"), ("datamodels", "val_fraction", "val_fraction")),
 }
-FLOAT_KEYS = ("C", "tol", "val_fraction", "threshold", "confidence")   # floats even where a config wrote 1
+FLOAT_KEYS = ("C", "tol", "val_fraction")   # floats even where a config wrote 1 (as argparse made them)
 DEVICE_RANKERS = tuple(r for r, keys in RANKER_KEYS.items() if any(k[2] == "device" for k in keys))
 
 
@@ -138,7 +138,6 @@ def _support(c: dict, metric: str, encoder: str, ranker: str) -> dict:
         raise SimattrError(f"unknown metric '{metric}'; valid: {', '.join(sconfig.METRICS)}")
     flat = {**{k: v for k, v in s.items() if not isinstance(v, (dict, list))}, **s[metric],
             "dataset": c["dataset"]["name"], "encoder": encoder, "ranker": ranker, "model": _model(c)}
-    flat.update({k: _float(flat[k]) for k in FLOAT_KEYS if k in flat})
     return {"support": engine_settings(flat), "replicates": s["replicates"]}
 
 
@@ -248,30 +247,35 @@ def typed_fields(cls, d: dict, keys, where: str) -> dict:
     return out
 
 
-def named_fields(cls, d: dict, fields_by_name: dict, what: str, where: str) -> dict:
-    """typed_fields for settings whose `name` says which fields they read (datasets, models): one line for an
-    unknown name."""
-    if not isinstance(d, dict) or d.get("name") not in fields_by_name:
-        got = d.get("name") if isinstance(d, dict) else d
-        raise SimattrError(f"{where}: unknown {what} {got!r}; valid: {', '.join(fields_by_name)}")
-    return typed_fields(cls, d, fields_by_name[d["name"]], where)
+def named_fields(cls, d: dict, fields_by_name: dict, what: str, where: str, key: str = "name") -> dict:
+    """typed_fields for settings whose `key` field (name, engine) says which fields they read: one line for an
+    unknown one."""
+    if not isinstance(d, dict) or d.get(key) not in fields_by_name:
+        got = d.get(key) if isinstance(d, dict) else d
+        raise SimattrError(f"{where}: unknown {what} {key} {got!r}; valid: {', '.join(fields_by_name)}"
+                           if key != "name" else f"{where}: unknown {what} {got!r}; valid: {', '.join(fields_by_name)}")
+    return typed_fields(cls, d, fields_by_name[d[key]], where)
 
 
 class Named:
-    """A typed settings object whose `name` picks the fields it reads (datasets.Spec, models.Recipe): FIELDS maps
-    each name to them (the fields it does not read are None); WHAT is its config section."""
+    """A typed settings object whose KEY field (`name`; support.Settings: `engine`) picks the fields it reads
+    (datasets.Spec, models.Recipe, support.Settings): FIELDS maps each value to them (the fields it does not read
+    are None); WHAT is its config section."""
     FIELDS: ClassVar[dict[str, tuple[str, ...]]]
     WHAT: ClassVar[str]
+    KEY: ClassVar[str] = "name"
 
     @classmethod
     def from_settings(cls, d: dict, where: str | None = None):
         """From exactly the fields it reads (identity()); a missing or extra one is one line naming it."""
-        return cls(**named_fields(cls, d, cls.FIELDS, cls.WHAT, where or cls.WHAT))
+        return cls(**named_fields(cls, d, cls.FIELDS, cls.WHAT, where or cls.WHAT, cls.KEY))
 
     @classmethod
     def from_config(cls, section: dict):
-        """From its config section (validated): the fields it reads."""
-        return cls.from_settings({k: section.get(k) for k in cls.FIELDS.get(section.get("name"), ("name",))})
+        """From its config section (validated, or any mapping holding at least its fields): the fields it
+        reads."""
+        return cls.from_settings({k: section.get(k) for k in cls.FIELDS.get(section.get(cls.KEY), (cls.KEY,))
+                                  if k in section or k == cls.KEY})
 
     @classmethod
     def of(cls, **fields):
@@ -280,4 +284,4 @@ class Named:
 
     def identity(self) -> dict:
         """The fields it reads (what outputs made from it hash)."""
-        return {k: getattr(self, k) for k in self.FIELDS[self.name]}
+        return {k: getattr(self, k) for k in self.FIELDS[getattr(self, self.KEY)]}

@@ -35,6 +35,7 @@ import numpy as np
 from . import __version__, flipcurve, models, store
 from .config import METRICS
 from .errors import SimattrError
+from .settings import Named
 
 PROTOCOL_VERSION = 4   # 2: k = 0 is probed after a flipping k_max probe; 3: the k = 0 probe reuses the
                        # full-data models of the queries stage; 4: seed sets, the adaptive engine, fitted curves
@@ -453,20 +454,40 @@ ENGINE_KEYS = {                 # the settings each engine reads (only these ent
 COMMON_KEYS = ("dataset", "encoder", "ranker", "k_max", "threshold", "seed_set", "engine", "model")
 
 
+@dataclass(frozen=True)
+class Settings(Named):
+    """An answer's settings: the method, the metric's k_max, the config's `support` keys its engine reads
+    (COMMON_KEYS and ENGINE_KEYS; the other engine's are None) and the retrained model's identity. No defaults
+    here: the schema has them. identity() is what every answer's hash holds."""
+    dataset: str
+    encoder: str
+    ranker: str
+    k_max: int
+    threshold: float
+    seed_set: int
+    engine: str
+    model: dict
+    bisection_steps: int | None
+    seeds: int | None
+    early_stop: bool | None
+    monotone_checks: int | None
+    seeds_min: int | None
+    seeds_max: int | None
+    max_models: int | None
+    confidence: float | None
+    FIELDS = {e: COMMON_KEYS + ENGINE_KEYS[e] for e in ENGINES}
+    WHAT = "support"
+    KEY = "engine"
+
+    def __post_init__(self):
+        check_settings(self.identity())
+
+
 def engine_settings(settings: dict) -> dict:
-    """The settings an answer depends on: the common ones and its engine's (a change to the other engine's
-    keys recomputes nothing)."""
-    engine = settings.get("engine")
-    if engine not in ENGINES:
-        raise SimattrError(f"support.engine {engine!r} is not one of {', '.join(ENGINES)}")
-    keys = COMMON_KEYS + ENGINE_KEYS[engine]
-    missing = [k for k in keys if k not in settings and k != "seed_set"]
-    if missing:
-        raise SimattrError(f"support settings lack {', '.join(missing)} (engine {engine})")
-    out = {k: settings[k] for k in keys if k in settings}
-    out.setdefault("seed_set", 0)
-    out["engine"] = engine
-    return out
+    """The settings an answer depends on, picked from `settings` (which may hold more: the other engine's
+    keys, the config's other support keys): the common ones and its engine's (a change to the other engine's
+    keys recomputes nothing); seed_set 0 unless given. Checked (Settings); one line for a missing key."""
+    return Settings.from_config({"seed_set": 0, **settings}).identity()
 
 
 def check_settings(s: dict) -> None:
@@ -542,7 +563,6 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
     """
     t0 = time.perf_counter()
     settings = engine_settings(settings)
-    check_settings(settings)
     inputs = answer_inputs(load_queries(queries_path), load_scores(scores_path), test_index)
     a_hash = answer_hash(metric, test_index, settings, inputs)
     prev = finished_answer(out_path, a_hash)
