@@ -41,23 +41,39 @@ CONTRACT_VERSION = 5   # 2: queries.h5 full_correct; answers carry checks and vi
                        # carry seed_sets and replicates; the report adds wins.csv and retest.csv
 
 # Path templates (relative to the results root). The workflow rules build their patterns from these.
-ENCODER_STATE = "{dataset}/encoders/{encoder}.pt"
-EMBED_DIR = "{dataset}/embeddings/{encoder}/{split}"
+ENCODERS_DIR = "{dataset}/encoders"
+ENCODER_STATE = ENCODERS_DIR + "/{encoder}.pt"
+EMBEDDINGS_DIR = "{dataset}/embeddings"
+ENCODER_EMBED_DIR = EMBEDDINGS_DIR + "/{encoder}"
+EMBED_DIR = ENCODER_EMBED_DIR + "/{split}"
 EMBED_INDEX = EMBED_DIR + "/index.json"
 SHARD_NAME = "shard-{shard:05d}.h5"
 EMBED_SHARD = EMBED_DIR + "/shard-{shard}.h5"     # the workflow's pattern: {shard} is SHARD_NAME's 5 digits
-SCORES = "{dataset}/scores/{encoder}/{ranker}/class-{cls}.h5"
-QUERIES = "{dataset}/support/queries.h5"
-SUPPORT_DIR = "{dataset}/support/{encoder}/{ranker}/{metric}"
+SCORES_ROOT = "{dataset}/scores"
+SCORES_DIR = SCORES_ROOT + "/{encoder}/{ranker}"
+SCORES = SCORES_DIR + "/class-{cls}.h5"
+SUPPORT_ROOT = "{dataset}/support"
+QUERIES = SUPPORT_ROOT + "/queries.h5"
+SUPPORT_DIR = SUPPORT_ROOT + "/{encoder}/{ranker}/{metric}"
 SUPPORT_ANSWER = SUPPORT_DIR + "/{test_index}.json"          # replicate r >= 1: {test_index}.rep{r}.json
-SUPPORT_GATHER = "{dataset}/support/{encoder}/{ranker}/{metric}.json"
+SUPPORT_GATHER = SUPPORT_ROOT + "/{encoder}/{ranker}/{metric}.json"
+SUBMITIT_DIR = "{dataset}/submitit/{encoder}-{ranker}-{metric}"   # submitit's own files of a support job
 SUBSETS_DIR = "{dataset}/subsets/{purpose}"
 SUBSET_SHARD = SUBSETS_DIR + "/shard-{shard}.h5"  # {shard}: SHARD_NAME's 5 digits
-TRAK_CHECKPOINTS = "{dataset}/attributions/trak-checkpoints.pt"
-TRAK_SCORES = "{dataset}/attributions/trak.h5"
-LDS = "{dataset}/lds/{encoder}/{ranker}.json"
+ATTRIBUTIONS_DIR = "{dataset}/attributions"
+TRAK_CHECKPOINTS = ATTRIBUTIONS_DIR + "/trak-checkpoints.pt"
+TRAK_SCORES = ATTRIBUTIONS_DIR + "/trak.h5"
+LDS_DIR = "{dataset}/lds"
+LDS = LDS_DIR + "/{encoder}/{ranker}.json"
 REPORT_DIR = "{dataset}/report"
 REPORT_MANIFEST = REPORT_DIR + "/inputs.json"
+BENCHMARK = "{dataset}/benchmarks/{stage}/{name}.tsv"      # a job's Snakemake benchmark
+LOG = "{dataset}/logs/{stage}/{name}.log"                   # a job's log (and LOG's .usage.json)
+#: (stage, folder): what each stage keeps on disk (the report's bytes stored per stage)
+STORED = (("embed", EMBEDDINGS_DIR), ("embed", ENCODERS_DIR), ("trak", ATTRIBUTIONS_DIR),
+          ("datamodels", SUBSETS_DIR.replace("{purpose}", "datamodels")),
+          ("lds", SUBSETS_DIR.replace("{purpose}", "lds")), ("lds", LDS_DIR), ("score", SCORES_ROOT),
+          ("support", SUPPORT_ROOT))
 REPORT_MANIFEST_KEYS = ("gathers", "scores", "benchmarks", "stored", "lds", "method_costs")  # lists of strings
 
 

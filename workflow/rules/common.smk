@@ -190,11 +190,11 @@ def report_files():
 
 
 def bench(stage, name):
-    return path(f"{{dataset}}/benchmarks/{stage}/{name}.tsv")
+    return path(store.BENCHMARK, stage=stage, name=name)
 
 
 def logfile(stage, name):
-    return path(f"{{dataset}}/logs/{stage}/{name}.log")
+    return path(store.LOG, stage=stage, name=name)
 
 
 def method_cost_entries():
@@ -216,10 +216,10 @@ def method_cost_entries():
                 job(m, "embed", f"{e}-{s}")
                 for k in range(N_SHARDS[s]):
                     job(m, "embed", f"{e}-{s}-shard-{k:05d}")
-            out.append(f"{m}|stored|{path('{dataset}/embeddings/{encoder}', encoder=e)}")
+            out.append(f"{m}|stored|{path(store.ENCODER_EMBED_DIR, encoder=e)}")
         for c in CLASSES:
             job(m, "score", f"{e}-{r}-class-{c}")
-        out.append(f"{m}|stored|{path('{dataset}/scores/{encoder}/{ranker}', encoder=e, ranker=r)}")
+        out.append(f"{m}|stored|{path(store.SCORES_DIR, encoder=e, ranker=r)}")
         if r == "trak":
             job(m, "attribution", "trak-checkpoints")
             job(m, "attribution", "trak")

@@ -20,19 +20,7 @@ rule report_manifest:
         lds=lds_files(),
         benchmarks=lambda wildcards: [f"{s}={f}" for s, f in report_benchmarks(wildcards)],
         method_costs=method_cost_entries(),
-        stored=[
-            f"{s}={path(p)}"
-            for s, p in [
-                ("embed", "{dataset}/embeddings"),
-                ("embed", "{dataset}/encoders"),
-                ("trak", "{dataset}/attributions"),
-                ("datamodels", "{dataset}/subsets/datamodels"),
-                ("lds", "{dataset}/subsets/lds"),
-                ("lds", "{dataset}/lds"),
-                ("score", "{dataset}/scores"),
-                ("support", "{dataset}/support"),
-            ]
-        ],
+        stored=[f"{stage}={path(folder)}" for stage, folder in store.STORED],
     log:
         logfile("report", "manifest"),
     run:

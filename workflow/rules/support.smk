@@ -36,7 +36,7 @@ rule support:
     params:
         settings=job_settings("support"),
         answers=lambda wildcards: path(store.SUPPORT_DIR, **wildcards),
-        submitit=lambda wildcards: path("{dataset}/submitit/{encoder}-{ranker}-{metric}", **wildcards),
+        submitit=lambda wildcards: path(store.SUBMITIT_DIR, **wildcards),
     # how the tasks run never changes an answer: resources, unlike params, do not trigger reruns
     # (the profile may override each one: profiles/slurm sets submitit_cluster=slurm)
     resources:
