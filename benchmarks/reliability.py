@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from simattr import flipcurve, models, store, support
+from simattr import queries as queries_mod
 from simattr.report import statistics
 
 METHODS = ("simclr/esvm", "simclr/knn_l2", "model/trak")
@@ -98,7 +99,7 @@ def run_unit(results: str, method: str, metric: str, t: int, dense: bool, dense_
     """Every arm of one (method, metric, test image) under both seed sets, and its dense reference curve;
     `cached`: an earlier run of this unit whose released arms and reference are kept (only the adaptive arms
     are run again)."""
-    queries = support.load_queries(str(Path(results) / "digits/support/queries.h5"))
+    queries = queries_mod.load_queries(str(Path(results) / "digits/support/queries.h5"))
     arrays = queries["arrays"]
     label = int(arrays["y_query"][list(arrays["test_indices"]).index(t)])
     enc, rk = method.split("/")

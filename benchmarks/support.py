@@ -4,7 +4,7 @@
     python benchmarks/support.py --quick             # 3 images, k_max 128, 3 steps (upper bounds): a smoke run, not the bar
     python benchmarks/support.py --metric mislabel   # k_max 32, 5 steps (the default config's mislabel values)
 
-Inputs (made in a temp dir, or --workdir): the bundled digits dataset, `support.prepare_queries` with the
+Inputs (made in a temp dir, or --workdir): the bundled digits dataset, `queries.prepare_queries` with the
 default config's model recipe (mlp, hidden 64, 100 steps, lr 0.01; test_fraction 0.2, split_seed 0;
 flip_models 5) and --n-test sampled images (sample_seed 0); rankings from one real ranker (`knn_l2` on the
 `pixels` encoder's standardised pixels, class-conditioned: each class's sampled test images against that
@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from simattr import answers as answers_stage, datasets, encoders, models, rankers, store, support
+from simattr import queries as queries_mod
 from simattr.launch import LaunchSettings
 
 DATASET = "digits"
@@ -62,7 +63,7 @@ def make_inputs(workdir: Path, n_test: int) -> tuple[str, list[str]]:
     """queries.h5 (full-data models, sampled images, flip classes) and one score file per sampled class."""
     queries = workdir / "queries.h5"
     data = datasets.Spec.of(name=DATASET, test_fraction=TEST_FRACTION, split_seed=SPLIT_SEED)
-    support.prepare_queries(data=data, n_test=n_test, sample_seed=SAMPLE_SEED, flip_models=FLIP_MODELS, recipe=RECIPE, out_path=str(queries))
+    queries_mod.prepare_queries(data=data, n_test=n_test, sample_seed=SAMPLE_SEED, flip_models=FLIP_MODELS, recipe=RECIPE, out_path=str(queries))
     arrays, _ = store.read_arrays(queries, ("test_indices", "y_query"))
     tr, te = datasets.load_split(data, "train"), datasets.load_split(data, "test")
     enc = encoders.get(ENCODER).fit(tr.images, tr.labels, {}, seed=0, progress=False)
@@ -113,7 +114,7 @@ def released_answer(X_train, y_train, x_query, label, flip_class, ranking, *, me
 def run_released(queries: str, score_files: list[str], *, metric, k_max, steps, seeds, threshold,
                  n_bitwise: int) -> dict:
     t0 = time.perf_counter()
-    q = support.load_queries(queries)
+    q = queries_mod.load_queries(queries)
     by_class = {int(s["attrs"]["class"]): s for s in map(support.load_scores, score_files)}
     a = q["arrays"]
     n_classes = int(q["attrs"]["n_classes"])

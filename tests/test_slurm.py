@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from simattr import answers, launch, support
+from simattr import queries as queries_mod
 from simattr.launch import LaunchSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -69,7 +70,7 @@ def _settings(**model) -> dict:
 
 
 def _unit(queries: str, files: list[str], out_dir: Path, test_index: int, settings: dict, metric="removal") -> dict:
-    arrays = support.load_queries(queries)["arrays"]
+    arrays = queries_mod.load_queries(queries)["arrays"]
     cls = int(arrays["y_query"][arrays["test_indices"].tolist().index(test_index)])   # files[c]: class c
     return {"queries_path": queries, "scores_path": files[cls], "out_path": str(out_dir / f"{test_index}.json"),
             "test_index": test_index, "metric": metric, "settings": settings}

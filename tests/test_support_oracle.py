@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from simattr import models, store, support
+from simattr import queries as queries_stage
 from simattr.errors import SimattrError
 
 N_TRAIN, N_CLASSES, LABEL, FLIP = 40, 3, 0, 2
@@ -190,7 +191,7 @@ def test_prepare_queries_picks_eligible_images_flip_classes_and_full_correct_as_
 
     splits, calls = fake_queries_stage
     out = tmp_path / "queries.h5"
-    attrs = support.prepare_queries(data=datasets.Spec.of(name="digits"), n_test=4, sample_seed=0, flip_models=4,
+    attrs = queries_stage.prepare_queries(data=datasets.Spec.of(name="digits"), n_test=4, sample_seed=0, flip_models=4,
                                     recipe=RECIPE, out_path=str(out))
     assert len(calls) == 1
     arrays, stored = store.read_arrays(out, ("test_indices", "y_query", "flip_class", "full_correct",
@@ -217,6 +218,6 @@ def test_prepare_queries_refuses_more_images_than_are_eligible(fake_queries_stag
     from simattr import datasets
 
     with pytest.raises(SimattrError, match="only 4 of 6"):
-        support.prepare_queries(data=datasets.Spec.of(name="digits"), n_test=5, sample_seed=0, flip_models=4,
+        queries_stage.prepare_queries(data=datasets.Spec.of(name="digits"), n_test=5, sample_seed=0, flip_models=4,
                                 recipe=RECIPE, out_path=str(tmp_path / "queries.h5"))
     assert not (tmp_path / "queries.h5").exists()

@@ -63,12 +63,13 @@ def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gat
     answers per further seed set, in the same test image order."""
     from . import launch as launch_mod
     from . import support
+    from .queries import load_queries
 
     t0 = time.perf_counter()
     if replicates < 1:
         raise SimattrError(f"support.replicates must be >= 1 (got {replicates})")
     settings = support.engine_settings(settings)
-    loaded_queries = support.load_queries(queries)
+    loaded_queries = load_queries(queries)
     arrays = loaded_queries["arrays"]
     by_class = {}
     for f in score_files:

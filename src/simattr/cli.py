@@ -197,9 +197,9 @@ def _lds(a, s, progress):
 
 
 def _queries(a, s, progress):
-    from . import support
+    from . import queries
 
-    support.prepare_queries(data=s.dataset, n_test=s.n_test, sample_seed=s.sample_seed, flip_models=s.flip_models,
+    queries.prepare_queries(data=s.dataset, n_test=s.n_test, sample_seed=s.sample_seed, flip_models=s.flip_models,
                             recipe=s.model, out_path=a.out, log=logging.getLogger("simattr"))
 
 

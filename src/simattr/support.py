@@ -23,10 +23,9 @@ independent models for a test-retest of the whole evaluation.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +34,7 @@ import numpy as np
 from . import __version__, flipcurve, models, store
 from .config import METRICS
 from .errors import SimattrError
+from .queries import load_queries
 from .settings import Named
 
 PROTOCOL_VERSION = 4   # 2: k = 0 is probed after a flipping k_max probe; 3: the k = 0 probe reuses the
@@ -336,21 +336,6 @@ def adaptive_search(bank: ModelBank, k_max: int, *, threshold: float, seeds_min:
     return probes
 
 
-QUERY_KEYS = ("y_train", "test_indices", "X_query", "y_query", "flip_class")
-
-
-def load_queries(path: str) -> dict:
-    """queries.h5; the training images are its X_train, or (streamed recipes) the dataset its data_spec names."""
-    arrays, attrs = store.read_arrays(path, QUERY_KEYS, optional=("full_correct", "X_train"))
-    if "X_train" not in arrays:
-        if "data_spec" not in attrs:
-            raise SimattrError(f"{path}: holds neither X_train nor data_spec (the training images)")
-        from . import datasets
-
-        arrays["X_train"] = datasets.load_split(datasets.Spec.from_config(json.loads(attrs["data_spec"])), "train")
-    return {"path": str(path), "arrays": arrays, "attrs": attrs}
-
-
 def load_scores(path: str) -> dict:
     return {"path": str(path), **store.read_scores(path)}
 
@@ -599,55 +584,3 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
     }
     store.write_json(out_path, result)
     return result
-
-
-def prepare_queries(*, data, n_test: int, sample_seed: int,
-                    flip_models: int, recipe: models.Recipe, out_path: str, log=None) -> dict:
-    """Train `flip_models` models on the full training data; sample the test images to evaluate.
-
-    Only test images the full-data models classify correctly (mean accuracy > 0.5) are eligible: for the
-    others the support is trivially 0. Each sampled image's flip class is the runner-up class of the
-    averaged predictions (the top one if the runner-up is its own label). Writes the retraining inputs too,
-    so that support workers need nothing but this file and a score file.
-    """
-    from . import datasets
-
-    tr = datasets.load_split(data, "train")
-    te = datasets.load_split(data, "test")
-    n_classes = len(tr.class_names)
-    dataset = data.name
-    streamed = recipe.name in models.STREAMED_MODELS
-    X_train, X_test = models.prepare_inputs(recipe, *((tr, te) if streamed else (tr.images, te.images)))
-    seeds = [store.seed_from("full", dataset, i) for i in range(flip_models)]
-    probs = models.train_predict(X_train, tr.labels, X_test, seeds=seeds, n_classes=n_classes, recipe=recipe)
-    mean_probs = probs.mean(0)
-    correct = probs.argmax(-1) == te.labels[None]                  # (models, test images)
-    acc = correct.mean(0)                                          # per test image, over models
-    eligible = np.flatnonzero(acc > 0.5)
-    if len(eligible) < n_test:
-        raise SimattrError(f"support.n_test={n_test} but only {len(eligible)} of {len(te.labels)} test images are "
-                           "classified correctly by the full-data models; lower support.n_test")
-    rng = np.random.default_rng(store.seed_from("queries", dataset, sample_seed))
-    chosen = np.sort(rng.choice(eligible, size=n_test, replace=False))
-    order = np.argsort(-mean_probs[chosen], axis=1, kind="stable")
-    flip = np.where(order[:, 1] == te.labels[chosen], order[:, 0], order[:, 1])
-    identity = {**data.identity(), "n_test": n_test,
-                "sample_seed": sample_seed, "flip_models": flip_models, "recipe": recipe.identity()}
-    attrs = {"dataset": dataset, "config_hash": store.config_hash(identity), "n_classes": n_classes, "n_eligible": int(len(eligible)),
-             "full_model_accuracy": float(correct.mean()),
-             "flip_models": flip_models}
-    arrays = {
-        "test_indices": chosen.astype(np.int64), "y_query": te.labels[chosen].astype(np.int64),
-        "flip_class": flip.astype(np.int64), "full_accuracy": acc[chosen].astype(np.float32),
-        "mean_probs": mean_probs[chosen].astype(np.float32),
-        "X_query": X_test.load(chosen).astype(np.float16) if streamed else X_test[chosen],
-        "full_correct": correct[:, chosen].astype(np.uint8), "y_train": tr.labels.astype(np.int64)}
-    if streamed:        # the workers read the training images from the dataset itself
-        attrs["data_spec"] = json.dumps(asdict(data), sort_keys=True)
-    else:
-        arrays["X_train"] = X_train
-    store.write_arrays(out_path, arrays, attrs)
-    if log:
-        log.info("full-data models: test accuracy %.4f; %d eligible test images; sampled %d",
-                 attrs["full_model_accuracy"], len(eligible), n_test)
-    return attrs
