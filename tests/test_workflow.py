@@ -428,7 +428,7 @@ NETWORK_RULES = {"train_simclr", "train_supervised", "embed_shard", "queries", "
 
 def profile_dry_run_jobs(configfile: Path, tmp_path: Path) -> list[dict]:
     """The jobs of a dry run through profiles/slurm: rule, encoder, the gpu resource and the --gpus /
-    --gpus-per-node of its shell command."""
+    gpus_per_node= of its shell command (the support rule's --launch)."""
     import re
 
     cfg_path, _ = with_fake_inputs(configfile, tmp_path)
