@@ -143,7 +143,7 @@ def run_engine(queries: str, score_files: list[str], workdir: Path, *, metric, k
     t0 = time.perf_counter()
     gather = answers_stage.support_stage(queries=queries, score_files=score_files, answers_dir=str(run_dir / "answers"),
                                          gather_out=str(run_dir / "gather.json"), metric=metric, settings=settings,
-                                         launch=launch, progress=False)
+                                         launch=launch, replicates=1, progress=False)
     wall = time.perf_counter() - t0
     answers = {}
     for ans in gather["answers"]:

@@ -94,6 +94,7 @@ def toy_blobs() -> tuple[np.ndarray, np.ndarray]:
 #: support settings of the toy problem (bisection; the adaptive engine's keys added where a test needs them)
 SUPPORT_SETTINGS = {"dataset": "toy", "encoder": "toy", "ranker": "knn_l2", "k_max": 40, "bisection_steps": 6,
                     "seeds": 3, "threshold": 0.5, "early_stop": True, "monotone_checks": 0, "engine": "bisection",
+                    "seed_set": 0,
                     "model": {"name": "mlp", "hidden": 8, "steps": 40, "lr": 0.05, "weight_decay": 0.0}}
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simattr import config, encoders, rankers, support
+from simattr import backbones, config, datasets, encoders, launch, models, rankers, support
 from simattr.errors import SimattrError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,11 +14,22 @@ def test_registries_and_schema_agree():
     schema = yaml.safe_load(SCHEMA.read_text())
     item = schema["properties"]["methods"]["items"]["properties"]
     assert tuple(item["encoder"]["enum"]) == config.ENCODERS
-    assert config.ENCODERS == encoders.ENCODERS + (config.MODEL_ENCODER,)
     assert tuple(item["ranker"]["enum"]) == config.RANKERS
     # the (queries, candidates) registry, the signed ESVM (labels too) and the model-based rankers
     assert set(config.RANKERS) == set(rankers.RANKERS) | {"esvm_signed"} | set(config.MODEL_RANKERS)
-    assert config.METRICS == support.METRICS
+    # every other enum of the schema is a registry of the code's, in the same order
+    p = schema["properties"]
+    enc = p["encoders"]["properties"]
+    pairs = [(p["dataset"]["properties"]["name"], datasets.NAMES), (p["dataset"]["properties"]["bad_images"],
+             datasets.BAD_IMAGES), (p["model"]["properties"]["name"], models.MODELS),
+             (p["support"]["properties"]["engine"], support.ENGINES), (p["launch"]["properties"]["cluster"],
+             launch.CLUSTERS), (p["support"]["properties"]["metrics"]["items"], config.METRICS),
+             (enc["simclr"]["properties"]["arch"], encoders.SIMCLR_ARCHS)]
+    for schema_entry, registry in pairs:
+        assert tuple(schema_entry["enum"]) == tuple(registry), (schema_entry, registry)
+    for key, registry in (("arch", backbones.ARCHS), ("layout", backbones.LAYOUTS), ("feature", backbones.FEATURES),
+                          ("normalize", backbones.NORMALIZE)):
+        assert set(enc["resnet"]["properties"][key]["enum"]) == set(registry), key
 
 
 @pytest.mark.parametrize("method, ok", [({"encoder": "model", "ranker": "trak"}, True),

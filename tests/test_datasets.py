@@ -223,7 +223,7 @@ def test_an_embed_job_builds_its_network_once(tmp_path, monkeypatch):
     real = bb.resnet
     monkeypatch.setattr(bb, "resnet", lambda *a, **k: (builds.append(1), real(*a, **k))[1])
     embedding.embed_shard(data=spec, encoder="resnet", split="train", shard=0, shard_size=0, batch_size=3,
-                          out=shard, state_path=state, progress=False)
+                          float16=False, workers=0, out=shard, state_path=state, progress=False)
     assert len(builds) == 1              # the state file read and checked, 18 images in 6 batches: one network
     embedding.embed_index(data=spec, encoder="resnet", split="train", shards=[shard],
                           out=str(tmp_path / "index.json"), state_path=state)

@@ -143,7 +143,8 @@ def _wait_for(cond, timeout: float, what: str):
 def test_support_stage_runs_as_a_slurm_array_with_the_same_answers(slurm, tmp_path):
     queries, files = support_inputs(tmp_path)
     settings = _settings()
-    common = dict(queries=queries, score_files=files, metric="removal", settings=settings, progress=False)
+    common = dict(queries=queries, score_files=files, metric="removal", settings=settings, progress=False,
+                  replicates=1)
     t0 = time.perf_counter()
     on_slurm = answers.support_stage(answers_dir=str(tmp_path / "slurm"), gather_out=str(tmp_path / "slurm.json"),
                                     launch=_slurm_launch(tmp_path), **common)

@@ -124,7 +124,7 @@ def test_support_stage_answers_every_image_and_resumes_without_retraining(metric
     queries, files = support_inputs
     launch = LaunchSettings.of(cluster="debug", folder=str(tmp_path / "submitit"))
     kw = dict(queries=queries, score_files=files, answers_dir=str(tmp_path / "answers"), metric=metric,
-              settings=SUPPORT_SETTINGS, launch=launch, progress=False)
+              settings=SUPPORT_SETTINGS, launch=launch, progress=False, replicates=1)
     g1 = answers.support_stage(gather_out=str(tmp_path / "g1.json"), **kw)
     assert [a["test_index"] for a in g1["answers"]] == [0, 1, 2, 3]
     for a in g1["answers"]:
@@ -154,7 +154,8 @@ def test_several_images_per_task_give_the_same_answers_and_isolate_a_failing_ima
     from simattr.launch import LaunchSettings
 
     queries, files = support_inputs
-    kw = dict(queries=queries, score_files=files, metric="removal", settings=SUPPORT_SETTINGS, progress=False)
+    kw = dict(queries=queries, score_files=files, metric="removal", settings=SUPPORT_SETTINGS, progress=False,
+              replicates=1)
     one = answers.support_stage(answers_dir=str(tmp_path / "a1"), gather_out=str(tmp_path / "g1.json"),
                                launch=LaunchSettings.of(cluster="debug", folder=str(tmp_path / "s1"),
                                                         images_per_task=1), **kw)

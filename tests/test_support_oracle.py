@@ -101,7 +101,7 @@ def _planted_model(planted: set[int], label: int, flip: int):
     return fake
 
 
-SETTINGS = {"dataset": "toy", "encoder": "toy", "ranker": "toy", "k_max": 20, "threshold": 0.5,
+SETTINGS = {"dataset": "toy", "encoder": "toy", "ranker": "toy", "k_max": 20, "threshold": 0.5, "seed_set": 0,
             "bisection_steps": 5, "seeds": 3, "early_stop": True, "monotone_checks": 3,
             "seeds_min": 3, "seeds_max": 5, "max_models": 60, "confidence": 0.9,
             "model": {"name": "mlp", "hidden": 4, "steps": 1, "lr": 0.01, "weight_decay": 0.0}}

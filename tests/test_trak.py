@@ -26,7 +26,7 @@ def test_trak_scores_equal_a_direct_traker_call(tmp_path):
     r = models.Recipe.of(hidden=16, steps=50)
     ckpts = trak.train_checkpoints(recipe=r, X_train=Xtr, y_train=ytr, n_classes=4, seeds=[0, 1])
     s = trak.trak_scores(recipe=r, X_train=Xtr, y_train=ytr, X_target=Xt, y_target=yt, checkpoints=ckpts,
-                         n_classes=4, proj_dim=256, projector_seed=3, save_dir=tmp_path / "ours")
+                         n_classes=4, proj_dim=256, projector_seed=3, batch_size=128, save_dir=tmp_path / "ours")
     assert s.shape == (20, 400) and s.dtype == np.float32
 
     # by hand, as traker's quickstart does it (other batch sizes, its own save_dir handling)
@@ -54,7 +54,7 @@ def test_top_scored_training_image_mostly_has_the_targets_label(tmp_path):
     ckpts = trak.train_checkpoints(recipe=r, X_train=Xtr, y_train=ytr, n_classes=4, seeds=range(8))
     assert (models.train_predict(Xtr, ytr, Xt, seeds=[0], n_classes=4, recipe=r)[0].argmax(1) == yt).mean() > 0.95
     s = trak.trak_scores(recipe=r, X_train=Xtr, y_train=ytr, X_target=Xt, y_target=yt, checkpoints=ckpts,
-                         n_classes=4, proj_dim=16, save_dir=tmp_path / "t")
+                         n_classes=4, proj_dim=16, batch_size=128, save_dir=tmp_path / "t")
     assert (ytr[s.argmax(1)] == yt).mean() > 0.6                        # chance: 0.25
     same = ytr[None] == yt[:, None]
     mean_same = (s * same).sum(1) / same.sum(1)
@@ -67,7 +67,7 @@ def test_trak_scores_are_deterministic_and_save_dir_is_made_fresh(tmp_path):
     r = models.Recipe.of(hidden=8, steps=20)
     ckpts = trak.train_checkpoints(recipe=r, X_train=Xtr, y_train=ytr, n_classes=3, seeds=[4, 5])
     kw = dict(recipe=r, X_train=Xtr, y_train=ytr, X_target=Xt, y_target=yt, checkpoints=ckpts, n_classes=3,
-              proj_dim=32)
+              proj_dim=32, batch_size=128)
     a = trak.trak_scores(**kw, save_dir=tmp_path / "t")
     b = trak.trak_scores(**kw, save_dir=tmp_path / "t")                # the same folder again: emptied first
     np.testing.assert_array_equal(a, b)
@@ -131,7 +131,7 @@ def test_trak_scores_on_cuda_agree_with_the_cpu(tmp_path):
     r = models.Recipe.of(hidden=16, steps=50)
     ckpts = trak.train_checkpoints(recipe=r, X_train=Xtr, y_train=ytr, n_classes=4, seeds=[0, 1])
     kw = dict(recipe=r, X_train=Xtr, y_train=ytr, X_target=Xt, y_target=yt, checkpoints=ckpts, n_classes=4,
-              proj_dim=128, projector_seed=3)
+              proj_dim=128, projector_seed=3, batch_size=128)
     cpu = trak.trak_scores(**kw, device="cpu", save_dir=tmp_path / "cpu")
     cuda = trak.trak_scores(**kw, device="cuda", save_dir=tmp_path / "cuda")
     np.testing.assert_allclose(cuda, cpu, rtol=1e-3, atol=1e-3 * np.abs(cpu).max())

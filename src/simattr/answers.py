@@ -57,7 +57,7 @@ def _answer_chunk(units: list[dict], at_once: int = 1, threads: int = 1, name: s
 
 
 def support_stage(*, queries: str, score_files: list[str], answers_dir: str, gather_out: str, metric: str,
-                  settings: dict, launch, progress: bool = True, replicates: int = 1) -> dict:
+                  settings: dict, launch, replicates: int, progress: bool = True) -> dict:
     """Submit one array task per sampled test image (and replicate seed set); wait; gather the answers into
     `gather_out`: `answers` (seed set settings["seed_set"]) and, with replicates > 1, `replicates`: one list of
     answers per further seed set, in the same test image order."""

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+from .config import METRICS, MODEL_RANKERS
+from .datasets import SPLITS
 from .errors import SimattrError
+from .subsets import PURPOSES
 
 
 def _setup_logging(path: str | None) -> None:
@@ -33,7 +36,13 @@ class Command:
     name: str
     help: str
     run: Callable[[argparse.Namespace, Any, bool], None]
-    wildcards: tuple[str, ...] = ()
+
+    @property
+    def wildcards(self) -> tuple[str, ...]:
+        """The job's wildcards (settings.JOBS): flags of the command that its settings depend on."""
+        from .settings import JOBS
+
+        return JOBS[self.name][1]
 
 
 def job_settings(a: argparse.Namespace, job: str, wildcards: tuple[str, ...]):
@@ -70,30 +79,31 @@ OUT = _arg("--out", required=True)
 ENCODER = _arg("--encoder", required=True)
 RANKER = _arg("--ranker", required=True)
 STATE = _arg("--state", help="encoder state (.pt) of encoders made by a rule of their own")
-SPLIT = _arg("--split", required=True, choices=["train", "test"])
+SPLIT = _arg("--split", required=True, choices=SPLITS)
 CLASS = _arg("--class", dest="cls", type=int, required=True)
 ONE_OF = "one of"    # a spec (ONE_OF, spec, spec, ...): a required choice between flags
 ARGS = {
     "train-encoder": (ENCODER, OUT),
     "embed": (ENCODER, STATE, SPLIT, _arg("--shard", type=int, help="embed only this shard, into --out"),
-              _arg("--workers", type=int, default=0, help="image-decoding processes (0: in this process); the "
-                   "workflow passes embed.workers (a resource: it changes no result)"),
+              _arg("--workers", type=int, help="image-decoding processes (0: in this process; default: embed.workers "
+                   "of --config, or the schema's); the workflow passes embed.workers (a resource: it changes no "
+                   "result)"),
               (ONE_OF, _arg("--out", help="the shard file (with --shard)"),
                _arg("--out-dir", help="folder of the split's shards and index.json (without --shard)"))),
     "embed-index": (ENCODER, STATE, SPLIT, _arg("--shards", nargs="*", default=[]), OUT),
     "score": (ENCODER, RANKER, CLASS, _arg("--train-index", required=True), _arg("--test-index", required=True),
               OUT),
-    "score-model": (_arg("--ranker", required=True, choices=["trak", "datamodels"]), CLASS,
+    "score-model": (_arg("--ranker", required=True, choices=MODEL_RANKERS), CLASS,
                     _arg("--trak-scores", help="trak: the attribution file of the trak rule"),
                     _arg("--subsets", nargs="*", default=[], help="datamodels: the subset-model shards"), OUT),
-    "subsets": (_arg("--purpose", required=True, choices=["datamodels", "lds"]),
+    "subsets": (_arg("--purpose", required=True, choices=PURPOSES),
                 _arg("--shard", type=int, required=True), OUT),
     "trak-checkpoints": (OUT,),
     "trak": (_arg("--checkpoints-file", required=True), OUT),
     "lds": (_arg("--scores", nargs="+", required=True),
             _arg("--subsets", nargs="+", required=True, help="the LDS subset-model shards"), OUT),
     "queries": (OUT,),
-    "support": (ENCODER, RANKER, _arg("--metric", required=True, choices=["removal", "mislabel"]),
+    "support": (ENCODER, RANKER, _arg("--metric", required=True, choices=METRICS),
                 _arg("--queries", required=True), _arg("--scores", nargs="+", required=True),
                 _arg("--launch", nargs="+", metavar="KEY=VALUE", help="every key of the `launch` section (how "
                      "the tasks run: the workflow passes them from the support rule's resources, which the SLURM "
@@ -129,11 +139,20 @@ def _train_encoder(a, s, progress):
                             progress=progress)
 
 
+def _workers(a) -> int:
+    """--workers, else embed.workers of the --config file, else the schema's."""
+    if a.workers is not None:
+        return a.workers
+    from . import settings
+
+    return (settings.load_config(a.config) if a.config else settings.defaults())["embed"]["workers"]
+
+
 def _embed(a, s, progress):
     from . import embedding
 
     kw = dict(data=s.dataset, encoder=a.encoder, split=a.split, shard_size=s.shard_size, state_path=a.state,
-              batch_size=s.batch_size, float16=s.float16, workers=a.workers, progress=progress)
+              batch_size=s.batch_size, float16=s.float16, workers=_workers(a), progress=progress)
     if (a.shard is None) != (a.out is None):
         raise SimattrError("embed: give --shard with --out, or --out-dir alone")
     if a.shard is None:
@@ -227,21 +246,19 @@ def _report(a, s, progress):
 
 COMMANDS = {c.name: c for c in (
     Command("train-encoder", "make an encoder state: train simclr / supervised on the train split, or import "
-            "resnet from its checkpoint", _train_encoder, ("encoder",)),
-    Command("embed", "embed one shard of a split (--shard, --out) or the whole split (--out-dir)", _embed,
-            ("encoder",)),
+            "resnet from its checkpoint", _train_encoder),
+    Command("embed", "embed one shard of a split (--shard, --out) or the whole split (--out-dir)", _embed),
     Command("embed-index", "check a split's shards against the settings, write index.json", _embed_index),
-    Command("score", "score one class's test images against the training images", _score, ("ranker",)),
+    Command("score", "score one class's test images against the training images", _score),
     Command("score-model", "score one class's test images with a model-based ranker (trak, datamodels)",
-            _score_model, ("ranker",)),
+            _score_model),
     Command("subsets", "train one shard of models on random subsets of the training set (datamodels, LDS), "
-            "resuming from its journal", _subsets, ("purpose",)),
+            "resuming from its journal", _subsets),
     Command("trak-checkpoints", "train the full-data models TRAK attributes", _trak_checkpoints),
     Command("trak", "TRAK scores of every test image against every training image (traker)", _trak),
     Command("lds", "linear datamodeling score of one method's scores", _lds),
     Command("queries", "train full-data models, sample test images, find their flip classes", _queries),
-    Command("support", "removal or mislabel support of the sampled test images (submitit array)", _support,
-            ("metric", "encoder", "ranker")),
+    Command("support", "removal or mislabel support of the sampled test images (submitit array)", _support),
     Command("report", "tables and plots comparing the methods' support sizes", _report),
 )}
 
@@ -265,11 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def usage_path(log_path: str | Path) -> Path:
-    """Where a command run with --log LOG records what it used: LOG with the suffix .usage.json."""
-    return Path(log_path).with_suffix(".usage.json")
-
-
 def _write_usage(log_path: str, cmd: str, t0: float) -> None:
     """{cmd, wall_s, cpu_s, cuda, gpu}: whether this command had a CUDA device (torch imported and a device
     present: its wall seconds count as GPU seconds in the report's cost table)."""
@@ -281,7 +293,7 @@ def _write_usage(log_path: str, cmd: str, t0: float) -> None:
 
     cuda = cuda_in_use()
     t = os.times()
-    store.write_json(usage_path(log_path), {
+    store.write_json(store.usage_path(log_path), {
         "cmd": cmd, "wall_s": round(time.perf_counter() - t0, 3),
         "cpu_s": round(t.user + t.system + t.children_user + t.children_system, 3), "cuda": cuda,
         "gpu": sys.modules["torch"].cuda.get_device_name(0) if cuda else None})

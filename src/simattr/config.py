@@ -13,7 +13,19 @@ from .errors import SimattrError
 # The registries' names, known without importing torch (the schema lists them too; a test checks both agree).
 MODEL_ENCODER = "model"                   # the retrained model itself: the features of the model-based rankers
 ENCODERS = FEATURE_ENCODERS + (MODEL_ENCODER,)
-RANKERS = ("esvm", "esvm_reference", "esvm_signed", "knn_l2", "knn_cos", "random", "trak", "datamodels")
+#: every ranker, with its settings: (config section, key there, the ranker's keyword); settings.ranker_settings
+RANKER_KEYS = {
+    "esvm": (("esvm", "C", "C"), ("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
+    "esvm_reference": (("esvm", "C", "C"), ("esvm", "tol", "tol"), ("esvm", "max_iter", "max_iter")),
+    "esvm_signed": (("esvm", "C", "C"), ("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device"),
+                    ("esvm", "runner_up_neighbours", "neighbours")),
+    "knn_l2": (("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
+    "knn_cos": (("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
+    "random": (("score", "random_seed", "random_seed"),),
+    "trak": (),
+    "datamodels": (("datamodels", "n_alphas", "n_alphas"), ("datamodels", "val_fraction", "val_fraction")),
+}
+RANKERS = tuple(RANKER_KEYS)
 MODEL_RANKERS = ("trak", "datamodels")
 METRICS = ("removal", "mislabel")
 #: the schema: every config key, its type and its default (the one place defaults are written)

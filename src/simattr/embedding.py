@@ -96,8 +96,7 @@ def _encode_range(encoder, part: datasets.Split, start: int, stop: int, batch_si
 
 
 def embed_shard(*, data: datasets.Spec, encoder: str, split: str, shard: int, shard_size: int, out: str,
-                state_path: str | None = None, batch_size: int = 256, float16: bool = False, workers: int = 0,
-                progress: bool = True) -> None:
+                state_path: str | None, batch_size: int, float16: bool, workers: int, progress: bool = True) -> None:
     """Embed shard `shard` of one split (images shard*shard_size .. ; shard_size 0: the whole split)."""
     t0 = time.perf_counter()
     enc, settings = _encoder(data, encoder, state_path)
@@ -129,8 +128,7 @@ def embed_index(*, data: datasets.Spec, encoder: str, split: str, shards: list[s
 
 
 def embed(*, data: datasets.Spec, encoder: str, split: str, shard_size: int, out_dir: str,
-          state_path: str | None = None, batch_size: int = 256, float16: bool = False, workers: int = 0,
-          progress: bool = True) -> dict:
+          state_path: str | None, batch_size: int, float16: bool, workers: int, progress: bool = True) -> dict:
     """Embed one whole split in this process: every shard, then the manifest."""
     n = len(datasets.load_split(data, split))
     files = []
@@ -140,4 +138,4 @@ def embed(*, data: datasets.Spec, encoder: str, split: str, shard_size: int, out
                     state_path=state_path, batch_size=batch_size, float16=float16, workers=workers,
                     progress=progress)
     return embed_index(data=data, encoder=encoder, split=split, shards=files,
-                       out=str(Path(out_dir) / "index.json"), state_path=state_path)
+                       out=str(Path(out_dir) / store.INDEX_NAME), state_path=state_path)

@@ -32,7 +32,7 @@ from .settings import Named
 MODELS = ("mlp", "resnet9", "resnet18")
 CNN_MODELS = ("resnet9", "resnet18")
 STREAMED_MODELS = ("resnet18",)       # trained from the dataset's files, never held in memory or in queries.h5
-#: the fields each model reads (its identity; the others keep their defaults)
+#: the fields each model reads (its identity; the others are None in its Recipe)
 FIELDS = {"mlp": ("name", "hidden", "steps", "lr", "weight_decay"),
           "resnet9": ("name", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "deterministic"),
           "resnet18": ("name", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "deterministic")}

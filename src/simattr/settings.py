@@ -23,18 +23,7 @@ from . import config as sconfig
 from .errors import SimattrError
 
 EMBED_BATCH_SIZE = 256      # images encoded at once by every encoder but resnet (encoders.resnet.batch_size)
-#: each ranker's settings: (config section, key there, the ranker's keyword)
-RANKER_KEYS = {
-    "esvm": (("esvm", "C", "C"), ("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
-    "esvm_signed": (("esvm", "C", "C"), ("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device"),
-                    ("esvm", "runner_up_neighbours", "neighbours")),
-    "esvm_reference": (("esvm", "C", "C"), ("esvm", "tol", "tol"), ("esvm", "max_iter", "max_iter")),
-    "knn_l2": (("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
-    "knn_cos": (("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
-    "random": (("score", "random_seed", "random_seed"),),
-    "trak": (),
-    "datamodels": (("datamodels", "n_alphas", "n_alphas"), ("datamodels", "val_fraction", "val_fraction")),
-}
+RANKER_KEYS = sconfig.RANKER_KEYS
 FLOAT_KEYS = ("C", "tol", "val_fraction")   # floats even where a config wrote 1 (as argparse made them)
 DEVICE_RANKERS = tuple(r for r, keys in RANKER_KEYS.items() if any(k[2] == "device" for k in keys))
 

@@ -46,7 +46,8 @@ ENCODER_STATE = ENCODERS_DIR + "/{encoder}.pt"
 EMBEDDINGS_DIR = "{dataset}/embeddings"
 ENCODER_EMBED_DIR = EMBEDDINGS_DIR + "/{encoder}"
 EMBED_DIR = ENCODER_EMBED_DIR + "/{split}"
-EMBED_INDEX = EMBED_DIR + "/index.json"
+INDEX_NAME = "index.json"
+EMBED_INDEX = EMBED_DIR + "/" + INDEX_NAME
 SHARD_NAME = "shard-{shard:05d}.h5"
 EMBED_SHARD = EMBED_DIR + "/shard-{shard}.h5"     # the workflow's pattern: {shard} is SHARD_NAME's 5 digits
 SCORES_ROOT = "{dataset}/scores"
@@ -68,7 +69,7 @@ LDS = LDS_DIR + "/{encoder}/{ranker}.json"
 REPORT_DIR = "{dataset}/report"
 REPORT_MANIFEST = REPORT_DIR + "/inputs.json"
 BENCHMARK = "{dataset}/benchmarks/{stage}/{name}.tsv"      # a job's Snakemake benchmark
-LOG = "{dataset}/logs/{stage}/{name}.log"                   # a job's log (and LOG's .usage.json)
+LOG = "{dataset}/logs/{stage}/{name}.log"                   # a job's log (and its usage record: usage_path)
 #: (stage, folder): what each stage keeps on disk (the report's bytes stored per stage)
 STORED = (("embed", EMBEDDINGS_DIR), ("embed", ENCODERS_DIR), ("trak", ATTRIBUTIONS_DIR),
           ("datamodels", SUBSETS_DIR.replace("{purpose}", "datamodels")),
@@ -80,13 +81,29 @@ REPORT_MANIFEST_KEYS = ("gathers", "scores", "benchmarks", "stored", "lds", "met
 def answer_path(answers_dir: str | os.PathLike, test_index: int, replicate: int = 0) -> Path:
     """One support answer in SUPPORT_DIR: {test_index}.json for the configured seed set (replicate 0),
     {test_index}.rep{r}.json for replicate r >= 1 (seed set support.seed_set + r)."""
-    return Path(answers_dir) / (f"{test_index}.json" if replicate == 0 else f"{test_index}.rep{replicate}.json")
+    name = Path(SUPPORT_ANSWER).name.format(test_index=test_index)
+    return Path(answers_dir) / (name if replicate == 0 else name.replace(".json", f".rep{replicate}.json"))
 
 
 def config_hash(values: dict[str, Any]) -> str:
     """A short stable hash of the settings that determine an output (sorted JSON, sha256)."""
     blob = json.dumps(values, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def fill(template: str, **fields: Any) -> str:
+    """`template` with the given fields filled in; the others stay as {wildcards}."""
+    class Keep(dict):
+        def __missing__(self, key):
+            return f"{{{key}}}"
+
+    return template.format_map(Keep(fields))
+
+
+def usage_path(log_path: str | os.PathLike) -> Path:
+    """Where a command run with --log LOG records what it used (wall, CPU and GPU seconds): LOG with the suffix
+    .usage.json."""
+    return Path(log_path).with_suffix(".usage.json")
 
 
 def seed_from(*identity: Any) -> int:
@@ -303,7 +320,7 @@ def write_index(out_dir: str | os.PathLike, shard_files: list, *, n: int, expect
                           class_counts=classes,
                           class_names=json.loads(first["class_names"]) if first and "class_names" in first else [],
                           skipped=list(skipped))
-    write_json(out_dir / "index.json", manifest)
+    write_json(out_dir / INDEX_NAME, manifest)
     return manifest
 
 

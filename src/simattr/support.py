@@ -471,15 +471,15 @@ class Settings(Named):
 def engine_settings(settings: dict) -> dict:
     """The settings an answer depends on, picked from `settings` (which may hold more: the other engine's
     keys, the config's other support keys): the common ones and its engine's (a change to the other engine's
-    keys recomputes nothing); seed_set 0 unless given. Checked (Settings); one line for a missing key."""
-    return Settings.from_config({"seed_set": 0, **settings}).identity()
+    keys recomputes nothing). Checked (Settings); one line for a missing key."""
+    return Settings.from_config(settings).identity()
 
 
 def check_settings(s: dict) -> None:
     """One-line errors for settings no search can use."""
     if not 0.0 <= float(s["threshold"]) < 1.0:
         raise SimattrError(f"support.threshold must be in [0, 1) (got {s['threshold']})")
-    if int(s.get("seed_set", 0)) < 0:
+    if int(s["seed_set"]) < 0:
         raise SimattrError(f"support.seed_set must be >= 0 (got {s['seed_set']})")
     if s["engine"] == "bisection" and int(s["seeds"]) < 1:
         raise SimattrError(f"support.seeds must be >= 1 (got {s['seeds']})")

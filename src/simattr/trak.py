@@ -72,8 +72,7 @@ def train_checkpoints(*, recipe: models.Recipe, X_train, y_train: np.ndarray, n_
 
 def trak_scores(*, recipe: models.Recipe, X_train, y_train: np.ndarray, X_target, y_target: np.ndarray,
                 checkpoints: list[dict], n_classes: int, proj_dim: int, projector_seed: int = 0,
-                lambda_reg: float = 0.0,
-                batch_size: int = 128, device=None, save_dir, progress: bool = False) -> np.ndarray:
+                lambda_reg: float = 0.0, batch_size: int, device=None, save_dir, progress: bool = False) -> np.ndarray:
     """TRAK scores of every training image for every target, (n_target, n_train) float32; higher = the training
     image supports the target's correct prediction (label y_target) more.
 
@@ -284,7 +283,7 @@ def trak_checkpoints(*, data: datasets.Spec, recipe, n_checkpoints: int, seed: i
 
 
 def trak_attributions(*, data: datasets.Spec, recipe, checkpoints: str, proj_dim: int, projector_seed: int,
-                      batch_size: int, out: str, lambda_reg: float = 0.0, progress: bool = True) -> None:
+                      batch_size: int, out: str, lambda_reg: float, progress: bool = True) -> None:
     """TRAK scores of every test image against every training image (through the traker package)."""
     import tempfile
 

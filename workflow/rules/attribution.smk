@@ -6,9 +6,9 @@ rule trak_checkpoints:
     output:
         path(store.TRAK_CHECKPOINTS),
     log:
-        logfile("attribution", "trak-checkpoints"),
+        job_log("trak_checkpoints"),
     benchmark:
-        bench("attribution", "trak-checkpoints")
+        job_bench("trak_checkpoints")
     params:
         settings=job_settings("trak-checkpoints"),
     threads: retrain_threads
@@ -28,9 +28,9 @@ rule trak:
     output:
         path(store.TRAK_SCORES),
     log:
-        logfile("attribution", "trak"),
+        job_log("trak"),
     benchmark:
-        bench("attribution", "trak")
+        job_bench("trak")
     params:
         settings=job_settings("trak"),   # with the projector's name: a new projection reruns the rule
 
@@ -50,9 +50,9 @@ rule subsets:
     output:
         path(store.SUBSET_SHARD),
     log:
-        logfile("attribution", "subsets-{purpose}-{shard}"),
+        job_log("subsets"),
     benchmark:
-        bench("attribution", "subsets-{purpose}-{shard}")
+        job_bench("subsets")
     params:
         settings=job_settings("subsets"),
     threads: retrain_threads
@@ -74,9 +74,9 @@ rule lds:
     output:
         path(store.LDS),
     log:
-        logfile("attribution", "lds-{encoder}-{ranker}"),
+        job_log("lds"),
     benchmark:
-        bench("attribution", "lds-{encoder}-{ranker}")
+        job_bench("lds")
     params:
         settings=job_settings("lds"),
     threads: 1

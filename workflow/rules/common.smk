@@ -3,10 +3,11 @@
 from simattr import config as sconfig
 from simattr import settings as ssettings
 from simattr import store
-from simattr.datasets import Spec, n_classes, split_size
+from simattr.datasets import SPLITS, Spec, n_classes, split_size
 from simattr.encoders import TRAINABLE  # encoders whose state file a rule makes
 from simattr.errors import SimattrError
-from simattr.models import Recipe
+from simattr.models import CNN_MODELS, Recipe
+from simattr.subsets import PURPOSES
 from snakemake.exceptions import WorkflowError
 import os
 import shutil
@@ -41,9 +42,28 @@ except SimattrError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
 
 
-def encoder_job(encoder):
-    """The log / benchmark name of the rule that makes an encoder's state (import_resnet, train_simclr, ...)."""
-    return "import-resnet" if encoder == "resnet" else f"train-{encoder}"
+#: every job's (stage, name): the names of its log, benchmark and usage record, in one place for the rules and the
+#: report's lists; fields not given stay wildcards
+JOB_FILES = {
+    "train_simclr": ("embed", "train-simclr"), "train_supervised": ("embed", "train-supervised"),
+    "import_resnet": ("embed", "import-resnet"), "embed_shard": ("embed", "{encoder}-{split}-shard-{shard}"),
+    "embed_index": ("embed", "{encoder}-{split}"), "score": ("score", "{encoder}-{ranker}-class-{cls}"),
+    "trak_checkpoints": ("attribution", "trak-checkpoints"), "trak": ("attribution", "trak"),
+    "subsets": ("attribution", "subsets-{purpose}-{shard}"), "lds": ("attribution", "lds-{encoder}-{ranker}"),
+    "queries": ("support", "queries"), "support": ("support", "{encoder}-{ranker}-{metric}"),
+    "report_manifest": ("report", "manifest"), "report": ("report", "report"),
+}
+ENCODER_RULE = {"simclr": "train_simclr", "supervised": "train_supervised", "resnet": "import_resnet"}
+
+
+def job_log(job, **fields):
+    stage, name = JOB_FILES[job]
+    return path(store.LOG, stage=stage, name=store.fill(name, **fields))
+
+
+def job_bench(job, **fields):
+    stage, name = JOB_FILES[job]
+    return path(store.BENCHMARK, stage=stage, name=store.fill(name, **fields))
 
 
 ENV = "../../envs/simattr.yaml"  # relative to the rule files
@@ -57,34 +77,28 @@ if "resnet" in ENCODERS_USED and not config["encoders"]["resnet"]["checkpoint"]:
                         "so a local checkpoint file is required (nothing is downloaded)")
 try:    # shards per split: known from the dataset's listing, without decoding an image
     N_SHARDS = {s: len(store.shard_ranges(split_size(DATA, s), config["embed"]["shard_size"]))
-                for s in ("train", "test")}
+                for s in SPLITS}
 except SimattrError as e:
     raise WorkflowError(f"invalid dataset: {e}") from None
 # subset-model shards per purpose (datamodels: only when a method uses it; lds: lds.models > 0)
 N_SUBSET_SHARDS = {p: len(store.shard_ranges(config[p]["models"], config[p]["shard_size"]))
-                   for p in ("datamodels", "lds")}
+                   for p in PURPOSES}
 LDS_ON = config["lds"]["models"] > 0
 
 
 wildcard_constraints:
-    purpose="datamodels|lds",
+    purpose="|".join(PURPOSES),
     encoder="|".join(sconfig.ENCODERS),
     ranker="|".join(sconfig.RANKERS),
     metric="|".join(sconfig.METRICS),
-    split="train|test",
+    split="|".join(SPLITS),
     cls=r"\d+",
     shard=r"\d{5}",
 
 
 def path(template, **kw):
     """A data-contract path under the results root; unspecified fields stay as wildcards."""
-    fields = {"dataset": D, **kw}
-
-    class Keep(dict):
-        def __missing__(self, key):
-            return f"{{{key}}}"
-
-    return f"{R}/{template.format_map(Keep(fields))}"
+    return f"{R}/{store.fill(template, dataset=D, **kw)}"
 
 
 def encoder_state(wildcards):
@@ -115,7 +129,7 @@ def job_settings(job, **fixed):
 
 
 NETWORK_ENCODERS = TRAINABLE   # every encoder with a state of its own runs a network (pixels does not)
-CNN = MODEL.name != "mlp"
+CNN = MODEL.name in CNN_MODELS
 
 
 def embed_gpus(wildcards):
@@ -189,45 +203,37 @@ def report_files():
             + ([f"{d}/overlap.csv"] if len(METHODS) > 1 else []) + ([f"{d}/lds.csv"] if LDS_ON else []))
 
 
-def bench(stage, name):
-    return path(store.BENCHMARK, stage=stage, name=name)
-
-
-def logfile(stage, name):
-    return path(store.LOG, stage=stage, name=name)
-
-
 def method_cost_entries():
     """METHOD|KIND|VALUE entries of the report's cost table: per method, the jobs that made its scores (benchmark
     and usage record of each), what they stored, and the retrained models it needed."""
     out = []
 
-    def job(method, stage, name):
-        out.append(f"{method}|bench|{bench(stage, name)}")
-        out.append(f"{method}|usage|{logfile(stage, name)[:-len('.log')]}.usage.json")
+    def job(method, rule, **fields):
+        out.append(f"{method}|bench|{job_bench(rule, **fields)}")
+        out.append(f"{method}|usage|{store.usage_path(job_log(rule, **fields))}")
 
     for e, r in METHODS:
         m = f"{e}/{r}"
         if e in TRAINABLE:
-            job(m, "embed", encoder_job(e))
+            job(m, ENCODER_RULE[e])
             out.append(f"{m}|stored|{path(store.ENCODER_STATE, encoder=e)}")
         if e != sconfig.MODEL_ENCODER:
-            for s in ("train", "test"):
-                job(m, "embed", f"{e}-{s}")
+            for s in SPLITS:
+                job(m, "embed_index", encoder=e, split=s)
                 for k in range(N_SHARDS[s]):
-                    job(m, "embed", f"{e}-{s}-shard-{k:05d}")
+                    job(m, "embed_shard", encoder=e, split=s, shard=f"{k:05d}")
             out.append(f"{m}|stored|{path(store.ENCODER_EMBED_DIR, encoder=e)}")
         for c in CLASSES:
-            job(m, "score", f"{e}-{r}-class-{c}")
+            job(m, "score", encoder=e, ranker=r, cls=c)
         out.append(f"{m}|stored|{path(store.SCORES_DIR, encoder=e, ranker=r)}")
         if r == "trak":
-            job(m, "attribution", "trak-checkpoints")
-            job(m, "attribution", "trak")
+            job(m, "trak_checkpoints")
+            job(m, "trak")
             out += [f"{m}|stored|{path(store.TRAK_CHECKPOINTS)}", f"{m}|stored|{path(store.TRAK_SCORES)}",
                     f"{m}|models|{config['trak']['checkpoints']}"]
         if r == "datamodels":
             for s in range(N_SUBSET_SHARDS["datamodels"]):
-                job(m, "attribution", f"subsets-datamodels-{s:05d}")
+                job(m, "subsets", purpose="datamodels", shard=f"{s:05d}")
             out += [f"{m}|stored|{path(store.SUBSETS_DIR, purpose='datamodels')}",
                     f"{m}|models|{config['datamodels']['models']}"]
     return out
@@ -247,21 +253,22 @@ def report_benchmarks(wildcards):
     pairs = []
     for e in ENCODERS_USED:
         if e in TRAINABLE:
-            pairs.append(("embed", bench("embed", encoder_job(e))))
-        for s in ("train", "test"):
-            pairs.append(("embed", bench("embed", f"{e}-{s}")))
-            pairs += [("embed", bench("embed", f"{e}-{s}-shard-{k:05d}")) for k in range(N_SHARDS[s])]
+            pairs.append(("embed", job_bench(ENCODER_RULE[e])))
+        for s in SPLITS:
+            pairs.append(("embed", job_bench("embed_index", encoder=e, split=s)))
+            pairs += [("embed", job_bench("embed_shard", encoder=e, split=s, shard=f"{k:05d}"))
+                      for k in range(N_SHARDS[s])]
     if "trak" in RANKERS_USED:
-        pairs += [("trak", bench("attribution", "trak-checkpoints")), ("trak", bench("attribution", "trak"))]
-    for p in ("datamodels", "lds"):
+        pairs += [("trak", job_bench("trak_checkpoints")), ("trak", job_bench("trak"))]
+    for p in PURPOSES:
         if p == "lds" and LDS_ON or p in RANKERS_USED:
-            pairs += [(p, bench("attribution", f"subsets-{p}-{s:05d}")) for s in range(N_SUBSET_SHARDS[p])]
+            pairs += [(p, job_bench("subsets", purpose=p, shard=f"{s:05d}")) for s in range(N_SUBSET_SHARDS[p])]
     for e, r in METHODS:
         if LDS_ON:
-            pairs.append(("lds", bench("attribution", f"lds-{e}-{r}")))
+            pairs.append(("lds", job_bench("lds", encoder=e, ranker=r)))
         for c in CLASSES:
-            pairs.append(("score", bench("score", f"{e}-{r}-class-{c}")))
+            pairs.append(("score", job_bench("score", encoder=e, ranker=r, cls=c)))
         for m in config["support"]["metrics"]:
-            pairs.append(("support", bench("support", f"{e}-{r}-{m}")))
-    pairs.append(("support", bench("support", "queries")))
+            pairs.append(("support", job_bench("support", encoder=e, ranker=r, metric=m)))
+    pairs.append(("support", job_bench("queries")))
     return pairs

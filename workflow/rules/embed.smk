@@ -5,9 +5,9 @@ rule train_simclr:
     output:
         path(store.ENCODER_STATE, encoder="simclr"),
     log:
-        logfile("embed", encoder_job("simclr")),
+        job_log("train_simclr"),
     benchmark:
-        bench("embed", encoder_job("simclr"))
+        job_bench("train_simclr")
     params:
         settings=job_settings("train-encoder", encoder="simclr"),
     threads: 2
@@ -25,9 +25,9 @@ rule train_supervised:
     output:
         path(store.ENCODER_STATE, encoder="supervised"),
     log:
-        logfile("embed", encoder_job("supervised")),
+        job_log("train_supervised"),
     benchmark:
-        bench("embed", encoder_job("supervised"))
+        job_bench("train_supervised")
     params:
         settings=job_settings("train-encoder", encoder="supervised"),
     threads: 2
@@ -47,9 +47,9 @@ rule import_resnet:
     output:
         path(store.ENCODER_STATE, encoder="resnet"),
     log:
-        logfile("embed", encoder_job("resnet")),
+        job_log("import_resnet"),
     benchmark:
-        bench("embed", encoder_job("resnet"))
+        job_bench("import_resnet")
     params:
         settings=job_settings("train-encoder", encoder="resnet"),
     threads: 1
@@ -66,9 +66,9 @@ rule embed_shard:
     output:
         path(store.EMBED_SHARD),
     log:
-        logfile("embed", "{encoder}-{split}-shard-{shard}"),
+        job_log("embed_shard"),
     benchmark:
-        bench("embed", "{encoder}-{split}-shard-{shard}")
+        job_bench("embed_shard")
     params:
         settings=job_settings("embed"),
         state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
@@ -91,9 +91,9 @@ rule embed_index:
     output:
         path(store.EMBED_INDEX),
     log:
-        logfile("embed", "{encoder}-{split}"),
+        job_log("embed_index"),
     benchmark:
-        bench("embed", "{encoder}-{split}")
+        job_bench("embed_index")
     params:
         settings=job_settings("embed-index"),
         state=lambda wildcards, input: f"--state {input.state}" if input.state else "",

@@ -22,7 +22,7 @@ rule report_manifest:
         method_costs=method_cost_entries(),
         stored=[f"{stage}={path(folder)}" for stage, folder in store.STORED],
     log:
-        logfile("report", "manifest"),
+        job_log("report_manifest"),
     run:
         write_report_manifest(output[0], log[0], params)
 
@@ -37,7 +37,7 @@ rule report:
     output:
         report_files(),
     log:
-        logfile("report", "report"),
+        job_log("report"),
     params:
         settings=job_settings("report"),
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),

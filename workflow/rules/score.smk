@@ -12,9 +12,9 @@ rule score:
     output:
         path(store.SCORES),
     log:
-        logfile("score", "{encoder}-{ranker}-class-{cls}"),
+        job_log("score"),
     benchmark:
-        bench("score", "{encoder}-{ranker}-class-{cls}")
+        job_bench("score")
     params:
         settings=job_settings("score"),
     threads: 1
@@ -38,9 +38,9 @@ rule score_model:
     output:
         path(store.SCORES),
     log:
-        logfile("score", "{encoder}-{ranker}-class-{cls}"),
+        job_log("score"),
     benchmark:
-        bench("score", "{encoder}-{ranker}-class-{cls}")
+        job_bench("score")
     params:
         settings=job_settings("score-model"),
         inputs=lambda wildcards, input: (f"--trak-scores {input[0]}" if wildcards.ranker == "trak"

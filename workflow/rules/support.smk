@@ -7,9 +7,9 @@ rule queries:
     output:
         path(store.QUERIES),
     log:
-        logfile("support", "queries"),
+        job_log("queries"),
     benchmark:
-        bench("support", "queries")
+        job_bench("queries")
     params:
         settings=job_settings("queries"),
     threads: retrain_threads
@@ -30,9 +30,9 @@ rule support:
     output:
         path(store.SUPPORT_GATHER),
     log:
-        logfile("support", "{encoder}-{ranker}-{metric}"),
+        job_log("support"),
     benchmark:
-        bench("support", "{encoder}-{ranker}-{metric}")
+        job_bench("support")
     params:
         settings=job_settings("support"),
         answers=lambda wildcards: path(store.SUPPORT_DIR, **wildcards),

@@ -74,7 +74,7 @@ def stage_costs(benchmarks: dict[str, list], stored: dict[str, list]) -> list[di
 def method_costs(entries: Sequence[tuple[str, str, str]]) -> list[dict]:
     """What each method cost to produce its scores, from (method, kind, value) entries: kind `bench` (a Snakemake
     benchmark of one of its jobs: the encoder's training, embedding, scoring, the models a model-based ranker
-    trains), `usage` (the job's usage record, simattr.cli.usage_path: whether it had a GPU), `stored` (a file
+    trains), `usage` (the job's usage record, simattr.store.usage_path: whether it had a GPU), `stored` (a file
     or folder it wrote) and `models` (retrained models it needed). A job shared by several methods (an encoder)
     counts for each. Rows: method, jobs, wall_s, cpu_s, gpu_s (wall seconds of jobs that had a CUDA device),
     models_trained, bytes."""

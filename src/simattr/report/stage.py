@@ -16,9 +16,8 @@ log = logging.getLogger("simattr")
 
 def report_stage(*, data: datasets.Spec, gathers: list[str],
                  score_files: list[str], benchmarks: list[tuple[str, str]], stored: list[tuple[str, str]],
-                 n_boot: int, seed: int, grid_images: int, out_dir: str, lds_files: list[str] = (),
-                 overlap_k: list[int] = (10, 100), method_cost_entries: list[tuple[str, str, str]] = ()
-                 ) -> list[dict]:
+                 n_boot: int, seed: int, grid_images: int, out_dir: str, lds_files: list[str],
+                 overlap_k: list[int], method_cost_entries: list[tuple[str, str, str]]) -> list[dict]:
     g = [store.read_json(p) for p in gathers]
     rows = summarize(g, n_boot=n_boot, seed=seed)
     wins = win_rates(g, n_boot=n_boot, seed=seed)
