@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__, flipcurve, models, store
-from .config import METRICS
+from .config import METRICS, check_support
 from .errors import SimattrError
 from .queries import load_queries
 from .settings import Named
@@ -484,13 +484,9 @@ def check_settings(s: dict) -> None:
     if s["engine"] == "bisection" and int(s["seeds"]) < 1:
         raise SimattrError(f"support.seeds must be >= 1 (got {s['seeds']})")
     if s["engine"] == "adaptive":
-        lo, hi, cap = int(s["seeds_min"]), int(s["seeds_max"]), int(s["max_models"])
-        if lo < 1:
-            raise SimattrError(f"support.seeds_min must be >= 1 (got {lo})")
-        if hi < lo:
-            raise SimattrError(f"support.seeds_max ({hi}) is below support.seeds_min ({lo})")
-        if cap < lo:
-            raise SimattrError(f"support.max_models ({cap}) is below support.seeds_min ({lo})")
+        if int(s["seeds_min"]) < 1:
+            raise SimattrError(f"support.seeds_min must be >= 1 (got {s['seeds_min']})")
+        check_support(s)                  # the keys that bound each other, as the config is checked
         if not 0.5 < float(s["confidence"]) < 1.0:
             raise SimattrError(f"support.confidence must be in (0.5, 1) (got {s['confidence']})")
 

@@ -199,8 +199,10 @@ def all_scores():
 
 def report_files():
     d = path(store.REPORT_DIR)
-    return ([f"{d}/support.csv", f"{d}/report.md", f"{d}/support_cdf.png", f"{d}/topk_grid.png", f"{d}/cost.csv"]
-            + ([f"{d}/overlap.csv"] if len(METHODS) > 1 else []) + ([f"{d}/lds.csv"] if LDS_ON else []))
+    f = store.REPORT_FILES
+    keys = ["support", "markdown", "cdf", "grid", "cost"] + (["overlap"] if len(METHODS) > 1 else []) + \
+        (["lds"] if LDS_ON else [])
+    return [f"{d}/{f[k]}" for k in keys]
 
 
 def method_cost_entries():

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..store import write_text
+from ..store import REPORT_FILES, write_text
 from .statistics import metric_order
 
 
@@ -169,7 +169,8 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[st
         out += [_md_table(["stage", "jobs", "wall s (sum)", "h:m:s", "max RSS MB", "stored"], body)]
     else:
         out += ["No benchmark data.", ""]
-    out += ["## Figures", "", "![Support CDF](support_cdf.png)", "", "![Top-k training images](topk_grid.png)", ""]
+    out += ["## Figures", "", f"![Support CDF]({REPORT_FILES['cdf']})", "",
+            f"![Top-k training images]({REPORT_FILES['grid']})", ""]
     return "\n".join(out)
 
 
@@ -269,12 +270,12 @@ def write_tables(rows: list[dict], wins: list[dict], costs: list[dict], out_dir:
     """support.csv (the summarize rows; censored values as ">k_max"), lds.csv, overlap.csv, cost.csv (each when
     it has rows) and report.md, all atomically."""
     out_dir = Path(out_dir)
-    write_text(out_dir / "support.csv", render_csv(rows))
-    for name, got, cols in (("lds.csv", lds, LDS_COLUMNS), ("overlap.csv", overlap, OVERLAP_COLUMNS),
-                            ("cost.csv", mcosts, COST_COLUMNS), ("wins.csv", wins, WIN_COLUMNS),
-                            ("retest.csv", retest, RETEST_COLUMNS)):
+    write_text(out_dir / REPORT_FILES["support"], render_csv(rows))
+    for key, got, cols in (("lds", lds, LDS_COLUMNS), ("overlap", overlap, OVERLAP_COLUMNS),
+                           ("cost", mcosts, COST_COLUMNS), ("wins", wins, WIN_COLUMNS),
+                           ("retest", retest, RETEST_COLUMNS)):
         if got:
-            write_text(out_dir / name, _rows_csv(got, cols))
+            write_text(out_dir / REPORT_FILES[key], _rows_csv(got, cols))
         else:                   # a table this run does not have: no stale copy from an earlier run
-            (out_dir / name).unlink(missing_ok=True)
-    write_text(out_dir / "report.md", render_markdown(rows, wins, costs, lds, overlap, mcosts, retest))
+            (out_dir / REPORT_FILES[key]).unlink(missing_ok=True)
+    write_text(out_dir / REPORT_FILES["markdown"], render_markdown(rows, wins, costs, lds, overlap, mcosts, retest))

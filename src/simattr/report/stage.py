@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from .. import datasets, store
+from ..store import REPORT_FILES
 from .costs import method_costs, stage_costs
 from .figures import plot_cdf, plot_topk_grid
 from .render import write_tables
@@ -30,7 +31,7 @@ def report_stage(*, data: datasets.Spec, gathers: list[str],
         kept.setdefault(stage, []).append(p)
     costs = stage_costs(bench, kept)
     out = Path(out_dir)
-    plot_cdf(g, out / "support_cdf.png", n_boot=min(n_boot, 200), seed=seed)
+    plot_cdf(g, out / REPORT_FILES["cdf"], n_boot=min(n_boot, 200), seed=seed)
     # the top-k grid: the first few sampled test images, each method's best training images
     tr = datasets.load_split(data, "train")
     te = datasets.load_split(data, "test")
@@ -45,11 +46,12 @@ def report_stage(*, data: datasets.Spec, gathers: list[str],
         for t in shown:
             if t in rows_of:
                 topk_by_method.setdefault(method, {})[t] = sc["topk"][rows_of[t]].tolist()
-    plot_topk_grid(te, tr, topk_by_method, shown, out / "topk_grid.png", k=8)
+    plot_topk_grid(te, tr, topk_by_method, shown, out / REPORT_FILES["grid"], k=8)
     lds = lds_rows([store.read_json(p) for p in lds_files])
     overlap = overlap_rows(score_sets, overlap_k) if len(score_sets) > 1 else []
     mcosts = method_costs(method_cost_entries)
     write_tables(rows, wins, costs, out, lds=lds, overlap=overlap, mcosts=mcosts, retest=retest)
-    log.info("report written to %s\n%s", out / "report.md", (out / "report.md").read_text())
+    md = out / REPORT_FILES["markdown"]
+    log.info("report written to %s\n%s", md, md.read_text())
     return rows
 
