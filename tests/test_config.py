@@ -83,3 +83,27 @@ def test_missing_or_broken_config_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("esvm: [unclosed")
     with pytest.raises(SimattrError, match="bad.yaml: not valid YAML"):
         config.load(tmp_path / "bad.yaml", SCHEMA)
+
+
+def test_the_config_readme_states_the_schemas_defaults():
+    """config/README.md's tables are written for readers, the schema is the source: every key the schema has a
+    default for is in a table, with that default."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+
+    def leaves(node, prefix=""):
+        for key, sub in node.get("properties", {}).items():
+            if sub.get("type") == "object" and "properties" in sub:
+                yield from leaves(sub, f"{prefix}{key}.")
+            elif "default" in sub:
+                yield f"{prefix}{key}", sub["default"]
+
+    rows = {}
+    for line in (REPO / "config" / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`") and cells[1].startswith("`"):
+            rows[cells[0].strip("`")] = yaml.safe_load(cells[1].strip("`"))
+    expected = dict(leaves(schema))
+    assert len(expected) > 80
+    missing = sorted(set(expected) - set(rows) - {"methods"})
+    wrong = {k: (rows[k], v) for k, v in expected.items() if k in rows and rows[k] != v}
+    assert not missing and not wrong, (missing, wrong)
