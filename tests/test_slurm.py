@@ -87,7 +87,7 @@ def _journal_keys(answer_path: str) -> list[tuple[int, int]]:
 
 def _slurm_launch(tmp: Path, **kw) -> LaunchSettings:
     base = dict(cluster="slurm", folder=str(tmp / "submitit"), parallelism=4, timeout_min=10, mem_gb=0.5,
-                signal_delay_s=30)
+                signal_delay_s=30, images_per_task=1)       # one array task per test image
     return LaunchSettings.of(**{**base, **kw})
 
 
