@@ -151,3 +151,19 @@ def test_the_embed_workers_resource_defaults_from_the_config_or_the_schema(tmp_p
     assert _workers(p.parse_args([*args, "--config", str(cfg)])) == 3
     assert _workers(p.parse_args([*args, "--config", str(cfg), "--workers", "1"])) == 1
     assert _workers(p.parse_args([*args, "--settings", "{}"])) == settings.defaults()["embed"]["workers"]
+
+
+def test_the_support_rules_launch_words_parse_to_the_configs_launch_settings():
+    """The support rule passes `launch` as KEY=VALUE words from its resources; an empty partition (the resource's
+    "" for null) is no partition, not the partition named ''."""
+    from simattr.cli import _launch
+
+    want = {**settings.defaults()["launch"], "mem_gb": 2.5}
+    words = [f"{k}={'' if v is None else v}" for k, v in want.items()]
+    a = build_parser().parse_args(["support", "--settings", "{}", "--encoder", "e", "--ranker", "esvm", "--metric",
+                                   "removal", "--queries", "q", "--scores", "s", "--submitit-dir", "sub",
+                                   "--answers-dir", "a", "--out", "o", "--launch", *words])
+    got = _launch(a)
+    assert got == LaunchSettings.from_settings(want, folder="sub") and got.slurm_partition is None
+    assert got.mem_gb == 2.5 and isinstance(got.images_per_task, int)
+    assert LaunchSettings.from_settings({**want, "slurm_partition": ""}).slurm_partition is None   # config's ""
