@@ -241,8 +241,8 @@ def named_fields(cls, d: dict, fields_by_name: dict, what: str, where: str, key:
     unknown one."""
     if not isinstance(d, dict) or d.get(key) not in fields_by_name:
         got = d.get(key) if isinstance(d, dict) else d
-        raise SimattrError(f"{where}: unknown {what} {key} {got!r}; valid: {', '.join(fields_by_name)}"
-                           if key != "name" else f"{where}: unknown {what} {got!r}; valid: {', '.join(fields_by_name)}")
+        named = what if key == "name" else f"{what} {key}"          # "dataset", "model", "support engine"
+        raise SimattrError(f"{where}: unknown {named} {got!r}; valid: {', '.join(fields_by_name)}")
     return typed_fields(cls, d, fields_by_name[d[key]], where)
 
 
