@@ -14,6 +14,7 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/attribution.smk"
 include: "workflow/rules/support.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

@@ -14,7 +14,7 @@ def test_registries_and_schema_agree():
     schema = yaml.safe_load(SCHEMA.read_text())
     item = schema["properties"]["methods"]["items"]["properties"]
     assert tuple(item["encoder"]["enum"]) == config.ENCODERS
-    assert tuple(item["ranker"]["enum"]) == config.RANKERS
+    assert tuple(item["ranker"]["enum"]) == config.RANKERS + (config.EXTERNAL_RANKER,)
     # the (queries, candidates) registry, the signed ESVM (labels too) and the model-based rankers
     assert set(config.RANKERS) == set(rankers.RANKERS) | {"esvm_signed"} | set(config.MODEL_RANKERS)
     # every other enum of the schema is a registry of the code's, in the same order

@@ -1,5 +1,6 @@
 import csv
 import math
+import re
 
 import numpy as np
 import pytest
@@ -324,10 +325,30 @@ def test_method_costs_sum_each_methods_jobs_and_count_gpu_jobs(tmp_path):
                                ("y/knn", "bench", str(b2)), ("y/knn", "usage", str(tmp_path / "absent.json"))])
     assert rows == [
         {"method": "x/trak", "jobs": 2, "wall_s": 14.0, "cpu_s": 14.0, "gpu_s": 9.0, "models_trained": 5,
-         "bytes": 100},
-        {"method": "y/knn", "jobs": 1, "wall_s": 4.0, "cpu_s": 4.0, "gpu_s": 0.0, "models_trained": 0, "bytes": 0}]
+         "bytes": 100, "sidecar": ""},
+        {"method": "y/knn", "jobs": 1, "wall_s": 4.0, "cpu_s": 4.0, "gpu_s": 0.0, "models_trained": 0, "bytes": 0,
+         "sidecar": ""}]
     with pytest.raises(SimattrError, match="unknown kind 'time'"):
         costs.method_costs([("x", "time", "1")])
+
+
+def test_an_external_methods_cost_adds_what_its_author_reported(tmp_path):
+    import json
+
+    b = write_bench(tmp_path / "a.tsv", 2.0, 1)
+    side = tmp_path / "if.cost.json"
+    side.write_text(json.dumps({"wall_s": 100.5, "gpu_s": 80, "models_trained": 3}))
+    (row,) = costs.method_costs([("external/if", "bench", str(b)), ("external/if", "sidecar", str(side))])
+    assert (row["wall_s"], row["gpu_s"], row["models_trained"], row["sidecar"]) == (102.5, 80.0, 3, str(side))
+    render.write_tables([], [], [], tmp_path, mcosts=[row])
+    assert "| `external/if` (+ author's) | 1 | 102.5 |" in (tmp_path / "report.md").read_text()
+    for bad, match in (({"wall_s": -1}, "'wall_s' must be a number >= 0, got -1"),
+                       ({"models_trained": 1.5}, "'models_trained' must be a whole number >= 0, got 1.5"),
+                       ({"gpu_s": "10"}, "'gpu_s' must be a number >= 0"), ({"wall": 1}, "unknown keys wall"),
+                       ([1], "expected a JSON object")):
+        side.write_text(json.dumps(bad))
+        with pytest.raises(SimattrError, match=f"{side.name}: .*{re.escape(match) if '(' in match else match}"):
+            costs.method_costs([("external/if", "sidecar", str(side))])
 
 
 def _scores(test, train, s):
@@ -356,7 +377,7 @@ def test_lds_overlap_and_cost_tables_in_the_report(tmp_path):
     assert "| `e/r` | 0.2500 | [0.1000, 0.4000] | 3 | 0 | 20 | full_scores |" in md
     assert "### top-10" in md and "| `e/r` | 1.000 |" in md and "| `e/r` | 2 | 1.5 |  | 0.0 | 0 | 2.00 KiB |" in md
     assert (tmp_path / "lds.csv").read_text().splitlines()[1] == "e/r,0.25,0.1,0.4,3,0,20,0.5,full_scores"
-    assert (tmp_path / "cost.csv").read_text().splitlines()[1] == "e/r,2,1.5,,0.0,0,2048"
+    assert (tmp_path / "cost.csv").read_text().splitlines()[1] == "e/r,2,1.5,,0.0,0,2048,"
 
 
 def _curve_answer(t, support, flips_at, n=3, k_max=64, noisy=False):

@@ -23,11 +23,24 @@ CONFIGS = sorted((REPO / "config").glob("*.yaml"))
 WILDCARDS = {"encoder": "simclr", "ranker": "esvm", "metric": "removal", "purpose": "lds"}
 
 
-def load(path):
+def load(path, scores=None):
+    """A shipped config, validated; with `scores`, an external method named `outside` reading that file."""
     raw = yaml.safe_load(path.read_text())
     if raw.get("encoders", {}).get("resnet", {}).get("checkpoint") is None:
         raw.setdefault("encoders", {}).setdefault("resnet", {})["checkpoint"] = "ck.pth"
+    if scores is not None:
+        raw["methods"] = list(raw.get("methods", settings.defaults()["methods"])) + [
+            {"encoder": "external", "ranker": "scores", "name": "outside", "path": str(scores)}]
     return settings.sconfig.validate(raw)
+
+
+@pytest.fixture
+def scores_file(tmp_path):
+    import numpy as np
+
+    p = tmp_path / "outside.npy"
+    np.save(p, np.zeros((3, 4), np.float32))
+    return p
 
 
 def test_every_command_has_a_job_and_every_job_a_command():
@@ -35,10 +48,10 @@ def test_every_command_has_a_job_and_every_job_a_command():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_each_jobs_settings_round_trip_through_json_into_typed_objects(path):
-    config = load(path)
+def test_each_jobs_settings_round_trip_through_json_into_typed_objects(path, scores_file):
+    config = load(path, scores_file)
     for job, (_, names) in settings.JOBS.items():
-        kw = {k: WILDCARDS[k] for k in names}
+        kw = {k: WILDCARDS[k] if job != "score-external" else "outside" for k in names}
         made = settings.for_job(job, config, **kw)
         parsed = settings.parse(job, settings.as_json(made), **kw)
         if "dataset" in made:
@@ -50,8 +63,9 @@ def test_each_jobs_settings_round_trip_through_json_into_typed_objects(path):
         assert rest == {k: v for k, v in made.items() if k not in ("dataset", "model")}, job
 
 
-def test_a_setting_reaches_only_the_jobs_that_read_it():
-    base = settings.defaults()
+def test_a_setting_reaches_only_the_jobs_that_read_it(scores_file):
+    base = settings.sconfig.validate({"methods": [{"encoder": "external", "ranker": "scores", "name": "outside",
+                                                   "path": str(scores_file)}]})
 
     def changed(section, key, value):
         """The jobs (score jobs: score:RANKER) whose settings change with one config value."""
@@ -60,7 +74,7 @@ def test_a_setting_reaches_only_the_jobs_that_read_it():
         out = set()
         for job, (_, names) in settings.JOBS.items():
             rankers = {"score": ("esvm", "esvm_signed", "esvm_reference", "knn_l2", "knn_cos", "random"),
-                       "score-model": ("trak", "datamodels")}.get(job, ("esvm",))
+                       "score-model": ("trak", "datamodels"), "score-external": ("outside",)}.get(job, ("esvm",))
             for ranker in rankers:
                 kw = {k: ({**WILDCARDS, "ranker": ranker})[k] for k in names}
                 if settings.for_job(job, c, **kw) != settings.for_job(job, base, **kw):
@@ -80,6 +94,30 @@ def test_a_setting_reaches_only_the_jobs_that_read_it():
     assert changed("launch", "parallelism", 8) == set()       # a resource of the support rule, not a setting
     assert changed("dataset", "bad_images", "skip") == set()  # digits does not read it
     assert "queries" in changed("model", "lr", 0.1) and "score" not in changed("model", "lr", 0.1)
+    assert "score-external:outside" in changed("score", "topk", 8)
+    assert "export" in changed("model", "lr", 0.1) and "export" in changed("dataset", "test_fraction", 0.3)
+
+
+def test_an_external_methods_score_jobs_read_its_files_content_not_its_path(scores_file, tmp_path):
+    import numpy as np
+
+    def made(path, **entry):
+        c = settings.sconfig.validate({"methods": [{"encoder": "external", "ranker": "scores", "name": "outside",
+                                                    "path": str(path), **entry}]})
+        return settings.for_job("score-external", c, ranker="outside")
+
+    first = made(scores_file)
+    copy = tmp_path / "elsewhere" / "copy.npy"
+    copy.parent.mkdir()
+    copy.write_bytes(scores_file.read_bytes())
+    assert made(copy) == first                                  # the same bytes elsewhere: nothing reruns
+    np.save(scores_file, np.ones((3, 4), np.float32))
+    assert made(scores_file)["source"]["sha256"] != first["source"]["sha256"]   # new content: its jobs rerun
+    assert made(copy, sign=-1)["source"]["sign"] == -1 and made(copy, layout="train_by_test") != first
+    with pytest.raises(SimattrError, match="gone.npy: scores file not found"):
+        made(tmp_path / "gone.npy")
+    with pytest.raises(SimattrError, match="no external method named 'other'"):
+        settings.for_job("score-external", settings.defaults(), ranker="other")
 
 
 def test_hand_run_with_a_config_gets_the_workflows_settings(tmp_path):

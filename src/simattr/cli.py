@@ -96,6 +96,15 @@ ARGS = {
     "score-model": (_arg("--ranker", required=True, choices=MODEL_RANKERS), CLASS,
                     _arg("--trak-scores", help="trak: the attribution file of the trak rule"),
                     _arg("--subsets", nargs="*", default=[], help="datamodels: the subset-model shards"), OUT),
+    "score-external": (_arg("--ranker", required=True, help="the external method's name"), CLASS,
+                       _arg("--scores", required=True, help="its scores file (config: the method's path)"),
+                       _arg("--index", help="its index file, when the scores cover only some test images"), OUT),
+    "export": (_arg("--queries", required=True), _arg("--checkpoints-file", required=True),
+               _arg("--lds-subsets", nargs="*", default=[], help="the LDS subset-model shards (their masks and "
+                    "margins are exported)"),
+               _arg("--embeddings", nargs="*", default=[], metavar="ENCODER:SPLIT:INDEX",
+                    help="features to export: an encoder's index.json of a split"),
+               _arg("--out-dir", required=True)),
     "subsets": (_arg("--purpose", required=True, choices=PURPOSES),
                 _arg("--shard", type=int, required=True), OUT),
     "trak-checkpoints": (OUT,),
@@ -184,6 +193,28 @@ def _score_model(a, s, progress):
                               datamodels=s.ranker, progress=progress)
 
 
+def _score_external(a, s, progress):
+    from . import scoring
+
+    scoring.score_external_class(data=s.dataset, name=a.ranker, cls=a.cls, scores_path=a.scores,
+                                 index_path=a.index, class_conditioned=s.class_conditioned, topk=s.topk,
+                                 source=s.source, out=a.out)
+
+
+def _export(a, s, progress):
+    from . import export
+
+    embeddings = []
+    for e in a.embeddings:
+        parts = e.split(":", 2)
+        if len(parts) != 3 or parts[1] not in SPLITS:
+            raise SimattrError(f"--embeddings entry '{e}': expected ENCODER:SPLIT:INDEX (SPLIT: "
+                               f"{' or '.join(SPLITS)})")
+        embeddings.append(tuple(parts))
+    export.export_stage(data=s.dataset, recipe=s.model, queries=a.queries, checkpoints=a.checkpoints_file,
+                        lds_shards=a.lds_subsets, embeddings=embeddings, out_dir=a.out_dir)
+
+
 def _subsets(a, s, progress):
     from . import subsets
 
@@ -252,6 +283,10 @@ COMMANDS = {c.name: c for c in (
     Command("score", "score one class's test images against the training images", _score),
     Command("score-model", "score one class's test images with a model-based ranker (trak, datamodels)",
             _score_model),
+    Command("score-external", "one class's score file from an outside method's scores (config: {encoder: "
+            "external, ranker: scores, name: NAME, path: FILE})", _score_external),
+    Command("export", "write what an outside method needs to attribute the evaluated models: data, labels, "
+            "checkpoints, sampled test images, LDS subsets", _export),
     Command("subsets", "train one shard of models on random subsets of the training set (datamodels, LDS), "
             "resuming from its journal", _subsets),
     Command("trak-checkpoints", "train the full-data models TRAK attributes", _trak_checkpoints),

@@ -12,7 +12,11 @@ from .errors import SimattrError
 
 # The registries' names, known without importing torch (the schema lists them too; a test checks both agree).
 MODEL_ENCODER = "model"                   # the retrained model itself: the features of the model-based rankers
-ENCODERS = FEATURE_ENCODERS + (MODEL_ENCODER,)
+EXTERNAL_ENCODER = "external"             # an outside method's scores file (simattr.external)
+EXTERNAL_RANKER = "scores"                # its ranker in the config; its name stands for it everywhere else
+ENCODERS = FEATURE_ENCODERS + (MODEL_ENCODER, EXTERNAL_ENCODER)
+#: the keys of an external method entry besides encoder and ranker (name and path required)
+EXTERNAL_KEYS = ("name", "path", "layout", "sign", "key", "index")
 #: every ranker, with its settings: (config section, key there, the ranker's keyword); settings.ranker_settings
 RANKER_KEYS = {
     "esvm": (("esvm", "C", "C"), ("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
@@ -25,7 +29,7 @@ RANKER_KEYS = {
     "trak": (),
     "datamodels": (("datamodels", "n_alphas", "n_alphas"), ("datamodels", "val_fraction", "val_fraction")),
 }
-RANKERS = tuple(RANKER_KEYS)
+RANKERS = tuple(RANKER_KEYS)               # simattr's own rankers (an external method's name is its ranker)
 MODEL_RANKERS = ("trak", "datamodels")
 METRICS = ("removal", "mislabel")
 #: the schema: every config key, its type and its default (the one place defaults are written)
@@ -104,13 +108,45 @@ def check_support(s: dict) -> None:
 
 
 def check_methods(methods: list[dict]) -> None:
-    """Model-based rankers go with encoder `model`, every other ranker with a feature extractor."""
+    """Model-based rankers go with encoder `model`, ranker `scores` with encoder `external` (which needs a name
+    and a path, each name once), every other ranker with a feature extractor; only external methods take the
+    scores file's keys."""
+    names = set()
     for m in methods:
-        if (m["ranker"] in MODEL_RANKERS) != (m["encoder"] == MODEL_ENCODER):
-            want = f"encoder {MODEL_ENCODER}" if m["ranker"] in MODEL_RANKERS else \
-                f"a feature extractor ({', '.join(e for e in ENCODERS if e != MODEL_ENCODER)})"
-            raise SimattrError(f"config key 'methods': {{encoder: {m['encoder']}, ranker: {m['ranker']}}}: ranker "
-                               f"{m['ranker']} needs {want}")
+        e, r = m["encoder"], m["ranker"]
+        where = f"config key 'methods': {{encoder: {e}, ranker: {r}" + (f", name: {m['name']}" if "name" in m
+                                                                          else "") + "}"
+        if (r == EXTERNAL_RANKER) != (e == EXTERNAL_ENCODER):
+            raise SimattrError(f"{where}: an outside method's scores are {{encoder: {EXTERNAL_ENCODER}, ranker: "
+                               f"{EXTERNAL_RANKER}, name: NAME, path: FILE}}")
+        if e == EXTERNAL_ENCODER:
+            missing = [k for k in ("name", "path") if k not in m]
+            if missing:
+                raise SimattrError(f"{where}: an external method needs {' and '.join(missing)} (name: the "
+                                   "method's name in every table; path: its scores file)")
+            if m["name"] in names:
+                raise SimattrError(f"{where}: two external methods are named {m['name']!r}; each needs its own")
+            names.add(m["name"])
+            continue
+        extra = [k for k in EXTERNAL_KEYS if k in m]
+        if extra:
+            raise SimattrError(f"{where}: {', '.join(extra)} belong to external methods ({{encoder: "
+                               f"{EXTERNAL_ENCODER}, ranker: {EXTERNAL_RANKER}, ...}}) only")
+        if (r in MODEL_RANKERS) != (e == MODEL_ENCODER):
+            want = f"encoder {MODEL_ENCODER}" if r in MODEL_RANKERS else \
+                f"a feature extractor ({', '.join(FEATURE_ENCODERS)})"
+            raise SimattrError(f"{where}: ranker {r} needs {want}")
+
+
+def method_id(m: dict) -> tuple[str, str]:
+    """(encoder, ranker) of a method entry, as its paths and tables name it: an external method's ranker is its
+    name (scores/external/NAME/, support/external/NAME/, "external/NAME" in every table)."""
+    return (m["encoder"], m["name"] if m["encoder"] == EXTERNAL_ENCODER else m["ranker"])
+
+
+def external_methods(config: dict) -> dict[str, dict]:
+    """The config's external method entries by name (a validated config)."""
+    return {m["name"]: m for m in config["methods"] if m["encoder"] == EXTERNAL_ENCODER}
 
 
 def load(path: str | Path, schema_path: str | Path = SCHEMA) -> dict:

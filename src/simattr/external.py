@@ -20,7 +20,9 @@ identity of a scores file: every output made from it hashes it, so replacing the
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +30,25 @@ import numpy as np
 from .errors import SimattrError
 
 LAYOUTS = ("test_by_train", "train_by_test")
+#: what an external method's scores depend on besides the file's path (settings.for_job: the score jobs' param)
+SOURCE_KEYS = ("layout", "sign", "key", "sha256", "index_sha256")
+#: an optional NAME.cost.json beside the scores file: what the method cost its author (the report's cost row)
+COST_FIELDS = {"wall_s": float, "gpu_s": float, "models_trained": int}
 SUFFIXES = (".npy", ".pt", ".h5", ".hdf5")
 
 
 def content_hash(path: str | Path) -> str:
-    """sha256 of the file's bytes (read in blocks)."""
+    """sha256 of the file's bytes (read in blocks); a file not there is one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SimattrError(f"{path}: scores file not found")
+    st = path.stat()
+    return _content_hash(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:
+    """content_hash, remembered per (file, size, mtime) within a process (the workflow asks once per job)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -158,3 +174,46 @@ def read_scores(path: str | Path, *, n_test: int, n_train: int, layout: str | No
         raise SimattrError(f"{path}: {bad} score(s) are NaN or infinite (of {a.size})")
     scores = (a.T if layout == "train_by_test" else a).astype(np.float64) * sign
     return np.ascontiguousarray(scores), tests
+
+
+def source(entry: dict) -> dict:
+    """The identity of an external method entry's scores (config `methods`): its layout, sign and key, and the
+    content hashes of its scores file and index file (None without one). What the score jobs' settings hold:
+    replacing either file reruns exactly what is made from it."""
+    index = entry.get("index")
+    return {"layout": entry.get("layout"), "sign": int(entry.get("sign", 1)), "key": entry.get("key"),
+            "sha256": content_hash(entry["path"]),
+            "index_sha256": None if index is None else _index_hash(index)}
+
+
+def _index_hash(path: str | Path) -> str:
+    if not Path(path).is_file():
+        raise SimattrError(f"{path}: index file not found")
+    return content_hash(path)
+
+
+def cost_path(entry: dict) -> Path:
+    """Where an external method's cost sidecar sits: NAME.cost.json beside its scores file."""
+    return Path(entry["path"]).parent / f"{entry['name']}.cost.json"
+
+
+def read_cost(path: str | Path) -> dict:
+    """A cost sidecar: {wall_s, gpu_s, models_trained} (each optional, none negative); anything else is one line
+    naming the file."""
+    from .store import read_json
+
+    d = read_json(path)
+    if not isinstance(d, dict):
+        raise SimattrError(f"{path}: expected a JSON object with {', '.join(COST_FIELDS)}")
+    unknown = sorted(set(d) - set(COST_FIELDS))
+    if unknown:
+        raise SimattrError(f"{path}: unknown keys {', '.join(unknown)}; expected {', '.join(COST_FIELDS)}")
+    out = {}
+    for k, kind in COST_FIELDS.items():
+        v = d.get(k, 0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()) \
+                or not v >= 0:
+            raise SimattrError(f"{path}: '{k}' must be a {'whole ' if kind is int else ''}number >= 0, got "
+                               f"{json.dumps(v)}")
+        out[k] = kind(v)
+    return out

@@ -108,3 +108,40 @@ def score_model_class(*, data: datasets.Spec, ranker: str, cls: int, class_condi
                         {"full_scores": full}, t0)
     log.info("model/%s class %s: %d test x %d train scored in %.2f s", ranker, cls, len(q_idx), len(tr_y),
              time.perf_counter() - t0)
+
+
+def score_external_class(*, data: datasets.Spec, name: str, cls: int, scores_path: str, index_path: str | None,
+                         class_conditioned: bool, topk: int, source: dict, out: str) -> None:
+    """One class's score file from an outside method's scores (simattr.external.read_scores): its test images'
+    rows in the file, their candidates' scores (class-conditioned as for every ranker, or all training images)
+    and every training image's (full_scores, signed: LDS reads them). `source` is the identity the workflow
+    computed (external.source): the file must still have that content."""
+    from . import external
+
+    t0 = time.perf_counter()
+    sha = external.content_hash(scores_path)
+    if sha != source["sha256"]:
+        raise SimattrError(f"{scores_path}: changed since the workflow read it (sha256 {sha[:12]}..., expected "
+                           f"{source['sha256'][:12]}...); run snakemake again")
+    if (index_path is None) != (source["index_sha256"] is None) or (
+            index_path is not None and external.content_hash(index_path) != source["index_sha256"]):
+        raise SimattrError(f"{index_path or scores_path}: the index file differs from the one the workflow read; "
+                           "run snakemake again")
+    tr_y = datasets.load_split(data, "train").labels
+    te_y = datasets.load_split(data, "test").labels
+    full, tests = external.read_scores(scores_path, n_test=len(te_y), n_train=len(tr_y), layout=source["layout"],
+                                       sign=source["sign"], key=source["key"], index=index_path)
+    rows = np.flatnonzero(te_y[tests] == cls)
+    rows = rows[np.argsort(tests[rows], kind="stable")]             # the class's test images in index order
+    q_idx = tests[rows]
+    c_idx = np.flatnonzero(tr_y == cls) if class_conditioned else np.arange(len(tr_y))
+    if len(c_idx) == 0:
+        raise SimattrError(f"class {cls} has no training images")
+    full = full[rows].astype(np.float32)
+    attrs = {"dataset": data.name, "encoder": "external", "ranker": name, "embedding_config_hash": "",
+             "n_train": len(tr_y), "settings": json.dumps(source, sort_keys=True), "random_seed": 0,
+             "source_sha256": sha}
+    _write_class_scores(out, cls, q_idx, c_idx, full[:, c_idx], topk, class_conditioned, attrs,
+                        {"full_scores": full}, t0)
+    log.info("external/%s class %s: %d test x %d train from %s in %.2f s", name, cls, len(q_idx), len(c_idx),
+             scores_path, time.perf_counter() - t0)

@@ -91,6 +91,24 @@ def _score(c: dict, ranker: str) -> dict:
             "ranker": ranker_settings(c, ranker)}
 
 
+def _score_external(c: dict, ranker: str) -> dict:
+    """An external method's score jobs (ranker = its name): its scores file's identity (external.source: the
+    content hashes, layout, sign, key), not its path."""
+    from .external import source
+
+    methods = sconfig.external_methods(c)
+    if ranker not in methods:
+        raise SimattrError(f"no external method named '{ranker}' in the config's methods (external methods: "
+                           f"{', '.join(methods) or 'none'})")
+    s = c["score"]
+    return {"dataset": _dataset(c), "class_conditioned": s["class_conditioned"], "topk": s["topk"],
+            "source": source(methods[ranker])}
+
+
+def _export(c: dict) -> dict:
+    return {"dataset": _dataset(c), "model": _model(c)}
+
+
 def _subsets(c: dict, purpose: str) -> dict:
     p = c[purpose]
     return {"dataset": _dataset(c), "model": _model(c), "alpha": p["alpha"], "models": p["models"],
@@ -153,6 +171,8 @@ JOBS: dict[str, tuple[Callable[..., dict], tuple[str, ...]]] = {
     "embed-index": (lambda c: {"dataset": _dataset(c)}, ()),
     "score": (_score, ("ranker",)),
     "score-model": (_score, ("ranker",)),
+    "score-external": (_score_external, ("ranker",)),
+    "export": (_export, ()),
     "subsets": (_subsets, ("purpose",)),
     "trak-checkpoints": (_trak_checkpoints, ()),
     "trak": (_trak, ()),
@@ -161,6 +181,10 @@ JOBS: dict[str, tuple[Callable[..., dict], tuple[str, ...]]] = {
     "support": (_support, ("metric", "encoder", "ranker")),
     "report": (_report, ()),
 }
+
+
+#: the keys of jobs whose settings the schema's defaults cannot make (no external method there): parse checks these
+KEYS = {"score-external": ("dataset", "class_conditioned", "topk", "source")}
 
 
 def for_job(job: str, config: dict, **wildcards: Any) -> dict:
@@ -204,12 +228,17 @@ def parse(job: str, text_or_dict: str | dict, *, where: str = "--settings", **wi
     from .models import Recipe
 
     s = parse_json(text_or_dict, where) if isinstance(text_or_dict, str) else text_or_dict
-    check_keys(for_job(job, defaults(), **wildcards), s, f"{where} of `simattr {job}`")
+    expected = KEYS[job] if job in KEYS else for_job(job, defaults(), **wildcards)
+    check_keys(expected, s, f"{where} of `simattr {job}`")
     out = dict(s)
     if "dataset" in out:
         out["dataset"] = Spec.from_settings(out["dataset"], where=f"{where} dataset")
     if "model" in out:
         out["model"] = Recipe.from_settings(out["model"], where=f"{where} model")
+    if "source" in out:
+        from .external import SOURCE_KEYS
+
+        check_keys(SOURCE_KEYS, out["source"] if isinstance(out["source"], dict) else {}, f"{where} source")
     return SimpleNamespace(**out)
 
 

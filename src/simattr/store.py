@@ -15,6 +15,8 @@ Layout (relative to the results root, see docs/data-contract.md, CONTRACT_VERSIO
     {dataset}/lds/{encoder}/{ranker}.json                        linear datamodeling score of one method
     {dataset}/report/{support.csv, lds.csv, overlap.csv, cost.csv, report.md, support_cdf.png, topk_grid.png}
     {dataset}/report/inputs.json                                 the report's input lists (workflow manifest)
+    {dataset}/export/                                            the evaluation problem for outside methods
+                                                                 (simattr.export; the `export` target)
 
 Every write is atomic: a temporary file in the same folder, renamed into place when complete.
 """
@@ -33,12 +35,14 @@ import numpy as np
 from . import __version__
 from .errors import SimattrError
 
-CONTRACT_VERSION = 5   # 2: queries.h5 full_correct; answers carry checks and violations. 3: embeddings carry
+CONTRACT_VERSION = 6   # 2: queries.h5 full_correct; answers carry checks and violations. 3: embeddings carry
                        # the label map (class_names) and the files a folder dataset left out (skipped).
                        # 4: subset-model shards, TRAK attributions, LDS files; score files may carry
                        # full_scores (every training image, signed). 5: answers carry their engine, seed set,
                        # fitted curve, both readings and intervals; replicate answers {t}.rep{r}.json; gathers
-                       # carry seed_sets and replicates; the report adds wins.csv and retest.csv
+                       # carry seed_sets and replicates; the report adds wins.csv and retest.csv. 6: external
+                       # methods (scores/external/NAME/, source_sha256 in their score files and answers), the
+                       # export folder
 
 # Path templates (relative to the results root). The workflow rules build their patterns from these.
 ENCODERS_DIR = "{dataset}/encoders"
@@ -66,6 +70,7 @@ TRAK_CHECKPOINTS = ATTRIBUTIONS_DIR + "/trak-checkpoints.pt"
 TRAK_SCORES = ATTRIBUTIONS_DIR + "/trak.h5"
 LDS_DIR = "{dataset}/lds"
 LDS = LDS_DIR + "/{encoder}/{ranker}.json"
+EXPORT_DIR = "{dataset}/export"
 REPORT_DIR = "{dataset}/report"
 REPORT_MANIFEST = REPORT_DIR + "/inputs.json"
 #: the report's files in REPORT_DIR (overlap with two methods or more, lds when LDS is on, retest with replicates)

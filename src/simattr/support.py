@@ -37,8 +37,9 @@ from .errors import SimattrError
 from .queries import load_queries
 from .settings import Named
 
-PROTOCOL_VERSION = 4   # 2: k = 0 is probed after a flipping k_max probe; 3: the k = 0 probe reuses the
-                       # full-data models of the queries stage; 4: seed sets, the adaptive engine, fitted curves
+PROTOCOL_VERSION = 5   # 2: k = 0 is probed after a flipping k_max probe; 3: the k = 0 probe reuses the
+                       # full-data models of the queries stage; 4: seed sets, the adaptive engine, fitted curves;
+                       # 5: the posterior draws' seed leaves the method's name out (curve_seed)
 
 
 @dataclass
@@ -350,13 +351,16 @@ def answer_inputs(queries: dict, scores: dict, test_index: int) -> dict:
     qi = int(where[0])
     row = np.flatnonzero(scores["test_indices"] == test_index)
     if len(row) != 1:
-        raise SimattrError(f"{scores['path']}: no scores for test image {test_index}")
+        hint = " (its method's scores file has no row for it: score every sampled test image, listed in the " \
+            "export's sampled_test_indices.txt)" if scores["attrs"].get("source_sha256") else ""
+        raise SimattrError(f"{scores['path']}: no scores for test image {test_index}{hint}")
     ranking = scores["train_indices"][np.argsort(-scores["scores"][row[0]], kind="stable")]
     full = arrays.get("full_correct")
     return {"X_train": arrays["X_train"], "y_train": arrays["y_train"], "x_query": arrays["X_query"][qi],
             "full_correct": None if full is None else full[:, qi].astype(bool),
             "label": int(arrays["y_query"][qi]), "flip_class": int(arrays["flip_class"][qi]), "ranking": ranking,
-            "n_classes": int(qattrs["n_classes"]), "queries_hash": str(qattrs.get("config_hash", ""))}
+            "n_classes": int(qattrs["n_classes"]), "queries_hash": str(qattrs.get("config_hash", "")),
+            "scores_source": scores["attrs"].get("source_sha256")}
 
 
 def journal_path(answer_path: str | Path) -> Path:
@@ -368,12 +372,27 @@ def journal_path(answer_path: str | Path) -> Path:
 def answer_hash(metric: str, test_index: int, settings: dict, inputs: dict) -> str:
     """The identity of an answer: its settings, the exact ranking and query it was computed from, and the
     code version. A stored answer with the same hash is reused, never recomputed; any change recomputes."""
+    identity = _answer_identity(metric, test_index, settings, inputs)
+    if inputs.get("scores_source"):       # an external method's scores file (its content hash)
+        identity["scores_source"] = inputs["scores_source"]
+    return store.config_hash(identity)
+
+
+def curve_seed(metric: str, test_index: int, settings: dict, inputs: dict) -> int:
+    """The seed of an answer's posterior draws: its identity without the method's name, so that two methods
+    with the same ranking of an image (an external method's copy of a built-in one) give the same answer, as
+    they train the same models."""
+    plain = {k: v for k, v in settings.items() if k not in ("encoder", "ranker")}
+    return int(store.config_hash(_answer_identity(metric, test_index, plain, inputs)), 16) & 0x7FFFFFFF
+
+
+def _answer_identity(metric: str, test_index: int, settings: dict, inputs: dict) -> dict:
     ranking = np.ascontiguousarray(inputs["ranking"], dtype=np.int64)
-    return store.config_hash({
+    return {
         "metric": metric, "test_index": int(test_index), "settings": settings,
         "ranking": hashlib.sha256(ranking.tobytes()).hexdigest(), "label": inputs["label"],
         "flip_class": inputs["flip_class"] if metric == "mislabel" else None,
-        "queries": inputs["queries_hash"], "simattr_version": __version__, "protocol": PROTOCOL_VERSION})
+        "queries": inputs["queries_hash"], "simattr_version": __version__, "protocol": PROTOCOL_VERSION}
 
 
 def finished_answer(path: str | Path, a_hash: str) -> dict | None:
@@ -575,8 +594,11 @@ def answer(*, queries_path: str, scores_path: str, out_path: str, test_index: in
         "metric": metric, "test_index": int(test_index), "label": inputs["label"], "flip_class": flip,
         "engine": settings["engine"], "seed_set": int(settings["seed_set"]),
         **curve_record(bank, engine=settings["engine"], bisection=bisection, probes=probes, checks=checks,
-                       threshold=threshold, k_max=k_max, seed=int(a_hash, 16) & 0x7FFFFFFF),
+                       threshold=threshold, k_max=k_max,
+                       seed=curve_seed(metric, test_index, settings, inputs)),
         "wall_s": round(time.perf_counter() - t0, 4), "settings_hash": a_hash, "models_reused": journal.reused,
     }
+    if inputs.get("scores_source"):
+        result["scores_sha256"] = inputs["scores_source"]
     store.write_json(out_path, result)
     return result

@@ -1,6 +1,7 @@
 # Helpers shared by every rule: config validation (defaults filled in, one-line errors), the paths of
 # the data contract (from simattr.store) and the input functions. Nothing heavy is imported here.
 from simattr import config as sconfig
+from simattr import external
 from simattr import settings as ssettings
 from simattr import store
 from simattr.datasets import SPLITS, Spec, n_classes, split_size
@@ -10,6 +11,7 @@ from simattr.models import CNN_MODELS, Recipe
 from simattr.subsets import PURPOSES
 from snakemake.exceptions import WorkflowError
 import os
+import shlex
 import shutil
 import sys
 
@@ -51,7 +53,7 @@ JOB_FILES = {
     "trak_checkpoints": ("attribution", "trak-checkpoints"), "trak": ("attribution", "trak"),
     "subsets": ("attribution", "subsets-{purpose}-{shard}"), "lds": ("attribution", "lds-{encoder}-{ranker}"),
     "queries": ("support", "queries"), "support": ("support", "{encoder}-{ranker}-{metric}"),
-    "report_manifest": ("report", "manifest"), "report": ("report", "report"),
+    "report_manifest": ("report", "manifest"), "report": ("report", "report"), "export": ("export", "export"),
 }
 ENCODER_RULE = {"simclr": "train_simclr", "supervised": "train_supervised", "resnet": "import_resnet"}
 
@@ -67,10 +69,11 @@ def job_bench(job, **fields):
 
 
 ENV = "../../envs/simattr.yaml"  # relative to the rule files
-METHODS = [(m["encoder"], m["ranker"]) for m in config["methods"]]
+METHODS = [sconfig.method_id(m) for m in config["methods"]]   # (encoder, ranker); external: (external, NAME)
+EXTERNAL = sconfig.external_methods(config)                     # NAME -> its method entry
 FEATURE_ENCODERS = sconfig.FEATURE_ENCODERS
 FEATURE_RANKERS = [r for r in sconfig.RANKERS if r not in sconfig.MODEL_RANKERS]
-ENCODERS_USED = sorted({e for e, _ in METHODS if e != sconfig.MODEL_ENCODER})
+ENCODERS_USED = sorted({e for e, _ in METHODS if e in FEATURE_ENCODERS})
 RANKERS_USED = {r for _, r in METHODS}
 if "resnet" in ENCODERS_USED and not config["encoders"]["resnet"]["checkpoint"]:
     raise WorkflowError("invalid configuration: config key 'encoders.resnet.checkpoint': a method uses encoder resnet, "
@@ -89,7 +92,7 @@ LDS_ON = config["lds"]["models"] > 0
 wildcard_constraints:
     purpose="|".join(PURPOSES),
     encoder="|".join(sconfig.ENCODERS),
-    ranker="|".join(sconfig.RANKERS),
+    ranker="|".join(sconfig.RANKERS + tuple(EXTERNAL)),
     metric="|".join(sconfig.METRICS),
     split="|".join(SPLITS),
     cls=r"\d+",
@@ -219,7 +222,7 @@ def method_cost_entries():
         if e in TRAINABLE:
             job(m, ENCODER_RULE[e])
             out.append(f"{m}|stored|{path(store.ENCODER_STATE, encoder=e)}")
-        if e != sconfig.MODEL_ENCODER:
+        if e in FEATURE_ENCODERS:
             for s in SPLITS:
                 job(m, "embed_index", encoder=e, split=s)
                 for k in range(N_SHARDS[s]):
@@ -233,12 +236,35 @@ def method_cost_entries():
             job(m, "trak")
             out += [f"{m}|stored|{path(store.TRAK_CHECKPOINTS)}", f"{m}|stored|{path(store.TRAK_SCORES)}",
                     f"{m}|models|{config['trak']['checkpoints']}"]
+        if e == sconfig.EXTERNAL_ENCODER and os.path.exists(external_cost(r)):
+            out.append(f"{m}|sidecar|{external_cost(r)}")
         if r == "datamodels":
             for s in range(N_SUBSET_SHARDS["datamodels"]):
                 job(m, "subsets", purpose="datamodels", shard=f"{s:05d}")
             out += [f"{m}|stored|{path(store.SUBSETS_DIR, purpose='datamodels')}",
                     f"{m}|models|{config['datamodels']['models']}"]
     return out
+
+
+def external_scores(wildcards):
+    """An external method's score jobs read its scores file and its index file (when it has one)."""
+    m = EXTERNAL[wildcards.ranker]
+    return {"scores": m["path"], **({"index": m["index"]} if m.get("index") else {})}
+
+
+def external_cost(name):
+    """Where an external method's optional cost sidecar sits (NAME.cost.json beside its scores file)."""
+    return str(external.cost_path(EXTERNAL[name]))
+
+
+def external_costs():
+    """The cost sidecars the external methods have: the report reads them (an edit reruns it)."""
+    return [external_cost(n) for n in EXTERNAL if os.path.exists(external_cost(n))]
+
+
+def export_embeddings():
+    """ENCODER:SPLIT:INDEX of every feature encoder the methods use (the export holds their features)."""
+    return [f"{e}:{s}:{path(store.EMBED_INDEX, encoder=e, split=s)}" for e in ENCODERS_USED for s in SPLITS]
 
 
 def write_report_manifest(out, log, params):

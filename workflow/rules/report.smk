@@ -34,6 +34,7 @@ rule report:
         scores=all_scores(),
         benchmarks=lambda wildcards: [f for _, f in report_benchmarks(wildcards)],
         lds=lds_files(),
+        external_costs=external_costs(),
     output:
         report_files(),
     log:

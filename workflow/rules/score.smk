@@ -53,3 +53,29 @@ rule score_model:
     shell:
         "simattr --log {log} --no-progress score-model --settings {params.settings:q} --ranker {wildcards.ranker}"
         " --class {wildcards.cls} {params.inputs} --out {output}"
+
+
+rule score_external:
+    wildcard_constraints:
+        encoder=sconfig.EXTERNAL_ENCODER,
+        ranker="|".join(EXTERNAL) or "(?!)",
+    input:
+        unpack(external_scores),
+    output:
+        path(store.SCORES),
+    log:
+        job_log("score"),
+    benchmark:
+        job_bench("score")
+    params:
+        settings=job_settings("score-external"),      # the scores file's content hash: a new file reruns it
+        index=lambda wildcards, input: f"--index {shlex.quote(input.index)}" if "index" in input.keys() else "",
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, input: max(2000, 3 * input.size_mb + 1000),
+    conda:
+        ENV
+    shell:
+        "simattr --log {log} --no-progress score-external --settings {params.settings:q}"
+        " --ranker {wildcards.ranker} --class {wildcards.cls} --scores {input.scores:q} {params.index}"
+        " --out {output}"

@@ -75,14 +75,17 @@ def method_costs(entries: Sequence[tuple[str, str, str]]) -> list[dict]:
     """What each method cost to produce its scores, from (method, kind, value) entries: kind `bench` (a Snakemake
     benchmark of one of its jobs: the encoder's training, embedding, scoring, the models a model-based ranker
     trains), `usage` (the job's usage record, simattr.store.usage_path: whether it had a GPU), `stored` (a file
-    or folder it wrote) and `models` (retrained models it needed). A job shared by several methods (an encoder)
-    counts for each. Rows: method, jobs, wall_s, cpu_s, gpu_s (wall seconds of jobs that had a CUDA device),
-    models_trained, bytes."""
+    or folder it wrote), `models` (retrained models it needed) and `sidecar` (an external method's NAME.cost.json:
+    what computing its scores cost its author, added to wall_s, gpu_s and models_trained). A job shared by several
+    methods (an encoder) counts for each. Rows: method, jobs, wall_s, cpu_s, gpu_s (wall seconds of jobs that had a
+    CUDA device), models_trained, bytes, sidecar (the sidecar's path, or empty)."""
     import json
+
+    from ..external import read_cost
 
     by: dict[str, dict[str, list[str]]] = {}
     for method, kind, value in entries:
-        if kind not in ("bench", "usage", "stored", "models"):
+        if kind not in ("bench", "usage", "stored", "models", "sidecar"):
             raise SimattrError(f"method cost entry {method}|{kind}|{value}: unknown kind {kind!r}")
         by.setdefault(method, {}).setdefault(kind, []).append(value)
     rows = []
@@ -94,8 +97,11 @@ def method_costs(entries: Sequence[tuple[str, str, str]]) -> list[dict]:
             if usage.get("cuda"):
                 gpu += float(usage.get("wall_s", 0.0))
         cpus = [b["cpu_s"] for b in bench.values() if b["cpu_s"] is not None]
-        rows.append({"method": method, "jobs": len(bench), "wall_s": float(sum(b["s"] for b in bench.values())),
-                     "cpu_s": float(sum(cpus)) if cpus else None, "gpu_s": gpu,
-                     "models_trained": int(sum(int(m) for m in kinds.get("models", []))),
-                     "bytes": _bytes_under(kinds.get("stored", []))})
+        author = [read_cost(p) for p in kinds.get("sidecar", [])]
+        rows.append({"method": method, "jobs": len(bench),
+                     "wall_s": float(sum(b["s"] for b in bench.values())) + sum(a["wall_s"] for a in author),
+                     "cpu_s": float(sum(cpus)) if cpus else None, "gpu_s": gpu + sum(a["gpu_s"] for a in author),
+                     "models_trained": int(sum(int(m) for m in kinds.get("models", [])))
+                     + sum(a["models_trained"] for a in author),
+                     "bytes": _bytes_under(kinds.get("stored", [])), "sidecar": ";".join(kinds.get("sidecar", []))})
     return rows

@@ -25,7 +25,7 @@ SUPPORT_COLUMNS = (
 )
 LDS_COLUMNS = ("method", "mean", "ci_low", "ci_high", "n_test", "n_undefined", "n_models", "alpha", "weights")
 OVERLAP_COLUMNS = ("method_a", "method_b", "k", "n", "jaccard")
-COST_COLUMNS = ("method", "jobs", "wall_s", "cpu_s", "gpu_s", "models_trained", "bytes")
+COST_COLUMNS = ("method", "jobs", "wall_s", "cpu_s", "gpu_s", "models_trained", "bytes", "sidecar")
 WIN_COLUMNS = ("metric", "method_a", "method_b", "n", "win", "tie", "loss", "diff_ci_low", "diff_ci_high",
                "p_value", "significant")
 RETEST_COLUMNS = ("method", "metric", "seed_set_a", "seed_set_b", "n", "identical", "spearman", "median_rel_diff",
@@ -234,7 +234,7 @@ def _overlap_section(overlap: Sequence[Mapping[str, Any]]) -> list[str]:
 def _method_cost_section(mcosts: Sequence[Mapping[str, Any]]) -> list[str]:
     if not mcosts:
         return []
-    body = [[f"`{c['method']}`", str(c["jobs"]), _fmt(float(c["wall_s"]), 1),
+    body = [[f"`{c['method']}`" + (" (+ author's)" if c.get("sidecar") else ""), str(c["jobs"]), _fmt(float(c["wall_s"]), 1),
              "" if c.get("cpu_s") is None else _fmt(float(c["cpu_s"]), 1), _fmt(float(c["gpu_s"]), 1),
              str(c["models_trained"]), _human_bytes(int(c["bytes"]))] for c in mcosts]
     return ["## Cost per method", "",
@@ -242,7 +242,9 @@ def _method_cost_section(mcosts: Sequence[Mapping[str, Any]]) -> list[str]:
             "methods on that encoder, counted for each), its scoring jobs, and the models a model-based ranker "
             "trains (TRAK's checkpoints, the datamodels subset models); not the evaluation (support, LDS). Wall "
             "and CPU seconds are sums over jobs (Snakemake benchmarks); GPU seconds are the wall seconds of jobs "
-            "that had a CUDA device.", "",
+            "that had a CUDA device. An external method's scores were computed outside simattr: its jobs are "
+            "reading them in; \"+ author's\" marks a row that adds what its author reported in NAME.cost.json "
+            "(wall and GPU seconds, models trained).", "",
             _md_table(["method", "jobs", "wall s", "CPU s", "GPU s", "models trained", "stored"], body)]
 
 
