@@ -374,6 +374,12 @@ def test_lint_reports_nothing(tmp_path):
     (lambda c: c["methods"].append(dict(c["methods"][0])), "config key 'methods': has the same entry twice"),
     (lambda c: c["encoders"]["simclr"].update(arch="vgg"),
      "config key 'encoders.simclr.arch': got 'vgg', valid values: small, resnet18"),
+    (lambda c: c["methods"].append({"encoder": "external", "ranker": "scores", "name": "mine", "path": "gone.pt"}),
+     "external method 'mine': gone.pt: scores file not found"),
+    (lambda c: c["methods"].append({"encoder": "external", "ranker": "scores", "name": "mine", "path": "variant.yaml",
+                                    "index": "none.txt"}), "external method 'mine': none.txt: index file not found"),
+    (lambda c: c["methods"].append({"encoder": "external", "ranker": "scores", "path": "x.npy"}),
+     "an external method needs name"),
 ])
 def test_bad_config_is_one_clear_error_before_any_job(change, expected, tmp_path):
     cfg = variant(tmp_path, change)

@@ -71,6 +71,11 @@ def job_bench(job, **fields):
 ENV = "../../envs/simattr.yaml"  # relative to the rule files
 METHODS = [sconfig.method_id(m) for m in config["methods"]]   # (encoder, ranker); external: (external, NAME)
 EXTERNAL = sconfig.external_methods(config)                     # NAME -> its method entry
+try:    # each external method's files are there (their content hashes are its score jobs' identity)
+    for _m in EXTERNAL.values():
+        external.source(_m)
+except SimattrError as e:
+    raise WorkflowError(f"invalid configuration: config key 'methods': external method '{_m['name']}': {e}") from None
 FEATURE_ENCODERS = sconfig.FEATURE_ENCODERS
 FEATURE_RANKERS = [r for r in sconfig.RANKERS if r not in sconfig.MODEL_RANKERS]
 ENCODERS_USED = sorted({e for e, _ in METHODS if e in FEATURE_ENCODERS})
