@@ -121,3 +121,59 @@ def test_bad_index_files_are_one_line_naming_them(tmp_path):
     fails("zero\none\n", "expected whole numbers")
     with pytest.raises(SimattrError, match="index file not found"):
         external.read_scores(f, n_test=N_TEST, n_train=N_TRAIN, index=tmp_path / "none.txt")
+
+
+def _digits_score_job(tmp_path, scores, *, index=None, class_conditioned=True, sign=1, cls=3, **entry):
+    """score_external_class for digits (default split: 1,437 train / 360 test images) on a scores file."""
+    from simattr import scoring, store
+    from simattr.datasets import Spec
+
+    f = _write(tmp_path / "m.npy", scores)
+    e = {"name": "m", "path": str(f), "sign": sign, **entry}
+    if index is not None:
+        np.savetxt(tmp_path / "rows.txt", index, fmt="%d")
+        e["index"] = str(tmp_path / "rows.txt")
+    out = tmp_path / f"class-{cls}.h5"
+    scoring.score_external_class(data=Spec.of(), name="m", cls=cls, scores_path=str(f), index_path=e.get("index"),
+                                 class_conditioned=class_conditioned, topk=5, source=external.source(e),
+                                 out=str(out))
+    return store.read_scores(out, extras=True)
+
+
+def test_a_score_job_takes_its_class_rows_and_candidates_and_every_training_image_signed(tmp_path):
+    from simattr.datasets import load_split
+
+    tr_y, te_y = load_split("digits", "train").labels, load_split("digits", "test").labels
+    rng = np.random.default_rng(0)
+    full = rng.standard_normal((len(te_y), len(tr_y))).astype(np.float32)
+    sc = _digits_score_job(tmp_path, full.T, sign=-1)                       # dattri's train_by_test, flipped
+    q = np.flatnonzero(te_y == 3)
+    assert sc["test_indices"].tolist() == q.tolist()
+    assert sc["train_indices"].tolist() == np.flatnonzero(tr_y == 3).tolist()
+    np.testing.assert_array_equal(sc["full_scores"], -full[q])
+    np.testing.assert_array_equal(sc["scores"], -full[q][:, tr_y == 3])
+    assert sc["topk"][0].tolist() == sc["train_indices"][np.argsort(full[q[0]][tr_y == 3])[:5]].tolist()
+    assert sc["attrs"]["encoder"] == "external" and sc["attrs"]["ranker"] == "m"
+    assert sc["attrs"]["source_sha256"] == external.content_hash(tmp_path / "m.npy")
+    every = _digits_score_job(tmp_path, full, class_conditioned=False)
+    assert every["train_indices"].tolist() == list(range(len(tr_y)))
+    # rows of some test images only (the index file, in any order): the class's rows, in index order
+    some = np.array([q[4], 7, q[1]])
+    sc = _digits_score_job(tmp_path, full[some], index=some)
+    assert sc["test_indices"].tolist() == [q[1], q[4]]
+    np.testing.assert_array_equal(sc["full_scores"], full[[q[1], q[4]]])
+
+
+def test_a_score_job_refuses_a_file_changed_since_the_workflow_read_it(tmp_path):
+    from simattr import scoring
+    from simattr.datasets import Spec
+
+    f = _write(tmp_path / "m.npy", np.zeros((360, 1437), np.float32))
+    source = external.source({"name": "m", "path": str(f)})
+    np.save(f, np.ones((360, 1437), np.float32))
+    with pytest.raises(SimattrError, match="m.npy: changed since the workflow read it"):
+        scoring.score_external_class(data=Spec.of(), name="m", cls=0, scores_path=str(f), index_path=None,
+                                     class_conditioned=True, topk=5, source=source, out=str(tmp_path / "o.h5"))
+    assert not (tmp_path / "o.h5").exists()
+    with pytest.raises(SimattrError, match=r"m.npy: shape \(1437, 1437\), expected \(360, 1437\)"):
+        _digits_score_job(tmp_path, np.zeros((1437, 1437), np.float32), layout="test_by_train")
