@@ -298,6 +298,35 @@ COMMANDS = {c.name: c for c in (
 )}
 
 
+def _explain_parser(sub) -> None:
+    """`simattr explain`: not a workflow job, so not in COMMANDS (no --settings); it reads a finished workflow's
+    results."""
+    from .explain import DEFAULT_K, DEFAULT_METHOD, RANKERS
+
+    p = sub.add_parser("explain", help="which training images a similarity method ranks first for your own "
+                       "images (reads a finished workflow's results)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--config", help="the config the results were made with (default: config/config.yaml when it "
+                   "exists here, else the schema's defaults)")
+    p.add_argument("--results", help="the results folder (default: the config's `results`)")
+    p.add_argument("--method", default=DEFAULT_METHOD, help=f"ENCODER/RANKER (rankers: {', '.join(RANKERS)}; "
+                   f"default {DEFAULT_METHOD})")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"training images shown (default {DEFAULT_K})")
+    p.add_argument("--label", help="the image's class (index or name); default: the full-data models' prediction")
+    p.add_argument("--out", default="explain", help="folder of NAME.png and NAME.json (default: explain/)")
+
+
+def _explain(a: argparse.Namespace) -> None:
+    from . import config as sconfig
+    from .explain import explain_command
+
+    path = a.config or ("config/config.yaml" if Path("config/config.yaml").is_file() else None)
+    c = sconfig.load(path) if path else sconfig.validate({})
+    if a.results:
+        c["results"] = a.results
+    explain_command(config=c, method=a.method, images=a.images, k=a.k, label=a.label, out_dir=a.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="simattr", description=__doc__)
     ap.add_argument("--log", help="also write the log to this file")
@@ -314,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         src.add_argument("--config", help="a config file (YAML) to build the settings from; the schema's "
                          "defaults fill what it leaves out (for running a stage by hand)")
         _add_args(p, ARGS[c.name])
+    _explain_parser(sub)
     return ap
 
 
@@ -343,6 +373,9 @@ def run(argv: list[str] | None = None) -> int:
     from . import accel
 
     accel.claim(f"simattr {a.cmd}" + (f" (log {a.log})" if a.log else ""), a.gpus)
+    if a.cmd == "explain":
+        _explain(a)
+        return 0
     c = COMMANDS[a.cmd]
     c.run(a, job_settings(a, c.name, c.wildcards), not a.no_progress)
     if a.log:

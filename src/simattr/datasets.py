@@ -16,6 +16,7 @@ PIL are imported where they are used.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -463,18 +464,63 @@ def _folder_listing(spec: Spec, split: str) -> tuple[tuple[str, ...], np.ndarray
 
 def _decode(path: Path, size: int) -> np.ndarray:
     """One image file as uint8 (3, size, size): RGB, shorter side resized to `size`, centre crop."""
-    from PIL import Image
     from torchvision.transforms import functional as TF
+
+    with _open_image(path, "remove or replace it") as im:
+        im = TF.center_crop(TF.resize(_eight_bit(im).convert("RGB"), size), [size, size])
+        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+
+
+@contextlib.contextmanager
+def _open_image(path: Path, fix: str):
+    """A decoded PIL image; a file that is not a readable image is one line naming it (and `fix`)."""
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            im = TF.center_crop(TF.resize(im, size), [size, size])
-            arr = np.asarray(im, dtype=np.uint8)
-    except Exception as e:  # noqa: BLE001 - a file that lists fine but does not decode
-        raise SimattrError(f"{path}: cannot decode the image ({type(e).__name__}: {e}); remove or replace it"
-                           ) from None
-    return arr.transpose(2, 0, 1)
+            im.load()
+            yield im
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for unreadable, truncated or foreign files
+        raise SimattrError(f"{path}: cannot decode the image ({type(e).__name__}: {e}); {fix}") from None
+
+
+def _eight_bit(im):
+    """A 16-bit or 32-bit integer grey image (PNG's 16-bit modes) as 8-bit grey, scaled (PIL's convert would clip);
+    any other mode as it is (convert("RGB") / ("L") handle palettes, alpha, CMYK)."""
+    from PIL import Image
+
+    if im.mode.startswith("I"):
+        a = np.asarray(im, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8), "L")
+    return im
+
+
+def read_image(spec: Spec, path: str | Path) -> np.ndarray:
+    """An image file as this dataset stores its own images (Split.load_raw), for images from outside it:
+    digits, grey, resized to 8 x 8 if it is not, on the digits' 0-16 scale (float32 v / 16, (1, 8, 8));
+    cifar10, RGB, shorter side resized to 32 and centre-cropped (uint8 (3, 32, 32)); imagenet / imagefolder, the
+    dataset's own decoder (uint8 (3, size, size)). Palettes, alpha (dropped), CMYK and 16-bit images are
+    converted; a file that is not an image is one line naming it."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    path = Path(path)
+    if not path.is_file():
+        raise SimattrError(f"{path}: image file not found")
+    if spec.name in FOLDER_DATASETS:
+        return _decode(path, spec.image_size or DEFAULT_IMAGE_SIZE)
+    with _open_image(path, "expected a PNG, JPEG or other image file") as im:
+        im = _eight_bit(im)
+        if spec.name == "digits":
+            im = im.convert("L")
+            if im.size != (8, 8):
+                im = im.resize((8, 8), Image.Resampling.BILINEAR, reducing_gap=None)
+            grey = np.round(np.asarray(im, dtype=np.float64) * 16.0 / 255.0)
+            return (grey.astype(np.float32) / np.float32(16.0))[None]
+        im = im.convert("RGB")
+        if im.size != (32, 32):
+            im = TF.center_crop(TF.resize(im, 32), [32, 32])
+        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def _folder_split(spec: Spec, split: str) -> Split:

@@ -42,7 +42,7 @@ def train_encoder(*, data: datasets.Spec, encoder: str, params: dict, seed: int,
     log.info("%s state from %d train images in %.1f s -> %s", encoder, n, time.perf_counter() - t0, out)
 
 
-def _encoder(data: datasets.Spec, encoder: str, state_path: str | None, build: bool = True):
+def load_encoder(data: datasets.Spec, encoder: str, state_path: str | None, build: bool = True):
     """(the encoder, ready on its device; the settings hashed into the shards' config_hash). Encoders with a state
     rule come from their file, checked to be made for this data; `pixels` is fitted on the train split here.
     Unless `build`, the encoder is None (its file is read for the settings, no network is built)."""
@@ -99,7 +99,7 @@ def embed_shard(*, data: datasets.Spec, encoder: str, split: str, shard: int, sh
                 state_path: str | None, batch_size: int, float16: bool, workers: int, progress: bool = True) -> None:
     """Embed shard `shard` of one split (images shard*shard_size .. ; shard_size 0: the whole split)."""
     t0 = time.perf_counter()
-    enc, settings = _encoder(data, encoder, state_path)
+    enc, settings = load_encoder(data, encoder, state_path)
     part = datasets.load_split(data, split)
     ranges = store.shard_ranges(len(part), shard_size)
     if not 0 <= shard < len(ranges):
@@ -118,7 +118,7 @@ def embed_shard(*, data: datasets.Spec, encoder: str, split: str, shard: int, sh
 def embed_index(*, data: datasets.Spec, encoder: str, split: str, shards: list[str], out: str,
                 state_path: str | None = None) -> dict:
     """The split's manifest from its shards, each checked against the current settings (stale shards refused)."""
-    _, settings = _encoder(data, encoder, state_path, build=False)
+    _, settings = load_encoder(data, encoder, state_path, build=False)
     part = datasets.load_split(data, split)
     expect = {"dataset": data.name, "split": split, "encoder": encoder, "config_hash": store.config_hash(settings)}
     manifest = store.write_index(Path(out).parent, shards, n=len(part), expect=expect, skipped=part.skipped)

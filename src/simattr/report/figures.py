@@ -151,3 +151,45 @@ def plot_topk_grid(test_images, train_images,
                         top=1 - 0.3 / (n_rows * cell + 0.4), wspace=0.05, hspace=0.08)
     _save_png(fig, path)
     return fig
+
+
+def plot_explanation(image, train_images, record: Mapping[str, Any], path: str | os.PathLike | None = None,
+                     per_row: int = 8) -> Figure:
+    """An explained image (simattr.explain record) beside its top-k training images, best first, `per_row` to a
+    row, each titled with its training index, class and score; the image (raw, as datasets.read_image gives it, or
+    None) titled with its class and how it was found. Saved as PNG at `path` when given; returns the Figure: axes
+    in row-major order, the first the image's."""
+    from ..datasets import to_unit
+
+    top = list(record["top"])
+    cols = min(per_row, max(1, len(top))) + 1
+    rows = max(1, -(-len(top) // per_row))
+    height = rows * 1.6 + 0.55
+    fig = _new_figure((cols * 1.3 + 0.2, height))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_axis_off()
+    head = axes[0][0]
+    if image is not None:
+        img, cmap = _to_hwc(to_unit(np.asarray(image)))
+        head.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    prob = "" if record.get("probability") is None else f" p={record['probability']:.2f}"
+    head.set_title(f"{record['name']}\n{record['class_name']} ({record['label_source']}{prob})", fontsize=7,
+                   color="tab:red")
+    head.set_axis_on()
+    for sp in head.spines.values():
+        sp.set_color("tab:red")
+        sp.set_linewidth(2)
+    for j, t in enumerate(top):
+        ax = axes[j // per_row][1 + j % per_row]
+        img, cmap = _to_hwc(train_images[int(t["train_index"])])
+        ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"#{t['train_index']} {t['class_name']}\n{t['score']:.3g}", fontsize=7)
+    fig.suptitle(f"{record['method']}: top-{len(top)} training images (index, class, score)", fontsize=8,
+                 y=1 - 0.08 / height, va="top")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.6 / height, wspace=0.08, hspace=0.55)
+    if path is not None:
+        _save_png(fig, path)
+    return fig
