@@ -514,7 +514,7 @@ def read_image(spec: Spec, path: str | Path) -> np.ndarray:
         if spec.name == "digits":
             im = im.convert("L")
             if im.size != (8, 8):
-                im = im.resize((8, 8), Image.Resampling.BILINEAR, reducing_gap=None)
+                im = im.resize((8, 8), Image.Resampling.BOX)
             grey = np.round(np.asarray(im, dtype=np.float64) * 16.0 / 255.0)
             return (grey.astype(np.float32) / np.float32(16.0))[None]
         im = im.convert("RGB")
