@@ -246,3 +246,15 @@ def test_a_pinned_stream_feeds_cuda_without_changing_a_bit(tmp_path):
     assert all(b.is_pinned() and b.dtype == torch.uint8 for b in batches)
     on_gpu = torch.cat([tensor_to_unit(b, "cuda") for b in batches]).cpu().numpy()
     np.testing.assert_array_equal(on_gpu, part.images)
+
+
+@pytest.mark.parametrize("size", [(40, 40), (37, 64), (64, 37), (300, 201), (201, 300), (33, 32), (31, 90)])
+def test_resize_crop_is_torchvisions_resize_then_centre_crop(size):
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    rng = np.random.default_rng(sum(size))
+    im = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+    for target in (32, 24, 17):
+        want = np.asarray(TF.center_crop(TF.resize(im, target), [target, target]))
+        assert np.array_equal(np.asarray(datasets.resize_crop(im, target)), want), (size, target)

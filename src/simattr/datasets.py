@@ -464,11 +464,24 @@ def _folder_listing(spec: Spec, split: str) -> tuple[tuple[str, ...], np.ndarray
 
 def _decode(path: Path, size: int) -> np.ndarray:
     """One image file as uint8 (3, size, size): RGB, shorter side resized to `size`, centre crop."""
-    from torchvision.transforms import functional as TF
-
     with _open_image(path, "remove or replace it") as im:
-        im = TF.center_crop(TF.resize(_eight_bit(im).convert("RGB"), size), [size, size])
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        return np.asarray(resize_crop(_eight_bit(im).convert("RGB"), size), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def resize_crop(im, size: int):
+    """A PIL image with its shorter side resized to `size` (bilinear) and centre-cropped square: the pixels of
+    torchvision's F.center_crop(F.resize(im, size), [size, size]) on a PIL image, without importing torchvision
+    (seconds: it pulls in torch._dynamo), so decoders and `simattr explain` start fast."""
+    from PIL import Image
+
+    w, h = im.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+    if (new_w, new_h) != (w, h):
+        im = im.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return im.crop((left, top, left + size, top + size))
 
 
 @contextlib.contextmanager
@@ -502,7 +515,6 @@ def read_image(spec: Spec, path: str | Path) -> np.ndarray:
     dataset's own decoder (uint8 (3, size, size)). Palettes, alpha (dropped), CMYK and 16-bit images are
     converted; a file that is not an image is one line naming it."""
     from PIL import Image
-    from torchvision.transforms import functional as TF
 
     path = Path(path)
     if not path.is_file():
@@ -519,7 +531,7 @@ def read_image(spec: Spec, path: str | Path) -> np.ndarray:
             return (grey.astype(np.float32) / np.float32(16.0))[None]
         im = im.convert("RGB")
         if im.size != (32, 32):
-            im = TF.center_crop(TF.resize(im, 32), [32, 32])
+            im = resize_crop(im, 32)
         return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
