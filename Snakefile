@@ -8,6 +8,9 @@ min_version("8.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/score.smk"
@@ -20,4 +23,5 @@ include: "workflow/rules/export.smk"
 rule all:
     input:
         report_files(),
+        method_figure_dirs(),
     default_target: True

@@ -141,4 +141,5 @@ def test_the_answers_carry_their_scores_files_hash_and_a_new_file_reruns_exactly
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
     np.save(f, -np.load(f))                               # another method's scores in the same file
     counts = job_counts(dry_run().stdout)
-    assert counts == {"score_external": 10, "support": 2, "lds": 1, "report": 1, "all": 1}, counts
+    assert counts == {"score_external": 10, "support": 2, "lds": 1, "method_figures": 1, "report": 1, "all": 1}, \
+        counts

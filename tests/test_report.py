@@ -483,3 +483,27 @@ def test_a_table_without_rows_leaves_no_stale_file(tmp_path):
     assert (tmp_path / "retest.csv").exists()
     render.write_tables(rows, [], [], tmp_path, retest=[])
     assert not (tmp_path / "retest.csv").exists()
+
+
+def test_a_flip_curve_figure_plots_the_answers_models_fit_and_interval(tmp_path):
+    answer = {"encoder": "simclr", "ranker": "esvm", "metric": "removal", "test_index": 7, "threshold": 0.5,
+              "k_max": 64, "support": 20, "support_ci90": [12, 30],
+              "curve": [{"k": 0, "n_models": 3, "accuracy": 1.0, "fitted": 1.0},
+                        {"k": 16, "n_models": 5, "accuracy": 0.6, "fitted": 0.6},
+                        {"k": 24, "n_models": 5, "accuracy": 0.2, "fitted": 0.3},
+                        {"k": 64, "n_models": 3, "accuracy": 0.0, "fitted": 0.0}]}
+    fig = figures.plot_curve(answer, tmp_path / "c.png")
+    (ax,) = fig.axes
+    pts = ax.collections[0].get_offsets()
+    assert pts[:, 0].tolist() == [0, 16, 24, 64] and pts[:, 1].tolist() == [1.0, 0.6, 0.2, 0.0]
+    assert ax.collections[0].get_sizes().tolist() == [36, 60, 60, 36]              # area ~ models
+    fitted = [ln for ln in ax.lines if ln.get_label() == "fitted curve"][0]
+    assert list(fitted.get_ydata()) == [1.0, 0.6, 0.3, 0.0]
+    assert [ln.get_xdata()[0] for ln in ax.lines if ln.get_label() == "support 20"] == [20]
+    band = [p for p in ax.patches if p.get_label() == "90% interval"][0]
+    assert band.get_x() == 12 and band.get_width() == 18
+    assert (tmp_path / "c.png").stat().st_size > 0
+    censored = {**answer, "support": None, "support_ci90": [40, None]}
+    ax = figures.plot_curve(censored).axes[0]
+    band = [p for p in ax.patches if p.get_label() == "90% interval"][0]
+    assert (band.get_x(), band.get_width()) == (40, 24) and "not flipped by k=64" in ax.get_title()

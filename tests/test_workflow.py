@@ -267,14 +267,44 @@ def test_changing_esvm_C_reruns_only_esvm_scores_and_what_depends_on_them(run, t
     n_metrics = 2
     esvm_methods = 2                            # esvm and esvm_signed on simclr
     assert job_counts(r.stdout) == {"score": 10 * esvm_methods, "support": n_metrics * esvm_methods,
-                                    "lds": esvm_methods, "report": 1, "all": 1}
+                                    "lds": esvm_methods, "method_figures": esvm_methods, "report": 1, "all": 1}
 
 
 def test_changing_the_support_budget_reruns_only_support_and_report(run, tmp_path):
     cfg = variant(tmp_path, lambda c: c["support"].update(max_models=20))
     r = smk("-n", "--cores", "2", workdir=run, configfile=cfg)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert job_counts(r.stdout) == {"support": 2 * 7, "report": 1, "all": 1}
+    assert job_counts(r.stdout) == {"support": 2 * 7, "method_figures": 7, "report": 1, "all": 1}
+
+
+def test_the_html_report_holds_every_table_and_figure(run, tmp_path):
+    """`snakemake --report`: Snakemake's own report, the comparison's tables and figures and each method's pages
+    (its top-k grid, a flip-curve figure per answer) as items with their captions."""
+    out = tmp_path / "report.html"
+    r = smk("--report", str(out), workdir=run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = out.read_text()
+    rep = run / "results" / "digits" / "report"
+    for name in ("support.csv", "report.md", "support_cdf.png", "topk_grid.png", "cost.csv", "overlap.csv",
+                 "lds.csv"):
+        assert name in html, name
+    methods = sorted(p.relative_to(rep / "methods") for p in (rep / "methods").glob("*/*"))
+    assert len(methods) == 7
+    answers = 0
+    for m in methods:
+        pngs = sorted(p.name for p in (rep / "methods" / m).glob("*.png"))
+        curves = [p for p in pngs if p.startswith("curve-")]
+        gathered = [a for metric in ("removal", "mislabel")
+                    for a in json.loads((run / "results" / "digits" / "support" / m /
+                                         f"{metric}.json").read_text())["answers"]]
+        assert sorted(curves) == sorted(f"curve-{a['metric']}-{a['test_index']}.png" for a in gathered)
+        assert "topk.png" in pngs
+        answers += len(curves)
+        assert str(m) in html                                   # its subcategory
+    assert answers == 7 * 2 * 4
+    for name in {p.name for p in (rep / "methods").glob("*/*/*.png")}:
+        assert name in html, name
+    assert "Flip curve" in html or "flip curve" in html                    # a method page's caption
 
 
 def test_launch_settings_rerun_nothing(run, tmp_path):

@@ -118,6 +118,9 @@ ARGS = {
                      "the tasks run: the workflow passes them from the support rule's resources, which the SLURM "
                      "profile may override); default: the --config file's, or the schema's"),
                 _arg("--submitit-dir", required=True), _arg("--answers-dir", required=True), OUT),
+    "method-figures": (_arg("--gathers", nargs="+", required=True, help="the method's support gathers"),
+                       _arg("--scores", nargs="+", required=True, help="the method's score files"),
+                       _arg("--out-dir", required=True)),
     "report": (_arg("--manifest", help="JSON file of the long lists (the workflow's way: ImageNet's run past the "
                     "128 KiB limit of one command line): keys gathers, scores, benchmarks, stored, lds, "
                     "method_costs, each a list of strings as the flags of the same names take them"),
@@ -261,6 +264,12 @@ def _support(a, s, progress):
                           replicates=s.replicates)
 
 
+def _method_figures(a, s, progress):
+    from .report.method_figures import method_figures_stage
+
+    method_figures_stage(data=s.dataset, gathers=a.gathers, score_files=a.scores, out_dir=a.out_dir)
+
+
 def _report(a, s, progress):
     from . import report
 
@@ -295,6 +304,8 @@ COMMANDS = {c.name: c for c in (
     Command("queries", "train full-data models, sample test images, find their flip classes", _queries),
     Command("support", "removal or mislabel support of the sampled test images (submitit array)", _support),
     Command("report", "tables and plots comparing the methods' support sizes", _report),
+    Command("method-figures", "one method's pages of the HTML report: its top-k grid and a flip-curve figure per "
+            "answer", _method_figures),
 )}
 
 

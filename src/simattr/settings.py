@@ -173,6 +173,7 @@ JOBS: dict[str, tuple[Callable[..., dict], tuple[str, ...]]] = {
     "score-model": (_score, ("ranker",)),
     "score-external": (_score_external, ("ranker",)),
     "export": (_export, ()),
+    "method-figures": (lambda c: {"dataset": _dataset(c)}, ()),
     "subsets": (_subsets, ("purpose",)),
     "trak-checkpoints": (_trak_checkpoints, ()),
     "trak": (_trak, ()),

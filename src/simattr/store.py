@@ -73,6 +73,7 @@ LDS = LDS_DIR + "/{encoder}/{ranker}.json"
 EXPORT_DIR = "{dataset}/export"
 REPORT_DIR = "{dataset}/report"
 REPORT_MANIFEST = REPORT_DIR + "/inputs.json"
+METHOD_FIGURES = REPORT_DIR + "/methods/{encoder}/{ranker}"   # the HTML report's pages of one method
 #: the report's files in REPORT_DIR (overlap with two methods or more, lds when LDS is on, retest with replicates)
 REPORT_FILES = {"support": "support.csv", "markdown": "report.md", "cdf": "support_cdf.png", "grid": "topk_grid.png",
                 "cost": "cost.csv", "overlap": "overlap.csv", "lds": "lds.csv", "wins": "wins.csv",

@@ -54,6 +54,7 @@ JOB_FILES = {
     "subsets": ("attribution", "subsets-{purpose}-{shard}"), "lds": ("attribution", "lds-{encoder}-{ranker}"),
     "queries": ("support", "queries"), "support": ("support", "{encoder}-{ranker}-{metric}"),
     "report_manifest": ("report", "manifest"), "report": ("report", "report"), "export": ("export", "export"),
+    "method_figures": ("report", "figures-{encoder}-{ranker}"),
 }
 ENCODER_RULE = {"simclr": "train_simclr", "supervised": "train_supervised", "resnet": "import_resnet"}
 
@@ -205,12 +206,30 @@ def all_scores():
     return [path(store.SCORES, encoder=e, ranker=r, cls=c) for e, r in METHODS for c in CLASSES]
 
 
+def report_keys():
+    return ["support", "markdown", "cdf", "grid", "cost"] + (["overlap"] if len(METHODS) > 1 else []) + \
+        (["lds"] if LDS_ON else [])
+
+
 def report_files():
     d = path(store.REPORT_DIR)
-    f = store.REPORT_FILES
-    keys = ["support", "markdown", "cdf", "grid", "cost"] + (["overlap"] if len(METHODS) > 1 else []) + \
-        (["lds"] if LDS_ON else [])
-    return [f"{d}/{f[k]}" for k in keys]
+    return [f"{d}/{store.REPORT_FILES[k]}" for k in report_keys()]
+
+
+def report_outputs():
+    """The report rule's outputs, each an item of `snakemake --report` with its caption (workflow/report/KEY.rst)."""
+    return [report(f, caption=f"../report/{k}.rst", category="Comparison") for k, f in zip(report_keys(),
+                                                                                           report_files())]
+
+
+def method_figure_dirs():
+    """Each method's folder of HTML report pages (rule method_figures)."""
+    return [path(store.METHOD_FIGURES, encoder=e, ranker=r) for e, r in METHODS]
+
+
+def method_gathers(wildcards):
+    return [path(store.SUPPORT_GATHER, encoder=wildcards.encoder, ranker=wildcards.ranker, metric=m)
+            for m in config["support"]["metrics"]]
 
 
 def method_cost_entries():

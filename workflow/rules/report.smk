@@ -36,7 +36,7 @@ rule report:
         lds=lds_files(),
         external_costs=external_costs(),
     output:
-        report_files(),
+        report_outputs(),
     log:
         job_log("report"),
     params:
@@ -48,3 +48,25 @@ rule report:
     shell:
         "simattr --log {log} report --settings {params.settings:q} --manifest {input.manifest}"
         " --out-dir {params.out_dir}"
+
+
+# The HTML report's pages of one method (snakemake --report report.html): its top-k grid and every answer's flip curve.
+rule method_figures:
+    input:
+        gathers=method_gathers,
+        scores=class_scores,
+    output:
+        report(directory(path(store.METHOD_FIGURES)), patterns=["{name}.png"], caption="../report/method.rst",
+               category="Methods", subcategory="{encoder}/{ranker}"),
+    log:
+        job_log("method_figures"),
+    benchmark:
+        job_bench("method_figures")
+    params:
+        settings=job_settings("method-figures"),
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "simattr --log {log} method-figures --settings {params.settings:q} --gathers {input.gathers}"
+        " --scores {input.scores} --out-dir {output}"

@@ -17,6 +17,8 @@ from .statistics import (check_gathers, draw_matrix, method_name, metric_order, 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+TOPK_SHOWN = 8          # training images per test image in the top-k grids
+
 
 def _new_figure(figsize: tuple[float, float]):
     import matplotlib
@@ -190,6 +192,41 @@ def plot_explanation(image, train_images, record: Mapping[str, Any], path: str |
     fig.suptitle(f"{record['method']}: top-{len(top)} training images (index, class, score)", fontsize=8,
                  y=1 - 0.08 / height, va="top")
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.6 / height, wspace=0.08, hspace=0.55)
+    if path is not None:
+        _save_png(fig, path)
+    return fig
+
+
+def plot_curve(answer: Mapping[str, Any], path: str | os.PathLike | None = None) -> Figure:
+    """One answer's flip curve: per probed k its models' accuracy on the image (marker area ~ models), the fitted
+    curve, the threshold, and the answer (its support, a vertical line) with its 90% interval (a band; to k_max when
+    it may be censored). Returns the Figure (one axis: the accuracy points first, then the fitted line)."""
+    curve = list(answer["curve"])
+    fig = _new_figure((4.2, 2.6))
+    ax = fig.subplots()
+    k = np.array([c["k"] for c in curve], float)
+    ax.scatter(k, [c["accuracy"] for c in curve], s=[12 * c["n_models"] for c in curve], color="tab:blue",
+               alpha=0.7, label="models' accuracy (area: models)", zorder=3)
+    ax.plot(k, [c["fitted"] for c in curve], color="tab:orange", label="fitted curve")
+    ax.axhline(float(answer["threshold"]), color="grey", ls=":", lw=1, label="threshold")
+    lo, hi = answer.get("support_ci90") or [None, None]
+    k_max = float(answer["k_max"])
+    if lo is not None:
+        ax.axvspan(lo, k_max if hi is None else hi, color="tab:green", alpha=0.15, label="90% interval")
+    s = answer.get("support")
+    if s is not None:
+        ax.axvline(s, color="tab:green", lw=1.5, label=f"support {s}")
+    title = (f"{answer['encoder']}/{answer['ranker']} {answer['metric']}, test {answer['test_index']}: "
+             + (f"support {s}" if s is not None else f"not flipped by k={answer['k_max']}"))
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("k (training images removed)" if answer["metric"] == "removal" else "k (training images relabelled)",
+                  fontsize=8)
+    ax.set_ylabel("accuracy on the image", fontsize=8)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlim(-0.02 * k_max, k_max * 1.02)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
     if path is not None:
         _save_png(fig, path)
     return fig

@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import datasets, store
 from ..store import REPORT_FILES
 from .costs import method_costs, stage_costs
-from .figures import plot_cdf, plot_topk_grid
+from .figures import TOPK_SHOWN, plot_cdf, plot_topk_grid
 from .render import write_tables
 from .statistics import lds_rows, overlap_rows, retest_rows, summarize, win_rates
 
@@ -46,7 +46,7 @@ def report_stage(*, data: datasets.Spec, gathers: list[str],
         for t in shown:
             if t in rows_of:
                 topk_by_method.setdefault(method, {})[t] = sc["topk"][rows_of[t]].tolist()
-    plot_topk_grid(te, tr, topk_by_method, shown, out / REPORT_FILES["grid"], k=8)
+    plot_topk_grid(te, tr, topk_by_method, shown, out / REPORT_FILES["grid"], k=TOPK_SHOWN)
     lds = lds_rows([store.read_json(p) for p in lds_files])
     overlap = overlap_rows(score_sets, overlap_k) if len(score_sets) > 1 else []
     mcosts = method_costs(method_cost_entries)
