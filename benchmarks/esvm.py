@@ -14,23 +14,14 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 
 import numpy as np
+from timing import median_time
 import torch
 from scipy.stats import spearmanr
 
 from simattr.esvm import clustered_features, esvm_reference, exemplar_svm_scores
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def run_scale(name: str, n: int, d: int, m: int, m_ref: int, repeats: int, seed: int, k: int = 100) -> dict:

@@ -26,15 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from timing import median_time
 
 
 def features(kind: str, n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
