@@ -86,6 +86,9 @@ def test_a_digits_png_of_a_test_image_gets_its_stored_ranking_and_answer(results
     assert given["label_source"] == "given" and {x["class"] for x in given["top"]} == {(te.labels[t] + 1) % 10}
     fig = att.figure(rec)
     assert sum(1 for ax in fig.axes if ax.images) == 13                       # the image and its top-12
+    df = att.explain([png, png], k=4, as_frame=True)                           # pandas: one row per image and rank
+    assert len(df) == 8 and df["train_index"].tolist()[:4] == ranking[:4].tolist()
+    assert df["rank"].tolist() == [1, 2, 3, 4] * 2 and set(df["test_index"]) == {t}
     # the command: NAME.png and NAME.json in --out, the stored answer printed
     r = subprocess.run([sys.executable, "-m", "simattr.cli", "explain", str(png), "--results", str(root),
                         "--k", "5", "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
