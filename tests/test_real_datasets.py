@@ -93,6 +93,7 @@ def test_end_to_end_from_a_shipped_config(tmp_path, shipped):
     assert job_counts(dry.stdout) == {"import_resnet": 1, "embed_shard": shards, "embed_index": 2,
                                       "score": len(cfg["methods"]) * n_cls, "queries": 1,
                                       "support": len(cfg["methods"]) * len(metrics), "report_manifest": 1, "report": 1, "all": 1,
+                                      "method_figures": len(cfg["methods"]),
                                       **({"subsets": -(-lds // cfg["lds"]["shard_size"]),
                                           "lds": len(cfg["methods"])} if lds else {})}
     r = smk("--cores", "2", workdir=wd, configfile=cfg_path)
