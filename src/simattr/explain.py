@@ -64,12 +64,12 @@ class Attributor:
             state = str(_need(self._path(store.ENCODER_STATE, encoder=encoder)))
         index = _need(self._path(store.EMBED_INDEX, encoder=encoder, split="train"))
         self.net, made_with = embedding.load_encoder(self.data, encoder, state)
-        if hasattr(self.net, "to"):
-            self.net = self.net.to(device)
+        self.net = self.net.to(device)
         self.features, self.labels, _ = store.read_embeddings(index, expect_hash=store.config_hash(made_with))
         self.train = datasets.load_split(self.data, "train")
         self.class_names = self.train.class_names
         self._models = None
+        self._test_raw = None            # the test split's stored images, read once (_test_index)
 
     @classmethod
     def from_results(cls, path: str | os.PathLike = "results", method: str = DEFAULT_METHOD,
@@ -190,10 +190,12 @@ class Attributor:
 
     def _test_index(self, raw: np.ndarray) -> int | None:
         """The test image whose stored pixels equal `raw` exactly, if one does (in-memory datasets)."""
-        te = datasets.load_split(self.data, "test")
-        if te.sources is not None:
+        if self._test_raw is None:
+            te = datasets.load_split(self.data, "test")
+            self._test_raw = np.zeros((0,)) if te.sources is not None else te.load_raw(np.arange(len(te)))
+        stored = self._test_raw
+        if stored.ndim < 2:                  # a folder dataset: its test images are files, not compared
             return None
-        stored = te.load_raw(np.arange(len(te)))
         if stored.shape[1:] != raw.shape:
             return None
         hit = np.flatnonzero((stored == raw[None]).reshape(len(stored), -1).all(1))

@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +61,6 @@ def export_stage(*, data: datasets.Spec, recipe: models.Recipe, queries: str, ch
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tr, te = datasets.load_split(data, "train"), datasets.load_split(data, "test")
     streamed = recipe.name in models.STREAMED_MODELS or tr.sources is not None
     q = load_queries(queries)
@@ -76,8 +72,7 @@ def export_stage(*, data: datasets.Spec, recipe: models.Recipe, queries: str, ch
     if identity["recipe"] != recipe.identity() or {k: identity.get(k) for k in data.identity()} != data.identity():
         raise SimattrError(f"{checkpoints}: made for other data or another model; rerun rule trak_checkpoints")
     files: dict[str, dict] = {}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with store.atomic_dir(out) as tmp:
         for split, s in (("train", tr), ("test", te)):
             _save(tmp, f"{split}_labels", s.labels.astype(np.int64), files)
             if s.sources is not None:
@@ -120,19 +115,6 @@ def export_stage(*, data: datasets.Spec, recipe: models.Recipe, queries: str, ch
                     "scores_shape": {"test_by_train": [len(te), len(tr)], "train_by_test": [len(tr), len(te)]},
                     "files": files}
         store.write_json(tmp / "manifest.json", manifest)
-        os.chmod(tmp, 0o755)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log.info("export: %d train / %d test images, %d checkpoints, %s LDS models, %d features -> %s in %.1f s",
              len(tr), len(te), len(ck_files), lds["models"] if lds else "no", len(embeddings), out,
              time.perf_counter() - t0)

@@ -4,9 +4,6 @@ per stored answer (curve-{metric}-{test_index}.png), written into one folder tha
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .. import datasets, store
@@ -19,7 +16,6 @@ def method_figures_stage(*, data: datasets.Spec, gathers: list[str], score_files
                          k: int = TOPK_SHOWN) -> list[str]:
     """The method's figures in out_dir; returns their names."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     answers = [a for g in gathers for a in store.read_json(g)["answers"]]
     shown = sorted({int(a["test_index"]) for a in answers})
     method, topk = None, {}
@@ -29,9 +25,8 @@ def method_figures_stage(*, data: datasets.Spec, gathers: list[str], score_files
         for t, row in zip(sc["test_indices"].tolist(), sc["topk"]):
             if t in shown:
                 topk[t] = row.tolist()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        names = []
+    names = []
+    with store.atomic_dir(out) as tmp:
         if shown and method:
             plot_topk_grid(datasets.load_split(data, "test"), datasets.load_split(data, "train"), {method: topk},
                            shown, tmp / "topk.png", k=k)
@@ -40,12 +35,5 @@ def method_figures_stage(*, data: datasets.Spec, gathers: list[str], score_files
             name = f"curve-{a['metric']}-{a['test_index']}.png"
             plot_curve(a, tmp / name)
             names.append(name)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log.info("%s: %d figures -> %s", method, len(names), out)
     return names
