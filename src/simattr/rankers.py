@@ -100,14 +100,52 @@ def esvm_signed(queries: np.ndarray, features: np.ndarray, labels: np.ndarray, l
     Returns (full scores (m, n_train) float32, runner-up class per query)."""
     r = runner_up_classes(queries, features, labels, label, neighbours=neighbours, chunk_size=chunk_size,
                           device=device)
+    return signed_scores(queries, lambda cand: features[cand], labels, label, r, C=C, chunk_size=chunk_size,
+                         device=device, progress=progress), r
+
+
+def signed_scores(queries: np.ndarray, rows: Callable[[np.ndarray], np.ndarray], labels: np.ndarray, label: int,
+                  runner_up: np.ndarray, *, C: float = 0.1, chunk_size: int = 128, device=None,
+                  progress: bool = False) -> np.ndarray:
+    """esvm_signed's scores (m, n_train) given each query's runner-up class; `rows(idx)` gives the features of the
+    training images idx (sorted): per runner-up class c, only the images of classes `label` and c are asked for."""
     full = np.zeros((len(queries), len(labels)), np.float32)
-    for c in np.unique(r):
-        rows = np.flatnonzero(r == c)
+    for c in np.unique(runner_up):
+        sel = np.flatnonzero(runner_up == c)
         cand = np.flatnonzero((labels == label) | (labels == c))
-        s = esvm(queries[rows], features[cand], C=C, chunk_size=chunk_size, device=device, progress=progress)
+        s = esvm(queries[sel], rows(cand), C=C, chunk_size=chunk_size, device=device, progress=progress)
         s = s - s.min(axis=1, keepdims=True)
-        full[np.ix_(rows, cand)] = np.where(labels[cand] == label, s, -s)
-    return full, r
+        full[np.ix_(sel, cand)] = np.where(labels[cand] == label, s, -s)
+    return full
+
+
+class RunnerUp:
+    """runner_up_classes over the training images given chunk by chunk (bounded memory): add(sims, labels) with the
+    queries' similarities to one chunk of training images, then classes(label). Keeps each class's `neighbours`
+    highest similarities per query, so the answer equals runner_up_classes' whenever the similarities are equal."""
+
+    def __init__(self, n_queries: int, neighbours: int = 10):
+        self.n_queries, self.neighbours = n_queries, neighbours
+        self.top: dict[int, np.ndarray] = {}          # class -> (m, <= neighbours) highest similarities, best first
+
+    def add(self, sims: np.ndarray, labels: np.ndarray) -> None:
+        order = np.argsort(labels, kind="stable")
+        classes, starts = np.unique(labels[order], return_index=True)
+        for c, cols in zip(classes.tolist(), np.split(order, starts[1:])):
+            s = sims[:, cols]
+            if c in self.top:
+                s = np.concatenate([self.top[c], s], axis=1)
+            self.top[c] = -np.sort(-s, axis=1)[:, :self.neighbours]
+
+    def classes(self, label: int) -> np.ndarray:
+        best, out = np.full(self.n_queries, -np.inf), np.full(self.n_queries, -1, np.int64)
+        for c in sorted(self.top):
+            if c == label:
+                continue
+            mean_top = self.top[c].mean(axis=1)
+            better = mean_top > best
+            best[better], out[better] = mean_top[better], int(c)
+        return out
 
 
 RANKERS: dict[str, RankerFn] = {"esvm": esvm, "esvm_reference": esvm_reference, "knn_l2": knn_l2,

@@ -15,15 +15,132 @@ from .errors import SimattrError
 log = logging.getLogger("simattr")
 
 
+#: training rows read and scored at once where a ranker scores its candidates chunk by chunk (knn_l2, knn_cos, and
+#: esvm_signed's runner-up similarities): 16,384 x 2,048 float32 is 128 MiB. A last, shorter chunk is padded with
+#: zero rows to this length (and the padding's scores dropped), so every matrix product has the shape the
+#: whole-candidate call had in the same BLAS regime: the scores equal those of one call with every candidate, bit
+#: for bit (checked by tests/test_scoring_rows.py; a 1-column product can round differently from a wide one).
+CHUNK_ROWS = 16384
+#: feature rankers whose scores of a set of candidates are those of its parts side by side
+CHUNKED_RANKERS = ("knn_l2", "knn_cos")
+
+
 def score_class(*, data: datasets.Spec, encoder: str, ranker: str, cls: int, train_index: str, test_index: str,
-                class_conditioned: bool, topk: int, ranker_settings: dict, out: str, progress: bool = True) -> None:
+                class_conditioned: bool, topk: int, ranker_settings: dict, out: str, progress: bool = True,
+                chunk_rows: int = CHUNK_ROWS) -> dict:
     """Score class `cls`'s test images against the training images (its own class's, or all) with a feature
-    ranker; `ranker_settings` are its keywords (settings.ranker_settings)."""
+    ranker; `ranker_settings` are its keywords (settings.ranker_settings).
+
+    Reads the labels of both splits and only the feature rows the ranker uses (store.open_embeddings): the
+    class's test images, and its candidates (esvm, knn_*: the class's training images, or all of them chunk by
+    chunk for knn_* when not class-conditioned); random reads no feature; esvm_signed reads every training row
+    once, chunk by chunk, for the runner-up classes, then the rows of the class and each runner-up class. Memory:
+    peak_bytes. Returns what it read and how long reading and scoring took."""
+    from . import rankers
+
+    t0 = time.perf_counter()
+    tr = store.open_embeddings(train_index)
+    te = store.open_embeddings(test_index)
+    tr_m, te_m = tr.manifest, te.manifest
+    if tr.feature_dim != te.feature_dim:
+        raise SimattrError(f"{train_index} holds {tr.feature_dim}-d features but {test_index} {te.feature_dim}-d "
+                           "(embedded by different encoders); rerun the embed stage")
+    if tr_m["config_hash"] != te_m["config_hash"]:
+        raise SimattrError(f"{train_index} and {test_index} come from different settings "
+                           f"({tr_m['config_hash']} vs {te_m['config_hash']}); rerun the embed stage")
+    tr_y, te_y = tr.labels, te.labels
+    q_idx = np.flatnonzero(te_y == cls)
+    c_idx = np.flatnonzero(tr_y == cls) if class_conditioned else np.arange(len(tr_y))
+    if len(c_idx) == 0:
+        raise SimattrError(f"{train_index}: class {cls} has no training images")
+    settings = dict(ranker_settings)
+    random_seed = settings.pop("random_seed", 0)
+    extra = {}
+    reader = _Timed()
+    if ranker == "random":              # one seeded draw per query and candidate: no feature is read
+        settings = {"query_seeds": np.array([store.seed_from("random", data.name, random_seed, int(i))
+                                             for i in q_idx])}
+        scores = rankers.score(ranker, np.zeros((len(q_idx), 0), np.float32), np.zeros((len(c_idx), 0), np.float32),
+                               progress=progress, **settings)
+    else:
+        queries = reader.read(te, q_idx)
+        if ranker == "esvm_signed":     # every training image scored: its own class +, the runner-up's -
+            full, runner_up = _esvm_signed(queries, tr, reader, cls, chunk_rows, progress, settings)
+            scores, extra = full[:, c_idx], {"full_scores": full, "runner_up": runner_up}
+        elif ranker in CHUNKED_RANKERS and len(c_idx) > chunk_rows:
+            scores = np.empty((len(q_idx), len(c_idx)), np.float32)
+            for sl, feats in _chunks(tr, reader, c_idx, chunk_rows):
+                scores[:, sl] = rankers.score(ranker, queries, feats, progress=progress, **settings)[
+                    :, :sl.stop - sl.start]
+        else:   # esvm's solve needs every candidate at once (peak_bytes counts them); knn_* within one chunk
+            scores = rankers.score(ranker, queries, reader.read(tr, c_idx), progress=progress, **settings)
+    attrs = {"dataset": data.name, "encoder": encoder, "ranker": ranker, "embedding_config_hash": tr_m["config_hash"],
+             "n_train": len(tr_y),
+             "settings": json.dumps({k: v for k, v in settings.items() if k != "query_seeds"}, sort_keys=True),
+             "random_seed": int(random_seed)}
+    _write_class_scores(out, cls, q_idx, c_idx, scores, topk, class_conditioned, attrs, extra, t0)
+    wall = time.perf_counter() - t0
+    stats = {"rows_read": tr.rows_read + te.rows_read, "bytes_read": tr.bytes_read + te.bytes_read,
+             "label_bytes": tr.labels.nbytes + te.labels.nbytes, "read_s": reader.seconds, "wall_s": wall}
+    log.info("%s/%s class %s: %d test x %d train scored in %.2f s (%d feature rows, %.1f MB read in %.2f s)", encoder,
+             ranker, cls, len(q_idx), len(c_idx), wall, stats["rows_read"], stats["bytes_read"] / 1e6, reader.seconds)
+    return stats
+
+
+class _Timed:
+    """Reads rows of the open splits, adding up the seconds spent reading."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def read(self, split: store.EmbeddingRows, rows: np.ndarray) -> np.ndarray:
+        t = time.perf_counter()
+        try:
+            return split.read(rows)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+
+def _chunks(split: store.EmbeddingRows, reader: _Timed, rows: np.ndarray, chunk_rows: int):
+    """(slice of `rows`, their features) chunk by chunk; a last shorter chunk is padded with zero rows to chunk_rows
+    (see CHUNK_ROWS) when there is more than one chunk."""
+    step = max(1, int(chunk_rows))
+    for a in range(0, len(rows), step):
+        sel = rows[a:a + step]
+        feats = reader.read(split, sel)
+        if len(rows) > step and len(sel) < step:
+            feats = np.concatenate([feats, np.zeros((step - len(sel), feats.shape[1]), np.float32)])
+        yield slice(a, a + len(sel)), feats
+
+
+def _esvm_signed(queries: np.ndarray, tr: store.EmbeddingRows, reader: _Timed, cls: int, chunk_rows: int,
+                 progress: bool, settings: dict) -> tuple[np.ndarray, np.ndarray]:
+    """rankers.esvm_signed, reading the training features chunk by chunk for the runner-up classes (every row, once:
+    a query's runner-up is found among all classes), then only the rows of `cls` and each runner-up class."""
+    from . import rankers
+
+    kw = {k: settings[k] for k in ("chunk_size", "device") if k in settings}
+    runner = rankers.RunnerUp(len(queries), settings.get("neighbours", 10))
+    for sl, feats in _chunks(tr, reader, np.arange(tr.n), chunk_rows):
+        runner.add(rankers.knn_cos(queries, feats, **kw)[:, :sl.stop - sl.start], tr.labels[sl])
+    r = runner.classes(cls)
+    full = rankers.signed_scores(queries, lambda cand: reader.read(tr, cand), tr.labels, cls, r,
+                                 C=settings.get("C", 0.1), progress=progress, **kw)
+    return full, r
+
+
+def score_class_full_read(*, data: datasets.Spec, encoder: str, ranker: str, cls: int, train_index: str,
+                          test_index: str, class_conditioned: bool, topk: int, ranker_settings: dict, out: str,
+                          progress: bool = True) -> dict:
+    """score_class as it was before it read only the rows it uses: every shard of both splits read whole
+    (store.read_embeddings), as float32. Kept as the reference score_class is checked against, bit for bit
+    (tests/test_scoring_rows.py), and as the 'old' side of benchmarks/scale.py; the workflow never calls it."""
     from . import rankers
 
     t0 = time.perf_counter()
     tr_f, tr_y, tr_m = store.read_embeddings(train_index)
     te_f, te_y, te_m = store.read_embeddings(test_index)
+    read_s = time.perf_counter() - t0
     if tr_f.shape[1] != te_f.shape[1]:
         raise SimattrError(f"{train_index} holds {tr_f.shape[1]}-d features but {test_index} {te_f.shape[1]}-d "
                            "(embedded by different encoders); rerun the embed stage")
@@ -50,8 +167,7 @@ def score_class(*, data: datasets.Spec, encoder: str, ranker: str, cls: int, tra
              "settings": json.dumps({k: v for k, v in settings.items() if k != "query_seeds"}, sort_keys=True),
              "random_seed": int(random_seed)}
     _write_class_scores(out, cls, q_idx, c_idx, scores, topk, class_conditioned, attrs, extra, t0)
-    log.info("%s/%s class %s: %d test x %d train scored in %.2f s", encoder, ranker, cls, len(q_idx), len(c_idx),
-             time.perf_counter() - t0)
+    return {"rows_read": len(tr_f) + len(te_f), "read_s": read_s, "wall_s": time.perf_counter() - t0}
 
 
 def _write_class_scores(out: str, cls: int, q_idx: np.ndarray, c_idx: np.ndarray, scores: np.ndarray, topk: int,
@@ -145,3 +261,99 @@ def score_external_class(*, data: datasets.Spec, name: str, cls: int, scores_pat
                         {"full_scores": full}, t0)
     log.info("external/%s class %s: %d test x %d train from %s in %.2f s", name, cls, len(q_idx), len(c_idx),
              scores_path, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------- resources
+#: resident memory of a score job before it reads anything: Python, numpy, h5py and torch imported (measured with
+#: benchmarks/scale.py: 0.3-0.4 GB; rounded up)
+BASE_BYTES = 512 * 2**20
+#: the pessimistic speeds runtime_minutes assumes: feature bytes read per second, float32 multiply-adds per second
+#: of one core (matrix products), and the seconds a job takes to start (imports, manifests)
+READ_BYTES_PER_S = 100e6
+FLOPS = 5e9
+START_S = 20.0
+
+
+def _esvm_bytes(m: int, n: int, d: int, chunk_size: int, threads: int) -> int:
+    """One exemplar-SVM solve of m queries against n negatives (simattr.esvm.exemplar_svm_scores): the negatives
+    (float32, the augmented copies, the float64 covariance pass), the Gram matrix of the dual (d + 1 > 512), and per
+    chunk of queries solved at once a few (B, n) arrays plus the system: B (d+1)^2 in the primal, at most B (n+1)^2
+    in the dual (every negative active: the bound, rarely reached)."""
+    from .esvm import GRAM_MAX_ENTRIES, PRIMAL_MAX_DIM
+
+    D = d + 1
+    b = 4 * n * d + 8 * n * D + 16 * n * d + 16 * d * d       # N, Na and Na_pad, N64 and Xc, S and its factor
+    B = max(1, min(chunk_size, m))
+    workers = max(1, min(threads, -(-m // B)))
+    if D <= PRIMAL_MAX_DIM:
+        system = 3 * 4 * B * D * D
+    else:
+        b += 4 * n * n if n * n <= GRAM_MAX_ENTRIES else 0
+        system = 4 * 4 * B * (n + 1) ** 2
+    return b + workers * (10 * 4 * B * n + system) + 8 * m * n    # + the (m, n) answer (torch, then numpy)
+
+
+def _knn_bytes(m: int, n: int, d: int, chunk_size: int) -> int:
+    """knn_l2 / knn_cos of m queries against one chunk of n candidates: the candidates (float16 read, float32, the
+    padded copy, cdist's augmented copy), the (m, n) answer and its copy into the scores, cdist's (B, n) products."""
+    B = max(1, min(chunk_size, m))
+    return 14 * n * (d + 2) + 8 * m * n + 12 * B * n
+
+
+def peak_bytes(ranker: str, *, n_queries: int, n_candidates: int, n_train: int, n_test: int, dim: int,
+               n_solve: int | None = None, n_classes: int | None = None, chunk_rows: int = CHUNK_ROWS,
+               chunk_size: int = 128, threads: int = 1) -> int:
+    """An upper estimate of the peak resident memory (bytes) of one score job (score_class), from shapes alone.
+
+    n_queries: the class's test images; n_candidates: the training images it ranks (the class's, or n_train when
+    not class-conditioned); n_train, n_test: the splits' sizes (their labels are read whole); dim: feature_dim;
+    n_solve: esvm_signed, the negatives of its largest solve (the class's training images and its runner-up
+    class's; default: the class's twice, at most n_train); n_classes: esvm_signed, the classes its runner-up is
+    chosen among (default: bounded by n_train); chunk_rows: CHUNK_ROWS; chunk_size, threads: the ranker's queries
+    solved at once and the job's threads. Pure: no file is read (a planner may call it for jobs not yet run).
+
+    Counted: BASE_BYTES (interpreter and libraries), labels and index arrays, the queries, the (m, n) scores with
+    top-k's sort, and the ranker's working set: random none of the features; knn_* one chunk of candidates at a
+    time; esvm every candidate at once (its solve needs them all: not class-conditioned on ImageNet that is the
+    whole train split, tens of GB); esvm_signed one chunk for the runner-up similarities, then its largest solve,
+    and the full (m, n_train) signed scores."""
+    m, n, d = int(n_queries), int(n_candidates), int(dim)
+    b = BASE_BYTES + 16 * (int(n_train) + int(n_test)) + 4 * m * d + 16 * m * n
+    if ranker == "random":
+        return b + 12 * m * n                                  # each row drawn in float64, then stacked
+    if ranker in CHUNKED_RANKERS:
+        return b + _knn_bytes(m, min(n, chunk_rows), d, chunk_size)
+    if ranker == "esvm":
+        return b + 2 * n * d + _esvm_bytes(m, n, d, chunk_size, threads)   # + the float16 rows as read
+    if ranker == "esvm_signed":
+        n_train = int(n_train)
+        n_solve = min(n_train, 2 * n) if n_solve is None else int(n_solve)
+        kept = n_train if n_classes is None else min(n_train, 10 * int(n_classes))   # 10: default neighbours
+        runner_up = _knn_bytes(m, min(n_train, chunk_rows), d, chunk_size) + 4 * m * kept
+        solve = 2 * n_solve * d + _esvm_bytes(m, n_solve, d, chunk_size, threads) + 8 * m * n_solve
+        return b + 4 * m * n_train + max(runner_up, solve)
+    raise SimattrError(f"'{ranker}' is not a feature ranker (esvm, esvm_signed, knn_l2, knn_cos, random)")
+
+
+def runtime_minutes(ranker: str, *, n_queries: int, n_candidates: int, n_train: int, n_test: int, dim: int,
+                    n_solve: int | None = None, itemsize: int = 2, **_) -> int:
+    """A generous estimate of one score job's wall time in whole minutes (at least 2), from the same shapes as
+    peak_bytes: START_S, the feature and label bytes it reads at READ_BYTES_PER_S, and its arithmetic at FLOPS
+    (knn: 2 m n d; esvm: about 30 Newton passes over the (m, n, d) products plus the Gram matrix; esvm_signed: the
+    runner-up similarities over every training image and its solve). Three times the estimate, rounded up: a SLURM
+    job that groups many score jobs adds their runtimes."""
+    m, n, d, n_train = int(n_queries), int(n_candidates), int(dim), int(n_train)
+    read = 8 * (n_train + int(n_test)) + itemsize * d * m
+    flops = 0.0
+    if ranker in CHUNKED_RANKERS:
+        read += itemsize * d * n
+        flops = 2.0 * m * n * d
+    elif ranker == "esvm":
+        read += itemsize * d * n
+        flops = 30 * 2.0 * m * n * (d + 1) + 2.0 * n * n * d
+    elif ranker == "esvm_signed":
+        n_solve = min(n_train, 2 * n) if n_solve is None else int(n_solve)
+        read += itemsize * d * (n_train + n_solve)
+        flops = 2.0 * m * n_train * d + 30 * 2.0 * m * n_solve * (d + 1) + 2.0 * n_solve * n_solve * d
+    seconds = START_S + read / READ_BYTES_PER_S + flops / FLOPS
+    return max(2, int(np.ceil(3 * seconds / 60)))

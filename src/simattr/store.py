@@ -291,6 +291,35 @@ def write_shard(path: str | os.PathLike, features: np.ndarray, labels: np.ndarra
                 f.attrs[k] = v
 
 
+SHARD_ATTRS = ("dataset", "split", "encoder", "feature_dim", "config_hash")
+
+
+def shard_meta(path: str | os.PathLike, *, indices: bool = True
+               ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.dtype]:
+    """A shard's labels, indices, attributes and features dtype, checked against its features' shape and dtype, without reading the
+    features (the shapes come from the file's metadata). With indices=False only the first index is read (the
+    indices were checked to run start..stop-1 when the manifest was written: write_index)."""
+    path = Path(path)
+    with _open_h5(path, "embedding shard") as f:
+        for key in ("features", "labels", "indices"):
+            if key not in f:
+                raise SimattrError(f"{path}: missing dataset '{key}'")
+        shape, dtype = f["features"].shape, f["features"].dtype
+        labels = f["labels"][()]
+        n_idx = f["indices"].shape[0] if f["indices"].ndim == 1 else -1
+        idx = f["indices"][()] if indices else f["indices"][:1]
+        attrs = _attrs(f)
+    for key in SHARD_ATTRS:
+        if key not in attrs:
+            raise SimattrError(f"{path}: missing attribute '{key}'")
+    if len(shape) != 2 or shape[1] != attrs["feature_dim"] or not (shape[0] == len(labels) == n_idx):
+        raise SimattrError(f"{path}: features {shape}, labels {labels.shape}, indices ({n_idx},) "
+                           f"disagree with feature_dim={attrs['feature_dim']}")
+    if dtype not in (np.float16, np.float32):
+        raise SimattrError(f"{path}: features are {dtype}, expected float16 or float32")
+    return labels, idx, attrs, dtype
+
+
 def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     path = Path(path)
     with _open_h5(path, "embedding shard") as f:
@@ -322,11 +351,16 @@ def write_index(out_dir: str | os.PathLike, shard_files: list, *, n: int, expect
     Every shard must carry the attributes in `expect` (dataset, split, encoder, config_hash) and the same
     feature_dim and class_names as the others, and together they must cover indices 0..n-1 in order; a shard
     that does not (stale: written under other settings, or of another shard_size) is refused by name.
-    Shard files in `out_dir` that the manifest does not list are removed."""
+    Shard files in `out_dir` that the manifest does not list are removed.
+
+    The features are not read: their shape and dtype come from the files' metadata (shard_meta), so the check
+    reads labels and indices only (16 bytes an image) and its memory does not grow with feature_dim. NaN and inf
+    are not scanned for here: write_shard refuses them before a shard exists, and every reader checks the rows
+    it reads (read_shard, read_embeddings, EmbeddingRows.read)."""
     out_dir = Path(out_dir)
     shards, first, labels = [], None, []
     for p in sorted(Path(f) for f in shard_files):
-        _, lab, idx, attrs = read_shard(p)
+        lab, idx, attrs, _ = shard_meta(p)
         for key, want in expect.items():
             if attrs.get(key) != want:
                 raise SimattrError(f"{p}: {key}={attrs.get(key)!r} but the current settings give {want!r} (stale "
@@ -396,6 +430,106 @@ def read_embeddings(index_path: str | os.PathLike, *, expect_hash: str | None = 
         feats.append(f)
         labels.append(l)
     return np.concatenate(feats), np.concatenate(labels), manifest
+
+
+#: a shard's feature rows are read run by run (one contiguous slice each) up to this many runs; a selection with
+#: more runs (scattered rows filling a large part of the shard) is read in blocks of READ_BLOCK_ROWS instead
+MAX_RUN_READS = 512
+READ_BLOCK_ROWS = 8192
+
+
+class EmbeddingRows:
+    """One split's embeddings, opened for reading only some rows (open_embeddings): the manifest, every label,
+    and `read(rows)` for the features of the rows asked, as float32, in the order asked.
+
+    Equal to the same rows of read_embeddings, bit for bit (float16 -> float32 is elementwise). `rows_read` and
+    `bytes_read` count the feature rows and bytes read so far (the labels: `labels.nbytes`)."""
+
+    def __init__(self, index_path: Path, manifest: dict, files: list[Path], bounds: np.ndarray, labels: np.ndarray,
+                 itemsizes: list[int]):
+        self.index_path, self.manifest, self.labels = index_path, manifest, labels
+        self.feature_dim = int(manifest["feature_dim"])
+        self.n = len(labels)
+        self._files, self._bounds, self._itemsizes = files, bounds, itemsizes
+        self.rows_read = 0
+        self.bytes_read = 0
+
+    def read(self, rows) -> np.ndarray:
+        """Features (len(rows), feature_dim) float32 of the split's images `rows` (positions 0..n-1, any order,
+        repeats allowed); only those rows are read from each shard, and they are checked for NaN and inf."""
+        import h5py
+
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), self.feature_dim), dtype=np.float32)
+        if not len(rows):
+            return out
+        if rows.min() < 0 or rows.max() >= self.n:
+            raise ValueError(f"rows outside 0..{self.n - 1}")
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        for s, path in enumerate(self._files):
+            lo, hi = np.searchsorted(srt, self._bounds[s:s + 2])
+            if lo == hi:
+                continue
+            local, inverse = np.unique(srt[lo:hi] - self._bounds[s], return_inverse=True)
+            with h5py.File(path, "r") as f:
+                block = _read_rows(f["features"], local)
+            block = block.astype(np.float32, copy=False)
+            if not np.isfinite(block).all():
+                raise SimattrError(f"{path}: features contain NaN or inf")
+            out[order[lo:hi]] = block[inverse]
+            self.rows_read += len(local)
+            self.bytes_read += len(local) * self.feature_dim * self._itemsizes[s]
+        return out
+
+
+def _read_rows(ds, local: np.ndarray) -> np.ndarray:
+    """Rows `local` (sorted, unique) of an HDF5 dataset: one slice per run of consecutive rows, or, when there are
+    more than MAX_RUN_READS runs, the blocks of READ_BLOCK_ROWS rows that hold some (bounded memory either way)."""
+    out = np.empty((len(local), ds.shape[1]), dtype=ds.dtype)
+    cuts = np.flatnonzero(np.diff(local) != 1) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [len(local)]])
+    if len(starts) <= MAX_RUN_READS:
+        for a, b in zip(starts, ends):
+            out[a:b] = ds[int(local[a]):int(local[b - 1]) + 1]
+        return out
+    for b0 in range(int(local[0]) - int(local[0]) % READ_BLOCK_ROWS, int(local[-1]) + 1, READ_BLOCK_ROWS):
+        lo, hi = np.searchsorted(local, [b0, b0 + READ_BLOCK_ROWS])
+        if lo < hi:
+            block = ds[int(local[lo]):int(local[hi - 1]) + 1]
+            out[lo:hi] = block[local[lo:hi] - local[lo]]
+    return out
+
+
+def open_embeddings(index_path: str | os.PathLike, *, expect_hash: str | None = None) -> EmbeddingRows:
+    """A split's manifest and labels, every shard checked as read_embeddings checks it (attributes against the
+    manifest, feature_dim, the indices each covers) from the files' metadata, without reading any feature: those
+    are read row by row when asked (EmbeddingRows.read), and checked for NaN and inf then."""
+    index_path = Path(index_path)
+    manifest = read_json(index_path)
+    if expect_hash is not None and manifest.get("config_hash") != expect_hash:
+        raise SimattrError(f"{index_path}: config_hash {manifest.get('config_hash')} does not match the "
+                           f"current settings ({expect_hash}); rerun the embed stage")
+    files, labels, bounds, itemsizes = [], [], [0], []
+    for sh in manifest["shards"]:
+        path = index_path.parent / sh["file"]
+        lab, idx, attrs, dtype = shard_meta(path, indices=False)
+        for key in ("dataset", "split", "encoder", "config_hash"):
+            if attrs[key] != manifest[key]:
+                raise SimattrError(f"{path}: attribute {key}={attrs[key]!r} but the manifest says {manifest[key]!r} "
+                                   "(stale shard)")
+        if attrs["feature_dim"] != manifest["feature_dim"]:
+            raise SimattrError(f"{path}: {attrs['feature_dim']}-d features but the manifest says "
+                               f"{manifest['feature_dim']} (stale shard)")
+        if (len(idx) and idx[0] != sh["start"]) or len(lab) != sh["stop"] - sh["start"] or sh["start"] != bounds[-1]:
+            raise SimattrError(f"{path}: indices do not cover {sh['start']}..{sh['stop']}")
+        itemsizes.append(dtype.itemsize)
+        files.append(path)
+        labels.append(lab)
+        bounds.append(sh["stop"])
+    labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    return EmbeddingRows(index_path, manifest, files, np.asarray(bounds, np.int64), labels, itemsizes)
 
 
 # ----------------------------------------------------------------------------------------- scores
