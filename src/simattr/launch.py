@@ -8,7 +8,9 @@
 Every task is a submitit Checkpointable: when SLURM preempts it or its time limit comes near (submitit asks
 for USR2 `signal_delay_s` seconds before), the task is requeued with the same arguments, up to
 `max_requeues` times for time limits (preemptions and `scontrol requeue` do not count). The work itself is
-resumable (support answers keep a journal of every model they trained), so a requeued task redoes nothing.
+resumable (support answers keep a journal of every model they trained, and a CNN training saves its state every
+`state_every_s` seconds at an epoch boundary: models.TrainingState), so a requeued task redoes at most the
+epochs since the last save.
 """
 from __future__ import annotations
 
@@ -40,13 +42,17 @@ class LaunchSettings:
     max_requeues: int
     images_per_task: int
     answers_at_once: int       # of a task's images, answered at once in processes sharing its GPU
+    state_every_s: float       # the least seconds between two saves of a CNN training's state
 
     @classmethod
     def from_settings(cls, d: dict, folder: str = "submitit", where: str = "launch") -> "LaunchSettings":
-        """From the `launch` section (every key) and the folder of submitit's files."""
-        from .settings import typed_fields
+        """From the `launch` section (every key; state_every_s, which the workflow's rules may not pass yet, takes
+        the schema's default when absent) and the folder of submitit's files."""
+        from .settings import defaults, typed_fields
 
         keys = [k for k in cls.__dataclass_fields__ if k != "folder"]
+        if "state_every_s" not in d:
+            d = {**d, "state_every_s": defaults()["launch"]["state_every_s"]}
         return cls(**{**typed_fields(cls, d, keys, where), "folder": folder,
                       "slurm_partition": d.get("slurm_partition") or None})
 
@@ -73,20 +79,26 @@ class Task(_Checkpointable):
     """Picklable callable: limit BLAS and torch threads to the task's cores, say which GPUs the task was given
     (accel: a network task that finds no usable CUDA then stops in one line), then call fn(**kwargs).
     `visible`: the CUDA_VISIBLE_DEVICES of a local task (the launcher spreads local tasks over the machine's
-    GPUs). Checkpointable: on preemption or near its time limit it is requeued as it was called (the work
-    resumes itself)."""
+    GPUs). `state_every_s`: how often a CNN training of the task may save its state (models.STATE_EVERY_ENV;
+    None: as this process has it). simattr's INFO lines (a resumed training, ...) go to the task's stderr (its
+    submitit log) when nothing else handles them. Checkpointable: on preemption or near its time limit it is
+    requeued as it was called (the work resumes itself)."""
 
     def __init__(self, fn: Callable[..., Any], threads: int, name: str = "task", gpus: int = 0,
-                 visible: str | None = None):
+                 visible: str | None = None, state_every_s: float | None = None):
         self.fn, self.threads, self.name, self.gpus, self.visible = fn, threads, name, gpus, visible
+        self.state_every_s = state_every_s
 
     def __call__(self, kwargs: dict) -> Any:
         import os
         import sys
 
+        import logging
+
         from threadpoolctl import threadpool_limits
 
         from . import accel
+        from .models import STATE_EVERY_ENV
 
         if self.visible is not None:              # before torch starts CUDA in this process
             os.environ["CUDA_VISIBLE_DEVICES"] = self.visible
@@ -94,19 +106,33 @@ class Task(_Checkpointable):
         # and would size its pool from OMP_NUM_THREADS (Snakemake sets it to the whole support job's threads)
         old_env, torch = os.environ.get("OMP_NUM_THREADS"), sys.modules.get("torch")
         old_torch = torch.get_num_threads() if torch is not None else None
+        old_every = os.environ.get(STATE_EVERY_ENV)
         os.environ["OMP_NUM_THREADS"] = str(self.threads)
+        if self.state_every_s is not None:
+            os.environ[STATE_EVERY_ENV] = str(self.state_every_s)
         if torch is not None:
             torch.set_num_threads(self.threads)
+        logger, handler = logging.getLogger("simattr"), None
+        if not logger.hasHandlers():              # a submitit process: its stderr is the task's log
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+            logger.addHandler(handler)
+            old_level = logger.level
+            logger.setLevel(logging.INFO)
         try:
             with accel.claimed(f"{self.name} task", self.gpus), threadpool_limits(limits=self.threads):
                 return self.fn(**kwargs)
         finally:                                  # `debug` runs tasks in this process: leave it as it was
-            if old_env is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = old_env
+            for key, old in (("OMP_NUM_THREADS", old_env), (STATE_EVERY_ENV, old_every)):
+                if old is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = old
             if old_torch is not None:
                 torch.set_num_threads(old_torch)
+            if handler is not None:
+                logger.removeHandler(handler)
+                logger.setLevel(old_level)
 
 
 class GpuSlots:
@@ -189,7 +215,7 @@ def run_tasks(fn: Callable[..., Any], units: list[dict], labels: list[str], sett
 
     Results of failed units are None. Failures carry the task's log path.
     """
-    task = Task(fn, settings.cpus_per_task, name, settings.gpus_per_node)
+    task = Task(fn, settings.cpus_per_task, name, settings.gpus_per_node, state_every_s=settings.state_every_s)
     results: list[Any] = [None] * len(units)
     failures: list[Failure] = []
     if not units:
@@ -230,7 +256,7 @@ def run_tasks(fn: Callable[..., Any], units: list[dict], labels: list[str], sett
                 if slots is not None:
                     held[i] = slots.take()
                     running[i] = ex.submit(Task(fn, settings.cpus_per_task, name, settings.gpus_per_node,
-                                                 ",".join(held[i])), units[i])
+                                                 ",".join(held[i]), settings.state_every_s), units[i])
                 else:
                     running[i] = ex.submit(task, units[i])
             for i in [i for i, j in running.items() if j.done()]:

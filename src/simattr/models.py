@@ -14,13 +14,24 @@ normalised per channel (`prepare_inputs`).
 
 A model's randomness comes only from its own seed (initialisation, batch order, augmentation).
 
+Training states (docs/data-contract.md, "Training states"): a CNN training given a `TrainingState` saves its
+state (network, optimiser, step, epoch, generators) atomically at an epoch boundary once at least
+`state_every_s()` seconds have passed since its last save, resumes from a state whose identity matches (recipe,
+seed, training labels, the caller's training-set identity, device type, versions) and deletes it when the model
+is done: a task killed mid-model (time limit, preemption) loses at most that interval and an epoch.
+
 For model-based attribution (trak.py): `train_predict(..., logits=True)` gives raw logits, `margins` the
 correct-class margin of datamodels / LDS / TRAK, and `train_state` the trained parameters of one seed's model
 (the same bits as train_predict) as a state_dict for `torch_module`, the recipe's model as a torch nn.Module.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +39,8 @@ from .accel import device as accel_device
 from .backbones import NORMALIZE
 from .errors import SimattrError
 from .settings import Named
+
+log = logging.getLogger("simattr")
 
 MODELS = ("mlp", "resnet9", "resnet18")
 CNN_MODELS = ("resnet9", "resnet18")
@@ -174,10 +187,12 @@ def margins(logits: np.ndarray, labels) -> np.ndarray:
 
 
 def train_predict(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, *, seeds: list[int],
-                  n_classes: int, recipe: Recipe, logits: bool = False, device=None) -> np.ndarray:
+                  n_classes: int, recipe: Recipe, logits: bool = False, device=None,
+                  states: list[TrainingState | None] | None = None) -> np.ndarray:
     """Train one model per seed on (X_train, y_train); class probabilities on X_eval, shape (S, n_eval, C), or
     the raw logits when `logits` (the same models: only the last softmax is left out). CNNs train on `device`
-    (default: accel.default_device); the MLP is numpy, on the CPU.
+    (default: accel.default_device); the MLP is numpy, on the CPU. `states`: one TrainingState (or None) per
+    seed, where a CNN training saves and resumes its state (the MLP, sub-second, keeps none).
 
     The models are trained one after the other: on CPU the stacked (batched) computation of train_mlp is
     bit-identical but slower per model here (measured on digits, 1 BLAS thread: about 80-98 ms per model one
@@ -185,8 +200,11 @@ def train_predict(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, 
     if len(seeds) == 0:
         return np.zeros((0, len(X_eval), n_classes), np.float32)
     if recipe.name in CNN_MODELS:
+        states = list(states) if states is not None else [None] * len(seeds)
+        if len(states) != len(seeds):
+            raise ValueError(f"{len(states)} training states for {len(seeds)} seeds")
         return np.stack([train_predict_cnn(X_train, y_train, X_eval, int(s), n_classes, recipe, device=device,
-                                           logits=logits) for s in seeds])
+                                           logits=logits, state=st) for s, st in zip(seeds, states)])
     predict = predict_logits if logits else predict_mlp
     with one_blas_thread():
         out = [predict(_train_one_mlp(X_train, y_train, int(s), n_classes, recipe), X_eval)[0] for s in seeds]
@@ -357,25 +375,133 @@ def net_inputs(recipe: Recipe, X, device=None, batch_size: int = 256):
         yield (xe - mean) / std if streamed else xe
 
 
+# ------------------------------------------------------------------------------------ training states
+STATE_FORMAT = 1                            # the layout of a state file (part of every state's identity)
+STATE_EVERY_ENV = "SIMATTR_STATE_EVERY_S"   # how launch.state_every_s reaches a training (launch.Task sets it)
+
+
+@dataclass
+class TrainingState:
+    """Where one CNN training keeps its state, and what it must match to be resumed from.
+
+    path: the state file ({...}.state.pt beside the journal or output of the job that trains the model). data: the
+    caller's identity of the training images (which images, from which inputs: e.g. an answer's hash and k, a
+    subset shard's hash and model id); the state's identity adds the recipe, seed, n_classes, the training labels,
+    the device type and the versions. name: the model in log lines ("model k=3 seed=1"). every_s: the least
+    seconds between two saves (None: state_every_s()). After training, resumed_at holds the epoch each resume of
+    this model started at (empty when it trained in one go)."""
+    path: Path
+    data: str
+    name: str
+    every_s: float | None = None
+    resumed_at: list[int] = field(default_factory=list)
+
+
+def state_every_s() -> float:
+    """The least seconds between two saves of a training state: SIMATTR_STATE_EVERY_S when set (launch.Task sets
+    it from launch.state_every_s), else the schema's launch.state_every_s."""
+    v = os.environ.get(STATE_EVERY_ENV, "").strip()
+    if not v:
+        from .settings import defaults
+
+        return float(defaults()["launch"]["state_every_s"])
+    try:
+        every = float(v)
+    except ValueError:
+        every = -1.0
+    if not every >= 0:
+        raise SimattrError(f"{STATE_EVERY_ENV}={v!r}: expected a number of seconds >= 0")
+    return every
+
+
+def state_identity(recipe: Recipe, seed: int, n_classes: int, y_train, data: str, device_type: str) -> str:
+    """The identity of one training's state: what must match for a state to be resumed from."""
+    from . import __version__
+    from .store import CONTRACT_VERSION, config_hash
+
+    y = np.ascontiguousarray(np.asarray(y_train, dtype=np.int64))
+    return config_hash({"recipe": recipe.identity(), "seed": int(seed), "n_classes": int(n_classes),
+                        "n_train": len(y), "y_train": hashlib.sha256(y.tobytes()).hexdigest(), "data": str(data),
+                        "device": device_type, "format": STATE_FORMAT, "simattr_version": __version__,
+                        "contract_version": CONTRACT_VERSION})
+
+
+def _load_state(state: TrainingState, identity: str) -> dict | None:
+    """The saved state at state.path if it is this training's (else None, with a log line saying why)."""
+    import torch
+
+    path = Path(state.path)
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is ignored, named in the log
+        log.warning("%s: unreadable training state (%s: %s); ignored, %s starts afresh", path, type(e).__name__,
+                    str(e).strip().splitlines()[0] if str(e).strip() else "", state.name)
+        return None
+    if not isinstance(saved, dict) or saved.get("identity") != identity:
+        made = saved.get("identity") if isinstance(saved, dict) else None
+        log.warning("%s: training state of another training (identity %s, expected %s: another recipe, seed or "
+                    "training set); ignored and overwritten, %s starts afresh", path, made, identity, state.name)
+        return None
+    return saved
+
+
+def _save_state(state: TrainingState, identity: str, *, epoch: int, step: int, net, opt, gen, dgen,
+                resumed_at: list[int]) -> None:
+    """Write the training's state atomically (a complete file or none: store.atomic_path)."""
+    import torch
+
+    from .store import atomic_path
+
+    blob = {"identity": identity, "format": STATE_FORMAT, "name": state.name, "epoch": int(epoch),
+            "step": int(step), "net": net.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+            "dgen": None if dgen is gen else dgen.get_state(), "resumed_at": list(resumed_at),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with atomic_path(state.path) as tmp:
+        torch.save(blob, tmp)
+
+
+def _drop_state(state: TrainingState | None) -> None:
+    """The model is done: its state file goes, and any temporary file a killed save left beside it."""
+    if state is None:
+        return
+    path = Path(state.path)
+    path.unlink(missing_ok=True)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def train_predict_cnn(X_train, y_train: np.ndarray, X_eval, seed: int, n_classes: int, recipe: Recipe,
-                      device=None, logits: bool = False) -> np.ndarray:
+                      device=None, logits: bool = False, state: TrainingState | None = None) -> np.ndarray:
     """Train one `recipe` CNN from `seed` on (X_train, y_train); class probabilities (n_eval, C) on X_eval, or
-    the raw logits when `logits`.
+    the raw logits when `logits`. With a `state`, the training saves and resumes its state there (_train_cnn),
+    deleted once the predictions are made.
 
     resnet9: X_train and X_eval are arrays (prepare_inputs), resident on the device. resnet18: they are
     dataset Splits (images in [0, 1]), streamed by DataLoader workers and normalised with ImageNet's mean/std."""
     from .accel import release
 
     dev = accel_device(device)
-    net = _train_cnn(X_train, y_train, seed, n_classes, recipe, dev)
+    net = _train_cnn(X_train, y_train, seed, n_classes, recipe, dev, state)
     out = _predict_cnn(net, X_eval, n_classes, recipe, dev, logits=logits)
     del net                                       # nothing else holds it (no optimiser / scheduler cycle) ...
     release(dev)                                  # ... so its memory goes back now
+    _drop_state(state)
     return out
 
 
-def _train_cnn(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: Recipe, dev):
-    """The training half of train_predict_cnn: one `recipe` CNN from `seed`, on `dev`, in eval mode."""
+def _train_cnn(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: Recipe, dev,
+               state: TrainingState | None = None):
+    """The training half of train_predict_cnn: one `recipe` CNN from `seed`, on `dev`, in eval mode.
+
+    With a `state`: a saved state of this very training (state_identity) is resumed from (network, optimiser
+    momentum, step, epoch, the generators of batch order and augmentation: the remaining epochs are the bits an
+    uninterrupted training computes); one of another training is ignored (logged) and overwritten. At an epoch
+    boundary before the last, the state is saved when at least state.every_s (state_every_s()) seconds have passed
+    since the training started or last saved. The caller deletes it when the model is done (_drop_state). The
+    learning rate is a function of the step (set by hand: no scheduler object), and the global torch RNG is used
+    only to initialise the network from the seed, so nothing else needs saving."""
     import torch
 
     from .accel import configure
@@ -407,11 +533,29 @@ def _train_cnn(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: 
     stream: Stream | None = None
     if streamed:        # decoders persist across epochs; a few batches decode faster than workers start
         stream = X_train.stream(bs, _workers() if n > 4 * bs else 0, labels=True, pin=cuda)
+    start, identity, resumed_at = 0, None, []
+    t = 0
+    if state is not None:
+        identity = state_identity(recipe, seed, n_classes, y_train, state.data, dev.type)
+        saved = _load_state(state, identity)
+        if saved is not None:
+            net.load_state_dict(saved["net"])
+            opt.load_state_dict(saved["opt"])
+            gen.set_state(saved["gen"])
+            if dgen is not gen:
+                dgen.set_state(saved["dgen"])
+            start, t = int(saved["epoch"]), int(saved["step"])
+            resumed_at = [*saved["resumed_at"], start]
+            log.info("resumed %s at epoch %d of %d (%s)", state.name, start, recipe.epochs, state.path)
+            del saved
+        else:
+            log.info("training %s from epoch 0 of %d (state: %s)", state.name, recipe.epochs, state.path)
+        every = state.every_s if state.every_s is not None else state_every_s()
+        last_save = time.monotonic()
     net.train()
     loss = torch.zeros(())
-    t = 0
     try:
-        for _ in range(recipe.epochs):
+        for epoch in range(start, recipe.epochs):
             batches = _streamed_batches(stream, n, gen, bs, per_epoch, dev, mean, std, dgen) if streamed else \
                 _resident_batches(X, y, dgen, bs, per_epoch, dev)
             for xb, yb in batches:
@@ -425,10 +569,16 @@ def _train_cnn(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: 
                 loss.backward()
                 opt.step()
                 t += 1
+            if state is not None and epoch + 1 < recipe.epochs and time.monotonic() - last_save >= every:
+                _save_state(state, identity, epoch=epoch + 1, step=t, net=net, opt=opt, gen=gen, dgen=dgen,
+                            resumed_at=resumed_at)
+                last_save = time.monotonic()
     finally:
         if stream is not None:
             stream.close()
     del opt
+    if state is not None:
+        state.resumed_at = resumed_at
     if n and not torch.isfinite(loss):
         raise SimattrError(f"{recipe.name} training diverged (loss {float(loss)}); lower model.lr (now {recipe.lr})")
     return net.eval()
@@ -467,17 +617,20 @@ def torch_module(recipe: Recipe, input_shape: tuple[int, ...], n_classes: int):
 
 
 def train_state(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: Recipe, *,
-                device=None) -> dict:
+                device=None, state: TrainingState | None = None) -> dict:
     """Train one model from `seed` exactly as train_predict does (the same bits) and return its parameters as a
     state_dict of CPU tensors for torch_module. mlp: train_mlp's W1 (d, h), b1, W2 (h, C), b2 as the Linear
     layers' weight (h, d), bias, weight (C, h), bias. CNNs: the trained network's state_dict (BatchNorm running
-    statistics included)."""
+    statistics included). `state`: where a CNN training saves and resumes its state (train_predict_cnn); deleted
+    once the parameters are returned."""
     import torch
 
     if recipe.name in CNN_MODELS:
         dev = accel_device(device)
-        net = _train_cnn(X_train, y_train, int(seed), n_classes, recipe, dev)
-        return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        net = _train_cnn(X_train, y_train, int(seed), n_classes, recipe, dev, state)
+        out = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        _drop_state(state)
+        return out
     with one_blas_thread():
         w1, b1, w2, b2 = (p[0] for p in _train_one_mlp(X_train, y_train, int(seed), n_classes, recipe))
     return {k: torch.from_numpy(np.ascontiguousarray(v))

@@ -1,0 +1,196 @@
+"""CNN trainings that survive a time limit: a training state saved at epoch boundaries (models.TrainingState),
+resumed bit for bit, never from another training, written atomically, deleted when the model is done; and the
+support answers, subset shards, queries and TRAK checkpoints that use it."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simattr import models, store
+from simattr.errors import SimattrError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from datafiles import cifar_images  # noqa: E402
+
+RECIPE = models.Recipe.of(name="resnet9", epochs=3, batch_size=8, lr=0.2, weight_decay=5e-4, deterministic=True)
+
+
+class Interrupted(Exception):
+    """What a test raises to stop a training right after it saved its state (a time limit, a preemption)."""
+
+
+def interrupt_after(monkeypatch, *epochs: int) -> list[int]:
+    """Make the next trainings raise Interrupted right after saving their state at any of `epochs`; the list
+    returned collects the epoch of every save."""
+    real, saved = models._save_state, []
+
+    def save(state, identity, **kw):
+        real(state, identity, **kw)
+        saved.append(kw["epoch"])
+        if kw["epoch"] in epochs:
+            raise Interrupted(f"after epoch {kw['epoch']}")
+
+    monkeypatch.setattr(models, "_save_state", save)
+    return saved
+
+
+def tiny_cifar(n: int = 8, n_eval: int = 4):
+    """n CIFAR-shaped training images (3 x 32 x 32, ten classes) and n_eval others, prepared for resnet9."""
+    raw, labels = cifar_images(n + n_eval, 0)
+    x = raw.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+    X, Xe = models.prepare_inputs(RECIPE, x[:n], x[n:])
+    return X, np.asarray(labels[:n]), Xe
+
+
+def _state(tmp_path, data="tiny", every_s=0.0) -> models.TrainingState:
+    return models.TrainingState(path=tmp_path / "m.state.pt", data=data, name="model k=0 seed=0", every_s=every_s)
+
+
+def _equal_states(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resumed_cnn_training_is_bit_identical_to_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Interrupted after epoch 1, resumed, interrupted after epoch 2, resumed: the same parameters (BatchNorm
+    statistics included) and the same predictions as one uninterrupted training; the state is gone at the end."""
+    X, y, Xe = tiny_cifar()
+    ref_params = models.train_state(X, y, 5, 10, RECIPE, device="cpu")
+    ref_logits = models.train_predict(X, y, Xe, seeds=[5], n_classes=10, recipe=RECIPE, logits=True, device="cpu")
+
+    st = _state(tmp_path)
+    saves = interrupt_after(monkeypatch, 1, 2)
+    with pytest.raises(Interrupted):
+        models.train_state(X, y, 5, 10, RECIPE, device="cpu", state=st)
+    assert st.path.exists() and saves == [1]
+    with pytest.raises(Interrupted):
+        models.train_state(X, y, 5, 10, RECIPE, device="cpu", state=st)       # resumed at 1, stopped after 2
+    assert saves == [1, 2]
+    params = models.train_state(X, y, 5, 10, RECIPE, device="cpu", state=st)  # resumed at 2, to the end
+    assert _equal_states(params, ref_params)
+    assert st.resumed_at == [1, 2] and saves == [1, 2]          # no save after the last epoch
+    assert not st.path.exists() and not list(tmp_path.iterdir())   # done: the state (and no temporary) is left
+
+    monkeypatch.undo()
+    interrupt_after(monkeypatch, 1)
+    st = _state(tmp_path)
+    kw = dict(seeds=[5], n_classes=10, recipe=RECIPE, logits=True, device="cpu", states=[st])
+    with pytest.raises(Interrupted):
+        models.train_predict(X, y, Xe, **kw)
+    import torch
+
+    logits = models.train_predict(X, y, Xe, **kw)
+    assert st.resumed_at == [1] and torch.equal(torch.as_tensor(logits), torch.as_tensor(ref_logits))
+    assert not st.path.exists()
+
+
+def test_a_state_of_another_training_is_never_resumed_from(tmp_path, monkeypatch, caplog):
+    """Another seed, another training set (labels or the caller's identity of the images), another recipe: the
+    saved state is ignored (a log line says so) and overwritten; an unreadable file likewise."""
+    import torch
+
+    X, y, _ = tiny_cifar()
+    st = _state(tmp_path)
+    interrupt_after(monkeypatch, 1)
+    with pytest.raises(Interrupted):
+        models.train_state(X, y, 5, 10, RECIPE, device="cpu", state=st)
+    original = torch.load(st.path, weights_only=True)["identity"]
+    assert original == models.state_identity(RECIPE, 5, 10, y, "tiny", "cpu")
+    y2 = y.copy()
+    y2[0] = (y2[0] + 1) % 10
+    others = {"seed": dict(seed=6), "labels": dict(y=y2), "images": dict(data="other images"),
+              "recipe": dict(recipe=models.Recipe.of(**{**RECIPE.__dict__, "lr": 0.1}))}
+    for what, change in others.items():
+        kw = {"seed": 5, "y": y, "data": "tiny", "recipe": RECIPE, **change}
+        st = _state(tmp_path, data=kw["data"])
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="simattr"), pytest.raises(Interrupted):
+            models.train_state(X, kw["y"], kw["seed"], 10, kw["recipe"], device="cpu", state=st)
+        assert "training state of another training" in caplog.text, what
+        assert "resumed" not in caplog.text and "from epoch 0" in caplog.text, what
+        saved = torch.load(st.path, weights_only=True)
+        assert saved["identity"] == models.state_identity(kw["recipe"], kw["seed"], 10, kw["y"], kw["data"], "cpu")
+        assert saved["identity"] != original and saved["epoch"] == 1, what     # overwritten by this training
+        original = saved["identity"]
+    st.path.write_bytes(b"not a torch file")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="simattr"), pytest.raises(Interrupted):
+        models.train_state(X, y, 5, 10, RECIPE, device="cpu", state=_state(tmp_path))
+    assert "unreadable training state" in caplog.text and "resumed" not in caplog.text
+
+
+def test_a_state_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A save that dies half-way leaves the previous complete state (and no temporary file); a state cut short
+    by anything else is refused as unreadable, never resumed from."""
+    import torch
+
+    X, y, _ = tiny_cifar()
+    st = _state(tmp_path)
+    interrupt_after(monkeypatch, 1)
+    with pytest.raises(Interrupted):
+        models.train_state(X, y, 5, 10, RECIPE, device="cpu", state=st)
+    complete = st.path.read_bytes()
+    monkeypatch.undo()
+    real_save = torch.save
+
+    def dies_half_way(obj, f, *a, **kw):
+        real_save(obj, f, *a, **kw)
+        Path(f).write_bytes(Path(f).read_bytes()[:1000])     # a torn write ...
+        raise Interrupted("killed while saving")              # ... and the process dies
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(Interrupted):
+        models.train_state(X, y, 5, 10, RECIPE, device="cpu", state=st)     # resumes at 1, dies saving 2
+    assert st.path.read_bytes() == complete                                   # the epoch-1 state, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.state.pt"]       # no temporary left behind
+    assert torch.load(st.path, weights_only=True)["epoch"] == 1
+
+
+def test_the_save_interval_makes_saves_rarer_than_epochs(tmp_path, monkeypatch):
+    """every_s = 0: a save at every epoch boundary but the last; a long interval: none in a short training (the
+    interval comes from SIMATTR_STATE_EVERY_S, else the schema's launch.state_every_s)."""
+    X, y, _ = tiny_cifar()
+    r = models.Recipe.of(**{**RECIPE.__dict__, "epochs": 2})
+    saves = interrupt_after(monkeypatch)
+    models.train_state(X, y, 5, 10, r, device="cpu", state=_state(tmp_path, every_s=0))
+    assert saves == [1]
+    monkeypatch.setenv(models.STATE_EVERY_ENV, "3600")
+    models.train_state(X, y, 5, 10, r, device="cpu", state=_state(tmp_path, every_s=None))
+    assert saves == [1] and not list(tmp_path.iterdir())
+
+
+def test_the_save_interval_setting(monkeypatch):
+    from simattr import settings
+    from simattr.launch import LaunchSettings, Task
+
+    monkeypatch.delenv(models.STATE_EVERY_ENV, raising=False)
+    assert models.state_every_s() == settings.defaults()["launch"]["state_every_s"] > 0
+    monkeypatch.setenv(models.STATE_EVERY_ENV, "0")
+    assert models.state_every_s() == 0.0
+    monkeypatch.setenv(models.STATE_EVERY_ENV, "soon")
+    with pytest.raises(SimattrError, match="SIMATTR_STATE_EVERY_S='soon': expected a number of seconds >= 0"):
+        models.state_every_s()
+    # a task sees its launch settings' interval and leaves the process's as it was
+    s = LaunchSettings.of(state_every_s=7)
+    assert Task(models.state_every_s, 1, state_every_s=s.state_every_s)({}) == 7.0
+    launch_words = {k: v for k, v in settings.defaults()["launch"].items() if k != "state_every_s"}
+    assert LaunchSettings.from_settings(launch_words).state_every_s == settings.defaults()["launch"]["state_every_s"]
+    import os
+
+    assert os.environ[models.STATE_EVERY_ENV] == "soon"
+
+
+def test_the_mlp_keeps_no_state(tmp_path):
+    """The digits MLP (numpy, sub-second) ignores training states: nothing is written, its bits are unchanged."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((30, 5)).astype(np.float32), rng.integers(0, 3, 30)
+    r = models.Recipe.of(hidden=8, steps=10)
+    st = _state(tmp_path)
+    a = models.train_predict(X, y, X[:3], seeds=[1], n_classes=3, recipe=r, states=[st])
+    np.testing.assert_array_equal(a, models.train_predict(X, y, X[:3], seeds=[1], n_classes=3, recipe=r))
+    assert not list(tmp_path.iterdir())
