@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 
@@ -35,7 +36,8 @@ def prepare_queries(*, data, n_test: int, sample_seed: int,
     Only test images the full-data models classify correctly (mean accuracy > 0.5) are eligible: for the
     others the support is trivially 0. Each sampled image's flip class is the runner-up class of the
     averaged predictions (the top one if the runner-up is its own label). Writes the retraining inputs too,
-    so that support workers need nothing but this file and a score file.
+    so that support workers need nothing but this file and a score file. A CNN full-data model saves its
+    training state beside out_path ({stem}.m{i}.state.pt, models.TrainingState): a rerun resumes it mid-training.
     """
     from . import datasets
 
@@ -46,7 +48,12 @@ def prepare_queries(*, data, n_test: int, sample_seed: int,
     streamed = recipe.name in models.STREAMED_MODELS
     X_train, X_test = models.prepare_inputs(recipe, *((tr, te) if streamed else (tr.images, te.images)))
     seeds = [store.seed_from("full", dataset, i) for i in range(flip_models)]
-    probs = models.train_predict(X_train, tr.labels, X_test, seeds=seeds, n_classes=n_classes, recipe=recipe)
+    out = Path(out_path)
+    states = [models.TrainingState(path=out.with_name(f"{out.stem}.m{i}.state.pt"), name=f"full-data model {i}",
+                                   data=store.config_hash({**data.identity(), "purpose": "queries"}))
+              for i in range(flip_models)]
+    probs = models.train_predict(X_train, tr.labels, X_test, seeds=seeds, n_classes=n_classes, recipe=recipe,
+                                 states=states)
     mean_probs = probs.mean(0)
     correct = probs.argmax(-1) == te.labels[None]                  # (models, test images)
     acc = correct.mean(0)                                          # per test image, over models

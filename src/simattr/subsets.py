@@ -7,7 +7,9 @@ retraining recipe from the seed store.seed_from("subset-model", dataset, p, i), 
 
 Models are trained in shards of `shard_size` ids, one job each (a cluster trains many shards at once). Inside a
 shard every finished model is journaled (store.Journal, one JSON line with its margins), so a job that is
-killed and started again trains none of them twice; the shard file is written atomically when all are done.
+killed and started again trains none of them twice; the shard file is written atomically when all are done. A
+CNN model saves its training state beside the shard ({shard stem}.m{model_id}.state.pt, models.TrainingState), so a
+job killed mid-model resumes it mid-training.
 
 Shard file (store.SUBSET_SHARD), datasets:
     model_ids (k,) int64, seeds (k,) int64, masks (k, ceil(n_train / 8)) uint8 (numpy.packbits of the kept
@@ -76,8 +78,10 @@ def train_shard(*, data: datasets.Spec, purpose: str, alpha: float, n_models: in
                 if (int(i),) in journal.entries:
                     continue
                 seed = store.seed_from("subset-model", data.name, purpose, int(i))
+                state = models.TrainingState(path=Path(out).with_name(f"{Path(out).stem}.m{int(i)}.state.pt"),
+                                             data=f"{h}/model {int(i)}", name=f"{purpose} model {int(i)}")
                 logits = models.train_predict(X_train[mask], tr.labels[mask], X_test, seeds=[seed],
-                                              n_classes=n_classes, recipe=recipe, logits=True)[0]
+                                              n_classes=n_classes, recipe=recipe, logits=True, states=[state])[0]
                 margins = models.margins(logits, te.labels).astype(np.float32)
                 journal.add(model_id=int(i), seed=seed, margins=[float(m) for m in margins])
                 bar.update(1)

@@ -131,8 +131,20 @@ class Journal(store.Journal):
             self.reused += 1
         return entry
 
-    def add(self, k: int, seed_index: int, seed: int, pred: int, correct: bool, margin: float) -> None:
-        super().add(k=k, seed_index=seed_index, seed=seed, pred=pred, correct=correct, margin=round(margin, 6))
+    def add(self, k: int, seed_index: int, seed: int, pred: int, correct: bool, margin: float,
+            resumed_at: list[int] | None = None) -> None:
+        """One finished model; `resumed_at`: the epochs its training resumed at from its state (CNNs only; left
+        out when it trained in one go)."""
+        extra = {"resumed_at": list(resumed_at)} if resumed_at else {}
+        super().add(k=k, seed_index=seed_index, seed=seed, pred=pred, correct=correct, margin=round(margin, 6),
+                    **extra)
+
+
+def state_path(journal: str | Path, k: int, seed_index: int) -> Path:
+    """The training state of model (k, seed index) of an answer: {stem}.k{k}.s{seed_index}.state.pt beside its
+    journal {stem}.journal.jsonl (stem: the answer's name without .json)."""
+    p = Path(journal)
+    return p.with_name(f"{p.name.removesuffix('.journal.jsonl')}.k{k}.s{seed_index}.state.pt")
 
 
 def modified_training_set(X_train: np.ndarray, y_train: np.ndarray, ranking: np.ndarray, k: int, metric: str,
@@ -154,8 +166,10 @@ class ModelBank:
 
     `ensure(k, indices)` makes those models known: the full-data models of the queries stage at k = 0 (seed set
     0 only: they were trained with today's seeds), the journal's, or freshly trained ones (one call to
-    models.train_predict per batch, added to the journal as they finish). A model's seed depends only on
-    (dataset, test image, k, seed index, seed set), so the same model is the same bits in any search order.
+    models.train_predict per batch, added to the journal as they finish; CNNs one model per call, each with a
+    training state beside the journal (state_path) that a task requeued mid-model resumes from). A model's seed
+    depends only on (dataset, test image, k, seed index, seed set), so the same model is the same bits in any search
+    order.
     `trainings` counts the models used that the full-data ones are not (trained now or in an earlier run)."""
 
     def __init__(self, *, X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, label: int,
@@ -199,15 +213,33 @@ class ModelBank:
                 have[i] = bool(entry["correct"])
             else:
                 todo.append(i)
-        if todo:
-            X, y = modified_training_set(self.X_train, self.y_train, self.ranking, k, self.metric, self.flip_class)
-            s = [model_seed(self.dataset, self.test_index, k, i, self.seed_set) for i in todo]
+        if not todo:
+            return
+        X, y = modified_training_set(self.X_train, self.y_train, self.ranking, k, self.metric, self.flip_class)
+        cnn = self.recipe.name in models.CNN_MODELS
+        for batch in ([[i] for i in todo] if cnn else [todo]):       # a CNN is journaled as soon as it is done
+            s = [model_seed(self.dataset, self.test_index, k, i, self.seed_set) for i in batch]
+            states = [self.training_state(k, i) for i in batch] if cnn else None
             probs = models.train_predict(X, y, self.x_query[None], seeds=s, n_classes=self.n_classes,
-                                         recipe=self.recipe)
-            for i, seed, p in zip(todo, s, probs[:, 0]):
+                                         recipe=self.recipe, states=states)
+            for j, (i, seed, p) in enumerate(zip(batch, s, probs[:, 0])):
                 ok = bool(p.argmax() == self.label)
-                self.journal.add(k, i, seed, pred=int(p.argmax()), correct=ok, margin=log_odds(p, self.label))
+                self.journal.add(k, i, seed, pred=int(p.argmax()), correct=ok, margin=log_odds(p, self.label),
+                                 resumed_at=states[j].resumed_at if states and states[j] else None)
                 have[i] = ok
+
+    def training_state(self, k: int, seed_index: int) -> models.TrainingState | None:
+        """Where model (k, seed index) saves its training state: beside the journal (none without a journal file).
+        Its identity holds the answer's (the journal's: ranking, inputs, settings) and k; models adds the recipe,
+        seed and training labels."""
+        if self.journal.path is None:
+            return None
+        top = np.ascontiguousarray(self.ranking[:k], dtype=np.int64)
+        data = store.config_hash({"answer": self.journal.identity, "k": int(k), "metric": self.metric,
+                                  "changed": hashlib.sha256(top.tobytes()).hexdigest(),
+                                  "flip_class": self.flip_class})
+        return models.TrainingState(path=state_path(self.journal.path, k, seed_index), data=data,
+                                    name=f"model k={k} seed={seed_index} of test image {self.test_index}")
 
     def count(self, k: int) -> tuple[int, int]:
         """(models, correct) at k."""

@@ -64,10 +64,13 @@ PROJECTOR = "hashed-rademacher-float32"
 
 
 def train_checkpoints(*, recipe: models.Recipe, X_train, y_train: np.ndarray, n_classes: int, seeds,
-                      device=None) -> list[dict]:
+                      device=None, states: list | None = None) -> list[dict]:
     """One trained model per seed (models.train_state: a state_dict of CPU tensors for models.torch_module),
-    trained on the whole (X_train, y_train) exactly as train_predict trains it."""
-    return [models.train_state(X_train, y_train, int(s), n_classes, recipe, device=device) for s in seeds]
+    trained on the whole (X_train, y_train) exactly as train_predict trains it. `states`: one
+    models.TrainingState (or None) per seed, where a CNN training saves and resumes its state."""
+    states = list(states) if states is not None else [None] * len(seeds)
+    return [models.train_state(X_train, y_train, int(s), n_classes, recipe, device=device, state=st)
+            for s, st in zip(seeds, states)]
 
 
 def trak_scores(*, recipe: models.Recipe, X_train, y_train: np.ndarray, X_target, y_target: np.ndarray,
@@ -264,7 +267,9 @@ def _traker_progress(progress: bool):
 
 def trak_checkpoints(*, data: datasets.Spec, recipe, n_checkpoints: int, seed: int, out: str,
                      progress: bool = True) -> None:
-    """Train the full-data models whose gradients TRAK uses (seeds from (dataset, seed, i)); save their states."""
+    """Train the full-data models whose gradients TRAK uses (seeds from (dataset, seed, i)); save their states. A CNN
+    checkpoint's training saves its state beside `out` ({stem}.c{i}.state.pt, models.TrainingState): a rerun resumes
+    it mid-training."""
     import torch
 
     t0 = time.perf_counter()
@@ -272,8 +277,12 @@ def trak_checkpoints(*, data: datasets.Spec, recipe, n_checkpoints: int, seed: i
     streamed = recipe.name in models.STREAMED_MODELS
     (X_train,) = models.prepare_inputs(recipe, tr if streamed else tr.images)
     seeds = [store.seed_from("trak-checkpoint", data.name, seed, i) for i in range(n_checkpoints)]
+    where = Path(out)
+    training = [models.TrainingState(path=where.with_name(f"{where.stem}.c{i}.state.pt"), name=f"TRAK checkpoint {i}",
+                                     data=store.config_hash({**data.identity(), "purpose": "trak-checkpoints"}))
+                for i in range(n_checkpoints)]
     states = train_checkpoints(recipe=recipe, X_train=X_train, y_train=tr.labels,
-                                    n_classes=len(tr.class_names), seeds=seeds)
+                               n_classes=len(tr.class_names), seeds=seeds, states=training)
     identity = {**data.identity(), "recipe": recipe.identity(), "n_checkpoints": n_checkpoints, "seed": seed}
     with store.atomic_path(out) as tmp:
         torch.save({"states": states, "seeds": seeds, "identity": json.dumps(identity, sort_keys=True),
