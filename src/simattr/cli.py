@@ -121,6 +121,18 @@ ARGS = {
     "method-figures": (_arg("--gathers", nargs="+", required=True, help="the method's support gathers"),
                        _arg("--scores", nargs="+", required=True, help="the method's score files"),
                        _arg("--out-dir", required=True)),
+    "plan": (_arg("--time-per-model", type=float, help="seconds to train one retrained model (default: the "
+                  "calibration file's, else an earlier run's answers', else unknown)"),
+             _arg("--calibration", help="a calibration file (default: RESULTS/DATASET/plan/calibration.json)"),
+             _arg("--no-history", action="store_true", help="leave an earlier run's answers out (the plan made before "
+                  "the run: what the report compares against)"),
+             _arg("--launch", nargs="+", metavar="KEY=VALUE", help="the `launch` section (default: the --config "
+                  "file's, or the schema's)"),
+             _arg("--json", help="also write the plan as JSON to this file")),
+    "calibrate": (_arg("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train (cuda "
+                       "without a CUDA device is one line)"),
+                  _arg("--steps", type=int, default=4, help="CNNs: SGD steps timed (after a warm-up)"),
+                  _arg("--out", help="default: RESULTS/DATASET/plan/calibration.json, where the plan finds it")),
     "report": (_arg("--manifest", help="JSON file of the long lists (the workflow's way: ImageNet's run past the "
                     "128 KiB limit of one command line): keys gathers, scores, benchmarks, stored, lds, "
                     "method_costs, each a list of strings as the flags of the same names take them"),
@@ -130,6 +142,10 @@ ARGS = {
                _arg("--lds", nargs="*", default=[], help="the methods' LDS files"),
                _arg("--method-costs", nargs="*", default=[], help="METHOD|KIND|VALUE entries of the cost table "
                     "(KIND: bench, usage, stored, models)"),
+               _arg("--plan-settings", help="`simattr plan`'s settings: the report adds the planned-vs-spent table "
+                    "(plan.csv) from the plan they make"),
+               _arg("--calibration", help="with --plan-settings: the calibration file the plan reads, if any"),
+               _arg("--launch", nargs="+", metavar="KEY=VALUE", help="with --plan-settings: the `launch` section"),
                _arg("--out-dir", required=True)),
 }
 
@@ -264,6 +280,35 @@ def _support(a, s, progress):
                           replicates=s.replicates)
 
 
+def _launch_dict(a) -> dict:
+    """The `launch` section as a dict: --launch KEY=VALUE ... or the --config file's (or the schema's)."""
+    from . import settings
+
+    if a.launch:
+        return settings.key_values(a.launch, "--launch")
+    return settings.launch(settings.load_config(a.config) if a.config else settings.defaults())
+
+
+def _plan(a, s, progress):
+    from . import plan
+
+    p = plan.make_plan(vars(s) | {"dataset": s.dataset.identity(), "model": s.model.identity()}, _launch_dict(a),
+                       time_per_model_s=a.time_per_model, calibration_path=a.calibration, history=not a.no_history)
+    sys.stdout.write(plan.render(p))
+    if a.json:
+        plan.write_plan(p, a.json)
+
+
+def _calibrate(a, s, progress):
+    from . import plan
+
+    c = plan.calibrate({"results": s.results, "dataset": s.dataset.identity(), "model": s.model.identity()},
+                       device=a.device, out=a.out, steps=a.steps, log=logging.getLogger("simattr"))
+    sys.stdout.write(f"calibration: {c['model']} on {c['dataset']}, device {c['device']}"
+                     f"{' (' + c['gpu'] + ')' if c['gpu'] else ''}: {c['time_per_model_s']:.4g} s per model "
+                     f"({c['how']}); support task start {c['task_start_s']:.2f} s; written to {c['path']}\n")
+
+
 def _method_figures(a, s, progress):
     from .report.method_figures import method_figures_stage
 
@@ -277,7 +322,14 @@ def _report(a, s, progress):
         _read_report_manifest(a)
     if not a.gathers:
         raise SimattrError("report: no support gathers given (--gathers or a --manifest with 'gathers')")
-    report.report_stage(data=s.dataset, gathers=a.gathers, score_files=a.scores,
+    planned = None
+    if a.plan_settings:
+        from . import plan, settings
+
+        ps = settings.parse("plan", a.plan_settings, where="--plan-settings")
+        planned = plan.make_plan(vars(ps) | {"dataset": ps.dataset.identity(), "model": ps.model.identity()},
+                                 _launch_dict(a), calibration_path=a.calibration, history=False)
+    report.report_stage(data=s.dataset, gathers=a.gathers, score_files=a.scores, plan=planned,
                         benchmarks=[b.split("=", 1) for b in a.benchmarks],
                         stored=[x.split("=", 1) for x in a.stored], n_boot=s.n_boot, seed=s.seed,
                         grid_images=s.grid_images, out_dir=a.out_dir, lds_files=a.lds, overlap_k=s.overlap_k,
@@ -304,6 +356,10 @@ COMMANDS = {c.name: c for c in (
     Command("queries", "train full-data models, sample test images, find their flip classes", _queries),
     Command("support", "removal or mislabel support of the sampled test images (submitit array)", _support),
     Command("report", "tables and plots comparing the methods' support sizes", _report),
+    Command("plan", "what a config's run will cost before it runs: jobs, models trained (expected, bound), hours, "
+            "memory, bytes per stage", _plan),
+    Command("calibrate", "time the config's retrained model on this machine (a bounded slice, extrapolated) for "
+            "the plan", _calibrate),
     Command("method-figures", "one method's pages of the HTML report: its top-k grid and a flip-curve figure per "
             "answer", _method_figures),
 )}

@@ -158,6 +158,36 @@ def _report(c: dict) -> dict:
             "overlap_k": list(r["overlap_k"])}
 
 
+def _plan(c: dict) -> dict:
+    """What `simattr plan` reads (and the report's planned-vs-spent table): the dataset, the methods, the jobs'
+    shapes (shards, feature widths, top-k, the ranker's chunk), the retrained model, the model counts and the
+    support engine's own keys; sections no method uses are None, so a change there reruns nothing. How tasks run
+    (`launch`) travels beside it, as for support."""
+    from .config import method_id
+
+    methods = [list(method_id(m)) for m in c["methods"]]
+    used = {e for e, _ in methods}
+    rankers = {r for _, r in methods}
+    enc_keys = {"simclr": ("arch", "feature_dim"), "supervised": ("hidden",),
+                "resnet": ("arch", "feature", "checkpoint")}
+    s = c["support"]
+    keep = ("metrics", "n_test", "replicates", "seed_set", "engine", "flip_models") + \
+        (("seeds_min", "seeds_max", "max_models") if s["engine"] == "adaptive" else ("seeds", "monotone_checks"))
+    support = {k: s[k] for k in keep}
+    for m in s["metrics"]:
+        support[m] = {"k_max": s[m]["k_max"],
+                      **({"bisection_steps": s[m]["bisection_steps"]} if s["engine"] == "bisection" else {})}
+    return {"results": c["results"], "dataset": _dataset(c), "methods": methods, "model": _model(c),
+            "embed": {"shard_size": c["embed"]["shard_size"], "float16": c["embed"]["float16"]},
+            "encoders": {e: {k: c["encoders"][e][k] for k in keys} for e, keys in enc_keys.items() if e in used},
+            "score": {"class_conditioned": c["score"]["class_conditioned"], "topk": c["score"]["topk"]},
+            "chunk_size": c["esvm"]["chunk_size"],
+            "trak": {"checkpoints": c["trak"]["checkpoints"]} if "trak" in rankers else None,
+            "datamodels": {k: c["datamodels"][k] for k in ("models", "shard_size")} if "datamodels" in rankers
+            else None,
+            "lds": {k: c["lds"][k] for k in ("models", "shard_size")}, "support": support}
+
+
 def launch(c: dict) -> dict:
     """How support tasks run (the `launch` section): never part of a result, so the workflow passes it as
     resources (no rerun when it changes)."""
@@ -181,6 +211,8 @@ JOBS: dict[str, tuple[Callable[..., dict], tuple[str, ...]]] = {
     "queries": (_queries, ()),
     "support": (_support, ("metric", "encoder", "ranker")),
     "report": (_report, ()),
+    "plan": (_plan, ()),
+    "calibrate": (lambda c: {"results": c["results"], "dataset": _dataset(c), "model": _model(c)}, ()),
 }
 
 

@@ -1,5 +1,7 @@
 import os
 
+from simattr import plan as plan_mod
+
 # Stage 4: per dataset, the comparison tables (CSV, Markdown) and plots.
 
 
@@ -27,9 +29,21 @@ rule report_manifest:
         write_report_manifest(output[0], log[0], params)
 
 
+def plan_calibration(wildcards):
+    """The calibration file (simattr calibrate) when there is one: the report's plan reads it (its appearing or
+    changing reruns the report)."""
+    f = path(plan_mod.CALIBRATION)
+    return [f] if os.path.exists(f) else []
+
+
+# The report's planned-vs-spent table compares the run with its plan: `simattr plan` made from the same settings
+# (the `plan` param: what the plan reads, so a change reruns the report) and the calibration file, without this
+# run's answers, i.e. the plan one makes before the run. How tasks run (`launch`) reaches it as resources, as for
+# support: no rerun.
 rule report:
     input:
         manifest=path(store.REPORT_MANIFEST),
+        calibration=plan_calibration,
         gathers=gather_files(),
         scores=all_scores(),
         benchmarks=lambda wildcards: [f for _, f in report_benchmarks(wildcards)],
@@ -41,13 +55,22 @@ rule report:
         job_log("report"),
     params:
         settings=job_settings("report"),
+        plan=job_settings("plan"),
+        calibration=lambda wildcards, input: f"--calibration {input.calibration}" if input.calibration else "",
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+    resources:
+        plan_parallelism=config["launch"]["parallelism"],
+        plan_images_per_task=config["launch"]["images_per_task"],
+        plan_cpus_per_task=config["launch"]["cpus_per_task"],
+        plan_gpus_per_node=config["launch"]["gpus_per_node"],
     threads: 1
     conda:
         ENV
     shell:
         "simattr --log {log} report --settings {params.settings:q} --manifest {input.manifest}"
-        " --out-dir {params.out_dir}"
+        " --plan-settings {params.plan:q} {params.calibration} --launch parallelism={resources.plan_parallelism}"
+        " images_per_task={resources.plan_images_per_task} cpus_per_task={resources.plan_cpus_per_task}"
+        " gpus_per_node={resources.plan_gpus_per_node} --out-dir {params.out_dir}"
 
 
 # The HTML report's pages of one method (snakemake --report report.html): its top-k grid and every answer's flip curve.

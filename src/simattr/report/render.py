@@ -1,4 +1,4 @@
-"""The report's tables: support.csv, lds.csv, overlap.csv, cost.csv, wins.csv, retest.csv and report.md rendered
+"""The report's tables: support.csv, lds.csv, overlap.csv, cost.csv, wins.csv, retest.csv, plan.csv and report.md rendered
 from the rows of simattr.report.statistics and simattr.report.costs (the column tuples are here), and written by
 write_tables.
 
@@ -28,6 +28,9 @@ OVERLAP_COLUMNS = ("method_a", "method_b", "k", "n", "jaccard")
 COST_COLUMNS = ("method", "jobs", "wall_s", "cpu_s", "gpu_s", "models_trained", "bytes", "sidecar")
 WIN_COLUMNS = ("metric", "method_a", "method_b", "n", "win", "tie", "loss", "diff_ci_low", "diff_ci_high",
                "p_value", "significant")
+PLAN_COLUMNS = ("stage", "planned_jobs", "spent_jobs", "planned_models_expected", "planned_models_bound",
+                "trained_models", "planned_wall_s", "planned_cpu_h", "planned_gpu_h", "spent_wall_s")
+PLAN_FILE = REPORT_FILES.get("plan", "plan.csv")
 RETEST_COLUMNS = ("method", "metric", "seed_set_a", "seed_set_b", "n", "identical", "spearman", "median_rel_diff",
                   "p90_rel_diff", "flip_disagreements")
 
@@ -99,7 +102,8 @@ def _pct(x: float | None) -> str:
 def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[str, Any]],
                     costs: Sequence[Mapping[str, Any]], lds: Sequence[Mapping[str, Any]] = (),
                     overlap: Sequence[Mapping[str, Any]] = (), mcosts: Sequence[Mapping[str, Any]] = (),
-                    retest: Sequence[Mapping[str, Any]] = ()) -> str:
+                    retest: Sequence[Mapping[str, Any]] = (), planned: Sequence[Mapping[str, Any]] = (),
+                    plan: Mapping[str, Any] | None = None) -> str:
     datasets = sorted({str(r["dataset"]) for r in rows if r.get("dataset") is not None})
     title = f"# simattr report: {', '.join(datasets)}" if datasets else "# simattr report"
     out = [title, "",
@@ -169,6 +173,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], wins: Sequence[Mapping[st
         out += [_md_table(["stage", "jobs", "wall s (sum)", "h:m:s", "max RSS MB", "stored"], body)]
     else:
         out += ["No benchmark data.", ""]
+    out += _plan_section(planned, plan)
     out += ["## Figures", "", f"![Support CDF]({REPORT_FILES['cdf']})", "",
             f"![Top-k training images]({REPORT_FILES['grid']})", ""]
     return "\n".join(out)
@@ -248,6 +253,37 @@ def _method_cost_section(mcosts: Sequence[Mapping[str, Any]]) -> list[str]:
             _md_table(["method", "jobs", "wall s", "CPU s", "GPU s", "models trained", "stored"], body)]
 
 
+def _plan_section(planned: Sequence[Mapping[str, Any]], plan: Mapping[str, Any] | None) -> list[str]:
+    if not planned or plan is None:
+        return []
+
+    def n(x):
+        return "-" if x is None else f"{x:,}"
+
+    def s(x):
+        return "-" if x is None else _fmt(float(x), 1)
+
+    def h(x):
+        return "-" if x is None else _fmt(float(x), 3)
+
+    body = [[str(r["stage"]), str(r["planned_jobs"]), str(r["spent_jobs"]),
+             "-" if r["planned_models_bound"] is None else f"{r['planned_models_expected']:,} ({r['planned_models_bound']:,})",
+             n(r["trained_models"]), s(r["planned_wall_s"]), h(r["planned_cpu_h"]), h(r["planned_gpu_h"]),
+             s(r["spent_wall_s"])] for r in planned]
+    t = plan.get("time_per_model_s")
+    return ["## Planned vs spent", "",
+            "The plan (`simattr plan`: the same settings, made as before the run, without this run's answers) beside "
+            "what the run spent. Models: expected (upper bound, never exceeded); trained: the support answers' "
+            "models (every replicate; journaled ones count), the other stages' fixed counts once all their jobs "
+            "ran. Wall: job-seconds summed over a stage's jobs (the Snakemake benchmarks; a support job's planned "
+            "wall is its tasks' models x time per model, plus task starts, / launch.parallelism); only retrained "
+            "models are planned in time. "
+            f"Time per model: {'unknown' if t is None else _fmt(float(t), 4) + ' s'} ({plan.get('time_source')}); "
+            f"expected models: {plan.get('expected_basis')}.", "",
+            _md_table(["stage", "planned jobs", "spent jobs", "planned models: expected (bound)", "trained models",
+                       "planned wall s", "planned CPU-h", "planned GPU-h", "spent wall s"], body)]
+
+
 def _rows_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -268,7 +304,8 @@ def render_csv(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def write_tables(rows: list[dict], wins: list[dict], costs: list[dict], out_dir: str | os.PathLike,
                  lds: Sequence[Mapping[str, Any]] = (), overlap: Sequence[Mapping[str, Any]] = (),
-                 mcosts: Sequence[Mapping[str, Any]] = (), retest: Sequence[Mapping[str, Any]] = ()) -> None:
+                 mcosts: Sequence[Mapping[str, Any]] = (), retest: Sequence[Mapping[str, Any]] = (),
+                 planned: Sequence[Mapping[str, Any]] = (), plan: Mapping[str, Any] | None = None) -> None:
     """support.csv (the summarize rows; censored values as ">k_max"), lds.csv, overlap.csv, cost.csv (each when
     it has rows) and report.md, all atomically."""
     out_dir = Path(out_dir)
@@ -280,4 +317,9 @@ def write_tables(rows: list[dict], wins: list[dict], costs: list[dict], out_dir:
             write_text(out_dir / REPORT_FILES[key], _rows_csv(got, cols))
         else:                   # a table this run does not have: no stale copy from an earlier run
             (out_dir / REPORT_FILES[key]).unlink(missing_ok=True)
-    write_text(out_dir / REPORT_FILES["markdown"], render_markdown(rows, wins, costs, lds, overlap, mcosts, retest))
+    if planned:
+        write_text(out_dir / PLAN_FILE, _rows_csv(planned, PLAN_COLUMNS))
+    else:
+        (out_dir / PLAN_FILE).unlink(missing_ok=True)
+    write_text(out_dir / REPORT_FILES["markdown"],
+               render_markdown(rows, wins, costs, lds, overlap, mcosts, retest, planned, plan))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import datasets, store
 from ..store import REPORT_FILES
-from .costs import method_costs, stage_costs
+from .costs import method_costs, read_benchmark, stage_costs
 from .figures import TOPK_SHOWN, plot_cdf, plot_topk_grid
 from .render import write_tables
 from .statistics import lds_rows, overlap_rows, retest_rows, summarize, win_rates
@@ -18,7 +18,10 @@ log = logging.getLogger("simattr")
 def report_stage(*, data: datasets.Spec, gathers: list[str],
                  score_files: list[str], benchmarks: list[tuple[str, str]], stored: list[tuple[str, str]],
                  n_boot: int, seed: int, grid_images: int, out_dir: str, lds_files: list[str],
-                 overlap_k: list[int], method_cost_entries: list[tuple[str, str, str]]) -> list[dict]:
+                 overlap_k: list[int], method_cost_entries: list[tuple[str, str, str]],
+                 plan: dict | None = None) -> list[dict]:
+    """... plan: the run's plan (simattr.plan.make_plan, from the same settings as before the run, no earlier
+    answers): with it, the planned-vs-spent table (plan.csv and a section of report.md)."""
     g = [store.read_json(p) for p in gathers]
     rows = summarize(g, n_boot=n_boot, seed=seed)
     wins = win_rates(g, n_boot=n_boot, seed=seed)
@@ -50,7 +53,13 @@ def report_stage(*, data: datasets.Spec, gathers: list[str],
     lds = lds_rows([store.read_json(p) for p in lds_files])
     overlap = overlap_rows(score_sets, overlap_k) if len(score_sets) > 1 else []
     mcosts = method_costs(method_cost_entries)
-    write_tables(rows, wins, costs, out, lds=lds, overlap=overlap, mcosts=mcosts, retest=retest)
+    planned = []
+    if plan is not None:
+        from ..plan import planned_vs_spent
+
+        planned = planned_vs_spent(plan, [(f, read_benchmark(f)) for _, f in benchmarks], g)
+    write_tables(rows, wins, costs, out, lds=lds, overlap=overlap, mcosts=mcosts, retest=retest, planned=planned,
+                 plan=plan)
     md = out / REPORT_FILES["markdown"]
     log.info("report written to %s\n%s", md, md.read_text())
     return rows

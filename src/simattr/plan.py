@@ -1,0 +1,626 @@
+"""`simattr plan`: what a run will cost, before it runs; `simattr calibrate`: the time of one retrained model here.
+
+The plan of a config is read off its settings and its dataset's listing (class sizes; no image is decoded, torch is
+not imported): per stage the jobs and array tasks the workflow makes, the models it trains (an upper bound the run
+can never exceed, and an expected count with the assumption it rests on), the hours they take from a time per
+model, peak memory per job and bytes written. Where the time per model comes from, in this order: --time-per-model;
+the calibration file (`simattr calibrate`, if its recipe and dataset match the config's); an earlier run's support
+answers (their wall seconds per model trained); else the hours are unknown and the plan says how to get a time.
+
+The bounds follow the code (simattr.support): an adaptive answer trains at most `support.max_models` models (the
+full-data models reused at k = 0 do not count, models read back from a journal do); a bisection answer at most
+seeds x (k_max probe + k = 0 probe + min(bisection_steps, ceil(log2 k_max)) + monotone_checks), less the seeds the
+full-data models answer at k = 0 (seed set 0, seeds <= flip_models); plus the queries stage's flip_models, TRAK's
+checkpoints, the datamodels and LDS subset models.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import store
+from .errors import SimattrError
+
+PLAN_VERSION = 1
+CALIBRATION = "{dataset}/plan/calibration.json"     # simattr calibrate's output, where the plan looks for it
+STAGES = ("embed", "score", "queries", "trak", "subsets", "support", "lds", "report")
+#: the workflow's rules (Snakemake's Job stats names) by stage
+RULE_STAGE = {"train_simclr": "embed", "train_supervised": "embed", "import_resnet": "embed", "embed_shard": "embed",
+              "embed_index": "embed", "score": "score", "score_model": "score", "score_external": "score",
+              "queries": "queries", "trak_checkpoints": "trak", "trak": "trak", "subsets": "subsets",
+              "support": "support", "lds": "lds", "report_manifest": "report", "report": "report",
+              "method_figures": "report", "all": "report"}
+TRAINABLE = ("simclr", "supervised")
+FULL_SCORE_RANKERS = ("trak", "datamodels", "esvm_signed")      # and external methods: full_scores m x n_train
+ANSWER_BYTES = 6_000            # an answer's JSON (its curve, probes, intervals): measured 3-8 KB on digits
+JOURNAL_BYTES_PER_MODEL = 110   # one journal line per model
+# The adaptive engine's models per answer as a fraction of support.max_models, when no earlier run is there to
+# read: measured on the digits test run (config/test.yaml, max_models 16, 112 answers per metric).
+ADAPTIVE_FRACTION = {"removal": 0.55, "mislabel": 0.55}
+ADAPTIVE_SOURCE = "fraction of support.max_models measured on a digits run (config/test.yaml)"
+HOW_TO_TIME = "run `simattr calibrate --config FILE` on the machine that will train, or pass --time-per-model SECONDS"
+
+
+# ------------------------------------------------------------------------------------------------ the data
+@dataclass(frozen=True)
+class DataShape:
+    """What the plan needs of a dataset: images per class in each split and the image shape."""
+    train: tuple[int, ...]
+    test: tuple[int, ...]
+    image: tuple[int, int, int]
+
+    @property
+    def n_train(self) -> int:
+        return int(sum(self.train))
+
+    @property
+    def n_test(self) -> int:
+        return int(sum(self.test))
+
+    @property
+    def classes(self) -> int:
+        return len(self.train)
+
+
+def _counts(labels, n_classes: int) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes))
+
+
+def _cifar_labels(root: str, split: str) -> list[int]:
+    """The labels of a CIFAR-10 split from its batch files (the pickles read with the standard library: no
+    torchvision); a missing file is one line naming it."""
+    from .datasets import CIFAR_FILES, CIFAR_FOLDER, CIFAR_URL
+
+    folder = Path(root) / CIFAR_FOLDER
+    missing = [f for f in CIFAR_FILES["train"] + CIFAR_FILES["test"] if not (folder / f).is_file()]
+    if missing:
+        raise SimattrError(f"dataset.root={root}: expected {folder}/ (extract {CIFAR_URL} into {root}); missing: "
+                           f"{', '.join(missing)}")
+    labels: list[int] = []
+    for name in CIFAR_FILES[split]:
+        try:
+            with open(folder / name, "rb") as f:
+                labels += list(pickle.load(f, encoding="latin1")["labels"])
+        except Exception as e:  # noqa: BLE001 - one line naming the file
+            raise SimattrError(f"{folder / name}: not a CIFAR-10 batch file ({type(e).__name__}: {e})") from None
+    return labels
+
+
+def data_shape(spec) -> DataShape:
+    """Class sizes and image shape of a dataset (datasets.Spec): digits from scikit-learn, CIFAR-10 from its batch
+    files' labels, image folders listed (never decoded)."""
+    from . import datasets
+
+    if spec.name == "cifar10":
+        tr, te = (_cifar_labels(spec.root, s) for s in datasets.SPLITS)
+        return DataShape(_counts(tr, 10), _counts(te, 10), (3, 32, 32))
+    splits = [datasets.load_split(spec, s) for s in datasets.SPLITS]
+    c = len(splits[0].class_names)
+    size = (1, 8, 8) if spec.name == "digits" else (3,) + (spec.image_size or datasets.DEFAULT_IMAGE_SIZE,) * 2
+    return DataShape(_counts(splits[0].labels, c), _counts(splits[1].labels, c), size)
+
+
+# --------------------------------------------------------------------------------------------- the models
+def param_count(model: dict, shape: DataShape) -> int:
+    """Parameters (and BatchNorm statistics) of the retrained model: its checkpoints' size / 4 bytes."""
+    c = shape.classes
+    if model["name"] == "mlp":
+        d, h = int(np.prod(shape.image)), int(model["hidden"])
+        return d * h + h + h * c + c
+    if model["name"] == "resnet9":
+        convs = [(shape.image[0], 64), (64, 128), (128, 128), (128, 128), (128, 256), (256, 512), (512, 512),
+                 (512, 512)]
+        return sum(9 * ci * co + 4 * co for ci, co in convs) + 512 * c
+    return 11_176_512 + 9_600 + 513 * c          # torchvision's resnet18 (11,689,512 at 1,000 classes) + BN stats
+
+
+def feature_dim(encoder: str, encoders: dict, shape: DataShape) -> int:
+    if encoder == "pixels":
+        return int(np.prod(shape.image))
+    e = encoders.get(encoder, {})
+    if encoder == "simclr":
+        return 512 if e.get("arch") == "resnet18" else int(e["feature_dim"])
+    if encoder == "supervised":
+        return int(e["hidden"])
+    from .backbones import feature_width
+
+    return feature_width(e["arch"], e["feature"])
+
+
+def _bisection_steps(k_max: int, steps: int) -> int:
+    return min(int(steps), math.ceil(math.log2(k_max)) if k_max > 1 else 0)
+
+
+def answer_bound(s: dict, metric: str, k_max: int, seed_set: int) -> int:
+    """The most models one answer can train (support.ModelBank.trainings never exceeds it)."""
+    if s["engine"] == "adaptive":
+        return int(s["max_models"])
+    seeds = int(s["seeds"])
+    probes = 2 + _bisection_steps(k_max, s[metric]["bisection_steps"]) + int(s["monotone_checks"])
+    free = min(seeds, int(s["flip_models"])) if seed_set == 0 else 0      # k = 0: the full-data models
+    return seeds * probes - free
+
+
+def earlier_answers(results: str, dataset: str, methods, metrics) -> list[dict]:
+    """The support answers an earlier run left in the results folder (every replicate), as {metric, trainings,
+    wall_s, engine, max_models}."""
+    out = []
+    for e, r in methods:
+        for m in metrics:
+            d = Path(results) / store.fill(store.SUPPORT_DIR, dataset=dataset, encoder=e, ranker=r, metric=m)
+            if not d.is_dir():
+                continue
+            for p in sorted(d.glob("*.json")):
+                try:
+                    a = json.loads(p.read_text())
+                except (OSError, ValueError):
+                    continue
+                if isinstance(a, dict) and "trainings" in a:
+                    out.append({"metric": m, "trainings": int(a["trainings"]), "wall_s": float(a.get("wall_s", 0)),
+                                "engine": a.get("engine")})
+    return out
+
+
+# ------------------------------------------------------------------------------------------ peak memory
+def score_peak_bytes(*, n_queries: int, n_candidates: int, n_train: int, n_test: int, dim: int, chunk: int,
+                     ranker: str, n_classes: int) -> tuple[int, str]:
+    """One score job's peak resident bytes and where the figure comes from: scoring.peak_bytes (shapes alone) for
+    the rankers it knows, else this estimate: both splits' features as float32 (store.read_embeddings reads whole
+    splits), the class's score matrix, and the batched solver's chunk x candidates arrays (a few) plus
+    chunk x (d + 1)^2 for narrow features."""
+    from . import scoring
+
+    if hasattr(scoring, "peak_bytes"):
+        try:
+            return int(scoring.peak_bytes(ranker, n_queries=n_queries, n_candidates=n_candidates, n_train=n_train,
+                                          n_test=n_test, dim=dim, n_classes=n_classes, chunk_size=chunk)), \
+                "scoring.peak_bytes"
+        except SimattrError:        # a ranker it does not model (esvm_reference)
+            pass
+    feats = (n_train + n_test) * dim * 4
+    scores = n_queries * n_candidates * 4
+    c = min(chunk, max(n_queries, 1))
+    solver = 4 * c * n_candidates * 4 + (c * (dim + 1) ** 2 * 4 if dim + 1 <= 512 else c * n_candidates ** 2 * 4)
+    return int(feats + scores + solver), "plan's estimate"
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+def time_per_model(*, given: float | None, calibration: dict | None, answers: list[dict]) -> dict:
+    """{seconds, source, task_start_s}: --time-per-model, else the calibration, else an earlier run's answers,
+    else unknown (seconds None)."""
+    start = calibration.get("task_start_s") if calibration else None
+    if given is not None:
+        if not given > 0:
+            raise SimattrError(f"--time-per-model must be > 0 seconds (got {given})")
+        return {"seconds": float(given), "source": "given (--time-per-model)", "task_start_s": start}
+    if calibration:
+        return {"seconds": float(calibration["time_per_model_s"]), "task_start_s": start,
+                "source": f"calibration {calibration['path']} ({calibration['device']}, {calibration['how']})"}
+    trained = sum(a["trainings"] for a in answers)
+    if trained:
+        return {"seconds": sum(a["wall_s"] for a in answers) / trained, "task_start_s": None,
+                "source": f"an earlier run's support answers ({len(answers)} answers, {trained} models; their wall "
+                          "seconds per model trained, search overhead included)"}
+    return {"seconds": None, "source": "unknown: " + HOW_TO_TIME, "task_start_s": None}
+
+
+def read_calibration(path: str | os.PathLike, want_hash: str) -> dict | None:
+    """The calibration file when it is there and made for this recipe and dataset (else None)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    c = store.read_json(p)
+    if not isinstance(c, dict) or "time_per_model_s" not in c:
+        raise SimattrError(f"{p}: not a calibration file (no time_per_model_s); rerun simattr calibrate")
+    return {**c, "path": str(p)} if c.get("recipe_hash") == want_hash else None
+
+
+def recipe_hash(dataset: dict, model: dict) -> str:
+    """What a calibration is valid for: the recipe and the dataset it trains on."""
+    return store.config_hash({"dataset": dataset, "model": model})
+
+
+def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = None,
+              calibration_path: str | None = None, history: bool = True) -> dict:
+    """The plan of a run (settings: settings.for_job('plan', config); launch: the config's `launch`)."""
+    from .datasets import Spec
+
+    spec = Spec.from_settings(settings["dataset"], where="plan dataset")
+    shape = data_shape(spec)
+    methods = [tuple(m) for m in settings["methods"]]
+    s, model = settings["support"], settings["model"]
+    cnn = model["name"] in ("resnet9", "resnet18")
+    gpu = cnn and int(launch.get("gpus_per_node", 0)) > 0
+    threads = int(launch.get("cpus_per_task", 1)) if cnn else 1
+    dataset, results = spec.name, settings["results"]
+    rhash = recipe_hash(settings["dataset"], model)
+    calib_file = calibration_path or str(Path(results) / store.fill(CALIBRATION, dataset=dataset))
+    calibration = read_calibration(calib_file, rhash)
+    answers = earlier_answers(results, dataset, methods, s["metrics"]) if history else []
+    tpm = time_per_model(given=time_per_model_s, calibration=calibration, answers=answers)
+    t = tpm["seconds"]
+
+    rules: dict[str, int] = {}
+    rows: dict[str, dict] = {st: {"stage": st, "jobs": 0, "tasks": 0, "models_bound": 0, "models_expected": 0,
+                                  "model_s": 0.0, "overhead_s": 0.0, "peak_bytes": 0, "bytes": 0, "gpu": False,
+                                  "notes": []} for st in STAGES}
+
+    def add(rule: str, jobs: int, **kw) -> None:
+        if jobs <= 0:
+            return
+        rules[rule] = rules.get(rule, 0) + jobs
+        row = rows[RULE_STAGE[rule]]
+        row["jobs"] += jobs
+        for k, v in kw.items():
+            row[k] = max(row[k], v) if k == "peak_bytes" else (row[k] or v) if k == "gpu" else row[k] + v
+
+    enc_used = sorted({e for e, _ in methods if e not in ("model", "external")})
+    ckpt = settings["encoders"].get("resnet", {}).get("checkpoint")
+    if "resnet" in enc_used and not (ckpt and Path(ckpt).is_file()):
+        raise SimattrError(f"encoders.resnet.checkpoint={ckpt}: " + ("not a file (a local checkpoint; nothing is "
+                           "downloaded)" if ckpt else "required by a method with encoder resnet"))
+    shard = int(settings["embed"]["shard_size"])
+    nbytes = 2 if settings["embed"]["float16"] else 4
+    for e in enc_used:
+        dim = feature_dim(e, settings["encoders"], shape)
+        if e in TRAINABLE:
+            add(f"train_{e}", 1)
+        if e == "resnet":
+            add("import_resnet", 1)
+        for n in (shape.n_train, shape.n_test):
+            ranges = store.shard_ranges(n, shard)
+            biggest = max((b - a for a, b in ranges), default=0)
+            add("embed_shard", len(ranges), bytes=n * (dim * nbytes + 16), peak_bytes=biggest * dim * 4)
+        add("embed_index", 2)
+
+    conditioned = settings["score"]["class_conditioned"]
+    peak_from: set[str] = set()
+    topk = int(settings["score"]["topk"])
+    for e, r in methods:
+        rule = "score_model" if e == "model" else "score_external" if e == "external" else "score"
+        dim = feature_dim(e, settings["encoders"], shape) if rule == "score" else 0
+        for c in range(shape.classes):
+            m, n = shape.test[c], shape.train[c] if conditioned else shape.n_train
+            b = m * n * 4 + m * min(topk, n) * 8 + (m + n) * 8
+            if r in FULL_SCORE_RANKERS or e == "external":
+                b += m * shape.n_train * 4
+            if rule == "score":
+                peak, how = score_peak_bytes(n_queries=m, n_candidates=n, n_train=shape.n_train,
+                                             n_test=shape.n_test, dim=dim, chunk=int(settings["chunk_size"]),
+                                             ranker=r, n_classes=shape.classes)
+                peak_from.add(how)
+            else:       # the model-based / external scores read whole: the (n_test, n_train) matrix
+                peak = shape.n_test * shape.n_train * 4 + m * shape.n_train * 4
+            add(rule, 1, bytes=b, peak_bytes=peak)
+
+    per_model = param_count(model, shape) * 4
+    resident = shape.n_train * (int(np.prod(shape.image)) * (4 if model["name"] == "mlp" else 2)) \
+        if model["name"] != "resnet18" else 0
+    flip = int(s["flip_models"])
+    add("queries", 1, models_bound=flip, models_expected=flip, bytes=resident + shape.n_test * 16, gpu=gpu,
+        peak_bytes=resident + per_model)
+    rankers = {r for _, r in methods}
+    if "trak" in rankers:
+        k = int(settings["trak"]["checkpoints"])
+        add("trak_checkpoints", 1, models_bound=k, models_expected=k, bytes=k * per_model, gpu=gpu,
+            peak_bytes=resident + per_model)
+        add("trak", 1, bytes=shape.n_test * shape.n_train * 4, gpu=gpu,
+            peak_bytes=resident + shape.n_test * shape.n_train * 4)
+    for purpose in ("datamodels", "lds"):
+        p = settings[purpose]
+        if p is None or int(p["models"]) == 0:
+            continue
+        n_models = int(p["models"])
+        shards = store.shard_ranges(n_models, int(p["shard_size"]))
+        add("subsets", len(shards), models_bound=n_models, models_expected=n_models, gpu=gpu,
+            bytes=n_models * (math.ceil(shape.n_train / 8) + shape.n_test * 4 + shape.n_test * 12),
+            peak_bytes=resident + per_model + int(p["shard_size"]) * shape.n_test * 4)
+        rows["subsets"]["notes"].append(f"{purpose}: {n_models} models in {len(shards)} jobs")
+
+    per_task = max(1, int(launch.get("images_per_task", 1)))
+    longest = max(shape.train) if conditioned else shape.n_train
+    fractions, basis = _expected_fractions(s, answers)
+    replicates = int(s["replicates"])
+    for e, r in methods:
+        for metric in s["metrics"]:
+            k_max = min(int(s[metric]["k_max"]), longest)
+            n_answers = int(s["n_test"]) * replicates
+            bound = sum(answer_bound(s, metric, k_max, int(s["seed_set"]) + rep) for rep in range(replicates)) \
+                * int(s["n_test"])
+            expected = bound if s["engine"] == "bisection" else round(fractions[metric] * bound)
+            tasks = math.ceil(n_answers / per_task)
+            add("support", 1, tasks=tasks, models_bound=bound, models_expected=expected, gpu=gpu,
+                bytes=n_answers * ANSWER_BYTES + bound * JOURNAL_BYTES_PER_MODEL,
+                peak_bytes=resident + per_model)
+    rows["support"]["notes"].append(basis)
+    rows["score"]["notes"].append("peak memory per job: " + " and ".join(sorted(peak_from)) if peak_from else
+                                  "peak memory per job: the scores read whole")
+    if settings["lds"] and int(settings["lds"]["models"]) > 0:
+        add("lds", len(methods), peak_bytes=int(settings["lds"]["models"]) * shape.n_test * 4
+            + shape.n_test * shape.n_train * 4)
+    add("report_manifest", 1)
+    add("report", 1)
+    add("method_figures", len(methods))
+    add("all", 1)
+
+    parallelism = max(1, int(launch.get("parallelism", 1)))
+    start = tpm["task_start_s"]
+    out_rows = []
+    for st in STAGES:
+        row = rows[st]
+        if not row["jobs"]:
+            continue
+        models = row["models_expected"]
+        wall = None
+        if t is not None and (models or st not in ("queries", "trak", "subsets", "support")):
+            if st == "support":       # a support job waits for its tasks, `parallelism` running at once
+                wall = (models * t + (start or 0.0) * row["tasks"]) / parallelism + (start or 0.0) * row["jobs"]
+            elif models:
+                wall = models * t
+        out_rows.append({
+            "stage": st, "jobs": row["jobs"], "tasks": row["tasks"], "models_bound": row["models_bound"],
+            "models_expected": row["models_expected"], "device": "gpu" if row["gpu"] else "cpu",
+            "wall_s": None if wall is None else round(wall, 3),
+            "gpu_h": None if wall is None else round((models * t / 3600 if row["gpu"] else 0.0), 4),
+            "cpu_h": None if wall is None else round(models * t * threads / 3600 if models else 0.0, 4),
+            "peak_bytes": int(row["peak_bytes"]), "bytes": int(row["bytes"]), "notes": row["notes"]})
+    totals = {k: sum(r[k] for r in out_rows) for k in ("jobs", "tasks", "models_bound", "models_expected",
+                                                       "peak_bytes", "bytes")}
+    totals["peak_bytes"] = max(r["peak_bytes"] for r in out_rows)
+    for k in ("wall_s", "gpu_h", "cpu_h"):
+        vals = [r[k] for r in out_rows if r[k] is not None]
+        totals[k] = round(sum(vals), 4) if t is not None else None
+    return {
+        "plan_version": PLAN_VERSION, "dataset": dataset, "classes": shape.classes, "n_train": shape.n_train,
+        "n_test": shape.n_test, "image_shape": list(shape.image), "model": model["name"],
+        "answers": len(methods) * len(s["metrics"]) * int(s["n_test"]) * replicates, "engine": s["engine"],
+        "time_per_model_s": t, "time_source": tpm["source"], "task_start_s": start,
+        "expected_basis": basis, "parallelism": parallelism, "rules": rules, "stages": out_rows, "total": totals,
+        "calibration": calib_file if calibration else None, "recipe_hash": rhash,
+        "wall_note": "wall: job-seconds summed over a stage's jobs (the report's 'spent wall' is the same sum); "
+                     "a support job's is its tasks' time / launch.parallelism; only retrained models (and support "
+                     "task starts) are timed, other stages show '-'"}
+
+
+def _expected_fractions(s: dict, answers: list[dict]) -> tuple[dict, str]:
+    """Expected models per answer as a fraction of the bound, per metric, and what it rests on."""
+    if s["engine"] == "bisection":
+        return {m: 1.0 for m in s["metrics"]}, ("bisection: expected = the bound (every probe trains its seeds; "
+                                                "early stopping and censored answers train fewer)")
+    mine = [a for a in answers if a["engine"] == "adaptive"]
+    if mine:
+        out = {}
+        for m in s["metrics"]:
+            got = [a["trainings"] for a in mine if a["metric"] == m]
+            out[m] = (float(np.mean(got)) / int(s["max_models"])) if got else ADAPTIVE_FRACTION[m]
+        cap = int(s["max_models"])
+        means = ", ".join(f"{m} {out[m] * cap:.1f}" for m in out)
+        return out, (f"adaptive: the mean models per answer of an earlier run's {len(mine)} answers in the results "
+                     f"folder ({means})")
+    return dict(ADAPTIVE_FRACTION), (f"adaptive: {ADAPTIVE_SOURCE}: " + ", ".join(
+        f"{m} {ADAPTIVE_FRACTION[m]:.2f}" for m in s["metrics"]) + " x max_models per answer")
+
+
+# --------------------------------------------------------------------------------------------- rendering
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} PB"
+
+
+def human_hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _h(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}" if x < 10 else f"{x:,.0f}"
+
+
+def render(plan: dict) -> str:
+    """The plan as a table a person reads (what `simattr plan` prints)."""
+    head = ("stage", "jobs", "tasks", "models (expected)", "models (bound)", "device", "wall", "GPU-h", "CPU-h",
+            "peak/job", "written")
+    body = [(r["stage"], f"{r['jobs']:,}", f"{r['tasks']:,}" if r["tasks"] else "-",
+             f"{r['models_expected']:,}" if r["models_bound"] else "-",
+             f"{r['models_bound']:,}" if r["models_bound"] else "-", r["device"], human_hours(r["wall_s"]),
+             _h(r["gpu_h"]), _h(r["cpu_h"]), human_bytes(r["peak_bytes"]), human_bytes(r["bytes"]))
+            for r in plan["stages"]]
+    tot = plan["total"]
+    body.append(("total", f"{tot['jobs']:,}", f"{tot['tasks']:,}", f"{tot['models_expected']:,}",
+                 f"{tot['models_bound']:,}", "", human_hours(tot["wall_s"]), _h(tot["gpu_h"]), _h(tot["cpu_h"]),
+                 human_bytes(tot["peak_bytes"]), human_bytes(tot["bytes"])))
+    widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]
+    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)      # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    t, start = plan["time_per_model_s"], plan["task_start_s"]
+    out = [f"plan: {plan['dataset']} ({plan['classes']} classes, {plan['n_train']:,} train / {plan['n_test']:,} test "
+           f"images), model {plan['model']}, {plan['answers']:,} support answers ({plan['engine']} engine)",
+           line(head), line(["-" * w for w in widths])] + [line(b) for b in body] + [
+        "",
+        f"time per model: {'unknown' if t is None else f'{t:.4g} s'} - {plan['time_source']}",
+        f"expected models: {plan['expected_basis']}",
+        "support task start: " + ("not counted" if start is None else f"{start:.2f} s") +
+        f" per task; launch.parallelism {plan['parallelism']}",
+        plan["wall_note"]]
+    if t is None:
+        out.append(f"GPU/CPU hours unknown: {HOW_TO_TIME}")
+    return "\n".join(out) + "\n"
+
+
+def write_plan(plan: dict, path: str | os.PathLike) -> None:
+    store.write_json(path, plan)
+
+
+# ------------------------------------------------------------------------------------------- calibration
+def calibration_path(results: str, dataset: str) -> Path:
+    return Path(results) / store.fill(CALIBRATION, dataset=dataset)
+
+
+def _task_start_s() -> float:
+    """What a support task pays before its first model: a fresh Python importing the support stage's modules
+    (the median of 3 starts)."""
+    code = "import simattr.answers, simattr.support, simattr.launch, simattr.queries, h5py"
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def calibrate(settings: dict, *, device: str = "auto", out: str | None = None, steps: int = 4,
+              log=None) -> dict:
+    """Time the config's retrained model on this machine, as the support stage trains it (models.train_predict,
+    one model at a time, on `device`), for a bounded slice, and extrapolate to a whole model; write it atomically
+    (default: the results folder's plan/calibration.json).
+
+    mlp: the whole recipe on the whole training set (digits-size: a fraction of a second), one warm-up model, then
+    the median of 3. CNNs: a warm-up model of 1 SGD step on one batch, then 1 and `steps` steps (one epoch of a
+    subset of 1 and `steps` batches); the time per step is their difference / (steps - 1), the rest is the model's
+    fixed cost (building, the prediction); a whole model is fixed + epochs x steps per epoch of the full training
+    set x time per step."""
+    from . import accel, datasets, models
+    from .datasets import Spec
+
+    spec = Spec.from_settings(settings["dataset"], where="calibrate dataset")
+    recipe = models.Recipe.from_settings(settings["model"], where="calibrate model")
+    dev_name = "cpu"
+    if recipe.name in models.CNN_MODELS or device != "auto":
+        dev = accel.device(None if device == "auto" else device)
+        dev_name = str(dev)
+    else:
+        dev = None
+    tr = datasets.load_split(spec, "train")
+    te = datasets.load_split(spec, "test")
+    n, c = len(tr), len(tr.class_names)
+    if recipe.name == "mlp":
+        X, Xq = models.prepare_inputs(recipe, tr.images, te.images[:1])
+        y = tr.labels
+
+        def one(seed):
+            t0 = time.perf_counter()
+            models.train_predict(X, y, Xq, seeds=[seed], n_classes=c, recipe=recipe)
+            return time.perf_counter() - t0
+
+        one(0)
+        per_model = float(np.median([one(s) for s in (1, 2, 3)]))
+        how = f"{recipe.steps} full-batch steps on all {n:,} training images, median of 3 models after a warm-up"
+        gpu_name = None
+    else:
+        import dataclasses
+
+        bs = min(int(recipe.batch_size), n)
+        per_epoch = max(1, n // bs) if n >= bs else 1
+        steps = max(2, min(int(steps), per_epoch))
+        rng = np.random.default_rng(0)
+        order = rng.permutation(n)
+        streamed = recipe.name in models.STREAMED_MODELS
+
+        def inputs(k):
+            idx = np.sort(order[:k * bs])
+            if streamed:
+                return tr.take(idx), te.take(np.arange(1))
+            Xa, Xq = models.prepare_inputs(recipe, tr.load(idx), te.load(np.arange(1)))
+            return Xa, Xq
+
+        def timed(k, seed):
+            X, Xq = inputs(k)
+            r = dataclasses.replace(recipe, epochs=1)
+            t0 = time.perf_counter()
+            models.train_predict_cnn(X, tr.labels[np.sort(order[:k * bs])], Xq, seed, c, r, device=dev)
+            if dev is not None and dev.type == "cuda":
+                import torch
+
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+        timed(1, 0)                               # warm-up: kernels, cuDNN autotuning, allocator
+        t1, tk = timed(1, 1), timed(steps, 2)
+        per_step = max((tk - t1) / (steps - 1), 1e-9)
+        fixed = max(t1 - per_step, 0.0)
+        per_model = fixed + recipe.epochs * per_epoch * per_step
+        how = (f"{steps} SGD steps of batch {bs} against 1 (after a warm-up): {per_step:.4g} s per step, "
+               f"{fixed:.3g} s fixed; x {recipe.epochs} epochs x {per_epoch} steps per epoch of {n:,} images")
+        if streamed:
+            how += " (decoded in the training process: the support tasks' DataLoader workers may be faster)"
+        gpu_name = None
+        if dev is not None and dev.type == "cuda":
+            import torch
+
+            gpu_name = torch.cuda.get_device_name(dev)
+    start = _task_start_s()
+    result = {"dataset": spec.name, "model": recipe.name, "device": dev_name, "gpu": gpu_name,
+              "recipe_hash": recipe_hash(settings["dataset"], settings["model"]),
+              "time_per_model_s": round(per_model, 6), "task_start_s": round(start, 4), "how": how,
+              "cpus": len(os.sched_getaffinity(0)), "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = Path(out) if out else calibration_path(settings["results"], spec.name)
+    store.write_json(path, result)
+    if log:
+        log.info("calibration written to %s", path)
+    return {**result, "path": str(path)}
+
+
+# ------------------------------------------------------------------------------------- planned vs spent
+def benchmark_stage(path: str | os.PathLike) -> str | None:
+    """The plan's stage of a job's Snakemake benchmark file (store.BENCHMARK: .../benchmarks/{stage}/{name}.tsv,
+    the workflow's job names)."""
+    p = Path(path)
+    folder, name = p.parent.name, p.stem
+    if folder in ("embed", "score", "report"):
+        return folder
+    if folder == "attribution":
+        return "trak" if name in ("trak", "trak-checkpoints") else "subsets" if name.startswith("subsets-") else \
+            "lds" if name.startswith("lds-") else None
+    if folder == "support":
+        return "queries" if name == "queries" else "support"
+    return None
+
+
+def planned_vs_spent(plan: dict, benchmarks: list[tuple[str, dict]], gathers: list[dict]) -> list[dict]:
+    """One row per planned stage: the plan's jobs, models (expected, bound), wall, CPU-h and GPU-h beside what the
+    run spent: its jobs (benchmark files) and their summed wall seconds, and the models it trained (support: the
+    answers' `trainings`, every replicate; queries, trak, subsets: their fixed counts once all their jobs ran).
+    benchmarks: (path, read_benchmark's dict)."""
+    spent: dict[str, list[float]] = {}
+    for path, b in benchmarks:
+        st = benchmark_stage(path)
+        if st is not None:
+            spent.setdefault(st, []).append(float(b["s"]))
+    trained_support = sum(int(a.get("trainings", 0)) for g in gathers
+                          for a in list(g.get("answers", [])) + [x for rep in g.get("replicates", []) for x in rep])
+    rows = []
+    for r in plan["stages"]:
+        st = r["stage"]
+        walls = spent.get(st, [])
+        if st == "support":
+            trained = trained_support
+        elif r["models_bound"]:
+            trained = r["models_bound"] if len(walls) == r["jobs"] else None
+        else:
+            trained = None
+        rows.append({"stage": st, "planned_jobs": r["jobs"], "spent_jobs": len(walls),
+                     "planned_models_expected": r["models_expected"] if r["models_bound"] else None,
+                     "planned_models_bound": r["models_bound"] or None, "trained_models": trained,
+                     "planned_wall_s": r["wall_s"], "planned_cpu_h": r["cpu_h"], "planned_gpu_h": r["gpu_h"],
+                     "spent_wall_s": round(sum(walls), 3) if walls else None})
+    return rows
