@@ -194,3 +194,137 @@ def test_the_mlp_keeps_no_state(tmp_path):
     a = models.train_predict(X, y, X[:3], seeds=[1], n_classes=3, recipe=r, states=[st])
     np.testing.assert_array_equal(a, models.train_predict(X, y, X[:3], seeds=[1], n_classes=3, recipe=r))
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------ support answers
+def cnn_support_inputs(folder: Path, n_train: int = 12) -> tuple[str, list[str]]:
+    """The support stage's inputs for one CIFAR-shaped test image and a resnet9 recipe (queries.h5 with n_train
+    prepared training images, one score file ranking all of them); with cnn_settings an answer trains exactly
+    one model (k = k_max; k = 0 is the queries stage's full-data model)."""
+    raw, labels = cifar_images(n_train + 1, 3)
+    x = raw.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+    X, Xq = models.prepare_inputs(RECIPE, x[:n_train], x[n_train:])
+    yq = int(labels[n_train])
+    store.write_arrays(folder / "queries.h5", {
+        "X_train": X, "y_train": np.asarray(labels[:n_train], np.int64), "test_indices": np.array([0]),
+        "X_query": Xq, "y_query": np.array([yq]), "flip_class": np.array([(yq + 1) % 10]),
+        "full_correct": np.ones((1, 1), np.uint8)}, {"n_classes": 10})
+    s = np.random.default_rng(4).random((1, n_train)).astype(np.float32)
+    f = folder / f"class-{yq}.h5"
+    store.write_scores(f, test_indices=np.array([0]), train_indices=np.arange(n_train), scores=s,
+                       topk=np.argsort(-s, 1), attrs={"class": yq, "encoder": "toy", "ranker": "knn_l2"})
+    return str(folder / "queries.h5"), [str(f)]
+
+
+def cnn_settings(epochs: int) -> dict:
+    """Bisection with one model per probe and no bisection step: the k_max probe's model is the only one trained
+    (on n_train - 4 images: one batch per epoch)."""
+    from datafiles import SUPPORT_SETTINGS
+
+    return {**SUPPORT_SETTINGS, "k_max": 4, "seeds": 1, "bisection_steps": 0, "monotone_checks": 0,
+            "model": {**RECIPE.identity(), "epochs": epochs}}
+
+
+def journal_models(answer_path) -> list[dict]:
+    import json
+
+    from simattr import support
+
+    return [json.loads(ln) for ln in support.journal_path(answer_path).read_text().splitlines()]
+
+
+def test_a_support_answer_killed_mid_model_resumes_that_model_from_its_state(tmp_path, monkeypatch):
+    from simattr import support
+
+    monkeypatch.setenv(models.STATE_EVERY_ENV, "0")
+    queries, files = cnn_support_inputs(tmp_path)
+    unit = dict(queries_path=queries, scores_path=files[0], test_index=0, metric="removal", settings=cnn_settings(3))
+    clean = support.answer(out_path=str(tmp_path / "clean" / "0.json"), **unit)
+    assert clean["trainings"] == 1
+    out = tmp_path / "killed" / "0.json"
+    real = models._save_state
+    interrupt_after(monkeypatch, 1)
+    with pytest.raises(Interrupted):
+        support.answer(out_path=str(out), **unit)
+    state = support.state_path(support.journal_path(out), 4, 0)
+    assert state.name == "0.k4.s0.state.pt" and state.exists() and not out.exists()
+    assert journal_models(out) == []                         # the model was not finished
+    monkeypatch.setattr(models, "_save_state", real)
+    resumed = support.answer(out_path=str(out), **unit)
+    strip = lambda a: {k: v for k, v in a.items() if k not in ("wall_s", "models_reused")}
+    assert strip(resumed) == strip(clean)
+    (ref,), (got,) = journal_models(tmp_path / "clean" / "0.json"), journal_models(out)
+    assert got.pop("resumed_at") == [1] and "resumed_at" not in ref
+    assert got == ref                                        # the same model: seed, prediction, margin
+    assert not list(out.parent.glob("*.state.pt")) and not list(out.parent.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------ the queries, subsets and TRAK jobs
+def test_every_job_that_trains_models_gives_each_its_state_file_beside_its_output(tmp_path, monkeypatch):
+    """Which state file each job's trainings get (the digits MLP keeps none, but is handed them alike)."""
+    from simattr import datasets, queries, subsets, trak
+
+    seen = []
+    real_predict, real_state = models.train_predict, models.train_state
+
+    def predict(*a, states=None, **kw):
+        seen.extend((s.path.name, s.name) for s in states)
+        return real_predict(*a, states=states, **kw)
+
+    def state(*a, state=None, **kw):
+        seen.append((state.path.name, state.name))
+        return real_state(*a, state=state, **kw)
+
+    monkeypatch.setattr(models, "train_predict", predict)
+    monkeypatch.setattr(models, "train_state", state)
+    digits, mlp = datasets.Spec.of(name="digits"), models.Recipe.of(hidden=8, steps=10)
+    queries.prepare_queries(data=digits, n_test=2, sample_seed=0, flip_models=2, recipe=mlp,
+                            out_path=str(tmp_path / "queries.h5"))
+    assert seen == [("queries.m0.state.pt", "full-data model 0"), ("queries.m1.state.pt", "full-data model 1")]
+    seen.clear()
+    trak.trak_checkpoints(data=digits, recipe=mlp, n_checkpoints=2, seed=0, out=str(tmp_path / "trak-checkpoints.pt"),
+                          progress=False)
+    assert seen == [("trak-checkpoints.c0.state.pt", "TRAK checkpoint 0"),
+                    ("trak-checkpoints.c1.state.pt", "TRAK checkpoint 1")]
+    seen.clear()
+    subsets.train_shard(data=digits, purpose="lds", alpha=0.5, n_models=4, shard_size=2, shard=1, recipe=mlp,
+                        out=str(tmp_path / "shard-00001.h5"), progress=False)
+    assert seen == [("shard-00001.m2.state.pt", "lds model 2"), ("shard-00001.m3.state.pt", "lds model 3")]
+    assert not list(tmp_path.glob("*.state.pt"))
+
+
+def test_a_subset_shard_and_trak_checkpoints_killed_mid_model_resume_it(tmp_path, monkeypatch):
+    """CIFAR-shaped files, resnet9: a subsets job and a trak_checkpoints job killed after a model's first epoch
+    and run again write what uninterrupted jobs write (margins, checkpoint parameters), and no state is left."""
+    import torch
+
+    from datafiles import make_cifar_root
+    from simattr import datasets, subsets, trak
+
+    monkeypatch.setenv(models.STATE_EVERY_ENV, "0")
+    data = datasets.Spec.of(name="cifar10", root=str(make_cifar_root(tmp_path / "cifar", per_batch=2, n_test=4)))
+    recipe = RECIPE
+    shard = dict(data=data, purpose="datamodels", alpha=0.8, n_models=1, shard_size=1, shard=0, recipe=recipe,
+                 progress=False)
+    subsets.train_shard(out=str(tmp_path / "ref" / "shard-00000.h5"), **shard)
+    trak.trak_checkpoints(data=data, recipe=recipe, n_checkpoints=1, seed=0, out=str(tmp_path / "ref" / "ck.pt"),
+                          progress=False)
+    real = models._save_state
+    killed = tmp_path / "killed"
+    interrupt_after(monkeypatch, 1)
+    with pytest.raises(Interrupted):
+        subsets.train_shard(out=str(killed / "shard-00000.h5"), **shard)
+    with pytest.raises(Interrupted):
+        trak.trak_checkpoints(data=data, recipe=recipe, n_checkpoints=1, seed=0, out=str(killed / "ck.pt"),
+                              progress=False)
+    assert sorted(p.name for p in killed.glob("*.state.pt")) == ["ck.c0.state.pt", "shard-00000.m0.state.pt"]
+    monkeypatch.setattr(models, "_save_state", real)
+    subsets.train_shard(out=str(killed / "shard-00000.h5"), **shard)
+    trak.trak_checkpoints(data=data, recipe=recipe, n_checkpoints=1, seed=0, out=str(killed / "ck.pt"),
+                          progress=False)
+    a, _ = store.read_arrays(tmp_path / "ref" / "shard-00000.h5", ("margins",))
+    b, _ = store.read_arrays(killed / "shard-00000.h5", ("margins",))
+    np.testing.assert_array_equal(a["margins"], b["margins"])
+    ref, got = (torch.load(p, weights_only=True)["states"][0] for p in (tmp_path / "ref" / "ck.pt", killed / "ck.pt"))
+    assert _equal_states(ref, got)
+    assert not list(killed.glob("*.state.pt")) and not list(killed.glob(".*.tmp"))
