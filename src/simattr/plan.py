@@ -231,12 +231,13 @@ def recipe_hash(dataset: dict, model: dict) -> str:
 
 
 def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = None,
-              calibration_path: str | None = None, history: bool = True) -> dict:
-    """The plan of a run (settings: settings.for_job('plan', config); launch: the config's `launch`)."""
+              calibration_path: str | None = None, history: bool = True, shape: DataShape | None = None) -> dict:
+    """The plan of a run (settings: settings.for_job('plan', config); launch: the config's `launch`). `shape`: the
+    dataset's class sizes when known without its files (else read off the dataset: data_shape)."""
     from .datasets import Spec
 
     spec = Spec.from_settings(settings["dataset"], where="plan dataset")
-    shape = data_shape(spec)
+    shape = shape or data_shape(spec)
     methods = [tuple(m) for m in settings["methods"]]
     s, model = settings["support"], settings["model"]
     cnn = model["name"] in ("resnet9", "resnet18")
@@ -369,7 +370,8 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
                 wall = models * t
         out_rows.append({
             "stage": st, "jobs": row["jobs"], "tasks": row["tasks"], "models_bound": row["models_bound"],
-            "models_expected": row["models_expected"], "device": "gpu" if row["gpu"] else "cpu",
+            "models_expected": row["models_expected"],
+            "device": ("gpu" if row["gpu"] else "cpu") if row["models_bound"] else "-",
             "wall_s": None if wall is None else round(wall, 3),
             "gpu_h": None if wall is None else round((models * t / 3600 if row["gpu"] else 0.0), 4),
             "cpu_h": None if wall is None else round(models * t * threads / 3600 if models else 0.0, 4),
@@ -477,9 +479,14 @@ def calibration_path(results: str, dataset: str) -> Path:
 
 
 def _task_start_s() -> float:
-    """What a support task pays before its first model: a fresh Python importing the support stage's modules
-    (the median of 3 starts)."""
-    code = "import simattr.answers, simattr.support, simattr.launch, simattr.queries, h5py"
+    """What a support task pays besides its models: a fresh Python importing what an answer imports (the support
+    stage's modules, submitit, h5py, threadpoolctl, scipy.special for the posterior) and fitting one small flip curve
+    with the answer's posterior draws (the median of 3 starts)."""
+    code = ("import simattr.answers, simattr.support, simattr.launch, simattr.queries, h5py, threadpoolctl\n"
+            "from simattr import flipcurve, support\n"
+            "flipcurve.flip_probability(3, 1, 0.5)\n"
+            "flipcurve.estimate(flipcurve.Points.from_counts({0: (3, 3), 8: (3, 1), 16: (3, 0)}), 0.5, "
+            "n_draws=support.DRAWS, seed=0)")
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
