@@ -9,6 +9,7 @@ from simattr.datasets import Spec
 from simattr.errors import SimattrError
 
 FEATURE_RANKERS = ("esvm", "knn_l2", "knn_cos", "random", "esvm_signed")
+SIZED_RANKERS = FEATURE_RANKERS + ("esvm_reference",)
 SETTINGS = {"esvm": {"C": 0.1, "chunk_size": 16, "device": "cpu"},
             "esvm_signed": {"C": 0.1, "chunk_size": 16, "device": "cpu", "neighbours": 5},
             "knn_l2": {"chunk_size": 16, "device": "cpu"}, "knn_cos": {"chunk_size": 16, "device": "cpu"},
@@ -160,7 +161,7 @@ def test_train_and_test_of_other_settings_are_refused(tmp_path):
 SHAPES = dict(n_queries=50, n_candidates=1300, n_train=1_281_167, n_test=50_000, dim=2048)
 
 
-@pytest.mark.parametrize("ranker", FEATURE_RANKERS)
+@pytest.mark.parametrize("ranker", SIZED_RANKERS)
 def test_peak_bytes_grows_with_every_shape(ranker):
     base = scoring.peak_bytes(ranker, **SHAPES)
     assert base > 0
@@ -178,3 +179,49 @@ def test_peak_bytes_of_an_unconditioned_esvm_holds_every_candidate():
     assert scoring.peak_bytes("esvm", **every) > SHAPES["n_train"] * SHAPES["dim"] * 4
     assert scoring.peak_bytes("knn_l2", **every) < SHAPES["n_train"] * SHAPES["dim"] * 4
     assert scoring.runtime_minutes("esvm", **SHAPES) >= 1
+
+
+def test_sizing_constants_agree_with_the_solver_and_import_no_torch():
+    import subprocess
+    import sys
+
+    from simattr import esvm
+    assert (scoring.PRIMAL_MAX_DIM, scoring.GRAM_MAX_ENTRIES) == (esvm.PRIMAL_MAX_DIM, esvm.GRAM_MAX_ENTRIES)
+    code = ("import sys; from simattr import scoring; scoring.peak_bytes('esvm_signed', n_queries=50, n_candidates=1300, "
+            "n_train=10**6, n_test=5*10**4, dim=2048); scoring.runtime_minutes('esvm', n_queries=50, n_candidates=1300, "
+            "n_train=10**6, n_test=5*10**4, dim=2048); print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_the_index_check_reads_no_feature(tmp_path):
+    """write_index (the embed_index job) checks shapes, dtype, attributes, labels and indices from metadata: a NaN
+    that got into a shard after write_shard checked it is not scanned for there, but refused by the job that
+    reads the row."""
+    train, test = uneven_float16(tmp_path)
+    shard = tmp_path / "train" / "shard-00000.h5"
+    with h5py.File(shard, "a") as f:
+        f["features"][3, 0] = np.nan
+    files = sorted((tmp_path / "train").glob("shard-*.h5"))
+    expect = {"dataset": "digits", "split": "train", "encoder": "pixels", "config_hash": "h"}
+    store.write_index(tmp_path / "train", files, n=500, expect=expect)
+    with pytest.raises(SimattrError, match=r"shard-00000\.h5: features contain NaN or inf"):
+        store.open_embeddings(train).read([3])
+    with h5py.File(shard, "a") as f:
+        del f["features"]
+        f["features"] = np.zeros((97, 24), np.float64)
+    with pytest.raises(SimattrError, match=r"shard-00000\.h5: features are float64, expected float16 or float32"):
+        store.write_index(tmp_path / "train", files, n=500, expect=expect)
+
+
+def test_job_shapes_come_from_the_manifests_or_a_safe_guess(tmp_path):
+    train, test = uneven_float16(tmp_path)
+    got = scoring.job_shapes(2, train, test, class_conditioned=True, chunk_size=16)
+    assert got == dict(n_queries=2, n_candidates=7, n_train=500, n_test=23, dim=24, n_solve=7 + 300, n_classes=5,
+                       chunk_size=16, threads=1)
+    assert scoring.job_shapes(2, train, test, class_conditioned=False)["n_candidates"] == 500
+    guess = scoring.job_shapes(2, str(tmp_path / "no.json"), test, class_conditioned=True,
+                               guess=lambda: (1_281_167, 50_000, 1000))
+    assert guess["n_candidates"] == 2 * 1282 and guess["n_queries"] == 100 and guess["dim"] == 4096
+    assert scoring.job_mem_mb("esvm", guess) > scoring.job_mem_mb("esvm", got)
+    with pytest.raises(SimattrError, match="no.json"):
+        scoring.job_shapes(2, str(tmp_path / "no.json"), test, class_conditioned=True)

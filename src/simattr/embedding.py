@@ -117,7 +117,10 @@ def embed_shard(*, data: datasets.Spec, encoder: str, split: str, shard: int, sh
 
 def embed_index(*, data: datasets.Spec, encoder: str, split: str, shards: list[str], out: str,
                 state_path: str | None = None) -> dict:
-    """The split's manifest from its shards, each checked against the current settings (stale shards refused)."""
+    """The split's manifest from its shards, each checked against the current settings (stale shards refused).
+    Reads the shards' labels, indices and attributes, not their features (store.write_index: shapes and dtype from
+    the files' metadata; NaN and inf were refused by write_shard when each shard was written), so its memory is
+    16 bytes an image whatever feature_dim is."""
     _, settings = load_encoder(data, encoder, state_path, build=False)
     part = datasets.load_split(data, split)
     expect = {"dataset": data.name, "split": split, "encoder": encoder, "config_hash": store.config_hash(settings)}

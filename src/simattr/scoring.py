@@ -3,8 +3,10 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import time
 
 import numpy as np
@@ -41,6 +43,8 @@ def score_class(*, data: datasets.Spec, encoder: str, ranker: str, cls: int, tra
     t0 = time.perf_counter()
     tr = store.open_embeddings(train_index)
     te = store.open_embeddings(test_index)
+    reader = _Timed()
+    reader.seconds = time.perf_counter() - t0          # the manifests, shard metadata and labels
     tr_m, te_m = tr.manifest, te.manifest
     if tr.feature_dim != te.feature_dim:
         raise SimattrError(f"{train_index} holds {tr.feature_dim}-d features but {test_index} {te.feature_dim}-d "
@@ -56,7 +60,6 @@ def score_class(*, data: datasets.Spec, encoder: str, ranker: str, cls: int, tra
     settings = dict(ranker_settings)
     random_seed = settings.pop("random_seed", 0)
     extra = {}
-    reader = _Timed()
     if ranker == "random":              # one seeded draw per query and candidate: no feature is read
         settings = {"query_seeds": np.array([store.seed_from("random", data.name, random_seed, int(i))
                                              for i in q_idx])}
@@ -265,8 +268,11 @@ def score_external_class(*, data: datasets.Spec, name: str, cls: int, scores_pat
 
 # ----------------------------------------------------------------------------------------- resources
 #: resident memory of a score job before it reads anything: Python, numpy, h5py and torch imported (measured with
-#: benchmarks/scale.py: 0.3-0.4 GB; rounded up)
-BASE_BYTES = 512 * 2**20
+#: benchmarks/scale.py: 0.50 GiB), rounded up
+BASE_BYTES = 576 * 2**20
+#: what the first exemplar-SVM solve adds whatever its size (torch's CPU thread pools and LAPACK workspaces;
+#: measured: ~0.2 GiB for 15 queries x 13 negatives of 2,048-d)
+ESVM_FIXED_BYTES = 256 * 2**20
 #: the pessimistic speeds runtime_minutes assumes: feature bytes read per second, float32 multiply-adds per second
 #: of one core (matrix products), and the seconds a job takes to start (imports, manifests)
 READ_BYTES_PER_S = 100e6
@@ -274,13 +280,17 @@ FLOPS = 5e9
 START_S = 20.0
 
 
+#: simattr.esvm's PRIMAL_MAX_DIM and GRAM_MAX_ENTRIES, repeated so that sizing a job imports no torch (the workflow
+#: calls peak_bytes while it schedules; tests/test_scoring_rows.py checks they agree)
+PRIMAL_MAX_DIM = 512
+GRAM_MAX_ENTRIES = 64 * 1024 * 1024
+
+
 def _esvm_bytes(m: int, n: int, d: int, chunk_size: int, threads: int) -> int:
     """One exemplar-SVM solve of m queries against n negatives (simattr.esvm.exemplar_svm_scores): the negatives
     (float32, the augmented copies, the float64 covariance pass), the Gram matrix of the dual (d + 1 > 512), and per
     chunk of queries solved at once a few (B, n) arrays plus the system: B (d+1)^2 in the primal, at most B (n+1)^2
     in the dual (every negative active: the bound, rarely reached)."""
-    from .esvm import GRAM_MAX_ENTRIES, PRIMAL_MAX_DIM
-
     D = d + 1
     b = 4 * n * d + 8 * n * D + 16 * n * d + 16 * d * d       # N, Na and Na_pad, N64 and Xc, S and its factor
     B = max(1, min(chunk_size, m))
@@ -290,7 +300,7 @@ def _esvm_bytes(m: int, n: int, d: int, chunk_size: int, threads: int) -> int:
     else:
         b += 4 * n * n if n * n <= GRAM_MAX_ENTRIES else 0
         system = 4 * 4 * B * (n + 1) ** 2
-    return b + workers * (10 * 4 * B * n + system) + 8 * m * n    # + the (m, n) answer (torch, then numpy)
+    return ESVM_FIXED_BYTES + b + workers * (10 * 4 * B * n + system) + 8 * m * n   # + the (m, n) answer
 
 
 def _knn_bytes(m: int, n: int, d: int, chunk_size: int) -> int:
@@ -325,6 +335,8 @@ def peak_bytes(ranker: str, *, n_queries: int, n_candidates: int, n_train: int, 
         return b + _knn_bytes(m, min(n, chunk_rows), d, chunk_size)
     if ranker == "esvm":
         return b + 2 * n * d + _esvm_bytes(m, n, d, chunk_size, threads)   # + the float16 rows as read
+    if ranker == "esvm_reference":        # scikit-learn per query: [query; negatives] in float64, liblinear's copy
+        return b + 2 * n * d + 4 * n * d + 3 * 8 * (n + 1) * d
     if ranker == "esvm_signed":
         n_train = int(n_train)
         n_solve = min(n_train, 2 * n) if n_solve is None else int(n_solve)
@@ -332,7 +344,8 @@ def peak_bytes(ranker: str, *, n_queries: int, n_candidates: int, n_train: int, 
         runner_up = _knn_bytes(m, min(n_train, chunk_rows), d, chunk_size) + 4 * m * kept
         solve = 2 * n_solve * d + _esvm_bytes(m, n_solve, d, chunk_size, threads) + 8 * m * n_solve
         return b + 4 * m * n_train + max(runner_up, solve)
-    raise SimattrError(f"'{ranker}' is not a feature ranker (esvm, esvm_signed, knn_l2, knn_cos, random)")
+    raise SimattrError(f"'{ranker}' is not a feature ranker (esvm, esvm_reference, esvm_signed, knn_l2, knn_cos, "
+                       "random)")
 
 
 def runtime_minutes(ranker: str, *, n_queries: int, n_candidates: int, n_train: int, n_test: int, dim: int,
@@ -351,9 +364,47 @@ def runtime_minutes(ranker: str, *, n_queries: int, n_candidates: int, n_train: 
     elif ranker == "esvm":
         read += itemsize * d * n
         flops = 30 * 2.0 * m * n * (d + 1) + 2.0 * n * n * d
+    elif ranker == "esvm_reference":      # liblinear per query: a few hundred passes over the negatives
+        read += itemsize * d * n
+        flops = 300 * 2.0 * m * n * (d + 1)
     elif ranker == "esvm_signed":
         n_solve = min(n_train, 2 * n) if n_solve is None else int(n_solve)
         read += itemsize * d * (n_train + n_solve)
         flops = 2.0 * m * n_train * d + 30 * 2.0 * m * n_solve * (d + 1) + 2.0 * n_solve * n_solve * d
     seconds = START_S + read / READ_BYTES_PER_S + flops / FLOPS
     return max(2, int(np.ceil(3 * seconds / 60)))
+
+
+def job_shapes(cls: int, train_index: str, test_index: str, *, class_conditioned: bool, chunk_size: int = 128,
+               guess=None) -> dict:
+    """peak_bytes' keywords for the score job of class `cls`, from the splits' manifests (class_counts, n,
+    feature_dim) when both exist; else from guess() -> (n_train, n_test, n_classes) with classes up to twice the mean
+    size and 4,096-d features (a safe guess: before the embed stage has run, e.g. in a dry run)."""
+    cls = int(cls)
+    if os.path.exists(train_index) and os.path.exists(test_index):
+        tr, te = (_manifest(p, os.path.getmtime(p)) for p in (str(train_index), str(test_index)))
+        counts = {int(c): int(k) for c, k in tr["class_counts"].items()}
+        n_train, n_test, dim = int(tr["n"]), int(te["n"]), int(tr["feature_dim"])
+        n_queries, n_class = int(te["class_counts"].get(str(cls), 0)), counts.get(cls, 0)
+        rival = max((k for c, k in counts.items() if c != cls), default=0)
+        n_classes = len(counts)
+    else:
+        if guess is None:
+            raise SimattrError(f"{train_index} or {test_index} not found, and no guess of the splits' sizes")
+        n_train, n_test, n_classes = (int(x) for x in guess())
+        n_classes, dim = max(1, n_classes), 4096
+        n_queries, n_class = (min(n, 2 * -(-n // n_classes)) for n in (n_test, n_train))
+        rival = n_class
+    return dict(n_queries=n_queries, n_candidates=n_class if class_conditioned else n_train, n_train=n_train,
+                n_test=n_test, dim=dim, n_solve=n_class + rival, n_classes=n_classes, chunk_size=int(chunk_size),
+                threads=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _manifest(path: str, mtime: float) -> dict:
+    return store.read_json(path)
+
+
+def job_mem_mb(ranker: str, shapes: dict) -> int:
+    """The score job's memory request in MB: peak_bytes plus 10%."""
+    return int(np.ceil(1.1 * peak_bytes(ranker, **shapes) / 2**20))
