@@ -507,3 +507,42 @@ def test_a_flip_curve_figure_plots_the_answers_models_fit_and_interval(tmp_path)
     ax = figures.plot_curve(censored).axes[0]
     band = [p for p in ax.patches if p.get_label() == "90% interval"][0]
     assert (band.get_x(), band.get_width()) == (40, 24) and "not flipped by k=64" in ax.get_title()
+
+
+# ------------------------------------------------------------------------------------------ planned vs spent
+def test_the_planned_vs_spent_table_puts_each_stages_benchmarks_and_trainings_beside_the_plan(tmp_path):
+    from simattr import plan as planmod
+
+    def bench(rel, s):
+        p = tmp_path / "toy" / "benchmarks" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"s\th:m:s\tmax_rss\n{s}\t0:00:01\t10\n")
+        return str(p)
+
+    stage = lambda st, jobs, bound=0, expected=0, wall=None: {      # noqa: E731
+        "stage": st, "jobs": jobs, "tasks": 0, "models_bound": bound, "models_expected": expected, "wall_s": wall,
+        "cpu_h": None if wall is None else wall / 3600, "gpu_h": None if wall is None else 0.0}
+    p = {"stages": [stage("embed", 2), stage("queries", 1, 3, 3, 1.5), stage("subsets", 2, 20, 20, 10.0),
+                    stage("support", 1, 40, 22, 30.0)],
+         "time_per_model_s": 0.5, "time_source": "given (--time-per-model)", "expected_basis": "a test"}
+    files = [bench("embed/pixels-train.tsv", 1.0), bench("embed/pixels-test.tsv", 2.0),
+             bench("support/queries.tsv", 1.25), bench("attribution/subsets-lds-00000.tsv", 4.0),
+             bench("support/pixels-knn_l2-removal.tsv", 25.0), bench("score/pixels-knn_l2-class-0.tsv", 9.0)]
+    g = gather("pixels", "knn_l2", "removal", [1, None], trainings=[7, 9])
+    g["replicates"] = [[answer(0, 1, trainings=5), answer(1, None, trainings=2)]]
+    rows = planmod.planned_vs_spent(p, [(f, costs.read_benchmark(f)) for f in files], [g])
+    got = {r["stage"]: r for r in rows}
+    assert [r["stage"] for r in rows] == ["embed", "queries", "subsets", "support"]      # the plan's stages only
+    assert (got["embed"]["spent_jobs"], got["embed"]["spent_wall_s"], got["embed"]["trained_models"]) == (2, 3.0, None)
+    assert got["queries"]["trained_models"] == 3                  # every job ran: its fixed count
+    assert got["subsets"]["spent_jobs"] == 1 and got["subsets"]["trained_models"] is None     # one of two ran
+    assert got["support"]["trained_models"] == 7 + 9 + 5 + 2      # every replicate's trainings
+    assert (got["support"]["planned_models_expected"], got["support"]["planned_models_bound"]) == (22, 40)
+    render.write_tables([], [], [], tmp_path / "out", planned=rows, plan=p)
+    with open(tmp_path / "out" / render.PLAN_FILE) as f:
+        table = list(csv.DictReader(f))
+    assert tuple(table[0]) == render.PLAN_COLUMNS and table[3]["spent_wall_s"] == "25.0"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Planned vs spent" in md and "given (--time-per-model)" in md and "22 (40)" in md
+    render.write_tables([], [], [], tmp_path / "out")            # no plan: no stale table
+    assert not (tmp_path / "out" / render.PLAN_FILE).exists()
