@@ -49,6 +49,38 @@ def job_counts(out: str) -> dict[str, int]:
     return counts
 
 
+def local_rules() -> set[str]:
+    """The workflow's local rules (`localrules:` lists and `localrule: True`; `all`): a dry run does not mark them."""
+    names = {"all"}
+    for f in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]:
+        text = f.read_text()
+        for m in re.finditer(r"^localrules:(.*\n(?:[ \t]+\S.*\n)*)", text, re.M):
+            names |= set(re.findall(r"\w+", m.group(1)))
+        for m in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", text, re.M):
+            if re.search(r"^\s+localrule:\s*True", m.group(2), re.M):
+                names.add(m.group(1))
+    return names
+
+
+def slurm_submissions(dry_run: str) -> dict:
+    """What a dry run through a SLURM profile would submit: `sbatch`, one per job that is not a local rule, a group
+    job (profiles/slurm: `groups:`) counting once; `groups`, group jobs per group; `rules`, Snakemake jobs per
+    rule (grouped and local ones included)."""
+    local = local_rules()
+    rules, groups, sbatch = {}, {}, 0
+    for line in dry_run.splitlines():
+        m = re.match(r"^\[.*\] Group job (\S+)", line)
+        if m:
+            groups[m.group(1)] = groups.get(m.group(1), 0) + 1
+            sbatch += 1
+            continue
+        m = re.match(r"^(\s*)(?:local)?rule (\w+):", line)
+        if m:
+            rules[m.group(2)] = rules.get(m.group(2), 0) + 1
+            sbatch += not m.group(1) and m.group(2) not in local     # members of a group job are indented
+    return {"sbatch": sbatch, "groups": groups, "rules": rules}
+
+
 def variant(tmp: Path, change) -> Path:
     cfg = yaml.safe_load(TEST_CFG.read_text())
     change(cfg)
@@ -260,14 +292,20 @@ def test_a_second_run_does_nothing(run):
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
 
 
-def test_changing_esvm_C_reruns_only_esvm_scores_and_what_depends_on_them(run, tmp_path):
+@pytest.mark.parametrize("profile", [False, True], ids=["local", "slurm-profile"])
+def test_changing_esvm_C_reruns_only_esvm_scores_and_what_depends_on_them(run, tmp_path, profile):
     cfg = variant(tmp_path, lambda c: c["esvm"].update(C=1.0))
-    r = smk("-n", "--cores", "2", workdir=run, configfile=cfg)
+    how = ("--profile", str(REPO / "profiles" / "slurm")) if profile else ("--cores", "2")
+    r = smk("-n", *how, workdir=run, configfile=cfg)
     assert r.returncode == 0, r.stderr[-2000:]
     n_metrics = 2
     esvm_methods = 2                            # esvm and esvm_signed on simclr
     assert job_counts(r.stdout) == {"score": 10 * esvm_methods, "support": n_metrics * esvm_methods,
                                     "lds": esvm_methods, "method_figures": esvm_methods, "report": 1, "all": 1}
+    if profile:          # the same jobs, grouped: the 20 score jobs go to the cluster as one SLURM job
+        sub = slurm_submissions(r.stdout)
+        assert sub["groups"] == {"score": 1, "lds": 1, "method_figures": 1}, sub
+        assert sub["sbatch"] == 4, sub           # the three group jobs and the report (support is a local rule)
 
 
 def test_changing_the_support_budget_reruns_only_support_and_report(run, tmp_path):
@@ -330,9 +368,10 @@ def test_a_real_rerun_after_changing_esvm_C_recomputes_exactly_the_esvm_answers(
         assert changed == (key.parts[:2] in (("simclr", "esvm"), ("simclr", "esvm_signed"))), key
 
 
-def with_fake_inputs(configfile: Path, tmp: Path) -> tuple[Path, dict]:
+def with_fake_inputs(configfile: Path, tmp: Path, imagenet_root: str | None = None) -> tuple[Path, dict]:
     """The config with its dataset root and checkpoint replaced by fakes of full size made here (CIFAR-10:
-    50,000 + 10,000 blank images; ImageNet: 1,000 classes of empty files, listed but never decoded)."""
+    50,000 + 10,000 blank images; ImageNet: 1,000 classes of empty files, listed but never decoded; or the
+    ImageNet-shaped folder `imagenet_root`)."""
     from datafiles import make_cifar_root, make_empty_image_folder
 
     cfg = yaml.safe_load(configfile.read_text())
@@ -340,7 +379,7 @@ def with_fake_inputs(configfile: Path, tmp: Path) -> tuple[Path, dict]:
     if ds.get("name") == "cifar10":
         ds["root"] = str(make_cifar_root(tmp / "cifar10", per_batch=10000, n_test=10000, blank=True))
     elif ds.get("name") in ("imagenet", "imagefolder"):
-        ds["root"] = str(make_empty_image_folder(tmp / "imagenet", 1000, 13, 5))
+        ds["root"] = imagenet_root or str(make_empty_image_folder(tmp / "imagenet", 1000, 13, 5))
     if cfg.get("encoders", {}).get("resnet", {}).get("checkpoint"):
         (tmp / "ckpt.pth").touch()
         cfg["encoders"]["resnet"]["checkpoint"] = str(tmp / "ckpt.pth")
@@ -471,8 +510,8 @@ def profile_dry_run_jobs(configfile: Path, tmp_path: Path) -> list[dict]:
     r = smk("-n", "-p", "--profile", str(REPO / "profiles" / "slurm"), workdir=tmp_path, configfile=cfg_path)
     assert r.returncode == 0, r.stderr[-2000:]
     jobs = []
-    for block in re.split(r"\n(?=\[[^\]]*\d{4}\]\n)", r.stdout):
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+    for block in re.split(r"\n(?=\s*\[[^\]]*\d{4}\]\n)", r.stdout):     # a group job's members are indented
+        rule = re.search(r"^\s*(?:local)?rule (\w+):", block, re.M)
         shell = re.search(r"^Shell command: (.*)$", block, re.M)
         if not rule or not shell:
             continue
@@ -499,6 +538,21 @@ def test_the_slurm_profile_asks_a_gpu_for_every_network_job_of_the_gpu_configs(n
     assert support and all(j["per_task"] == 1 for j in support), support   # every array task asks for one
     print(f"{name}: {len(network)} network jobs ask for a GPU ({sorted({j['rule'] for j in network})}), "
           f"{len(support)} support arrays with 1 GPU per task")
+
+
+def test_the_imagenet_config_submits_tens_of_slurm_jobs_not_thousands(tmp_path):
+    cfg_path, cfg = with_fake_inputs(REPO / "config" / "imagenet.yaml", tmp_path)
+    r = smk("-n", "--profile", str(REPO / "profiles" / "slurm"), workdir=tmp_path, configfile=cfg_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sub = slurm_submissions(r.stdout)
+    n_score = len(cfg["methods"]) * 1000
+    assert sub["rules"]["score"] == n_score                    # still one Snakemake job per (method, class) ...
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    per_group = profile["group-components"]["score"]
+    assert sub["groups"]["score"] == -(-n_score // per_group)   # ... sent as group jobs of up to per_group
+    assert sub["sbatch"] <= 100, sub
+    print(f"imagenet.yaml through profiles/slurm: {sub['sbatch']} SLURM jobs for {sum(sub['rules'].values())} "
+          f"Snakemake jobs ({sub['groups']})")
 
 
 def test_the_digits_config_asks_no_gpu(tmp_path):
