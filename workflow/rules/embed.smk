@@ -99,7 +99,7 @@ rule embed_index:
         state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=1000,    # reads labels and indices only (16 bytes an image; store.write_index), never the features
     conda:
         ENV
     shell:

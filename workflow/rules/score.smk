@@ -1,5 +1,13 @@
 # Stage 2: per (encoder, ranker, class): the score matrix of the class's test images against the
 # training images (same class, or all when score.class_conditioned is false) and each one's top-k.
+from simattr import scoring as sscoring
+
+# A resource function that takes `input` is evaluated by Snakemake once the job's inputs exist, just before it runs
+# (while they are missing, e.g. in a dry run, it stays <TBD>): the splits' manifests give the job's shapes then.
+SCORE_SHAPES = lambda wildcards, input: sscoring.job_shapes(
+    wildcards.cls, str(input.train), str(input.test), class_conditioned=config["score"]["class_conditioned"],
+    chunk_size=config["esvm"]["chunk_size"], guess=lambda: (split_size(DATA, "train"), split_size(DATA, "test"),
+                                                            len(CLASSES)))
 
 
 rule score:
@@ -20,7 +28,10 @@ rule score:
     threads: 1
     resources:
         gpu=score_gpus,
-        mem_mb=2000,
+        # from the manifests' shapes: a class job reads only its rows (scoring.peak_bytes, plus 10%); runtime in
+        # minutes, at least 2 (scoring.runtime_minutes: a group of score jobs adds them up)
+        mem_mb=lambda wildcards, input: sscoring.job_mem_mb(wildcards.ranker, SCORE_SHAPES(wildcards, input)),
+        runtime=lambda wildcards, input: sscoring.runtime_minutes(wildcards.ranker, **SCORE_SHAPES(wildcards, input)),
     conda:
         ENV
     shell:
