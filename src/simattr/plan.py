@@ -44,10 +44,13 @@ TRAINABLE = ("simclr", "supervised")
 FULL_SCORE_RANKERS = ("trak", "datamodels", "esvm_signed")      # and external methods: full_scores m x n_train
 ANSWER_BYTES = 6_000            # an answer's JSON (its curve, probes, intervals): measured 3-8 KB on digits
 JOURNAL_BYTES_PER_MODEL = 110   # one journal line per model
-# The adaptive engine's models per answer as a fraction of support.max_models, when no earlier run is there to
-# read: measured on the digits test run (config/test.yaml, max_models 16, 112 answers per metric).
-ADAPTIVE_FRACTION = {"removal": 0.55, "mislabel": 0.55}
-ADAPTIVE_SOURCE = "fraction of support.max_models measured on a digits run (config/test.yaml)"
+# The adaptive engine's models per answer, when no earlier run is there to read: a censored answer (not flipped at
+# k_max) stops after its first probe (seeds_min models); a found one narrows its bracket from k_max down to one image,
+# about 1 + ceil(log2 k_max) probes of seeds_min models each, within max_models. What is not known before the run is
+# the share of answers found; FOUND_SHARE is the share measured on a digits run (config/test.yaml, 7 methods, both
+# seed sets), per metric.
+FOUND_SHARE = {"removal": 0.5, "mislabel": 0.5}
+FOUND_SOURCE = "share of answers found within k_max measured on a digits run (config/test.yaml)"
 HOW_TO_TIME = "run `simattr calibrate --config FILE` on the machine that will train, or pass --time-per-model SECONDS"
 
 
@@ -338,7 +341,11 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
             n_answers = int(s["n_test"]) * replicates
             bound = sum(answer_bound(s, metric, k_max, int(s["seed_set"]) + rep) for rep in range(replicates)) \
                 * int(s["n_test"])
-            expected = bound if s["engine"] == "bisection" else round(fractions[metric] * bound)
+            if fractions is not None:
+                expected = round(fractions[metric] * bound)
+            else:
+                expected = round(min(int(s["max_models"]), adaptive_expected(s, metric, k_max, FOUND_SHARE[metric]))
+                                 * n_answers)
             tasks = math.ceil(n_answers / per_task)
             add("support", 1, tasks=tasks, models_bound=bound, models_expected=expected, gpu=gpu,
                 bytes=n_answers * ANSWER_BYTES + bound * JOURNAL_BYTES_PER_MODEL,
@@ -394,23 +401,31 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
                      "task starts) are timed, other stages show '-'"}
 
 
-def _expected_fractions(s: dict, answers: list[dict]) -> tuple[dict, str]:
-    """Expected models per answer as a fraction of the bound, per metric, and what it rests on."""
+def adaptive_expected(s: dict, metric: str, k_max: int, found_share: float) -> float:
+    """Expected models of one adaptive answer: found_share x a found answer's (1 + ceil(log2 k_max)) probes of
+    seeds_min models, within max_models) + the rest x a censored answer's seeds_min."""
+    seeds, cap = int(s["seeds_min"]), int(s["max_models"])
+    found = min(cap, seeds * (1 + (math.ceil(math.log2(k_max)) if k_max > 1 else 0)))
+    return found_share * found + (1.0 - found_share) * min(cap, seeds)
+
+
+def _expected_fractions(s: dict, answers: list[dict]) -> tuple[dict | None, str]:
+    """Expected models per answer as a fraction of max_models per metric (an earlier run's means), or None (the
+    model of adaptive_expected), and what it rests on."""
     if s["engine"] == "bisection":
         return {m: 1.0 for m in s["metrics"]}, ("bisection: expected = the bound (every probe trains its seeds; "
                                                 "early stopping and censored answers train fewer)")
     mine = [a for a in answers if a["engine"] == "adaptive"]
-    if mine:
-        out = {}
-        for m in s["metrics"]:
-            got = [a["trainings"] for a in mine if a["metric"] == m]
-            out[m] = (float(np.mean(got)) / int(s["max_models"])) if got else ADAPTIVE_FRACTION[m]
+    if mine and all(any(a["metric"] == m for a in mine) for m in s["metrics"]):
         cap = int(s["max_models"])
+        out = {m: float(np.mean([a["trainings"] for a in mine if a["metric"] == m])) / cap for m in s["metrics"]}
         means = ", ".join(f"{m} {out[m] * cap:.1f}" for m in out)
         return out, (f"adaptive: the mean models per answer of an earlier run's {len(mine)} answers in the results "
                      f"folder ({means})")
-    return dict(ADAPTIVE_FRACTION), (f"adaptive: {ADAPTIVE_SOURCE}: " + ", ".join(
-        f"{m} {ADAPTIVE_FRACTION[m]:.2f}" for m in s["metrics"]) + " x max_models per answer")
+    shares = ", ".join(f"{m} {FOUND_SHARE[m]:.2f}" for m in s["metrics"])
+    return None, (f"adaptive: a found answer narrows k_max to one image (1 + ceil(log2 k_max) probes of seeds_min "
+                  f"models, within max_models), a censored one stops at its first probe (seeds_min); {FOUND_SOURCE}: "
+                  f"{shares}")
 
 
 # --------------------------------------------------------------------------------------------- rendering
