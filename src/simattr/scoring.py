@@ -273,11 +273,12 @@ BASE_BYTES = 576 * 2**20
 #: what the first exemplar-SVM solve adds whatever its size (torch's CPU thread pools and LAPACK workspaces;
 #: measured: ~0.2 GiB for 15 queries x 13 negatives of 2,048-d)
 ESVM_FIXED_BYTES = 256 * 2**20
-#: the pessimistic speeds runtime_minutes assumes: feature bytes read per second, float32 multiply-adds per second
-#: of one core (matrix products), and the seconds a job takes to start (imports, manifests)
-READ_BYTES_PER_S = 100e6
-FLOPS = 5e9
-START_S = 20.0
+#: the pessimistic speeds runtime_minutes assumes: bytes read per second, float32 flops per second of one shared core
+#: (benchmarks/scale.py on a loaded 2-core VM: an ImageNet class's esvm, 50 x 1,318 x 2,048, ~1.2e9 flop/s counted
+#: as below; knn_l2 ~1e9), and the seconds a job takes to start (imports: 5-20 s there, manifests)
+READ_BYTES_PER_S = 50e6
+FLOPS = 1e9
+START_S = 30.0
 
 
 #: simattr.esvm's PRIMAL_MAX_DIM and GRAM_MAX_ENTRIES, repeated so that sizing a job imports no torch (the workflow
@@ -286,11 +287,19 @@ PRIMAL_MAX_DIM = 512
 GRAM_MAX_ENTRIES = 64 * 1024 * 1024
 
 
+def _active_bound(n: int, d: int) -> int:
+    """The active negatives (score > -1) of one exemplar SVM the dual's system is sized by: at most n, taken as at
+    most 2 (d + 1) (they are mostly the margin's support vectors, at most d + 1 in general position, and the squared
+    hinge's few inside; measured with simattr.esvm.clustered_features: at most 290 of 1,318 at d = 2,048 and 356 of
+    5,000 at d = 600)."""
+    return min(n, 2 * (d + 1))
+
+
 def _esvm_bytes(m: int, n: int, d: int, chunk_size: int, threads: int) -> int:
     """One exemplar-SVM solve of m queries against n negatives (simattr.esvm.exemplar_svm_scores): the negatives
     (float32, the augmented copies, the float64 covariance pass), the Gram matrix of the dual (d + 1 > 512), and per
-    chunk of queries solved at once a few (B, n) arrays plus the system: B (d+1)^2 in the primal, at most B (n+1)^2
-    in the dual (every negative active: the bound, rarely reached)."""
+    chunk of queries solved at once a few (B, n) arrays plus the system: B (d+1)^2 in the primal, B (k+1)^2 in the
+    dual (_active_bound)."""
     D = d + 1
     b = 4 * n * d + 8 * n * D + 16 * n * d + 16 * d * d       # N, Na and Na_pad, N64 and Xc, S and its factor
     B = max(1, min(chunk_size, m))
@@ -299,7 +308,7 @@ def _esvm_bytes(m: int, n: int, d: int, chunk_size: int, threads: int) -> int:
         system = 3 * 4 * B * D * D
     else:
         b += 4 * n * n if n * n <= GRAM_MAX_ENTRIES else 0
-        system = 4 * 4 * B * (n + 1) ** 2
+        system = 4 * 4 * B * (_active_bound(n, d) + 1) ** 2
     return ESVM_FIXED_BYTES + b + workers * (10 * 4 * B * n + system) + 8 * m * n   # + the (m, n) answer
 
 
@@ -348,12 +357,20 @@ def peak_bytes(ranker: str, *, n_queries: int, n_candidates: int, n_train: int, 
                        "random)")
 
 
+def _esvm_flops(m: int, n: int, d: int) -> float:
+    """About 30 passes of (m, n, d) products (warm start, ~5 Newton steps with their margins and line searches), the
+    Gram matrix of the dual when it is kept, else each step's products of the active rows."""
+    k = _active_bound(n, d)
+    gram = 2.0 * n * n * d if n * n <= GRAM_MAX_ENTRIES else 10 * 2.0 * m * k * k * d
+    return 30 * 2.0 * m * n * (d + 1) + gram
+
+
 def runtime_minutes(ranker: str, *, n_queries: int, n_candidates: int, n_train: int, n_test: int, dim: int,
                     n_solve: int | None = None, itemsize: int = 2, **_) -> int:
     """A generous estimate of one score job's wall time in whole minutes (at least 2), from the same shapes as
     peak_bytes: START_S, the feature and label bytes it reads at READ_BYTES_PER_S, and its arithmetic at FLOPS
-    (knn: 2 m n d; esvm: about 30 Newton passes over the (m, n, d) products plus the Gram matrix; esvm_signed: the
-    runner-up similarities over every training image and its solve). Three times the estimate, rounded up: a SLURM
+    (knn: 2 m n d; esvm: _esvm_flops; esvm_signed: the runner-up similarities over every training image and its
+    solve). Three times the estimate, rounded up: a SLURM
     job that groups many score jobs adds their runtimes."""
     m, n, d, n_train = int(n_queries), int(n_candidates), int(dim), int(n_train)
     read = 8 * (n_train + int(n_test)) + itemsize * d * m
@@ -363,14 +380,14 @@ def runtime_minutes(ranker: str, *, n_queries: int, n_candidates: int, n_train: 
         flops = 2.0 * m * n * d
     elif ranker == "esvm":
         read += itemsize * d * n
-        flops = 30 * 2.0 * m * n * (d + 1) + 2.0 * n * n * d
+        flops = _esvm_flops(m, n, d)
     elif ranker == "esvm_reference":      # liblinear per query: a few hundred passes over the negatives
         read += itemsize * d * n
         flops = 300 * 2.0 * m * n * (d + 1)
     elif ranker == "esvm_signed":
         n_solve = min(n_train, 2 * n) if n_solve is None else int(n_solve)
         read += itemsize * d * (n_train + n_solve)
-        flops = 2.0 * m * n_train * d + 30 * 2.0 * m * n_solve * (d + 1) + 2.0 * n_solve * n_solve * d
+        flops = 2.0 * m * n_train * d + _esvm_flops(m, n_solve, d)
     seconds = START_S + read / READ_BYTES_PER_S + flops / FLOPS
     return max(2, int(np.ceil(3 * seconds / 60)))
 
