@@ -19,7 +19,6 @@ import json
 import math
 import os
 import pickle
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -493,20 +492,65 @@ def calibration_path(results: str, dataset: str) -> Path:
     return Path(results) / store.fill(CALIBRATION, dataset=dataset)
 
 
-def _task_start_s() -> float:
-    """What a support task pays besides its models: a fresh Python importing what an answer imports (the support
-    stage's modules, submitit, h5py, threadpoolctl, scipy.special for the posterior) and fitting one small flip curve
-    with the answer's posterior draws (the median of 3 starts)."""
-    code = ("import simattr.answers, simattr.support, simattr.launch, simattr.queries, h5py, threadpoolctl\n"
-            "from simattr import flipcurve, support\n"
-            "flipcurve.flip_probability(3, 1, 0.5)\n"
-            "flipcurve.estimate(flipcurve.Points.from_counts({0: (3, 3), 8: (3, 1), 16: (3, 0)}), 0.5, "
-            "n_draws=support.DRAWS, seed=0)")
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-        times.append(time.perf_counter() - t0)
+def _task_start_s(X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray) -> float:
+    """What a support task pays besides its models' training: one local submitit task (simattr.launch.run_tasks, as
+    the support stage runs it) that reads a queries file holding this training set, trains 3 one-step models
+    (journaled, synced), fits the answer's curve with its posterior draws and writes it: the median of 3 tasks."""
+    import tempfile
+
+    n_classes = int(y_train.max()) + 1
+    label = int(y_train[0])
+    with tempfile.TemporaryDirectory(prefix="simattr-calibrate-") as d:
+        q, f = Path(d) / "queries.h5", Path(d) / "scores.h5"
+        store.write_arrays(q, {"X_train": X_train, "y_train": y_train, "test_indices": np.array([0]),
+                               "X_query": x_query[None], "y_query": np.array([label]),
+                               "flip_class": np.array([(label + 1) % n_classes]),
+                               "full_correct": np.ones((1, 1), np.uint8)}, {"n_classes": n_classes})
+        same = np.flatnonzero(y_train == label)
+        store.write_scores(f, test_indices=np.array([0]), train_indices=same,
+                           scores=np.linspace(1, 0, len(same), dtype=np.float32)[None],
+                           topk=same[None, :8], attrs={"class": label, "encoder": "calibrate", "ranker": "calibrate"})
+        from . import answers
+        from .launch import LaunchSettings, run_tasks
+
+        unit = {"queries_path": str(q), "scores_path": str(f), "test_index": 0, "metric": "removal",
+                "settings": {"dataset": "calibrate", "encoder": "calibrate", "ranker": "calibrate", "k_max": 8,
+                             "threshold": 0.5, "seed_set": 1, "engine": "adaptive", "seeds_min": 3, "seeds_max": 3,
+                             "max_models": 3, "confidence": 0.9,
+                             "model": {"name": "mlp", "hidden": 4, "steps": 1, "lr": 0.01, "weight_decay": 0.0}}}
+        launch = LaunchSettings.of(cluster="local", parallelism=1, folder=str(Path(d) / "submitit"))
+        times = []
+        for i in range(3):
+            t0 = time.perf_counter()
+            _, failed = run_tasks(answers._answer_chunk, [{"units": [{**unit, "out_path": str(Path(d) / f"{i}.json")}],
+                                                          "name": "calibrate"}], ["calibrate"], launch,
+                                  name="calibrate", progress=False)
+            if failed:
+                raise SimattrError(f"calibrate: the timed support task failed: {failed[0]}")
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _bank_time(X: np.ndarray, y: np.ndarray, x_query: np.ndarray, recipe, n: int) -> float:
+    """Seconds per model as the support stage trains them: support.ModelBank.ensure, one model at a time, each
+    journaled (flushed and synced) on disk; the median of n after a warm-up."""
+    import tempfile
+
+    from . import support
+
+    with tempfile.TemporaryDirectory(prefix="simattr-calibrate-") as d:
+        ranking = np.flatnonzero(y == y[0])
+        bank = support.ModelBank(X_train=X, y_train=y, x_query=x_query, label=int(y[0]), ranking=ranking,
+                                 metric="removal", flip_class=None, n_classes=int(y.max()) + 1, recipe=recipe,
+                                 dataset="calibrate", test_index=0, seed_set=1,
+                                 journal=support.Journal(Path(d) / "j.jsonl", "calibrate"))
+        bank.ensure(1, [0])                                     # warm-up
+        times = []
+        for i in range(1, n + 1):
+            t0 = time.perf_counter()
+            bank.ensure(1, [i])
+            times.append(time.perf_counter() - t0)
+        bank.journal.close()
     return float(np.median(times))
 
 
@@ -537,17 +581,11 @@ def calibrate(settings: dict, *, device: str = "auto", out: str | None = None, s
     n, c = len(tr), len(tr.class_names)
     if recipe.name == "mlp":
         X, Xq = models.prepare_inputs(recipe, tr.images, te.images[:1])
-        y = tr.labels
-
-        def one(seed):
-            t0 = time.perf_counter()
-            models.train_predict(X, y, Xq, seeds=[seed], n_classes=c, recipe=recipe)
-            return time.perf_counter() - t0
-
-        one(0)
-        per_model = float(np.median([one(s) for s in (1, 2, 3)]))
-        how = f"{recipe.steps} full-batch steps on all {n:,} training images, median of 3 models after a warm-up"
+        per_model = _bank_time(X, tr.labels, Xq[0], recipe, 5)
+        how = (f"{recipe.steps} full-batch steps on all {n:,} training images as support.ModelBank trains them "
+               "(journaled, synced), median of 5 models after a warm-up")
         gpu_name = None
+        task_inputs = (X, tr.labels, Xq[0])
     else:
         import dataclasses
 
@@ -590,7 +628,9 @@ def calibrate(settings: dict, *, device: str = "auto", out: str | None = None, s
             import torch
 
             gpu_name = torch.cuda.get_device_name(dev)
-    start = _task_start_s()
+        flat = tr.load(np.sort(order[:min(n, 4 * bs)])).reshape(min(n, 4 * bs), -1).astype(np.float32)
+        task_inputs = (flat, tr.labels[np.sort(order[:min(n, 4 * bs)])], flat[0])
+    start = _task_start_s(*task_inputs)
     result = {"dataset": spec.name, "model": recipe.name, "device": dev_name, "gpu": gpu_name,
               "recipe_hash": recipe_hash(settings["dataset"], settings["model"]),
               "time_per_model_s": round(per_model, 6), "task_start_s": round(start, 4), "how": how,
