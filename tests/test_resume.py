@@ -89,6 +89,20 @@ def test_a_resumed_cnn_training_is_bit_identical_to_an_uninterrupted_one(tmp_pat
     assert not st.path.exists()
 
 
+@pytest.mark.cuda
+def test_on_cuda_with_deterministic_kernels_a_resumed_training_is_bit_identical(tmp_path, monkeypatch):
+    """On a GPU (bfloat16 autocast, channels-last, a device generator for augmentation) with model.deterministic:
+    interrupted after epoch 1 and resumed, the same bits as uninterrupted (scripts/gpu-check runs this)."""
+    X, y, _ = tiny_cifar()
+    ref = models.train_state(X, y, 5, 10, RECIPE, device="cuda")
+    st = _state(tmp_path)
+    interrupt_after(monkeypatch, 1)
+    with pytest.raises(Interrupted):
+        models.train_state(X, y, 5, 10, RECIPE, device="cuda", state=st)
+    got = models.train_state(X, y, 5, 10, RECIPE, device="cuda", state=st)
+    assert st.resumed_at == [1] and _equal_states(got, ref) and not st.path.exists()
+
+
 def test_a_state_of_another_training_is_never_resumed_from(tmp_path, monkeypatch, caplog):
     """Another seed, another training set (labels or the caller's identity of the images), another recipe: the
     saved state is ignored (a log line says so) and overwritten; an unreadable file likewise."""

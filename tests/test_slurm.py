@@ -279,3 +279,85 @@ def test_the_test_workflow_runs_as_slurm_jobs_through_the_repo_profile(slurm, tm
     assert arrays, "no submitit support array tasks in sacct"      # ... whose tasks were SLURM array tasks
     print(f"test workflow through profiles/slurm: {wall:.0f} s, {len(submitted)} SLURM jobs of {len(jobs)} rules, "
           f"{len(arrays)} support array tasks")
+
+
+N_TRAIN = 196        # the resume test's training images: 192 after k_max = 4 are removed, 6 batches of 32 an epoch
+BATCH = 32
+
+
+def _epoch_seconds() -> float:
+    """Seconds per epoch of the resume test's model, trained here on one thread: the difference of a two-epoch
+    and a one-epoch training, after a small one that warms torch up."""
+    import torch
+
+    from simattr import models
+    from test_resume import RECIPE, tiny_cifar
+
+    X, y, Xe = tiny_cifar(N_TRAIN - 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        took = []
+        for n, epochs in ((BATCH, 1), (len(y), 1), (len(y), 2)):
+            r = models.Recipe.of(**{**RECIPE.__dict__, "epochs": epochs, "batch_size": BATCH})
+            t0 = time.perf_counter()
+            models.train_predict(X[:n], y[:n], Xe, seeds=[0], n_classes=10, recipe=r, device="cpu")
+            took.append(time.perf_counter() - t0)
+        return max(0.1, took[2] - took[1])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_cnn_model_longer_than_the_time_limit_resumes_mid_training_after_each_requeue(slurm, tmp_path):
+    """A resnet9 answer whose one model trains for longer than its task's two-minute limit, states saved at every
+    epoch boundary: each requeued run resumes the model where the last saved it (never from epoch 0 again), and
+    the answer, and the model's journal line, are those of an uninterrupted run on the local executor (run at the
+    same time). Two minutes, not one: SLURM signals a task 10-40 s before the limit it checks every 30 s, and a
+    run must outlast its start (torch's import) and an epoch to make progress on a loaded machine."""
+    import re
+
+    from test_resume import cnn_settings, cnn_support_inputs, journal_models
+
+    per_epoch = _epoch_seconds()
+    # about 200 s of training on SLURM, where the uninterrupted run shares the cores: two runs or more (a run trains
+    # for 60-90 s); epochs of seconds, so that every run makes progress and the saves (52 MB each) stay few
+    epochs = int(min(60, max(8, round(200 / (2 * per_epoch)))))
+    queries, files = cnn_support_inputs(tmp_path, N_TRAIN)
+    settings = {**cnn_settings(epochs), "model": {**cnn_settings(epochs)["model"], "batch_size": BATCH}}
+    unit = {"queries_path": queries, "scores_path": files[0], "out_path": str(tmp_path / "slurm" / "0.json"),
+            "test_index": 0, "metric": "removal", "settings": settings}
+    ref_unit = {**unit, "out_path": str(tmp_path / "local" / "0.json")}
+    local = LaunchSettings.of(cluster="local", folder=str(tmp_path / "local-submitit"), parallelism=1,
+                              cpus_per_task=1, timeout_min=30, state_every_s=0)
+    t0 = time.perf_counter()
+    ref_th, ref_box = _run_in_thread(launch.run_tasks, answers.answer_task, [ref_unit], ["image 0"], local,
+                                     name="simattr-resume-ref", progress=False)
+    results, failures = launch.run_tasks(answers.answer_task, [unit], ["image 0"],
+                                         _slurm_launch(tmp_path, timeout_min=2, signal_delay_s=20, max_requeues=10,
+                                                       cpus_per_task=1, mem_gb=2, state_every_s=0),
+                                         name=f"simattr-resume-{uuid.uuid4().hex[:6]}", progress=False)
+    wall = time.perf_counter() - t0
+    ref_th.join(timeout=900)
+    assert not ref_th.is_alive() and "error" not in ref_box, ref_box.get("error")
+    (ref,), ref_failures = ref_box["result"]
+    assert not failures and not ref_failures, (failures, ref_failures)
+    assert _strip(results[0]) == _strip(ref) and ref["trainings"] == 1
+    (want,), (got,) = journal_models(ref_unit["out_path"]), journal_models(unit["out_path"])
+    resumed_at = got.pop("resumed_at", [])
+    assert got == want                                       # the same model: seed, prediction, margin
+    logs = sorted((tmp_path / "submitit").glob("*_0_log.err"))
+    assert len(logs) == 1, logs
+    text = logs[0].read_text(errors="replace")
+    started = re.findall(r"training model k=4 seed=0 of test image 0 from epoch 0", text)
+    resumes = [int(e) for e in re.findall(r"resumed model k=4 seed=0 of test image 0 at epoch (\d+)", text)]
+    job = logs[0].name.split("_")[0]                         # a one-task array: sacct names it by its job id
+    _wait_for(lambda: (_sacct_runs(job) or [""])[-1] == "COMPLETED", 60, "the accounting of the finished run")
+    runs = _sacct_runs(job)
+    assert len(started) == 1, text[-3000:]                   # never trained from its first epoch again
+    assert resumes and all(e > 0 for e in resumes) and resumes == sorted(set(resumes)), (resumes, text[-3000:])
+    assert resumed_at == resumes                             # the journal records each resume, as logged
+    assert runs[-1] == "COMPLETED" and len(runs) >= 2, runs  # SLURM ran it more than once
+    assert not list((tmp_path / "slurm").glob("*.state.pt"))
+    print(f"CNN resume: {epochs} epochs of {per_epoch:.2f} s measured here; uninterrupted local answer in "
+          f"{ref['wall_s']:.0f} s; on SLURM with a 2-minute limit: {len(runs)} runs ({', '.join(runs)}), resumed at "
+          f"epochs {resumes}, {wall:.0f} s wall")
