@@ -131,7 +131,7 @@ ARGS = {
              _arg("--json", help="also write the plan as JSON to this file")),
     "calibrate": (_arg("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train (cuda "
                        "without a CUDA device is one line)"),
-                  _arg("--steps", type=int, default=4, help="CNNs: SGD steps timed (after a warm-up)"),
+                  _arg("--timed-steps", type=int, default=4, help="CNNs: SGD steps timed (after a warm-up)"),
                   _arg("--out", help="default: RESULTS/DATASET/plan/calibration.json, where the plan finds it")),
     "report": (_arg("--manifest", help="JSON file of the long lists (the workflow's way: ImageNet's run past the "
                     "128 KiB limit of one command line): keys gathers, scores, benchmarks, stored, lds, "
@@ -303,7 +303,7 @@ def _calibrate(a, s, progress):
     from . import plan
 
     c = plan.calibrate({"results": s.results, "dataset": s.dataset.identity(), "model": s.model.identity()},
-                       device=a.device, out=a.out, steps=a.steps, log=logging.getLogger("simattr"))
+                       device=a.device, out=a.out, steps=a.timed_steps, log=logging.getLogger("simattr"))
     sys.stdout.write(f"calibration: {c['model']} on {c['dataset']}, device {c['device']}"
                      f"{' (' + c['gpu'] + ')' if c['gpu'] else ''}: {c['time_per_model_s']:.4g} s per model "
                      f"({c['how']}); support task start {c['task_start_s']:.2f} s; written to {c['path']}\n")

@@ -373,8 +373,8 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
         if t is not None and (models or st not in ("queries", "trak", "subsets", "support")):
             if st == "support":       # a support job waits for its tasks, `parallelism` running at once
                 wall = (models * t + (start or 0.0) * row["tasks"]) / parallelism + (start or 0.0) * row["jobs"]
-            elif models:
-                wall = models * t
+            elif models:        # each job starts a process and reads its data (about a support task's start)
+                wall = models * t + (start or 0.0) * row["jobs"]
         out_rows.append({
             "stage": st, "jobs": row["jobs"], "tasks": row["tasks"], "models_bound": row["models_bound"],
             "models_expected": row["models_expected"],
@@ -397,8 +397,8 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
         "expected_basis": basis, "parallelism": parallelism, "rules": rules, "stages": out_rows, "total": totals,
         "calibration": calib_file if calibration else None, "recipe_hash": rhash,
         "wall_note": "wall: job-seconds summed over a stage's jobs (the report's 'spent wall' is the same sum); "
-                     "a support job's is its tasks' time / launch.parallelism; only retrained models (and support "
-                     "task starts) are timed, other stages show '-'"}
+                     "a support job's is its tasks' time / launch.parallelism plus its start, a retraining job's its "
+                     "models' time plus its start; only stages that retrain models are timed, other stages show '-'"}
 
 
 def adaptive_expected(s: dict, metric: str, k_max: int, found_share: float) -> float:

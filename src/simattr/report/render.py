@@ -267,7 +267,8 @@ def _plan_section(planned: Sequence[Mapping[str, Any]], plan: Mapping[str, Any] 
         return "-" if x is None else _fmt(float(x), 3)
 
     body = [[str(r["stage"]), str(r["planned_jobs"]), str(r["spent_jobs"]),
-             "-" if r["planned_models_bound"] is None else f"{r['planned_models_expected']:,} ({r['planned_models_bound']:,})",
+             "-" if r["planned_models_bound"] is None else
+             f"{r['planned_models_expected']:,} ({r['planned_models_bound']:,})",
              n(r["trained_models"]), s(r["planned_wall_s"]), h(r["planned_cpu_h"]), h(r["planned_gpu_h"]),
              s(r["spent_wall_s"])] for r in planned]
     t = plan.get("time_per_model_s")
