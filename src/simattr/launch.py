@@ -46,13 +46,10 @@ class LaunchSettings:
 
     @classmethod
     def from_settings(cls, d: dict, folder: str = "submitit", where: str = "launch") -> "LaunchSettings":
-        """From the `launch` section (every key; state_every_s, which the workflow's rules may not pass yet, takes
-        the schema's default when absent) and the folder of submitit's files."""
-        from .settings import defaults, typed_fields
+        """From the `launch` section (every key) and the folder of submitit's files."""
+        from .settings import typed_fields
 
         keys = [k for k in cls.__dataclass_fields__ if k != "folder"]
-        if "state_every_s" not in d:
-            d = {**d, "state_every_s": defaults()["launch"]["state_every_s"]}
         return cls(**{**typed_fields(cls, d, keys, where), "folder": folder,
                       "slurm_partition": d.get("slurm_partition") or None})
 

@@ -16,10 +16,12 @@ rule trak_checkpoints:
         mem_mb=retrain_mem_mb,
         runtime=retrain_runtime,
         gpu=retrain_gpus,
+        state_every_s=str(config["launch"]["state_every_s"]),   # how often a CNN saves its state: no result changes
     conda:
         ENV
     shell:
-        "simattr --log {log} --gpus {resources.gpu} trak-checkpoints --settings {params.settings:q} --out {output}"
+        "SIMATTR_STATE_EVERY_S={resources.state_every_s} simattr --log {log} --gpus {resources.gpu}"
+        " trak-checkpoints --settings {params.settings:q} --out {output}"
 
 
 rule trak:
@@ -60,10 +62,12 @@ rule subsets:
         mem_mb=retrain_mem_mb,
         runtime=retrain_runtime,
         gpu=retrain_gpus,
+        state_every_s=str(config["launch"]["state_every_s"]),   # how often a CNN saves its state: no result changes
     conda:
         ENV
     shell:
-        "simattr --log {log} --gpus {resources.gpu} subsets --settings {params.settings:q}"
+        "SIMATTR_STATE_EVERY_S={resources.state_every_s} simattr --log {log} --gpus {resources.gpu}"
+        " subsets --settings {params.settings:q}"
         " --purpose {wildcards.purpose} --shard {wildcards.shard} --out {output}"
 
 

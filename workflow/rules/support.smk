@@ -17,10 +17,12 @@ rule queries:
         mem_mb=retrain_mem_mb,
         runtime=retrain_runtime,
         gpu=retrain_gpus,
+        state_every_s=str(config["launch"]["state_every_s"]),   # how often a CNN saves its state: no result changes
     conda:
         ENV
     shell:
-        "simattr --log {log} --gpus {resources.gpu} queries --settings {params.settings:q} --out {output}"
+        "SIMATTR_STATE_EVERY_S={resources.state_every_s} simattr --log {log} --gpus {resources.gpu}"
+        " queries --settings {params.settings:q} --out {output}"
 
 
 rule support:
@@ -51,6 +53,7 @@ rule support:
         submitit_max_requeues=config["launch"]["max_requeues"],
         submitit_images_per_task=config["launch"]["images_per_task"],
         submitit_answers_at_once=config["launch"]["answers_at_once"],
+        submitit_state_every_s=str(config["launch"]["state_every_s"]),
     localrule: True
     # on the local executor the tasks run on this machine: reserve their cores so that Snakemake does
     # not start other jobs on top of them
@@ -66,5 +69,5 @@ rule support:
         " mem_gb={resources.submitit_mem_gb} slurm_partition={resources.submitit_partition:q}"
         " signal_delay_s={resources.submitit_signal_delay_s} max_requeues={resources.submitit_max_requeues}"
         " images_per_task={resources.submitit_images_per_task}"
-        " answers_at_once={resources.submitit_answers_at_once}"
+        " answers_at_once={resources.submitit_answers_at_once} state_every_s={resources.submitit_state_every_s}"
         " --submitit-dir {params.submitit} --answers-dir {params.answers} --out {output}"
