@@ -29,21 +29,15 @@ rule report_manifest:
         write_report_manifest(output[0], log[0], params)
 
 
-def plan_calibration(wildcards):
-    """The calibration file (simattr calibrate) when there is one: the report's plan reads it (its appearing or
-    changing reruns the report)."""
-    f = path(plan_mod.CALIBRATION)
-    return [f] if os.path.exists(f) else []
-
-
 # The report's planned-vs-spent table compares the run with its plan: `simattr plan` made from the same settings
 # (the `plan` param: what the plan reads, so a change reruns the report) and the calibration file, without this
-# run's answers, i.e. the plan one makes before the run. How tasks run (`launch`) reaches it as resources, as for
-# support: no rerun.
+# run's answers, i.e. the plan one makes before the run: the calibration file (simattr calibrate) is an input when
+# there is one (its appearing or changing reruns the report). How tasks run (`launch`) reaches it as resources, as
+# for support: no rerun.
 rule report:
     input:
         manifest=path(store.REPORT_MANIFEST),
-        calibration=plan_calibration,
+        calibration=lambda wildcards: [f for f in [path(plan_mod.CALIBRATION)] if os.path.exists(f)],
         gathers=gather_files(),
         scores=all_scores(),
         benchmarks=lambda wildcards: [f for _, f in report_benchmarks(wildcards)],
