@@ -206,7 +206,8 @@ def main() -> None:
                        "peak_bytes_estimate": est, "runtime_minutes_estimate": minutes}
                 rows.append(row)
                 print(f"{dist:9s} scale {scale:<6g} {ranker:6s} {path}: peak RSS {got['peak_rss'] / 2**30:6.2f} GiB "
-                      f"(estimate {est / 2**30:.2f}; after imports {got['rss_after_imports'] / 2**30:.2f}), "
+                      + (f"(scoring.peak_bytes {est / 2**30:.2f}, runtime_minutes {minutes}; " if path == "new" else "(")
+                      + f"after imports {got['rss_after_imports'] / 2**30:.2f}), "
                       f"job wall {got['wall_s']:7.2f} s = reading {got['read_s']:7.2f} s + scoring and writing "
                       f"{got['wall_s'] - got['read_s']:6.2f} s; rows read {got['rows_read']}"
                       + (f", feature bytes read {got['bytes_read'] / 1e6:.1f} MB, labels "
