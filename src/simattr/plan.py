@@ -252,6 +252,8 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
     calibration = read_calibration(calib_file, rhash)
     answers = earlier_answers(results, dataset, methods, s["metrics"]) if history else []
     tpm = time_per_model(given=time_per_model_s, calibration=calibration, answers=answers)
+    if time_per_model_s is None and calibration and gpu and not str(calibration.get("device")).startswith("cuda"):
+        tpm["source"] += "; NOTE: measured on the CPU, but this config trains on GPUs (calibrate on a GPU node)"
     t = tpm["seconds"]
 
     rules: dict[str, int] = {}
