@@ -77,7 +77,7 @@ METHOD_FIGURES = REPORT_DIR + "/methods/{encoder}/{ranker}"   # the HTML report'
 #: the report's files in REPORT_DIR (overlap with two methods or more, lds when LDS is on, retest with replicates)
 REPORT_FILES = {"support": "support.csv", "markdown": "report.md", "cdf": "support_cdf.png", "grid": "topk_grid.png",
                 "cost": "cost.csv", "overlap": "overlap.csv", "lds": "lds.csv", "wins": "wins.csv",
-                "retest": "retest.csv"}
+                "retest": "retest.csv", "plan": "plan.csv"}
 BENCHMARK = "{dataset}/benchmarks/{stage}/{name}.tsv"      # a job's Snakemake benchmark
 LOG = "{dataset}/logs/{stage}/{name}.log"                   # a job's log (and its usage record: usage_path)
 #: (stage, folder): what each stage keeps on disk (the report's bytes stored per stage)

@@ -30,7 +30,7 @@ WIN_COLUMNS = ("metric", "method_a", "method_b", "n", "win", "tie", "loss", "dif
                "p_value", "significant")
 PLAN_COLUMNS = ("stage", "planned_jobs", "spent_jobs", "planned_models_expected", "planned_models_bound",
                 "trained_models", "planned_wall_s", "planned_cpu_h", "planned_gpu_h", "spent_wall_s")
-PLAN_FILE = REPORT_FILES.get("plan", "plan.csv")
+PLAN_FILE = REPORT_FILES["plan"]
 RETEST_COLUMNS = ("method", "metric", "seed_set_a", "seed_set_b", "n", "identical", "spearman", "median_rel_diff",
                   "p90_rel_diff", "flip_disagreements")
 
