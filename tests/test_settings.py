@@ -170,13 +170,16 @@ def test_of_takes_the_schemas_defaults():
 
 def test_no_flag_stands_for_a_config_key_but_the_resources():
     """Settings travel in --settings; the flags left are paths, wildcards and resources (which change no
-    result). The one resource flag with a config key defaults to the schema's value."""
+    result). The one resource flag with a config key defaults to the schema's value; `calibrate --device` is
+    where the calibration runs (a machine's fact, as --gpus is), not esvm.device."""
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     flags = {f for p in sub.choices.values() for a in p._actions for f in a.option_strings}
     keys = {k for section in settings.defaults().values() if isinstance(section, dict) for k in section}
     named = {f for f in flags if f.lstrip("-").replace("-", "_") in keys}
-    assert named == {"--workers"}
+    assert named == {"--workers", "--device"}
+    calibrate = sub.choices["calibrate"]
+    assert {f for a in calibrate._actions for f in a.option_strings} & named == {"--device"}
 
 
 def test_the_embed_workers_resource_defaults_from_the_config_or_the_schema(tmp_path):

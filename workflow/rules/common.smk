@@ -207,7 +207,7 @@ def all_scores():
 
 
 def report_keys():
-    return ["support", "markdown", "cdf", "grid", "cost"] + (["overlap"] if len(METHODS) > 1 else []) + \
+    return ["support", "markdown", "cdf", "grid", "cost", "plan"] + (["overlap"] if len(METHODS) > 1 else []) + \
         (["lds"] if LDS_ON else [])
 
 
