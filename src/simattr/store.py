@@ -35,14 +35,15 @@ import numpy as np
 from . import __version__
 from .errors import SimattrError
 
-CONTRACT_VERSION = 6   # 2: queries.h5 full_correct; answers carry checks and violations. 3: embeddings carry
+CONTRACT_VERSION = 7   # 2: queries.h5 full_correct; answers carry checks and violations. 3: embeddings carry
                        # the label map (class_names) and the files a folder dataset left out (skipped).
                        # 4: subset-model shards, TRAK attributions, LDS files; score files may carry
                        # full_scores (every training image, signed). 5: answers carry their engine, seed set,
                        # fitted curve, both readings and intervals; replicate answers {t}.rep{r}.json; gathers
                        # carry seed_sets and replicates; the report adds wins.csv and retest.csv. 6: external
                        # methods (scores/external/NAME/, source_sha256 in their score files and answers), the
-                       # export folder
+                       # export folder. 7: CNN training states ({...}.state.pt beside journals and outputs),
+                       # plan/calibration.json, the report's plan.csv
 
 # Path templates (relative to the results root). The workflow rules build their patterns from these.
 ENCODERS_DIR = "{dataset}/encoders"
