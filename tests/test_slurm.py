@@ -264,9 +264,18 @@ def test_the_test_workflow_runs_as_slurm_jobs_through_the_repo_profile(slurm, tm
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert list(tmp_path.glob("results/*/report/report.md")), out[-2000:]
-    submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_([a-z_]+)/", out)
-    jobs = {rule: job for job, rule in submitted}
-    assert {"train_simclr", "score", "embed_shard", "embed_index", "queries", "report"} <= set(jobs), sorted(jobs)
+    # a rule's job logs under rule_RULE/, a group job's (profiles/slurm: groups named after their rule) under
+    # group_GROUP_RULE/
+    submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/(?:rule_|group_([a-z_]+?)_(?=\2/))([a-z_]+)/",
+                           out)
+    jobs = {rule: job for job, _, rule in submitted}
+    grouped = {rule: job for job, group, rule in submitted if group}
+    assert {"train_simclr", "embed_shard", "queries", "report"} <= set(jobs), sorted(jobs)
+    assert set(grouped) == {"score", "score_model", "embed_index", "lds", "method_figures"}, sorted(grouped)
+    for rule, job in grouped.items():        # members one after another: one CPU, not one per member
+        assert _sacct(job, "ReqCPUS") == ["1"], (rule, _sacct(job, "ReqCPUS"))
+        assert _sacct(job, "State") == ["COMPLETED"], (rule, _sacct(job, "State"))
+    assert len(submitted) < 50, len(submitted)        # 36 (121 one job per rule instance, before grouping)
     tres = _sacct(jobs["train_simclr"], "AllocTRES")
     assert tres and "gres/gpu=1" in tres[0], tres                 # the training rule got a (fake) GPU
     assert "gres/gpu" not in (_sacct(jobs["queries"], "AllocTRES") or [""])[0]    # the MLP's retrains: none
@@ -277,8 +286,8 @@ def test_the_test_workflow_runs_as_slurm_jobs_through_the_repo_profile(slurm, tm
                                           capture_output=True, text=True, timeout=30).stdout.splitlines()
               if ln.split("|")[1] in names and "_" in ln.split("|")[0]]
     assert arrays, "no submitit support array tasks in sacct"      # ... whose tasks were SLURM array tasks
-    print(f"test workflow through profiles/slurm: {wall:.0f} s, {len(submitted)} SLURM jobs of {len(jobs)} rules, "
-          f"{len(arrays)} support array tasks")
+    print(f"test workflow through profiles/slurm: {wall:.0f} s, {len(submitted)} SLURM jobs of {len(jobs)} rules "
+          f"({len(grouped)} group jobs), {len(arrays)} support array tasks")
 
 
 N_TRAIN = 196        # the resume test's training images: 192 after k_max = 4 are removed, 6 batches of 32 an epoch
