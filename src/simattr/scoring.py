@@ -27,6 +27,24 @@ CHUNK_ROWS = 16384
 CHUNKED_RANKERS = ("knn_l2", "knn_cos")
 
 
+def _class_rows(train_index: str, test_index: str, dims: tuple[int, int], manifests: tuple[dict, dict],
+                tr_y: np.ndarray, te_y: np.ndarray, cls: int, class_conditioned: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The class's test rows and its candidate training rows, once the two splits are checked to be of one
+    embedding (feature_dim and config_hash)."""
+    if dims[0] != dims[1]:
+        raise SimattrError(f"{train_index} holds {dims[0]}-d features but {test_index} {dims[1]}-d "
+                           "(embedded by different encoders); rerun the embed stage")
+    hashes = [m["config_hash"] for m in manifests]
+    if hashes[0] != hashes[1]:
+        raise SimattrError(f"{train_index} and {test_index} come from different settings "
+                           f"({hashes[0]} vs {hashes[1]}); rerun the embed stage")
+    q_idx = np.flatnonzero(te_y == cls)
+    c_idx = np.flatnonzero(tr_y == cls) if class_conditioned else np.arange(len(tr_y))
+    if len(c_idx) == 0:
+        raise SimattrError(f"{train_index}: class {cls} has no training images")
+    return q_idx, c_idx
+
+
 def score_class(*, data: datasets.Spec, encoder: str, ranker: str, cls: int, train_index: str, test_index: str,
                 class_conditioned: bool, topk: int, ranker_settings: dict, out: str, progress: bool = True,
                 chunk_rows: int = CHUNK_ROWS) -> dict:
@@ -46,17 +64,9 @@ def score_class(*, data: datasets.Spec, encoder: str, ranker: str, cls: int, tra
     reader = _Timed()
     reader.seconds = time.perf_counter() - t0          # the manifests, shard metadata and labels
     tr_m, te_m = tr.manifest, te.manifest
-    if tr.feature_dim != te.feature_dim:
-        raise SimattrError(f"{train_index} holds {tr.feature_dim}-d features but {test_index} {te.feature_dim}-d "
-                           "(embedded by different encoders); rerun the embed stage")
-    if tr_m["config_hash"] != te_m["config_hash"]:
-        raise SimattrError(f"{train_index} and {test_index} come from different settings "
-                           f"({tr_m['config_hash']} vs {te_m['config_hash']}); rerun the embed stage")
     tr_y, te_y = tr.labels, te.labels
-    q_idx = np.flatnonzero(te_y == cls)
-    c_idx = np.flatnonzero(tr_y == cls) if class_conditioned else np.arange(len(tr_y))
-    if len(c_idx) == 0:
-        raise SimattrError(f"{train_index}: class {cls} has no training images")
+    q_idx, c_idx = _class_rows(train_index, test_index, (tr.feature_dim, te.feature_dim), (tr_m, te_m), tr_y, te_y,
+                               cls, class_conditioned)
     settings = dict(ranker_settings)
     random_seed = settings.pop("random_seed", 0)
     extra = {}
@@ -144,16 +154,8 @@ def score_class_full_read(*, data: datasets.Spec, encoder: str, ranker: str, cls
     tr_f, tr_y, tr_m = store.read_embeddings(train_index)
     te_f, te_y, te_m = store.read_embeddings(test_index)
     read_s = time.perf_counter() - t0
-    if tr_f.shape[1] != te_f.shape[1]:
-        raise SimattrError(f"{train_index} holds {tr_f.shape[1]}-d features but {test_index} {te_f.shape[1]}-d "
-                           "(embedded by different encoders); rerun the embed stage")
-    if tr_m["config_hash"] != te_m["config_hash"]:
-        raise SimattrError(f"{train_index} and {test_index} come from different settings "
-                           f"({tr_m['config_hash']} vs {te_m['config_hash']}); rerun the embed stage")
-    q_idx = np.flatnonzero(te_y == cls)
-    c_idx = np.flatnonzero(tr_y == cls) if class_conditioned else np.arange(len(tr_y))
-    if len(c_idx) == 0:
-        raise SimattrError(f"{train_index}: class {cls} has no training images")
+    q_idx, c_idx = _class_rows(train_index, test_index, (tr_f.shape[1], te_f.shape[1]), (tr_m, te_m), tr_y, te_y,
+                               cls, class_conditioned)
     settings = dict(ranker_settings)
     random_seed = settings.pop("random_seed", 0)
     extra = {}
