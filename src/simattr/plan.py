@@ -44,13 +44,19 @@ FULL_SCORE_RANKERS = ("trak", "datamodels", "esvm_signed")      # and external m
 ANSWER_BYTES = 6_000            # an answer's JSON (its curve, probes, intervals): measured 3-8 KB on digits
 JOURNAL_BYTES_PER_MODEL = 110   # one journal line per model
 # The adaptive engine's models per answer, when no earlier run is there to read: a censored answer (not flipped at
-# k_max) stops after its first probe (seeds_min models); a found one narrows its bracket from k_max down to one image,
-# about 1 + ceil(log2 k_max) probes of seeds_min models each, within max_models. What is not known before the run is
-# the share of answers found; FOUND_SHARE is the share measured on a digits run, per metric (config/test.yaml at
-# commit 27f2d87's engine, 7 methods x 4 images x 2 seed sets: removal 32 of 56 found, mislabel 36 of 56; the model
-# then gives 10.4 and 10.7 models per answer where the run trained 10.7 and 11.1).
-FOUND_SHARE = {"removal": 0.57, "mislabel": 0.64}
-FOUND_SOURCE = "share of answers found within k_max measured on a digits run (config/test.yaml: 7 methods x 56 answers)"
+# k_max) stops after its first probe; a found one narrows its bracket from k_max down to one image, about
+# 1 + ceil(log2 k_max) probes, within max_models. A probe starts with seeds_min models and adds two at a time while its
+# decision is uncertain, up to seeds_max: EXTRA_SEEDS is the measured share of (seeds_max - seeds_min) a probe adds on
+# average. What is not known before the run is the share of answers found: FOUND_SHARE. Both measured on two digits
+# runs of the engine of commit 27f2d87 (config/test.yaml: 7 methods x 4 images x 2 seed sets, seeds 3-5, max_models
+# 16; config/config.yaml, the demo: 5 methods x 30 images, seeds 3-9, max_models 40): found removal 133 of 206,
+# mislabel 143 of 206; the demo's found answers trained 4.3 (removal) and 3.5 (mislabel) models per probe over 8.2
+# and 6.8 probes, its censored ones 3.9 and 4.2 models in one probe. The model then expects 5,850 models where the
+# demo trained 6,433 (-9%) and 1,322 where the test config trained 1,224 (+8%).
+EXTRA_SEEDS = 0.15
+FOUND_SHARE = {"removal": 0.65, "mislabel": 0.69}
+FOUND_SOURCE = ("share of answers found within k_max and seeds added per probe measured on two digits runs "
+                "(config/test.yaml and config/config.yaml: 412 answers)")
 HOW_TO_TIME = "run `simattr calibrate --config FILE` on the machine that will train, or pass --time-per-model SECONDS"
 
 
@@ -404,9 +410,11 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
 
 
 def adaptive_expected(s: dict, metric: str, k_max: int, found_share: float) -> float:
-    """Expected models of one adaptive answer: found_share x a found answer's (1 + ceil(log2 k_max)) probes of
-    seeds_min models, within max_models) + the rest x a censored answer's seeds_min."""
-    seeds, cap = int(s["seeds_min"]), int(s["max_models"])
+    """Expected models of one adaptive answer: found_share x a found answer's (1 + ceil(log2 k_max)) probes, within
+    max_models, + the rest x a censored answer's one probe; a probe's models are seeds_min plus EXTRA_SEEDS of
+    (seeds_max - seeds_min)."""
+    seeds = int(s["seeds_min"]) + EXTRA_SEEDS * max(0, int(s["seeds_max"]) - int(s["seeds_min"]))
+    cap = int(s["max_models"])
     found = min(cap, seeds * (1 + (math.ceil(math.log2(k_max)) if k_max > 1 else 0)))
     return found_share * found + (1.0 - found_share) * min(cap, seeds)
 
@@ -425,9 +433,9 @@ def _expected_fractions(s: dict, answers: list[dict]) -> tuple[dict | None, str]
         return out, (f"adaptive: the mean models per answer of an earlier run's {len(mine)} answers in the results "
                      f"folder ({means})")
     shares = ", ".join(f"{m} {FOUND_SHARE[m]:.2f}" for m in s["metrics"])
-    return None, (f"adaptive: a found answer narrows k_max to one image (1 + ceil(log2 k_max) probes of seeds_min "
-                  f"models, within max_models), a censored one stops at its first probe (seeds_min); {FOUND_SOURCE}: "
-                  f"{shares}")
+    return None, (f"adaptive: a found answer narrows k_max to one image (1 + ceil(log2 k_max) probes, within "
+                  f"max_models), a censored one stops at its first probe; a probe trains seeds_min + "
+                  f"{EXTRA_SEEDS:.2f} x (seeds_max - seeds_min) models; {FOUND_SOURCE}: found {shares}")
 
 
 # --------------------------------------------------------------------------------------------- rendering
