@@ -57,11 +57,11 @@ def ranking_costs(name: str, neg: np.ndarray, q: np.ndarray, repeats: int) -> di
 
 def small_results(folder: Path) -> Path:
     """A digits results folder for method simclr/esvm (a 1-epoch SimCLR; the schema's other defaults)."""
-    from simattr import datasets, embedding, settings, store
+    from simattr import config as sconfig, datasets, embedding, settings, store
 
-    data = datasets.Spec.from_config(settings.defaults()["dataset"])
+    data = datasets.Spec.from_config(sconfig.defaults()["dataset"])
     state = folder / store.fill(store.ENCODER_STATE, dataset="digits", encoder="simclr")
-    embedding.train_encoder(data=data, encoder="simclr", params={**settings.encoder_params(settings.defaults(),
+    embedding.train_encoder(data=data, encoder="simclr", params={**settings.encoder_params(sconfig.defaults(),
                             "simclr")[0], "epochs": 1}, seed=0, out=str(state), progress=False)
     for split in datasets.SPLITS:
         embedding.embed(data=data, encoder="simclr", split=split, shard_size=0, batch_size=256, float16=False,

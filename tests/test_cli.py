@@ -11,9 +11,9 @@ def simattr(*args):
 
 
 def score_settings():
-    from simattr import settings
+    from simattr import config as sconfig, settings
 
-    return settings.as_json(settings.for_job("score", settings.defaults(), ranker="esvm"))
+    return settings.as_json(settings.for_job("score", sconfig.defaults(), ranker="esvm"))
 
 
 def test_missing_input_file_is_one_line_naming_it(tmp_path):

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from datafiles import make_cifar_root
+from simattr import config as sconfig
 from simattr import datasets, embedding, queries, scoring, settings, store, support
 from simattr.errors import SimattrError
 from simattr.explain import Attributor
@@ -40,7 +41,7 @@ def results(tmp_path_factory):
     image. (root, that test image)."""
     wd = tmp_path_factory.mktemp("explain")
     root = wd / "results"
-    c = settings.defaults()
+    c = sconfig.defaults()
     data = datasets.Spec.from_config(c["dataset"])
     p = lambda t, **kw: root / store.fill(t, dataset="digits", **kw)  # noqa: E731
     embedding.train_encoder(data=data, encoder="simclr", params=SIMCLR, seed=0,
@@ -125,7 +126,7 @@ def test_a_cifar_size_png_with_the_tiny_cifar_fixtures(tmp_path):
     root = make_cifar_root(tmp_path / "cifar", per_batch=8, n_test=12)
     c = {"dataset": {"name": "cifar10", "root": str(root)}, "model": {"hidden": 8, "steps": 20},
          "results": str(tmp_path / "results")}
-    spec = datasets.Spec.from_config(settings.sconfig.validate(c)["dataset"])
+    spec = datasets.Spec.from_config(sconfig.validate(c)["dataset"])
     for split in datasets.SPLITS:
         embedding.embed(data=spec, encoder="pixels", split=split, shard_size=0, batch_size=64, float16=False,
                         workers=0, state_path=None, progress=False,

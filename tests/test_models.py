@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from simattr import config as sconfig
 from simattr import datasets, models
 from simattr.errors import SimattrError
 
@@ -80,7 +81,7 @@ def test_recipe_reads_only_its_fields_and_round_trips_through_its_settings():
     cnn = models.Recipe.of(name="resnet9", lr=0.5, weight_decay=5e-4, epochs=3, batch_size=64)
     assert "hidden" not in cnn.identity() and cnn.identity()["epochs"] == 3 and cnn.hidden is None
     for r in (mlp, cnn):
-        made = {**settings.for_job("queries", settings.defaults()), "model": r.identity()}
+        made = {**settings.for_job("queries", sconfig.defaults()), "model": r.identity()}
         assert settings.parse("queries", settings.as_json(made)).model == r
 
 

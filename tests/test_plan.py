@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from simattr import config as sconfig
 from simattr import plan, settings, support
 from simattr.errors import SimattrError
 from test_workflow import REPO, TEST_CFG, job_counts, smk, with_fake_inputs
@@ -26,7 +27,7 @@ def simattr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def plan_of(config: Path | dict, **kw) -> dict:
-    c = settings.load_config(str(config)) if isinstance(config, Path) else settings.sconfig.validate(config)
+    c = sconfig.load(str(config)) if isinstance(config, Path) else sconfig.validate(config)
     return plan.make_plan(settings.for_job("plan", c), settings.launch(c), **kw)
 
 

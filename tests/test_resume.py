@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from simattr import config as sconfig
 from simattr import models, store
 from simattr.errors import SimattrError
 
@@ -179,11 +180,11 @@ def test_the_save_interval_makes_saves_rarer_than_epochs(tmp_path, monkeypatch):
 
 
 def test_the_save_interval_setting(monkeypatch):
-    from simattr import settings
+
     from simattr.launch import LaunchSettings, Task
 
     monkeypatch.delenv(models.STATE_EVERY_ENV, raising=False)
-    assert models.state_every_s() == settings.defaults()["launch"]["state_every_s"] > 0
+    assert models.state_every_s() == sconfig.defaults()["launch"]["state_every_s"] > 0
     monkeypatch.setenv(models.STATE_EVERY_ENV, "0")
     assert models.state_every_s() == 0.0
     monkeypatch.setenv(models.STATE_EVERY_ENV, "soon")
@@ -192,7 +193,7 @@ def test_the_save_interval_setting(monkeypatch):
     # a task sees its launch settings' interval and leaves the process's as it was
     s = LaunchSettings.of(state_every_s=7)
     assert Task(models.state_every_s, 1, state_every_s=s.state_every_s)({}) == 7.0
-    launch_words = {k: v for k, v in settings.defaults()["launch"].items() if k != "state_every_s"}
+    launch_words = {k: v for k, v in sconfig.defaults()["launch"].items() if k != "state_every_s"}
     with pytest.raises(SimattrError, match="launch: lacks state_every_s"):     # the support rule always passes it
         LaunchSettings.from_settings(launch_words)
     import os

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from simattr import config as sconfig
 from simattr import settings
 from simattr.cli import COMMANDS, build_parser
 from simattr.datasets import Spec
@@ -29,9 +30,9 @@ def load(path, scores=None):
     if raw.get("encoders", {}).get("resnet", {}).get("checkpoint") is None:
         raw.setdefault("encoders", {}).setdefault("resnet", {})["checkpoint"] = "ck.pth"
     if scores is not None:
-        raw["methods"] = list(raw.get("methods", settings.defaults()["methods"])) + [
+        raw["methods"] = list(raw.get("methods", sconfig.defaults()["methods"])) + [
             {"encoder": "external", "ranker": "scores", "name": "outside", "path": str(scores)}]
-    return settings.sconfig.validate(raw)
+    return sconfig.validate(raw)
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_each_jobs_settings_round_trip_through_json_into_typed_objects(path, sco
 
 
 def test_a_setting_reaches_only_the_jobs_that_read_it(scores_file):
-    base = settings.sconfig.validate({"methods": [{"encoder": "external", "ranker": "scores", "name": "outside",
+    base = sconfig.validate({"methods": [{"encoder": "external", "ranker": "scores", "name": "outside",
                                                    "path": str(scores_file)}]})
 
     def changed(section, key, value):
@@ -102,7 +103,7 @@ def test_an_external_methods_score_jobs_read_its_files_content_not_its_path(scor
     import numpy as np
 
     def made(path, **entry):
-        c = settings.sconfig.validate({"methods": [{"encoder": "external", "ranker": "scores", "name": "outside",
+        c = sconfig.validate({"methods": [{"encoder": "external", "ranker": "scores", "name": "outside",
                                                     "path": str(path), **entry}]})
         return settings.for_job("score-external", c, ranker="outside")
 
@@ -117,7 +118,7 @@ def test_an_external_methods_score_jobs_read_its_files_content_not_its_path(scor
     with pytest.raises(SimattrError, match="gone.npy: scores file not found"):
         made(tmp_path / "gone.npy")
     with pytest.raises(SimattrError, match="no external method named 'other'"):
-        settings.for_job("score-external", settings.defaults(), ranker="other")
+        settings.for_job("score-external", sconfig.defaults(), ranker="other")
 
 
 def test_hand_run_with_a_config_gets_the_workflows_settings(tmp_path):
@@ -127,12 +128,12 @@ def test_hand_run_with_a_config_gets_the_workflows_settings(tmp_path):
     from simattr.cli import job_settings
 
     s = job_settings(a, "queries", ())
-    assert s.n_test == 7 and s.model == Recipe.of(hidden=8) and s.flip_models == settings.defaults()["support"][
+    assert s.n_test == 7 and s.model == Recipe.of(hidden=8) and s.flip_models == sconfig.defaults()["support"][
         "flip_models"]
 
 
 def test_a_settings_object_with_a_missing_or_unknown_key_is_one_line():
-    good = settings.for_job("lds", settings.defaults())
+    good = settings.for_job("lds", sconfig.defaults())
     with pytest.raises(SimattrError, match=r"^--settings of `simattr lds`: lacks seed$"):
         settings.parse("lds", {"n_boot": 10})
     with pytest.raises(SimattrError, match=r"has unknown keys topk"):
@@ -142,10 +143,10 @@ def test_a_settings_object_with_a_missing_or_unknown_key_is_one_line():
     with pytest.raises(SimattrError, match=r"^--settings: expected a JSON object, got list"):
         settings.parse("lds", "[1]")
     with pytest.raises(SimattrError, match=r"model: lacks steps"):
-        settings.parse("queries", {**settings.for_job("queries", settings.defaults()),
+        settings.parse("queries", {**settings.for_job("queries", sconfig.defaults()),
                                    "model": {"name": "mlp", "hidden": 8, "lr": 0.1, "weight_decay": 0.0}})
     with pytest.raises(SimattrError, match=r"dataset: unknown dataset 'mnist'"):
-        settings.parse("queries", {**settings.for_job("queries", settings.defaults()), "dataset": {"name": "mnist"}})
+        settings.parse("queries", {**settings.for_job("queries", sconfig.defaults()), "dataset": {"name": "mnist"}})
 
 
 def test_the_cli_reports_bad_settings_in_one_line(tmp_path):
@@ -162,7 +163,7 @@ def test_typed_settings_have_no_defaults_of_their_own():
 
 
 def test_of_takes_the_schemas_defaults():
-    d = settings.defaults()
+    d = sconfig.defaults()
     assert Recipe.of().identity() == {k: d["model"][k] for k in ("name", "hidden", "steps", "lr", "weight_decay")}
     assert LaunchSettings.of(folder="f").images_per_task == d["launch"]["images_per_task"]
     assert Recipe.of(lr=1).lr == 1.0 and isinstance(Recipe.of(lr=1).lr, float)   # a float field stays a float
@@ -175,7 +176,7 @@ def test_no_flag_stands_for_a_config_key_but_the_resources():
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     flags = {f for p in sub.choices.values() for a in p._actions for f in a.option_strings}
-    keys = {k for section in settings.defaults().values() if isinstance(section, dict) for k in section}
+    keys = {k for section in sconfig.defaults().values() if isinstance(section, dict) for k in section}
     named = {f for f in flags if f.lstrip("-").replace("-", "_") in keys}
     assert named == {"--workers", "--device"}
     calibrate = sub.choices["calibrate"]
@@ -191,7 +192,7 @@ def test_the_embed_workers_resource_defaults_from_the_config_or_the_schema(tmp_p
     args = ["embed", "--encoder", "pixels", "--split", "train", "--out-dir", "x"]
     assert _workers(p.parse_args([*args, "--config", str(cfg)])) == 3
     assert _workers(p.parse_args([*args, "--config", str(cfg), "--workers", "1"])) == 1
-    assert _workers(p.parse_args([*args, "--settings", "{}"])) == settings.defaults()["embed"]["workers"]
+    assert _workers(p.parse_args([*args, "--settings", "{}"])) == sconfig.defaults()["embed"]["workers"]
 
 
 def test_the_support_rules_launch_words_parse_to_the_configs_launch_settings():
@@ -199,7 +200,7 @@ def test_the_support_rules_launch_words_parse_to_the_configs_launch_settings():
     "" for null) is no partition, not the partition named ''."""
     from simattr.cli import _launch
 
-    want = {**settings.defaults()["launch"], "mem_gb": 2.5}
+    want = {**sconfig.defaults()["launch"], "mem_gb": 2.5}
     words = [f"{k}={'' if v is None else v}" for k, v in want.items()]
     a = build_parser().parse_args(["support", "--settings", "{}", "--encoder", "e", "--ranker", "esvm", "--metric",
                                    "removal", "--queries", "q", "--scores", "s", "--submitit-dir", "sub",

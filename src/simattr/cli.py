@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+from . import config as sconfig
+from . import typed
 from .config import METRICS, MODEL_RANKERS
 from .datasets import SPLITS
 from .errors import SimattrError
@@ -52,7 +54,7 @@ def job_settings(a: argparse.Namespace, job: str, wildcards: tuple[str, ...]):
 
     kw = {w: getattr(a, w) for w in wildcards}
     if a.config:
-        return settings.parse(job, settings.for_job(job, settings.load_config(a.config), **kw),
+        return settings.parse(job, settings.for_job(job, sconfig.load(a.config), **kw),
                               where=a.config, **kw)
     return settings.parse(job, a.settings, **kw)
 
@@ -64,9 +66,9 @@ def _launch(a: argparse.Namespace):
     from .launch import LaunchSettings
 
     if a.launch:
-        d = settings.key_values(a.launch, "--launch")
+        d = typed.key_values(a.launch, "--launch")
     else:
-        d = settings.launch(settings.load_config(a.config) if a.config else settings.defaults())
+        d = settings.launch(sconfig.load(a.config) if a.config else sconfig.defaults())
     return LaunchSettings.from_settings(d, folder=a.submitit_dir, where="--launch")
 
 
@@ -173,7 +175,7 @@ def _workers(a) -> int:
         return a.workers
     from . import settings
 
-    return (settings.load_config(a.config) if a.config else settings.defaults())["embed"]["workers"]
+    return (sconfig.load(a.config) if a.config else sconfig.defaults())["embed"]["workers"]
 
 
 def _embed(a, s, progress):
@@ -285,8 +287,8 @@ def _launch_dict(a) -> dict:
     from . import settings
 
     if a.launch:
-        return settings.key_values(a.launch, "--launch")
-    return settings.launch(settings.load_config(a.config) if a.config else settings.defaults())
+        return typed.key_values(a.launch, "--launch")
+    return settings.launch(sconfig.load(a.config) if a.config else sconfig.defaults())
 
 
 def _plan(a, s, progress):

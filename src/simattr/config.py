@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,9 @@ def load(path: str | Path, schema_path: str | Path = SCHEMA) -> dict:
     except yaml.YAMLError as e:
         raise SimattrError(f"{path}: not valid YAML ({e})") from None
     return validate(raw, schema_path)
+
+
+@functools.cache
+def defaults() -> dict:
+    """The whole config as the schema's defaults make it (the one source of defaults)."""
+    return validate({})

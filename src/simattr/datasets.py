@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import SimattrError
-from .settings import Named
+from .typed import Named
 
 SPLITS = ("train", "test")
 NAMES = ("digits", "cifar10", "imagenet", "imagefolder")

@@ -47,7 +47,7 @@ class LaunchSettings:
     @classmethod
     def from_settings(cls, d: dict, folder: str = "submitit", where: str = "launch") -> "LaunchSettings":
         """From the `launch` section (every key) and the folder of submitit's files."""
-        from .settings import typed_fields
+        from .typed import typed_fields
 
         keys = [k for k in cls.__dataclass_fields__ if k != "folder"]
         return cls(**{**typed_fields(cls, d, keys, where), "folder": folder,
@@ -56,7 +56,7 @@ class LaunchSettings:
     @classmethod
     def of(cls, **fields) -> "LaunchSettings":
         """The schema's default launch settings with `fields` changed (folder among them)."""
-        from .settings import defaults
+        from .config import defaults
 
         folder = fields.pop("folder", "submitit")
         return cls.from_settings({**defaults()["launch"], **fields}, folder)

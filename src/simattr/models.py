@@ -38,7 +38,7 @@ import numpy as np
 from .accel import device as accel_device
 from .backbones import NORMALIZE
 from .errors import SimattrError
-from .settings import Named
+from .typed import Named
 
 log = logging.getLogger("simattr")
 
@@ -402,7 +402,7 @@ def state_every_s() -> float:
     it from launch.state_every_s), else the schema's launch.state_every_s."""
     v = os.environ.get(STATE_EVERY_ENV, "").strip()
     if not v:
-        from .settings import defaults
+        from .config import defaults
 
         return float(defaults()["launch"]["state_every_s"])
     try:

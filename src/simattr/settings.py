@@ -14,29 +14,18 @@ changes no result: the support rule passes it from its resources (`--launch KEY=
 """
 from __future__ import annotations
 
-import functools
 import json
 from types import SimpleNamespace
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 from . import config as sconfig
 from .errors import SimattrError
+from .typed import check_keys, parse_json
 
 EMBED_BATCH_SIZE = 256      # images encoded at once by every encoder but resnet (encoders.resnet.batch_size)
 RANKER_KEYS = sconfig.RANKER_KEYS
 FLOAT_KEYS = ("C", "tol", "val_fraction")   # floats even where a config wrote 1 (as argparse made them)
 DEVICE_RANKERS = tuple(r for r, keys in RANKER_KEYS.items() if any(k[2] == "device" for k in keys))
-
-
-@functools.cache
-def defaults() -> dict:
-    """The whole config as the schema's defaults make it."""
-    return sconfig.validate({})
-
-
-def load_config(path: str) -> dict:
-    """A config file, validated, with the schema's defaults filled in."""
-    return sconfig.load(path)
 
 
 def _dataset(c: dict) -> dict:
@@ -230,30 +219,6 @@ def as_json(settings: dict) -> str:
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
 
 
-def parse_json(text: str, where: str) -> dict:
-    """A JSON object from text; one line naming `where` when it is not one."""
-    try:
-        s = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SimattrError(f"{where}: not valid JSON ({e})") from None
-    if not isinstance(s, dict):
-        raise SimattrError(f"{where}: expected a JSON object, got {type(s).__name__}")
-    return s
-
-
-def key_values(items: list[str], where: str) -> dict:
-    """KEY=VALUE words as a dict, each value read as YAML (numbers, true/false; an empty value is None)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SimattrError(f"{where}: expected KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value) if value else None
-    return out
-
-
 def parse(job: str, text_or_dict: str | dict, *, where: str = "--settings", **wildcards: Any) -> SimpleNamespace:
     """A job's settings (JSON text or a dict) as attributes, checked against the keys `for_job` makes (one line
     naming a missing or unknown key), the typed sections built."""
@@ -261,7 +226,7 @@ def parse(job: str, text_or_dict: str | dict, *, where: str = "--settings", **wi
     from .models import Recipe
 
     s = parse_json(text_or_dict, where) if isinstance(text_or_dict, str) else text_or_dict
-    expected = KEYS[job] if job in KEYS else for_job(job, defaults(), **wildcards)
+    expected = KEYS[job] if job in KEYS else for_job(job, sconfig.defaults(), **wildcards)
     check_keys(expected, s, f"{where} of `simattr {job}`")
     out = dict(s)
     if "dataset" in out:
@@ -275,64 +240,3 @@ def parse(job: str, text_or_dict: str | dict, *, where: str = "--settings", **wi
     return SimpleNamespace(**out)
 
 
-def check_keys(expected, got, where: str) -> None:
-    """One line naming the keys missing from `got` and those it should not have."""
-    missing, unknown = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-    if missing or unknown:
-        raise SimattrError(f"{where}: " + "; ".join(x for x in (
-            f"lacks {', '.join(missing)}" if missing else "",
-            f"has unknown keys {', '.join(unknown)}" if unknown else "") if x))
-
-
-def typed_fields(cls, d: dict, keys, where: str) -> dict:
-    """`d`'s entries for exactly `keys` (the other fields of dataclass `cls` None), an int given for a float
-    field made a float (as argparse made it before settings travelled as JSON)."""
-    check_keys(keys, d, where)
-    out = {}
-    for k, f in cls.__dataclass_fields__.items():
-        v = d.get(k)
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        if k in keys and isinstance(v, int) and not isinstance(v, bool) and kind.startswith("float"):
-            v = float(v)
-        out[k] = v
-    return out
-
-
-def named_fields(cls, d: dict, fields_by_name: dict, what: str, where: str, key: str = "name") -> dict:
-    """typed_fields for settings whose `key` field (name, engine) says which fields they read: one line for an
-    unknown one."""
-    if not isinstance(d, dict) or d.get(key) not in fields_by_name:
-        got = d.get(key) if isinstance(d, dict) else d
-        named = what if key == "name" else f"{what} {key}"          # "dataset", "model", "support engine"
-        raise SimattrError(f"{where}: unknown {named} {got!r}; valid: {', '.join(fields_by_name)}")
-    return typed_fields(cls, d, fields_by_name[d[key]], where)
-
-
-class Named:
-    """A typed settings object whose KEY field (`name`; support.Settings: `engine`) picks the fields it reads
-    (datasets.Spec, models.Recipe, support.Settings): FIELDS maps each value to them (the fields it does not read
-    are None); WHAT is its config section."""
-    FIELDS: ClassVar[dict[str, tuple[str, ...]]]
-    WHAT: ClassVar[str]
-    KEY: ClassVar[str] = "name"
-
-    @classmethod
-    def from_settings(cls, d: dict, where: str | None = None):
-        """From exactly the fields it reads (identity()); a missing or extra one is one line naming it."""
-        return cls(**named_fields(cls, d, cls.FIELDS, cls.WHAT, where or cls.WHAT, cls.KEY))
-
-    @classmethod
-    def from_config(cls, section: dict):
-        """From its config section (validated, or any mapping holding at least its fields): the fields it
-        reads."""
-        return cls.from_settings({k: section.get(k) for k in cls.FIELDS.get(section.get(cls.KEY), (cls.KEY,))
-                                  if k in section or k == cls.KEY})
-
-    @classmethod
-    def of(cls, **fields):
-        """The schema's default with `fields` changed (for hand use and tests)."""
-        return cls.from_config({**defaults()[cls.WHAT], **fields})
-
-    def identity(self) -> dict:
-        """The fields it reads (what outputs made from it hash)."""
-        return {k: getattr(self, k) for k in self.FIELDS[getattr(self, self.KEY)]}

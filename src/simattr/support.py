@@ -35,7 +35,7 @@ from . import __version__, flipcurve, models, store
 from .config import METRICS, check_support
 from .errors import SimattrError
 from .queries import load_queries
-from .settings import Named
+from .typed import Named
 
 PROTOCOL_VERSION = 5   # 2: k = 0 is probed after a flipping k_max probe; 3: the k = 0 probe reuses the
                        # full-data models of the queries stage; 4: seed sets, the adaptive engine, fitted curves;
