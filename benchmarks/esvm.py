@@ -6,7 +6,7 @@
 For each scale, in one process: the matmul + top-100 floor, the batched solver on every query (median over
 --repeats), the scikit-learn reference on a sample of the queries, their ratio, and the agreement on that
 sample (top-100 overlap and Spearman correlation of the scores, per query: min and mean). The features are
-`simattr.esvm.clustered_features` (seeded clusters with a power-law spectrum, like self-supervised features).
+`simattr.synthetic.clustered_features` (seeded clusters with a power-law spectrum, like self-supervised features).
 """
 from __future__ import annotations
 
@@ -21,7 +21,19 @@ from timing import median_time
 import torch
 from scipy.stats import spearmanr
 
-from simattr.esvm import clustered_features, esvm_reference, exemplar_svm_scores
+from simattr import config
+from simattr import esvm
+from simattr.synthetic import clustered_features
+
+SVM = config.defaults()["esvm"]       # the schema's C, chunk_size, tol and max_iter
+
+
+def exemplar_svm_scores(q, neg, C=SVM["C"], **kw):
+    return esvm.exemplar_svm_scores(q, neg, C, **{"chunk_size": SVM["chunk_size"], **kw})
+
+
+def esvm_reference(q, neg):
+    return esvm.esvm_reference(q, neg, SVM["C"], tol=SVM["tol"], max_iter=SVM["max_iter"])
 
 
 def run_scale(name: str, n: int, d: int, m: int, m_ref: int, repeats: int, seed: int, k: int = 100) -> dict:

@@ -6,7 +6,7 @@
 1. One image's ranking at CIFAR scale (5,000 candidates x 512-d features, one class of CIFAR-10 with ResNet-18
    features), against one exemplar SVM as the released code fits it (scikit-learn LinearSVC on 5,001 rows) and
    against the batched solver's cost per query (128 queries at once): the median over --repeats, on three feature
-   distributions (simattr.esvm.clustered_features, i.i.d. Gaussian, rectified Gaussian like post-ReLU pooled
+   distributions (simattr.synthetic.clustered_features, i.i.d. Gaussian, rectified Gaussian like post-ReLU pooled
    features) and on real features (the digits run's SimCLR embeddings, one class: about 144 x 128).
 2. `simattr explain` on a digits PNG, load included: the wall seconds of the whole command (a new process, as a
    user runs it), the median over --runs runs, with the full-data models from TRAK's checkpoints when the results
@@ -31,7 +31,7 @@ from timing import median_time
 
 def features(kind: str, n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(candidates (n, d), queries (128, d)) float32 of one distribution."""
-    from simattr.esvm import clustered_features
+    from simattr.synthetic import clustered_features
 
     rng = np.random.default_rng(seed)
     if kind == "clustered":

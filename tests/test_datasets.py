@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datafiles import CIFAR_CLASSES, cifar_images, make_cifar_root, make_image_folder
 
-from simattr import datasets
+from simattr import datasets, images
 from simattr.datasets import Spec, load_split, n_classes
 from simattr.errors import SimattrError
 
@@ -234,7 +234,7 @@ def test_an_embed_job_builds_its_network_once(tmp_path, monkeypatch):
 def test_a_pinned_stream_feeds_cuda_without_changing_a_bit(tmp_path):
     import torch
 
-    from simattr.datasets import tensor_to_unit
+    from simattr.images import tensor_to_unit
 
     spec = Spec.of(name="imagefolder", root=str(make_image_folder(tmp_path / "f", per_class=5)), image_size=16)
     part = load_split(spec, "train")
@@ -257,4 +257,4 @@ def test_resize_crop_is_torchvisions_resize_then_centre_crop(size):
     im = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
     for target in (32, 24, 17):
         want = np.asarray(TF.center_crop(TF.resize(im, target), [target, target]))
-        assert np.array_equal(np.asarray(datasets.resize_crop(im, target)), want), (size, target)
+        assert np.array_equal(np.asarray(images.resize_crop(im, target)), want), (size, target)

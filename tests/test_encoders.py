@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from simattr import augment as A
+from simattr import config
 from simattr import encoders as E
 from simattr.datasets import load_split
 from simattr.errors import SimattrError
@@ -36,9 +37,9 @@ def states(data):
 
 
 def test_registry_names():
-    assert E.ENCODERS == ("pixels", "simclr", "supervised", "resnet")
-    assert E.TRAINABLE == ("simclr", "supervised", "resnet")
-    assert [E.get(n) for n in E.ENCODERS] == [E.Pixels, E.SimCLR, E.Supervised, E.ResNet]
+    assert config.FEATURE_ENCODERS == ("pixels", "simclr", "supervised", "resnet")
+    assert config.STATE_ENCODERS == ("simclr", "supervised", "resnet")
+    assert [E.get(n) for n in config.FEATURE_ENCODERS] == [E.Pixels, E.SimCLR, E.Supervised, E.ResNet]
     assert all(issubclass(k, E.Encoder) and k.name == n for n, k in E.KINDS.items())
     assert not hasattr(E, "DEFAULT_PARAMS")
     for name in TINY:
@@ -58,7 +59,7 @@ def test_unknown_encoder_lists_valid_names(data, tmp_path):
     x, y, _ = data
     with pytest.raises(SimattrError) as e:
         E.get("vit")
-    for name in E.ENCODERS:
+    for name in config.FEATURE_ENCODERS:
         assert name in str(e.value)
     assert "vit" in str(e.value)
     with pytest.raises(SimattrError, match="pixels, simclr, supervised, resnet"):
@@ -167,7 +168,7 @@ def test_save_load_round_trip(states, data, tmp_path, name):
         assert loaded.dim == states[name].dim
         np.testing.assert_array_equal(loaded.encode(xt), states[name].encode(xt))
     assert list(loaded.state_dict()) == list(raw)
-    if name in E.TRAINABLE:  # the projection head / classifier layer is not part of the state
+    if name in config.STATE_ENCODERS:  # the projection head / classifier layer is not part of the state
         assert all(not k.startswith("head") for k in raw["backbone"])
 
 

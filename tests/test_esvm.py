@@ -6,7 +6,19 @@ from scipy.stats import spearmanr
 
 from simattr import datasets, encoders, store
 from simattr.errors import SimattrError
-from simattr.esvm import clustered_features, esvm_reference, exemplar_svm_scores
+from simattr import config
+from simattr import esvm
+from simattr.synthetic import clustered_features
+
+SVM = config.defaults()["esvm"]       # the schema's C, chunk_size, tol and max_iter
+
+
+def exemplar_svm_scores(q, neg, C=SVM["C"], **kw):
+    return esvm.exemplar_svm_scores(q, neg, C, **{"chunk_size": SVM["chunk_size"], **kw})
+
+
+def esvm_reference(q, neg):
+    return esvm.esvm_reference(q, neg, SVM["C"], tol=SVM["tol"], max_iter=SVM["max_iter"])
 
 
 def agreement(got, ref, k=100):

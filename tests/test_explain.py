@@ -17,7 +17,7 @@ from PIL import Image
 
 from datafiles import make_cifar_root
 from simattr import config as sconfig
-from simattr import datasets, embedding, queries, scoring, settings, store, support
+from simattr import datasets, embedding, queries, scoring, store, support
 from simattr.errors import SimattrError
 from simattr.explain import Attributor
 from simattr.models import Recipe
@@ -59,7 +59,7 @@ def results(tmp_path_factory):
     scoring.score_class(data=data, encoder="simclr", ranker="esvm", cls=y, class_conditioned=True, topk=16,
                         train_index=str(p(store.EMBED_INDEX, encoder="simclr", split="train")),
                         test_index=str(p(store.EMBED_INDEX, encoder="simclr", split="test")),
-                        ranker_settings=settings.ranker_settings(c, "esvm"), out=str(sc), progress=False)
+                        ranker_settings=sconfig.ranker_settings(c, "esvm"), out=str(sc), progress=False)
     s = {**c["support"], **c["support"]["removal"], "k_max": 16, "seeds_max": 3, "max_models": 8,
          "dataset": "digits", "encoder": "simclr", "ranker": "esvm", "model": recipe.identity()}
     support.answer(queries_path=str(qpath), scores_path=str(sc), test_index=t, metric="removal",

@@ -22,6 +22,7 @@ from typing import Any
 
 from .accel import device as accel_device
 from .errors import SimattrError
+from .images import tensor_to_unit
 
 ARCHS = ("resnet18", "resnet50")
 LAYOUTS = ("auto", "torchvision", "moco_v2", "moco_v3", "simclr", "lightly")
@@ -191,7 +192,6 @@ class Features:
     def __call__(self, images):
         import torch
 
-        from .datasets import tensor_to_unit
 
         x = tensor_to_unit(images, self.device)        # uint8 batches travel as uint8 and are scaled here
         if x.shape[1] == 1:

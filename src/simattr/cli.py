@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-
+from . import accel, answers, embedding, export, lds, plan, queries, scoring, settings, store, subsets, trak, typed
 from . import config as sconfig
-from . import typed
+from .accel import cuda_in_use
 from .config import METRICS, MODEL_RANKERS
 from .datasets import SPLITS
 from .errors import SimattrError
+from .explain import DEFAULT_K, DEFAULT_METHOD, RANKERS, explain_command
+from .settings import JOBS
 from .subsets import PURPOSES
 
 
@@ -42,16 +46,12 @@ class Command:
     @property
     def wildcards(self) -> tuple[str, ...]:
         """The job's wildcards (settings.JOBS): flags of the command that its settings depend on."""
-        from .settings import JOBS
-
         return JOBS[self.name][1]
 
 
 def job_settings(a: argparse.Namespace, job: str, wildcards: tuple[str, ...]):
     """The job's settings: --settings JSON (the workflow's way) or built from --config FILE (by hand; the
     schema's defaults fill what the file leaves out)."""
-    from . import settings
-
     kw = {w: getattr(a, w) for w in wildcards}
     if a.config:
         return settings.parse(job, settings.for_job(job, sconfig.load(a.config), **kw),
@@ -62,7 +62,6 @@ def job_settings(a: argparse.Namespace, job: str, wildcards: tuple[str, ...]):
 def _launch(a: argparse.Namespace):
     """The support tasks' launch settings: --launch KEY=VALUE ... (the workflow passes the `launch` section as
     resources: how tasks run changes no answer) or the --config file's."""
-    from . import settings
     from .launch import LaunchSettings
 
     if a.launch:
@@ -163,8 +162,6 @@ def _add_args(p: argparse.ArgumentParser, specs) -> None:
 
 
 def _train_encoder(a, s, progress):
-    from . import embedding
-
     embedding.train_encoder(data=s.dataset, encoder=a.encoder, params=s.params, seed=s.seed, out=a.out,
                             progress=progress)
 
@@ -173,14 +170,11 @@ def _workers(a) -> int:
     """--workers, else embed.workers of the --config file, else the schema's."""
     if a.workers is not None:
         return a.workers
-    from . import settings
 
     return (sconfig.load(a.config) if a.config else sconfig.defaults())["embed"]["workers"]
 
 
 def _embed(a, s, progress):
-    from . import embedding
-
     kw = dict(data=s.dataset, encoder=a.encoder, split=a.split, shard_size=s.shard_size, state_path=a.state,
               batch_size=s.batch_size, float16=s.float16, workers=_workers(a), progress=progress)
     if (a.shard is None) != (a.out is None):
@@ -192,39 +186,29 @@ def _embed(a, s, progress):
 
 
 def _embed_index(a, s, progress):
-    from . import embedding
-
     embedding.embed_index(data=s.dataset, encoder=a.encoder, split=a.split, shards=a.shards, out=a.out,
                           state_path=a.state)
 
 
 def _score(a, s, progress):
-    from . import scoring
-
     scoring.score_class(data=s.dataset, encoder=a.encoder, ranker=a.ranker, cls=a.cls, train_index=a.train_index,
                         test_index=a.test_index, class_conditioned=s.class_conditioned, topk=s.topk,
                         ranker_settings=s.ranker, out=a.out, progress=progress)
 
 
 def _score_model(a, s, progress):
-    from . import scoring
-
     scoring.score_model_class(data=s.dataset, ranker=a.ranker, cls=a.cls, class_conditioned=s.class_conditioned,
                               topk=s.topk, out=a.out, trak_scores=a.trak_scores, subset_shards=a.subsets,
                               datamodels=s.ranker, progress=progress)
 
 
 def _score_external(a, s, progress):
-    from . import scoring
-
     scoring.score_external_class(data=s.dataset, name=a.ranker, cls=a.cls, scores_path=a.scores,
                                  index_path=a.index, class_conditioned=s.class_conditioned, topk=s.topk,
                                  source=s.source, out=a.out)
 
 
 def _export(a, s, progress):
-    from . import export
-
     embeddings = []
     for e in a.embeddings:
         parts = e.split(":", 2)
@@ -237,22 +221,16 @@ def _export(a, s, progress):
 
 
 def _subsets(a, s, progress):
-    from . import subsets
-
     subsets.train_shard(data=s.dataset, purpose=a.purpose, alpha=s.alpha, n_models=s.models,
                         shard_size=s.shard_size, shard=a.shard, recipe=s.model, out=a.out, progress=progress)
 
 
 def _trak_checkpoints(a, s, progress):
-    from . import trak
-
     trak.trak_checkpoints(data=s.dataset, recipe=s.model, n_checkpoints=s.checkpoints, seed=s.seed, out=a.out,
                           progress=progress)
 
 
 def _trak(a, s, progress):
-    from . import trak
-
     if s.projector != trak.PROJECTOR:
         raise SimattrError(f"settings ask for TRAK projector {s.projector!r}; this simattr computes "
                            f"{trak.PROJECTOR!r}")
@@ -262,21 +240,15 @@ def _trak(a, s, progress):
 
 
 def _lds(a, s, progress):
-    from . import lds
-
     lds.lds_stage(score_files=a.scores, subset_shards=a.subsets, n_boot=s.n_boot, seed=s.seed, out=a.out)
 
 
 def _queries(a, s, progress):
-    from . import queries
-
     queries.prepare_queries(data=s.dataset, n_test=s.n_test, sample_seed=s.sample_seed, flip_models=s.flip_models,
                             recipe=s.model, out_path=a.out, log=logging.getLogger("simattr"))
 
 
 def _support(a, s, progress):
-    from . import answers
-
     answers.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir, gather_out=a.out,
                           metric=a.metric, settings=s.support, launch=_launch(a), progress=progress,
                           replicates=s.replicates)
@@ -284,16 +256,12 @@ def _support(a, s, progress):
 
 def _launch_dict(a) -> dict:
     """The `launch` section as a dict: --launch KEY=VALUE ... or the --config file's (or the schema's)."""
-    from . import settings
-
     if a.launch:
         return typed.key_values(a.launch, "--launch")
     return settings.launch(sconfig.load(a.config) if a.config else sconfig.defaults())
 
 
 def _plan(a, s, progress):
-    from . import plan
-
     p = plan.make_plan(vars(s) | {"dataset": s.dataset.identity(), "model": s.model.identity()}, _launch_dict(a),
                        time_per_model_s=a.time_per_model, calibration_path=a.calibration, history=not a.no_history)
     sys.stdout.write(plan.render(p))
@@ -302,8 +270,6 @@ def _plan(a, s, progress):
 
 
 def _calibrate(a, s, progress):
-    from . import plan
-
     c = plan.calibrate({"results": s.results, "dataset": s.dataset.identity(), "model": s.model.identity()},
                        device=a.device, out=a.out, steps=a.timed_steps, log=logging.getLogger("simattr"))
     sys.stdout.write(f"calibration: {c['model']} on {c['dataset']}, device {c['device']}"
@@ -326,8 +292,6 @@ def _report(a, s, progress):
         raise SimattrError("report: no support gathers given (--gathers or a --manifest with 'gathers')")
     planned = None
     if a.plan_settings:
-        from . import plan, settings
-
         ps = settings.parse("plan", a.plan_settings, where="--plan-settings")
         planned = plan.make_plan(vars(ps) | {"dataset": ps.dataset.identity(), "model": ps.model.identity()},
                                  _launch_dict(a), calibration_path=a.calibration, history=False)
@@ -370,8 +334,6 @@ COMMANDS = {c.name: c for c in (
 def _explain_parser(sub) -> None:
     """`simattr explain`: not a workflow job, so not in COMMANDS (no --settings); it reads a finished workflow's
     results."""
-    from .explain import DEFAULT_K, DEFAULT_METHOD, RANKERS
-
     p = sub.add_parser("explain", help="which training images a similarity method ranks first for your own "
                        "images (reads a finished workflow's results)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
@@ -386,9 +348,6 @@ def _explain_parser(sub) -> None:
 
 
 def _explain(a: argparse.Namespace) -> None:
-    from . import config as sconfig
-    from .explain import explain_command
-
     path = a.config or ("config/config.yaml" if Path("config/config.yaml").is_file() else None)
     c = sconfig.load(path) if path else sconfig.validate({})
     if a.results:
@@ -419,12 +378,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _write_usage(log_path: str, cmd: str, t0: float) -> None:
     """{cmd, wall_s, cpu_s, cuda, gpu}: whether this command had a CUDA device (torch imported and a device
     present: its wall seconds count as GPU seconds in the report's cost table)."""
-    import os
-    import time
-
-    from . import store
-    from .accel import cuda_in_use
-
     cuda = cuda_in_use()
     t = os.times()
     store.write_json(store.usage_path(log_path), {
@@ -434,13 +387,9 @@ def _write_usage(log_path: str, cmd: str, t0: float) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    import time
-
     t0 = time.perf_counter()
     a = build_parser().parse_args(argv)
     _setup_logging(a.log)
-    from . import accel
-
     accel.claim(f"simattr {a.cmd}" + (f" (log {a.log})" if a.log else ""), a.gpus)
     if a.cmd == "explain":
         _explain(a)
@@ -454,8 +403,6 @@ def run(argv: list[str] | None = None) -> int:
 
 def _read_report_manifest(a: argparse.Namespace) -> None:
     """Fill the report's list arguments from --manifest (what the workflow's report_manifest rule writes)."""
-    from . import store
-
     keys = store.REPORT_MANIFEST_KEYS
     m = store.read_json(a.manifest)
     if not isinstance(m, dict):

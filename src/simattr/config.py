@@ -3,35 +3,88 @@ from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .encoders import ENCODERS as FEATURE_ENCODERS
 from .errors import SimattrError
 
-# The registries' names, known without importing torch (the schema lists them too; a test checks both agree).
+# The registries' names and facts, known without importing torch (the schema lists the names too; tests check
+# that both agree and that the code's registries, encoders.KINDS and rankers.RANKERS, hold exactly these).
+#: feature extractors -> where their state comes from: none (pixels), a training rule, or an imported checkpoint
+FEATURE_ENCODER_STATE = {"pixels": None, "simclr": "trained", "supervised": "trained", "resnet": "imported"}
+FEATURE_ENCODERS = tuple(FEATURE_ENCODER_STATE)
+TRAINED_ENCODERS = tuple(e for e, s in FEATURE_ENCODER_STATE.items() if s == "trained")   # rule train_encoder
+STATE_ENCODERS = tuple(e for e, s in FEATURE_ENCODER_STATE.items() if s)                   # a state file (.pt)
 MODEL_ENCODER = "model"                   # the retrained model itself: the features of the model-based rankers
 EXTERNAL_ENCODER = "external"             # an outside method's scores file (simattr.external)
 EXTERNAL_RANKER = "scores"                # its ranker in the config; its name stands for it everywhere else
 ENCODERS = FEATURE_ENCODERS + (MODEL_ENCODER, EXTERNAL_ENCODER)
 #: the keys of an external method entry besides encoder and ranker (name and path required)
 EXTERNAL_KEYS = ("name", "path", "layout", "sign", "key", "index")
-#: every ranker, with its settings: (config section, key there, the ranker's keyword); settings.ranker_settings
-RANKER_KEYS = {
-    "esvm": (("esvm", "C", "C"), ("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
-    "esvm_reference": (("esvm", "C", "C"), ("esvm", "tol", "tol"), ("esvm", "max_iter", "max_iter")),
-    "esvm_signed": (("esvm", "C", "C"), ("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device"),
-                    ("esvm", "runner_up_neighbours", "neighbours")),
-    "knn_l2": (("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
-    "knn_cos": (("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")),
-    "random": (("score", "random_seed", "random_seed"),),
-    "trak": (),
-    "datamodels": (("datamodels", "n_alphas", "n_alphas"), ("datamodels", "val_fraction", "val_fraction")),
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """One of simattr's rankers, everything the package and the workflow need to know of it."""
+    family: str                              # "feature": from an encoder's features; "model": retrained models
+    keys: tuple[tuple[str, str, str], ...]   # its settings: (config section, key there, the ranker's keyword)
+    reads: str = "class"                     # the feature rows its score job reads: "class" (the class's test and
+    #                                          candidate rows), "all" (every training row too), "none" (no feature)
+    signed: bool = False                     # scores every training image, signed (not only its candidates, >= 0)
+    explain: bool = False                    # ranks new images (simattr explain, Attributor)
+    chunked: bool = False                    # its unconditioned candidates are scored chunk by chunk
+
+    @property
+    def device(self) -> bool:
+        """Runs on a torch device (esvm.device): a GPU when the config asks."""
+        return any(kw == "device" for _, _, kw in self.keys)
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        return tuple(kw for _, _, kw in self.keys)
+
+
+_C, _CHUNK, _DEVICE = ("esvm", "C", "C"), ("esvm", "chunk_size", "chunk_size"), ("esvm", "device", "device")
+#: every ranker of simattr's own, by name: the one table every list of rankers is derived from
+RANKER_SPECS: dict[str, Ranker] = {
+    "esvm": Ranker("feature", (_C, _CHUNK, _DEVICE), explain=True),
+    "esvm_reference": Ranker("feature", (_C, ("esvm", "tol", "tol"), ("esvm", "max_iter", "max_iter")),
+                             explain=True),
+    "esvm_signed": Ranker("feature", (_C, _CHUNK, _DEVICE, ("esvm", "runner_up_neighbours", "neighbours")),
+                          reads="all", signed=True),
+    "knn_l2": Ranker("feature", (_CHUNK, _DEVICE), explain=True, chunked=True),
+    "knn_cos": Ranker("feature", (_CHUNK, _DEVICE), explain=True, chunked=True),
+    "random": Ranker("feature", (("score", "random_seed", "random_seed"),), reads="none"),
+    "trak": Ranker("model", (), signed=True),
+    "datamodels": Ranker("model", (("datamodels", "n_alphas", "n_alphas"),
+                                   ("datamodels", "val_fraction", "val_fraction")), signed=True),
 }
-RANKERS = tuple(RANKER_KEYS)               # simattr's own rankers (an external method's name is its ranker)
-MODEL_RANKERS = ("trak", "datamodels")
+RANKERS = tuple(RANKER_SPECS)              # simattr's own rankers (an external method's name is its ranker)
+MODEL_RANKERS = tuple(r for r, s in RANKER_SPECS.items() if s.family == "model")
+FEATURE_RANKERS = tuple(r for r, s in RANKER_SPECS.items() if s.family == "feature")
+DEVICE_RANKERS = tuple(r for r, s in RANKER_SPECS.items() if s.device)
+EXPLAIN_RANKERS = tuple(r for r, s in RANKER_SPECS.items() if s.explain)
+SIGNED_RANKERS = tuple(r for r, s in RANKER_SPECS.items() if s.signed)
+FLOAT_KEYWORDS = ("C", "tol", "val_fraction")   # floats even where a config wrote 1
+
+
+def ranker(name: str) -> Ranker:
+    """The spec of ranker `name`; one line naming the valid ones when it is not one."""
+    if name not in RANKER_SPECS:
+        raise SimattrError(f"unknown ranker '{name}'; valid: {', '.join(RANKER_SPECS)}")
+    return RANKER_SPECS[name]
+
+
+def ranker_settings(c: dict, name: str) -> dict:
+    """The keywords of ranker `name` from a validated config (rankers.score, datamodels.fit_datamodels): a change
+    to another ranker's setting reruns none of its jobs."""
+    return {kw: (None if c[section][key] is None else float(c[section][key])) if kw in FLOAT_KEYWORDS
+            else c[section][key] for section, key, kw in ranker(name).keys}
+
+
 METRICS = ("removal", "mislabel")
 #: the schema: every config key, its type and its default (the one place defaults are written)
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"

@@ -16,15 +16,17 @@ PIL are imported where they are used.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
+import multiprocessing
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from . import images
 from .errors import SimattrError
 from .typed import Named
 
@@ -84,23 +86,6 @@ class Spec(Named):
             raise SimattrError(f"dataset.bad_images must be one of {', '.join(BAD_IMAGES)}, got {self.bad_images!r}")
 
 
-def to_unit(raw: np.ndarray) -> np.ndarray:
-    """Raw images as float32 in [0, 1]: 8-bit images divided by 255 (the same float32 bits as on a device)."""
-    raw = np.asarray(raw)
-    return raw.astype(np.float32) / np.float32(255.0) if raw.dtype == np.uint8 else raw.astype(np.float32, copy=False)
-
-
-def tensor_to_unit(x, device=None):
-    """A raw image batch as a float32 torch tensor in [0, 1] on `device`: moved first (uint8: a quarter of the
-    bytes, without blocking when pinned), then scaled there."""
-    import torch
-
-    x = torch.as_tensor(x)
-    if device is not None:
-        x = x.to(device, non_blocking=True)
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-
-
 class Source:
     """Picklable images of a split (DataLoader workers unpickle it under the forkserver and spawn start methods):
     raw(index) -> (n, C, H, W) uint8 for 8-bit datasets, float32 in [0, 1] otherwise."""
@@ -109,7 +94,7 @@ class Source:
         raise NotImplementedError
 
     def __call__(self, index: np.ndarray) -> np.ndarray:
-        return to_unit(self.raw(index))
+        return images.to_unit(self.raw(index))
 
 
 class ArraySource(Source):
@@ -132,7 +117,7 @@ class FolderSource(Source):
     def raw(self, index):
         out = np.empty((len(index), 3, self.size, self.size), dtype=np.uint8)
         for j, k in enumerate(index):
-            out[j] = _decode(self.root / self.files[k], self.size)
+            out[j] = images.decode(self.root / self.files[k], self.size)
         return out
 
 
@@ -191,7 +176,7 @@ class Split:
 
     def load(self, index) -> np.ndarray:
         """Images at positions `index` of this split: float32 (n, C, H, W) in [0, 1]."""
-        return to_unit(self.load_raw(index))
+        return images.to_unit(self.load_raw(index))
 
     def load_raw(self, index) -> np.ndarray:
         """Images at positions `index` as stored: uint8 (n, C, H, W) for 8-bit datasets (CIFAR-10, image
@@ -237,7 +222,7 @@ class _Batches:
 
 class Stream:
     """Batches of a split's images as raw torch tensors (uint8 for 8-bit datasets: a quarter of float32's bytes
-    through the workers' pipes and to the device; `tensor_to_unit` scales them there), decoded by `workers`
+    through the workers' pipes and to the device; `images.tensor_to_unit` scales them there), decoded by `workers`
     DataLoader processes that persist from one call to the next (an epoch each), into pinned memory when `pin`
     (copies to CUDA then do not block). Picklable for every start method (`context`: forkserver, spawn, fork;
     None: the platform's default). Call it with an epoch's positions; `close()` (or garbage collection) stops
@@ -249,8 +234,6 @@ class Stream:
         self.order = _Order(batch_size)
         self._loader = None
         if self.workers:
-            import multiprocessing
-
             import torch.utils.data as tud
 
             self._loader = tud.DataLoader(
@@ -321,20 +304,18 @@ def _digits_split(spec: Spec, split: str) -> Split:
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
-    images = (d.images.astype(np.float32) / 16.0)[:, None, :, :]
+    pixels = (d.images.astype(np.float32) / 16.0)[:, None, :, :]
     labels = d.target.astype(np.int64)
     tr, te = train_test_split(np.arange(len(labels)), test_size=spec.test_fraction, random_state=spec.split_seed,
                               stratify=labels)
     idx = np.sort(tr if split == "train" else te)
-    return Split(labels[idx], idx, tuple(str(c) for c in d.target_names), ArraySource(images[idx]))
+    return Split(labels[idx], idx, tuple(str(c) for c in d.target_names), ArraySource(pixels[idx]))
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR-10
 def _cifar_split(spec: Spec, split: str) -> Split:
     """torchvision's CIFAR10 reader on ROOT/cifar-10-batches-py. The files' presence is checked here (with an
     error that says what to put where); their md5 sums are not, so subsets and test fixtures load too."""
-    import pickle
-
     from torchvision.datasets import CIFAR10
 
     folder = Path(spec.root) / CIFAR_FOLDER
@@ -409,18 +390,6 @@ def _folder_classes(spec: Spec) -> tuple[str, ...]:
     return tuple(e.name for e in entries)
 
 
-def _check_image(path: Path) -> str | None:
-    """None when PIL can open and verify the file, else why not."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as e:  # noqa: BLE001 - any failure to read means a bad image
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
 @functools.lru_cache(maxsize=8)
 def _folder_listing(spec: Spec, split: str) -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]:
     """(files relative to the root, labels, skipped files) of one split, sorted by class then file name."""
@@ -448,7 +417,7 @@ def _folder_listing(spec: Spec, split: str) -> tuple[tuple[str, ...], np.ndarray
                 why = None if fn.lower().endswith(IMAGE_EXTENSIONS) else \
                     f"not an image file (endings read: {' '.join(IMAGE_EXTENSIONS)})"
                 if why is None and spec.bad_images == "skip":
-                    why = _check_image(p)
+                    why = images.check_image(p)
                 if why is not None:
                     if spec.bad_images == "error":
                         raise SimattrError(f"{p}: {why}; remove it, or set dataset.bad_images: skip to leave out "
@@ -462,77 +431,9 @@ def _folder_listing(spec: Spec, split: str) -> tuple[tuple[str, ...], np.ndarray
     return tuple(files), np.asarray(labels, dtype=np.int64), tuple(skipped)
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
-    """One image file as uint8 (3, size, size): RGB, shorter side resized to `size`, centre crop."""
-    with _open_image(path, "remove or replace it") as im:
-        return np.asarray(resize_crop(_eight_bit(im).convert("RGB"), size), dtype=np.uint8).transpose(2, 0, 1)
-
-
-def resize_crop(im, size: int):
-    """A PIL image with its shorter side resized to `size` (bilinear) and centre-cropped square: the pixels of
-    torchvision's F.center_crop(F.resize(im, size), [size, size]) on a PIL image, without importing torchvision
-    (seconds: it pulls in torch._dynamo), so decoders and `simattr explain` start fast."""
-    from PIL import Image
-
-    w, h = im.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_long = int(size * long / short)
-    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
-    if (new_w, new_h) != (w, h):
-        im = im.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-    return im.crop((left, top, left + size, top + size))
-
-
-@contextlib.contextmanager
-def _open_image(path: Path, fix: str):
-    """A decoded PIL image; a file that is not a readable image is one line naming it (and `fix`)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            yield im
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for unreadable, truncated or foreign files
-        raise SimattrError(f"{path}: cannot decode the image ({type(e).__name__}: {e}); {fix}") from None
-
-
-def _eight_bit(im):
-    """A 16-bit or 32-bit integer grey image (PNG's 16-bit modes) as 8-bit grey, scaled (PIL's convert would clip);
-    any other mode as it is (convert("RGB") / ("L") handle palettes, alpha, CMYK)."""
-    from PIL import Image
-
-    if im.mode.startswith("I"):
-        a = np.asarray(im, dtype=np.float64)
-        return Image.fromarray(np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8), "L")
-    return im
-
-
 def read_image(spec: Spec, path: str | Path) -> np.ndarray:
-    """An image file as this dataset stores its own images (Split.load_raw), for images from outside it:
-    digits, grey, resized to 8 x 8 if it is not, on the digits' 0-16 scale (float32 v / 16, (1, 8, 8));
-    cifar10, RGB, shorter side resized to 32 and centre-cropped (uint8 (3, 32, 32)); imagenet / imagefolder, the
-    dataset's own decoder (uint8 (3, size, size)). Palettes, alpha (dropped), CMYK and 16-bit images are
-    converted; a file that is not an image is one line naming it."""
-    from PIL import Image
-
-    path = Path(path)
-    if not path.is_file():
-        raise SimattrError(f"{path}: image file not found")
-    if spec.name in FOLDER_DATASETS:
-        return _decode(path, spec.image_size or DEFAULT_IMAGE_SIZE)
-    with _open_image(path, "expected a PNG, JPEG or other image file") as im:
-        im = _eight_bit(im)
-        if spec.name == "digits":
-            im = im.convert("L")
-            if im.size != (8, 8):
-                im = im.resize((8, 8), Image.Resampling.BOX)
-            grey = np.round(np.asarray(im, dtype=np.float64) * 16.0 / 255.0)
-            return (grey.astype(np.float32) / np.float32(16.0))[None]
-        im = im.convert("RGB")
-        if im.size != (32, 32):
-            im = resize_crop(im, 32)
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    """An image file from outside dataset `spec`, as the dataset stores its own images (images.read_image)."""
+    return images.read_image(path, spec.name, spec.image_size or DEFAULT_IMAGE_SIZE)
 
 
 def _folder_split(spec: Spec, split: str) -> Split:

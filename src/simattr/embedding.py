@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from . import datasets, store
+from . import config as sconfig
+from . import datasets, encoders, store
 from .errors import SimattrError
 
 log = logging.getLogger("simattr")
@@ -25,11 +27,9 @@ def train_encoder(*, data: datasets.Spec, encoder: str, params: dict, seed: int,
                   progress: bool = True) -> None:
     """Make encoder `encoder`'s state (fitted on the train split, or read from its checkpoint) and save it with the
     settings it was made with."""
-    from . import encoders
-
     kind = encoders.get(encoder)
     if not kind.trainable:
-        raise SimattrError(f"encoder '{encoder}' has no training step; trainable: {', '.join(encoders.TRAINABLE)}")
+        raise SimattrError(f"encoder '{encoder}' has no training step; trainable: {', '.join(sconfig.STATE_ENCODERS)}")
     t0 = time.perf_counter()
     if kind.pretrained:                           # the state is the checkpoint's backbone
         enc, n = kind.from_checkpoint(params, log=log), 0
@@ -46,8 +46,6 @@ def load_encoder(data: datasets.Spec, encoder: str, state_path: str | None, buil
     """(the encoder, ready on its device; the settings hashed into the shards' config_hash). Encoders with a state
     rule come from their file, checked to be made for this data; `pixels` is fitted on the train split here.
     Unless `build`, the encoder is None (its file is read for the settings, no network is built)."""
-    from . import encoders
-
     kind = encoders.get(encoder)
     if not kind.trainable:
         settings = embed_settings(data, encoder, {}, 0)
@@ -76,8 +74,6 @@ def _encode_range(encoder, part: datasets.Split, start: int, stop: int, batch_si
                   what: str, workers: int = 0) -> np.ndarray:
     """Features of images start..stop-1 of a split by `encoder` (an encoders.Encoder), decoded and encoded batch by
     batch (progress bar, log)."""
-    from tqdm import tqdm
-
     cuda = encoder.device is not None and encoder.device.type == "cuda"
     stream = part.stream(batch_size, workers, pin=cuda)  # uint8 batches from persistent decoders
     feats, t0, last, done = [], time.perf_counter(), time.perf_counter(), 0

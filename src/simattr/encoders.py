@@ -8,7 +8,7 @@
                 torchvision layout; see simattr.backbones), head dropped: nothing is trained
 
 One class per kind (Pixels, SimCLR, Supervised, ResNet); KINDS, name -> class, is the one list of the kinds
-(ENCODERS and TRAINABLE are read off it). An encoder is made by its class's `fit` on the train images (ResNet:
+(config.FEATURE_ENCODER_STATE names them without importing torch; the two must agree). An encoder is made by its class's `fit` on the train images (ResNet:
 `from_checkpoint`, nothing is trained) or by `from_state` from a saved state; either way what it needs to encode
 is made ready once (the network built, weights loaded, moved to the device: CUDA when there is one, see accel),
 and `encode` then runs on batch after batch.
@@ -29,16 +29,22 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import augment
-from .accel import default_device, device as accel_device
-from .backbones import one_line
+from .accel import default_device
+from .accel import device as accel_device
+from .backbones import Features, feature_width, load_checkpoint, one_line, resnet, torch_load
+from .config import FEATURE_ENCODERS, STATE_ENCODERS
 from .errors import SimattrError
+from .images import tensor_to_unit, to_unit
+from .store import atomic_path
 
 # simclr's backbones: `small` (_small_backbone; feature_dim wide) or torchvision's ResNet-18 with the CIFAR stem
 # (conv1 3x3 stride 1, no max-pool; 512-d features whatever feature_dim says)
@@ -56,8 +62,6 @@ _BASE_KEYS = ("encoder", "params", "input_shape", "seed")       # in every state
 def _check_images(images: Any, what: str, shape: tuple | None = None):
     """Checked images: a (N, C, H, W) array (as float32; uint8 kept) or torch tensor (kept: uint8 batches are
     scaled on the device), of the encoder's shape, finite."""
-    import sys
-
     torch = sys.modules.get("torch")
     is_tensor = torch is not None and isinstance(images, torch.Tensor)
     if not is_tensor:
@@ -186,7 +190,6 @@ class Encoder:
         """Write the state to `path` atomically (a temporary file in the same folder, renamed into place)."""
         import torch
 
-        from .store import atomic_path
 
         with atomic_path(path) as tmp:
             torch.save(self.state_dict(), tmp)
@@ -302,7 +305,6 @@ class Pixels(Encoder):
         return int(self.mean.shape[0])
 
     def _encode(self, images, batch_size: int) -> np.ndarray:
-        from .datasets import to_unit
 
         x = to_unit(np.asarray(images))
         return ((x.reshape(len(x), -1) - self._mean) / self._std).astype(np.float32)
@@ -330,7 +332,6 @@ class _Network(Encoder):
     def _forward(self, batch) -> np.ndarray:
         import torch
 
-        from .datasets import tensor_to_unit
 
         with torch.inference_mode():
             return self.net(tensor_to_unit(batch, self.device)).cpu().numpy()
@@ -382,8 +383,6 @@ class SimCLR(_Network):
         """The backbone for images of `in_shape` (C, H, W): arch small, or resnet18 (CIFAR stem, conv1 taking C
         channels, fc dropped)."""
         if params["arch"] == "resnet18":
-            from .backbones import resnet
-
             return resnet("resnet18", cifar_stem=True, in_channels=in_shape[0])
         return _small_backbone(in_shape, params["feature_dim"])
 
@@ -398,8 +397,6 @@ class SimCLR(_Network):
     def _train_net(cls, images, labels, params, seed, progress, log) -> dict:   # labels deliberately unused
         import torch
         from torch import nn
-        from tqdm.auto import tqdm
-
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         x_all = torch.from_numpy(np.ascontiguousarray(images))
@@ -454,8 +451,6 @@ class Supervised(_Network):
         import torch
         import torch.nn.functional as F
         from torch import nn
-        from tqdm.auto import tqdm
-
         labels = np.asarray(labels)
         if labels.shape != (len(images),):
             raise SimattrError(f"encoder 'supervised': {len(images)} images but labels of shape {labels.shape}")
@@ -507,8 +502,6 @@ class ResNet(_Network):
     @classmethod
     def from_checkpoint(cls, params: dict, *, log=None, device=None) -> ResNet:
         """The backbone weights found in params['checkpoint'] (see backbones.load_checkpoint)."""
-        from .backbones import load_checkpoint
-
         params = cls.check_params(params)
         backbone, found = load_checkpoint(params["checkpoint"], params["arch"], params["layout"])
         if log is not None:
@@ -526,8 +519,6 @@ class ResNet(_Network):
 
     @property
     def dim(self) -> int:
-        from .backbones import feature_width
-
         return feature_width(self.params["arch"], self.params["feature"])
 
     @property
@@ -535,8 +526,6 @@ class ResNet(_Network):
         return None
 
     def _build(self) -> None:
-        from .backbones import Features
-
         p = self.params
         self.net = Features(p["arch"], self.backbone, bool(self.cifar_stem), p["feature"], p["normalize"],
                             device="cpu")
@@ -551,15 +540,15 @@ class ResNet(_Network):
 
 # The kinds, by name: the one place they are listed.
 KINDS: dict[str, type[Encoder]] = {kind.name: kind for kind in (Pixels, SimCLR, Supervised, ResNet)}
-ENCODERS = tuple(KINDS)
-TRAINABLE = tuple(name for name, kind in KINDS.items() if kind.trainable)  # their state (.pt) comes from a rule
+if tuple(KINDS) != FEATURE_ENCODERS or tuple(n for n, k in KINDS.items() if k.trainable) != STATE_ENCODERS:
+    raise ImportError(f"encoders.KINDS ({', '.join(FEATURE_ENCODERS)}) disagrees with config.FEATURE_ENCODER_STATE")
 
 
 def get(name: Any) -> type[Encoder]:
     """The class of encoder `name`."""
     kind = KINDS.get(name) if isinstance(name, str) else None
     if kind is None:
-        raise SimattrError(f"unknown encoder '{name}'; valid: {', '.join(KINDS)}")
+        raise SimattrError(f"unknown encoder '{name}'; valid: {', '.join(FEATURE_ENCODERS)}")
     return kind
 
 
@@ -569,7 +558,7 @@ def _kind_of(state: Any, where: str, expect: str | None) -> type[Encoder]:
     name = state["encoder"]
     kind = KINDS.get(name) if isinstance(name, str) else None
     if kind is None:
-        raise SimattrError(f"{where}: unknown encoder '{name}' in the state; valid: {', '.join(KINDS)}")
+        raise SimattrError(f"{where}: unknown encoder '{name}' in the state; valid: {', '.join(FEATURE_ENCODERS)}")
     if expect is not None and name != expect:
         raise SimattrError(f"{where}: holds encoder '{name}', expected '{expect}'")
     return kind
@@ -590,8 +579,6 @@ def _made(kind: type[Encoder], state: dict, where: str, device) -> Encoder:
 def read_state(path, expect: str | None = None) -> dict:
     """The state saved at `path` by Encoder.save, as a dict, checked to hold an encoder (of kind `expect`) but not
     made ready (no network built): for reading what was stored beside it (the embed stage's "settings")."""
-    from .backbones import torch_load
-
     if expect is not None:
         get(expect)
     state = torch_load(Path(path), f"encoder state not found (fit encoder '{expect}' first)" if expect else

@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from . import accel
 from .accel import device as accel_device
 from .errors import SimattrError
 
@@ -62,33 +65,6 @@ class SolveInfo:
         return (f"{self.queries} queries x {self.negatives} negatives, {self.backend} backend, Newton steps "
                 f"mean {steps.mean():.2f} max {int(steps.max())}, line searches {self.line_searches}, "
                 f"active set mean {act.mean():.1f}, unconverged {self.unconverged}")
-
-
-_ALLOCATOR_TUNED = False
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS (once per process).
-
-    The solver allocates and frees many chunk-sized arrays (a few MiB each) per Newton step; by default glibc
-    serves those with fresh mmap'd pages or trims its heap after each free, so every step pays page faults and
-    zeroing again (measured here: 10-25% of the solver's CPU time, as system time). This is what PyTorch's CPU
-    tuning guide gets by preloading jemalloc or tcmalloc. The cost: a process's resident memory does not shrink
-    back after a large temporary is freed. A no-op (False) off glibc; True when set."""
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return True
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-    ok = (mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1) & (mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1) == 1) \
-        & (mallopt(M_TOP_PAD, 64 << 20) == 1)
-    _ALLOCATOR_TUNED = bool(ok)
-    return _ALLOCATOR_TUNED
 
 
 def _as_tensor(x, name: str, device, dtype) -> torch.Tensor:
@@ -467,8 +443,8 @@ def _solve_chunk(neg: _Negatives, Q: torch.Tensor, max_iter: int, warm_m: int
     return out, info
 
 
-def exemplar_svm_scores(queries, negatives, C: float = 0.1, *, device=None, dtype=None,
-                        chunk_size: int = 128, max_iter: int = 50, ridge: float | None = None,
+def exemplar_svm_scores(queries, negatives, C: float, *, chunk_size: int, device=None, dtype=None,
+                        max_iter: int = 50, ridge: float | None = None,
                         warm_start_size: int = 512, what: str = "features", progress=None,
                         return_info: bool = False):
     """(B, n) exemplar-SVM scores of `negatives` for every row of `queries` (numpy arrays or torch tensors).
@@ -496,7 +472,7 @@ def exemplar_svm_scores(queries, negatives, C: float = 0.1, *, device=None, dtyp
         raise SimattrError(f"esvm C must be > 0, got {C}")
     B, n = len(Q), len(N)
     if device.type == "cpu":
-        keep_freed_memory()
+        accel.keep_freed_memory()
     info = SolveInfo(queries=B, negatives=n)
     out = torch.empty(B, n, dtype=dt, device=device)
     if B and n:
@@ -508,7 +484,6 @@ def exemplar_svm_scores(queries, negatives, C: float = 0.1, *, device=None, dtyp
         chunks = [slice(s, s + step) for s in range(0, B, step)]
         bar = None
         if progress:
-            from tqdm import tqdm
             bar = tqdm(total=B, desc="esvm", unit="query", leave=False)
 
         def solve(sl):
@@ -523,7 +498,6 @@ def exemplar_svm_scores(queries, negatives, C: float = 0.1, *, device=None, dtyp
         threads = torch.get_num_threads()
         workers = min(threads, len(chunks)) if device.type == "cpu" else 1
         if workers > 1:
-            from concurrent.futures import ThreadPoolExecutor
             torch.set_num_threads(1)
             try:
                 with ThreadPoolExecutor(workers) as pool:
@@ -544,29 +518,11 @@ def exemplar_svm_scores(queries, negatives, C: float = 0.1, *, device=None, dtyp
     return (result, info) if return_info else result
 
 
-def clustered_features(n: int, d: int, m: int, *, seed: int = 0, clusters: int = 10, alpha: float = 1.0
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded synthetic features shaped like self-supervised ones: `clusters` modes, a power-law spectrum
-    (variance of the j-th principal direction ~ j^-alpha) and a random rotation. Returns (negatives (n, d),
-    queries (m, d)) drawn from the same distribution, float32. Used by the tests and benchmarks/esvm.py."""
-    rng = np.random.default_rng(seed)
-    s = np.arange(1, d + 1) ** (-alpha / 2)
-    R, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    centers = rng.normal(size=(clusters, d)) * s
-
-    def draw(k):
-        return ((centers[rng.integers(0, clusters, k)] + rng.normal(size=(k, d)) * s) @ R).astype(np.float32)
-
-    return draw(n), draw(m)
-
-
-def esvm_reference(queries, negatives, C: float = 0.1, *, tol: float = 1e-6, max_iter: int = 10000,
+def esvm_reference(queries, negatives, C: float, *, tol: float, max_iter: int,
                    progress: bool = False) -> np.ndarray:
     """The released per-query scikit-learn loop (one LinearSVC per query), kept for checking."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import LinearSVC
-    from tqdm import tqdm
-
     queries, negatives = np.asarray(queries), np.asarray(negatives)
     m, n = len(queries), len(negatives)
     out = np.empty((m, n), dtype=np.float32)

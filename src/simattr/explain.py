@@ -23,13 +23,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import backbones, datasets, embedding, models, store
 from . import config as sconfig
-from . import datasets, store
 from .errors import SimattrError
+from .images import to_unit
 
-#: the rankers that rank one image's class from its features alone (the model-based ones need retraining, the
-#: random one ranks nothing, esvm_signed scores other classes too)
-RANKERS = ("esvm", "esvm_reference", "knn_l2", "knn_cos")
+#: the rankers that rank one image's class from its features alone (config.Ranker.explain: the model-based ones need
+#: retraining, the random one ranks nothing, esvm_signed scores other classes too)
+RANKERS = sconfig.EXPLAIN_RANKERS
 DEFAULT_METHOD = "simclr/esvm"
 DEFAULT_K = 16
 
@@ -45,8 +46,6 @@ class Attributor:
     """One method's attribution for new images, from a finished workflow's results (see the module docstring)."""
 
     def __init__(self, config: dict, method: str = DEFAULT_METHOD, *, device=None):
-        from . import embedding, settings
-
         self.config = sconfig.validate(config)
         encoder, _, ranker = method.partition("/")
         if encoder not in sconfig.FEATURE_ENCODERS or ranker not in RANKERS:
@@ -55,12 +54,10 @@ class Attributor:
         self.method, self.encoder, self.ranker = method, encoder, ranker
         self.data = datasets.Spec.from_config(self.config["dataset"])
         self.root = Path(self.config["results"])
-        self.ranker_settings = settings.ranker_settings(self.config, ranker)
+        self.ranker_settings = sconfig.ranker_settings(self.config, ranker)
         self.class_conditioned = bool(self.config["score"]["class_conditioned"])
         state = None
-        from .encoders import TRAINABLE
-
-        if encoder in TRAINABLE:
+        if encoder in sconfig.STATE_ENCODERS:
             state = str(_need(self._path(store.ENCODER_STATE, encoder=encoder)))
         index = _need(self._path(store.EMBED_INDEX, encoder=encoder, split="train"))
         self.net, made_with = embedding.load_encoder(self.data, encoder, state)
@@ -90,13 +87,11 @@ class Attributor:
     # ----------------------------------------------------------------------------------------- classes
     def predict(self, raw: np.ndarray) -> np.ndarray:
         """Class probabilities (n, C) of raw images (as datasets.read_image gives them) by the full-data models."""
-        from . import models
-
         recipe = models.Recipe.from_config(self.config["model"])
         if recipe.name in models.STREAMED_MODELS:
             raise SimattrError(f"model {recipe.name}: explain predicts with in-memory recipes only; pass the class "
                                "(--label)")
-        x_train, x = models.prepare_inputs(recipe, self.train.images, datasets.to_unit(raw))
+        x_train, x = models.prepare_inputs(recipe, self.train.images, to_unit(raw))
         n_classes = len(self.class_names)
         if self._models is None:
             self._models = self._full_models(recipe, x_train, n_classes)
@@ -113,8 +108,6 @@ class Attributor:
     def _full_models(self, recipe, x_train: np.ndarray, n_classes: int) -> list[dict]:
         """State dicts of full-data models: TRAK's checkpoints when results/ has them (for this data and recipe),
         else the queries stage's MLPs trained again from their seeds; a CNN without checkpoints is one line."""
-        from . import backbones, models
-
         ck = self._path(store.TRAK_CHECKPOINTS)
         if ck.exists():
             saved = backbones.torch_load(ck, "not found", "not a checkpoints file")
@@ -149,7 +142,7 @@ class Attributor:
                 raws.append(np.asarray(im))
                 names.append(f"image-{i}")
         raw = np.stack(raws) if raws else np.zeros((0,), np.float32)
-        feats = self.net.encode(datasets.to_unit(raw), batch_size=256) if len(raws) else raw
+        feats = self.net.encode(to_unit(raw), batch_size=256) if len(raws) else raw
         given = None if label is None else self._class(label)
         probs = self.predict(raw) if len(raws) else None
         records = []

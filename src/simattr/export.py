@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datasets, models, store
+from . import backbones, datasets, models, store, subsets
 from .errors import SimattrError
+from .queries import load_queries
 
 log = logging.getLogger("simattr")
 EXPORT_FORMAT = 1
@@ -55,9 +56,6 @@ def export_stage(*, data: datasets.Spec, recipe: models.Recipe, queries: str, ch
     """Write the export folder (atomically: built beside it, then renamed into place). `embeddings`: (encoder,
     split, index.json) of the features to include."""
     import torch
-
-    from . import backbones, subsets
-    from .queries import load_queries
 
     t0 = time.perf_counter()
     out = Path(out_dir)

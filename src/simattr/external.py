@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbones import torch_load
 from .errors import SimattrError
+from .store import read_json
 
 LAYOUTS = ("test_by_train", "train_by_test")
 #: what an external method's scores depend on besides the file's path (settings.for_job: the score jobs' param)
@@ -68,7 +70,6 @@ def _load_npy(path: Path) -> np.ndarray:
 def _load_pt(path: Path) -> np.ndarray:
     import torch
 
-    from .backbones import torch_load
 
     obj = torch_load(path, "scores file not found", "not loadable with torch.load(weights_only=True): save a "
                      "tensor (torch.save(scores, path))")
@@ -200,8 +201,6 @@ def cost_path(entry: dict) -> Path:
 def read_cost(path: str | Path) -> dict:
     """A cost sidecar: {wall_s, gpu_s, models_trained} (each optional, none negative); anything else is one line
     naming the file."""
-    from .store import read_json
-
     d = read_json(path)
     if not isinstance(d, dict):
         raise SimattrError(f"{path}: expected a JSON object with {', '.join(COST_FIELDS)}")

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from . import store
+from . import store, subsets
 from .errors import SimattrError
 
 log = logging.getLogger("simattr")
@@ -31,8 +31,6 @@ def lds_stage(*, score_files: list[str], subset_shards: list[str], n_boot: int, 
     """LDS of one method: for every test image the method scored, the Spearman correlation over the LDS subset
     models between the predicted margin (sum of its weights over the kept training images) and the actual one."""
     from . import datamodels as dm
-    from . import subsets
-
     t0 = time.perf_counter()
     masks, margins, sattrs = subsets.read_shards(list(subset_shards), "lds")
     n_train = int(sattrs["n_train"])

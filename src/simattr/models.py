@@ -34,10 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
+from .accel import configure, release
 from .accel import device as accel_device
+from .augment import crop_resize
 from .backbones import NORMALIZE
+from .config import defaults
+from .datasets import Stream
 from .errors import SimattrError
+from .images import tensor_to_unit
+from .store import CONTRACT_VERSION, atomic_path, config_hash
 from .typed import Named
 
 log = logging.getLogger("simattr")
@@ -79,8 +86,6 @@ def one_blas_thread():
     """BLAS pinned to one thread: a model's bits then never depend on the cores its task was given."""
     global _BLAS
     if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-
         _BLAS = ThreadpoolController()
     return _BLAS.limit(limits=1, user_api="blas")
 
@@ -317,8 +322,6 @@ def augment_batch(x, gen, shift: int = 4, cutout: int = 8):
 def _workers() -> int:
     """Image-decoding processes for a streamed training set: the task's CPUs but one (SLURM's allocation, else
     this process's affinity), at most 16."""
-    import os
-
     cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or len(os.sched_getaffinity(0))
     return max(0, min(16, cpus - 1))
 
@@ -338,8 +341,6 @@ def _streamed_batches(stream, n: int, gen, bs: int, per_epoch: int, dev, mean, s
     pinned on CUDA), scaled, randomly cropped, resized and flipped, and normalised on the device (resnet18)."""
     import torch
 
-    from .datasets import tensor_to_unit
-    from .augment import crop_resize
 
     order = torch.randperm(n, generator=gen)[:per_epoch * bs].numpy()
     for xb, yb in stream(order):
@@ -361,7 +362,6 @@ def net_inputs(recipe: Recipe, X, device=None, batch_size: int = 256):
     scaled and normalised with ImageNet's mean/std there, as in training."""
     import torch
 
-    from .datasets import tensor_to_unit
 
     dev = accel_device(device)
     streamed = recipe.name in STREAMED_MODELS
@@ -402,8 +402,6 @@ def state_every_s() -> float:
     it from launch.state_every_s), else the schema's launch.state_every_s."""
     v = os.environ.get(STATE_EVERY_ENV, "").strip()
     if not v:
-        from .config import defaults
-
         return float(defaults()["launch"]["state_every_s"])
     try:
         every = float(v)
@@ -417,8 +415,6 @@ def state_every_s() -> float:
 def state_identity(recipe: Recipe, seed: int, n_classes: int, y_train, data: str, device_type: str) -> str:
     """The identity of one training's state: what must match for a state to be resumed from."""
     from . import __version__
-    from .store import CONTRACT_VERSION, config_hash
-
     y = np.ascontiguousarray(np.asarray(y_train, dtype=np.int64))
     return config_hash({"recipe": recipe.identity(), "seed": int(seed), "n_classes": int(n_classes),
                         "n_train": len(y), "y_train": hashlib.sha256(y.tobytes()).hexdigest(), "data": str(data),
@@ -452,7 +448,6 @@ def _save_state(state: TrainingState, identity: str, *, epoch: int, step: int, n
     """Write the training's state atomically (a complete file or none: store.atomic_path)."""
     import torch
 
-    from .store import atomic_path
 
     blob = {"identity": identity, "format": STATE_FORMAT, "name": state.name, "epoch": int(epoch),
             "step": int(step), "net": net.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
@@ -480,8 +475,6 @@ def train_predict_cnn(X_train, y_train: np.ndarray, X_eval, seed: int, n_classes
 
     resnet9: X_train and X_eval are arrays (prepare_inputs), resident on the device. resnet18: they are
     dataset Splits (images in [0, 1]), streamed by DataLoader workers and normalised with ImageNet's mean/std."""
-    from .accel import release
-
     dev = accel_device(device)
     net = _train_cnn(X_train, y_train, seed, n_classes, recipe, dev, state)
     out = _predict_cnn(net, X_eval, n_classes, recipe, dev, logits=logits)
@@ -503,9 +496,6 @@ def _train_cnn(X_train, y_train: np.ndarray, seed: int, n_classes: int, recipe: 
     learning rate is a function of the step (set by hand: no scheduler object), and the global torch RNG is used
     only to initialise the network from the seed, so nothing else needs saving."""
     import torch
-
-    from .accel import configure
-    from .datasets import Stream
 
     cuda = dev.type == "cuda"
     configure(recipe.deterministic, dev)

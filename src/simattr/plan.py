@@ -19,14 +19,13 @@ import json
 import math
 import os
 import pickle
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from . import config as sconfig
 from . import store
 from .errors import SimattrError
 
@@ -39,8 +38,8 @@ RULE_STAGE = {"train_simclr": "embed", "train_supervised": "embed", "import_resn
               "queries": "queries", "trak_checkpoints": "trak", "trak": "trak", "subsets": "subsets",
               "support": "support", "lds": "lds", "report_manifest": "report", "report": "report",
               "method_figures": "report", "all": "report"}
-TRAINABLE = ("simclr", "supervised")
-FULL_SCORE_RANKERS = ("trak", "datamodels", "esvm_signed")      # and external methods: full_scores m x n_train
+
+FULL_SCORE_RANKERS = sconfig.SIGNED_RANKERS      # and external methods: full_scores m x n_train
 ANSWER_BYTES = 6_000            # an answer's JSON (its curve, probes, intervals): measured 3-8 KB on digits
 JOURNAL_BYTES_PER_MODEL = 110   # one journal line per model
 # The adaptive engine's models per answer, when no earlier run is there to read: a censored answer (not flipped at
@@ -285,7 +284,7 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
     nbytes = 2 if settings["embed"]["float16"] else 4
     for e in enc_used:
         dim = feature_dim(e, settings["encoders"], shape)
-        if e in TRAINABLE:
+        if e in sconfig.TRAINED_ENCODERS:
             add(f"train_{e}", 1)
         if e == "resnet":
             add("import_resnet", 1)

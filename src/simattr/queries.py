@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import models, store
+from . import datasets, models, store
 from .errors import SimattrError
-
 
 QUERY_KEYS = ("y_train", "test_indices", "X_query", "y_query", "flip_class")
 
@@ -23,8 +22,6 @@ def load_queries(path: str) -> dict:
     if "X_train" not in arrays:
         if "data_spec" not in attrs:
             raise SimattrError(f"{path}: holds neither X_train nor data_spec (the training images)")
-        from . import datasets
-
         arrays["X_train"] = datasets.load_split(datasets.Spec.from_config(json.loads(attrs["data_spec"])), "train")
     return {"path": str(path), "arrays": arrays, "attrs": attrs}
 
@@ -39,8 +36,6 @@ def prepare_queries(*, data, n_test: int, sample_seed: int,
     so that support workers need nothing but this file and a score file. A CNN full-data model saves its
     training state beside out_path ({stem}.m{i}.state.pt, models.TrainingState): a rerun resumes it mid-training.
     """
-    from . import datasets
-
     tr = datasets.load_split(data, "train")
     te = datasets.load_split(data, "test")
     n_classes = len(tr.class_names)

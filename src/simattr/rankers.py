@@ -3,7 +3,7 @@
     score(name, queries (m, d), candidates (n, d), **settings) -> (m, n) float32, higher = more supportive
 
 `esvm` is the exemplar SVM of the method notes (per query, a linear SVM with the query as the only positive
-and the candidates as negatives: C=0.1, balanced class weights, squared hinge), solved for all queries of a
+and the candidates as negatives: C (esvm.C), balanced class weights, squared hinge), solved for all queries of a
 class at once by `simattr.esvm.exemplar_svm_scores`; `esvm_reference` is the released per-query
 scikit-learn loop it is checked against. `knn_l2` / `knn_cos` run on the same batched matrix-product path
 (torch, chunks of queries, CUDA when present).
@@ -18,22 +18,24 @@ import torch
 
 from . import esvm as esvm_mod
 from .accel import device as accel_device
+from .config import FEATURE_RANKERS, ranker
 from .errors import SimattrError
+from .typed import check_keys
 
 RankerFn = Callable[..., np.ndarray]
 log = logging.getLogger(__name__)
 
 
-def esvm(queries: np.ndarray, candidates: np.ndarray, *, C: float = 0.1, chunk_size: int = 128,
-         device=None, progress: bool = False, **_) -> np.ndarray:
+def esvm(queries: np.ndarray, candidates: np.ndarray, *, C: float, chunk_size: int, device,
+         progress: bool = False) -> np.ndarray:
     scores, info = esvm_mod.exemplar_svm_scores(queries, candidates, C, device=device,
                                                 chunk_size=chunk_size, progress=progress, return_info=True)
     log.info("esvm: %s", info.summary())
     return scores
 
 
-def esvm_reference(queries: np.ndarray, candidates: np.ndarray, *, C: float = 0.1, tol: float = 1e-6,
-                   max_iter: int = 10000, progress: bool = False, **_) -> np.ndarray:
+def esvm_reference(queries: np.ndarray, candidates: np.ndarray, *, C: float, tol: float, max_iter: int,
+                   progress: bool = False) -> np.ndarray:
     return esvm_mod.esvm_reference(queries, candidates, C, tol=tol, max_iter=max_iter, progress=progress)
 
 
@@ -49,21 +51,22 @@ def _batched(kernel, queries: np.ndarray, candidates: np.ndarray, chunk_size: in
     return out
 
 
-def knn_l2(queries: np.ndarray, candidates: np.ndarray, *, chunk_size: int = 128, device=None, **_) -> np.ndarray:
-    """Minus the Euclidean distance."""
+def knn_l2(queries: np.ndarray, candidates: np.ndarray, *, chunk_size: int, device, progress: bool = False
+           ) -> np.ndarray:
+    """Minus the Euclidean distance (one matrix product per chunk of queries: no progress bar)."""
     return _batched(lambda q, c: -torch.cdist(q, c, compute_mode="use_mm_for_euclid_dist"),
                     queries, candidates, chunk_size, device)
 
 
-def knn_cos(queries: np.ndarray, candidates: np.ndarray, *, chunk_size: int = 128, device=None, **_
+def knn_cos(queries: np.ndarray, candidates: np.ndarray, *, chunk_size: int, device, progress: bool = False
             ) -> np.ndarray:
-    """Cosine similarity."""
+    """Cosine similarity (one matrix product per chunk of queries: no progress bar)."""
     unit = lambda x: x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)  # noqa: E731
     return _batched(lambda q, c: unit(q) @ unit(c).T, queries, candidates, chunk_size, device)
 
 
-def random(queries: np.ndarray, candidates: np.ndarray, *, query_seeds: np.ndarray | None = None, **_
-           ) -> np.ndarray:
+def random(queries: np.ndarray, candidates: np.ndarray, *, query_seeds: np.ndarray | None = None,
+           progress: bool = False) -> np.ndarray:
     """A uniform random score per (query, candidate); each query's row is drawn from its own seed."""
     if query_seeds is None or len(query_seeds) != len(queries):
         raise ValueError("random ranker needs one seed per query (query_seeds)")
@@ -72,7 +75,7 @@ def random(queries: np.ndarray, candidates: np.ndarray, *, query_seeds: np.ndarr
 
 
 def runner_up_classes(queries: np.ndarray, features: np.ndarray, labels: np.ndarray, label: int, *,
-                      neighbours: int = 10, chunk_size: int = 128, device=None) -> np.ndarray:
+                      neighbours: int, chunk_size: int, device) -> np.ndarray:
     """Each query's runner-up class by similarity (model-agnostic): the class other than `label` whose `neighbours`
     most cosine-similar training images are, on average, the most similar to the query."""
     sims = knn_cos(queries, features, chunk_size=chunk_size, device=device)
@@ -88,8 +91,8 @@ def runner_up_classes(queries: np.ndarray, features: np.ndarray, labels: np.ndar
     return out
 
 
-def esvm_signed(queries: np.ndarray, features: np.ndarray, labels: np.ndarray, label: int, *, C: float = 0.1,
-                neighbours: int = 10, chunk_size: int = 128, device=None, progress: bool = False
+def esvm_signed(queries: np.ndarray, features: np.ndarray, labels: np.ndarray, label: int, *, C: float,
+                neighbours: int, chunk_size: int, device, progress: bool = False
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Signed exemplar-SVM scores of every training image for queries of class `label`.
 
@@ -105,7 +108,7 @@ def esvm_signed(queries: np.ndarray, features: np.ndarray, labels: np.ndarray, l
 
 
 def signed_scores(queries: np.ndarray, rows: Callable[[np.ndarray], np.ndarray], labels: np.ndarray, label: int,
-                  runner_up: np.ndarray, *, C: float = 0.1, chunk_size: int = 128, device=None,
+                  runner_up: np.ndarray, *, C: float, chunk_size: int, device,
                   progress: bool = False) -> np.ndarray:
     """esvm_signed's scores (m, n_train) given each query's runner-up class; `rows(idx)` gives the features of the
     training images idx (sorted): per runner-up class c, only the images of classes `label` and c are asked for."""
@@ -124,7 +127,7 @@ class RunnerUp:
     queries' similarities to one chunk of training images, then classes(label). Keeps each class's `neighbours`
     highest similarities per query, so the answer equals runner_up_classes' whenever the similarities are equal."""
 
-    def __init__(self, n_queries: int, neighbours: int = 10):
+    def __init__(self, n_queries: int, neighbours: int):
         self.n_queries, self.neighbours = n_queries, neighbours
         self.top: dict[int, np.ndarray] = {}          # class -> (m, <= neighbours) highest similarities, best first
 
@@ -152,10 +155,19 @@ RANKERS: dict[str, RankerFn] = {"esvm": esvm, "esvm_reference": esvm_reference, 
                                 "knn_cos": knn_cos, "random": random}
 
 
-def score(name: str, queries: np.ndarray, candidates: np.ndarray, **settings) -> np.ndarray:
+if set(RANKERS) | {"esvm_signed"} != set(FEATURE_RANKERS):
+    raise ImportError(f"rankers.RANKERS ({', '.join(RANKERS)}) disagrees with config.FEATURE_RANKERS")
+
+
+def score(name: str, queries: np.ndarray, candidates: np.ndarray, *, progress: bool = False, **settings
+          ) -> np.ndarray:
+    """Ranker `name`'s scores; `settings` are exactly its keywords (config.ranker_settings; random: query_seeds),
+    a missing or unknown one is one line naming it."""
     if name not in RANKERS:
         raise SimattrError(f"unknown ranker '{name}'; valid: {', '.join(RANKERS)}")
-    return RANKERS[name](np.asarray(queries), np.asarray(candidates), **settings)
+    expected = ("query_seeds",) if name == "random" else ranker(name).keywords
+    check_keys(expected, settings, f"ranker {name}'s settings")
+    return RANKERS[name](np.asarray(queries), np.asarray(candidates), progress=progress, **settings)
 
 
 def topk(scores: np.ndarray, k: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import datasets, store
+from . import datasets, external, store, subsets
 from .errors import SimattrError
 
 log = logging.getLogger("simattr")
@@ -132,13 +132,13 @@ def _esvm_signed(queries: np.ndarray, tr: store.EmbeddingRows, reader: _Timed, c
     a query's runner-up is found among all classes), then only the rows of `cls` and each runner-up class."""
     from . import rankers
 
-    kw = {k: settings[k] for k in ("chunk_size", "device") if k in settings}
-    runner = rankers.RunnerUp(len(queries), settings.get("neighbours", 10))
+    kw = {k: settings[k] for k in ("chunk_size", "device")}
+    runner = rankers.RunnerUp(len(queries), settings["neighbours"])
     for sl, feats in _chunks(tr, reader, np.arange(tr.n), chunk_rows):
         runner.add(rankers.knn_cos(queries, feats, **kw)[:, :sl.stop - sl.start], tr.labels[sl])
     r = runner.classes(cls)
     full = rankers.signed_scores(queries, lambda cand: reader.read(tr, cand), tr.labels, cls, r,
-                                 C=settings.get("C", 0.1), progress=progress, **kw)
+                                 C=settings["C"], progress=progress, **kw)
     return full, r
 
 
@@ -192,8 +192,6 @@ def score_model_class(*, data: datasets.Spec, ranker: str, cls: int, class_condi
     """Scores of one class's test images by a model-based ranker (trak, datamodels): every training image is
     scored (full_scores, signed); the candidates ranked for the support stage are those of score_class."""
     from . import datamodels as dm
-    from . import subsets
-
     t0 = time.perf_counter()
     tr_y = datasets.load_split(data, "train").labels
     te_y = datasets.load_split(data, "test").labels
@@ -237,8 +235,6 @@ def score_external_class(*, data: datasets.Spec, name: str, cls: int, scores_pat
     rows in the file, their candidates' scores (class-conditioned as for every ranker, or all training images)
     and every training image's (full_scores, signed: LDS reads them). `source` is the identity the workflow
     computed (external.source): the file must still have that content."""
-    from . import external
-
     t0 = time.perf_counter()
     sha = external.content_hash(scores_path)
     if sha != source["sha256"]:
@@ -292,7 +288,7 @@ GRAM_MAX_ENTRIES = 64 * 1024 * 1024
 def _active_bound(n: int, d: int) -> int:
     """The active negatives (score > -1) of one exemplar SVM the dual's system is sized by: at most n, taken as at
     most 2 (d + 1) (they are mostly the margin's support vectors, at most d + 1 in general position, and the squared
-    hinge's few inside; measured with simattr.esvm.clustered_features: at most 290 of 1,318 at d = 2,048 and 356 of
+    hinge's few inside; measured with simattr.synthetic.clustered_features: at most 290 of 1,318 at d = 2,048 and 356 of
     5,000 at d = 600)."""
     return min(n, 2 * (d + 1))
 

@@ -19,24 +19,23 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from . import config as sconfig
+from .config import method_id
+from .datasets import Spec
 from .errors import SimattrError
+from .external import SOURCE_KEYS, source
+from .models import Recipe
+from .support import engine_settings
+from .trak import PROJECTOR
 from .typed import check_keys, parse_json
 
 EMBED_BATCH_SIZE = 256      # images encoded at once by every encoder but resnet (encoders.resnet.batch_size)
-RANKER_KEYS = sconfig.RANKER_KEYS
-FLOAT_KEYS = ("C", "tol", "val_fraction")   # floats even where a config wrote 1 (as argparse made them)
-DEVICE_RANKERS = tuple(r for r, keys in RANKER_KEYS.items() if any(k[2] == "device" for k in keys))
 
 
 def _dataset(c: dict) -> dict:
-    from .datasets import Spec
-
     return Spec.from_config(c["dataset"]).identity()
 
 
 def _model(c: dict) -> dict:
-    from .models import Recipe
-
     return Recipe.from_config(c["model"]).identity()
 
 
@@ -61,30 +60,15 @@ def _embed(c: dict, encoder: str) -> dict:
     return {"dataset": _dataset(c), "shard_size": e["shard_size"], "float16": e["float16"], "batch_size": batch}
 
 
-def ranker_settings(c: dict, ranker: str) -> dict:
-    """The keywords of one ranker (rankers.score, datamodels.fit_datamodels): a change to another ranker's
-    setting reruns none of its jobs."""
-    if ranker not in RANKER_KEYS:
-        raise SimattrError(f"unknown ranker '{ranker}'; valid: {', '.join(RANKER_KEYS)}")
-    return {kw: _float(c[section][key]) if kw in FLOAT_KEYS else c[section][key]
-            for section, key, kw in RANKER_KEYS[ranker]}
-
-
-def _float(x):
-    return None if x is None else float(x)
-
-
 def _score(c: dict, ranker: str) -> dict:
     s = c["score"]
     return {"dataset": _dataset(c), "class_conditioned": s["class_conditioned"], "topk": s["topk"],
-            "ranker": ranker_settings(c, ranker)}
+            "ranker": sconfig.ranker_settings(c, ranker)}
 
 
 def _score_external(c: dict, ranker: str) -> dict:
     """An external method's score jobs (ranker = its name): its scores file's identity (external.source: the
     content hashes, layout, sign, key), not its path."""
-    from .external import source
-
     methods = sconfig.external_methods(c)
     if ranker not in methods:
         raise SimattrError(f"no external method named '{ranker}' in the config's methods (external methods: "
@@ -110,8 +94,6 @@ def _trak_checkpoints(c: dict) -> dict:
 
 
 def _trak(c: dict) -> dict:
-    from .trak import PROJECTOR
-
     t = c["trak"]
     return {"dataset": _dataset(c), "model": _model(c), "proj_dim": t["proj_dim"],
             "projector_seed": t["projector_seed"], "batch_size": t["batch_size"], "lambda_reg": t["lambda_reg"],
@@ -127,8 +109,6 @@ def _queries(c: dict) -> dict:
 def _support(c: dict, metric: str, encoder: str, ranker: str) -> dict:
     """The answers' identity (support.engine_settings: the common keys and the engine's own) and the
     replicate seed sets."""
-    from .support import engine_settings
-
     s = c["support"]
     if metric not in sconfig.METRICS:
         raise SimattrError(f"unknown metric '{metric}'; valid: {', '.join(sconfig.METRICS)}")
@@ -152,8 +132,6 @@ def _plan(c: dict) -> dict:
     shapes (shards, feature widths, top-k, the ranker's chunk), the retrained model, the model counts and the
     support engine's own keys; sections no method uses are None, so a change there reruns nothing. How tasks run
     (`launch`) travels beside it, as for support."""
-    from .config import method_id
-
     methods = [list(method_id(m)) for m in c["methods"]]
     used = {e for e, _ in methods}
     rankers = {r for _, r in methods}
@@ -222,9 +200,6 @@ def as_json(settings: dict) -> str:
 def parse(job: str, text_or_dict: str | dict, *, where: str = "--settings", **wildcards: Any) -> SimpleNamespace:
     """A job's settings (JSON text or a dict) as attributes, checked against the keys `for_job` makes (one line
     naming a missing or unknown key), the typed sections built."""
-    from .datasets import Spec
-    from .models import Recipe
-
     s = parse_json(text_or_dict, where) if isinstance(text_or_dict, str) else text_or_dict
     expected = KEYS[job] if job in KEYS else for_job(job, sconfig.defaults(), **wildcards)
     check_keys(expected, s, f"{where} of `simattr {job}`")
@@ -234,8 +209,6 @@ def parse(job: str, text_or_dict: str | dict, *, where: str = "--settings", **wi
     if "model" in out:
         out["model"] = Recipe.from_settings(out["model"], where=f"{where} model")
     if "source" in out:
-        from .external import SOURCE_KEYS
-
         check_keys(SOURCE_KEYS, out["source"] if isinstance(out["source"], dict) else {}, f"{where} source")
     return SimpleNamespace(**out)
 

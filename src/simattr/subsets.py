@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from . import datasets, models, store
 from .accel import cuda_in_use
@@ -49,8 +50,6 @@ def _identity(data: datasets.Spec, purpose: str, alpha: float, n_models: int, sh
 def train_shard(*, data: datasets.Spec, purpose: str, alpha: float, n_models: int, shard_size: int, shard: int,
                 recipe: models.Recipe, out: str, progress: bool = True) -> dict:
     """Train the subset models of one shard (resuming from its journal); write the shard file."""
-    from tqdm import tqdm
-
     from .datamodels import subset_masks
 
     if purpose not in PURPOSES:

@@ -45,16 +45,20 @@ Importing this module is cheap: torch and traker are imported by the calls.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from . import datasets, models, store
-from .accel import default_device, device as accel_device
+from . import backbones, datasets, models, store
+from .accel import default_device
+from .accel import device as accel_device
 from .errors import SimattrError
 
 log = logging.getLogger(__name__)
@@ -241,16 +245,12 @@ def _fresh_dir(save_dir) -> Path:
 def _bar(it, progress: bool, desc: str, total: int):
     if not progress:
         return it
-    from tqdm import tqdm
-
     return tqdm(it, desc=desc, total=total, leave=False)
 
 
 @contextlib.contextmanager
 def _traker_progress(progress: bool):
     """traker's own progress bars (finalizing features and scores) shown only with `progress`."""
-    import functools
-
     import trak.traker as tt
 
     bar = tt.tqdm
@@ -294,9 +294,6 @@ def trak_checkpoints(*, data: datasets.Spec, recipe, n_checkpoints: int, seed: i
 def trak_attributions(*, data: datasets.Spec, recipe, checkpoints: str, proj_dim: int, projector_seed: int,
                       batch_size: int, out: str, lambda_reg: float, progress: bool = True) -> None:
     """TRAK scores of every test image against every training image (through the traker package)."""
-    import tempfile
-
-    from . import backbones
 
     t0 = time.perf_counter()
     ck = backbones.torch_load(checkpoints, "TRAK checkpoints not found (rule trak_checkpoints makes them)",

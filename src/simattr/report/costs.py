@@ -3,6 +3,7 @@ per stage (stage_costs) and per method (method_costs)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -10,6 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import SimattrError
+from ..external import read_cost
 
 
 def read_benchmark(path: str | os.PathLike) -> dict[str, float | None]:
@@ -79,9 +81,6 @@ def method_costs(entries: Sequence[tuple[str, str, str]]) -> list[dict]:
     what computing its scores cost its author, added to wall_s, gpu_s and models_trained). A job shared by several
     methods (an encoder) counts for each. Rows: method, jobs, wall_s, cpu_s, gpu_s (wall seconds of jobs that had a
     CUDA device), models_trained, bytes, sidecar (the sidecar's path, or empty)."""
-    import json
-
-    from ..external import read_cost
 
     by: dict[str, dict[str, list[str]]] = {}
     for method, kind, value in entries:

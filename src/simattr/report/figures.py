@@ -10,9 +10,17 @@ import numpy as np
 
 from ..config import METRICS
 from ..errors import SimattrError
+from ..images import to_unit
 from ..store import atomic_path
-from .statistics import (check_gathers, draw_matrix, method_name, metric_order, sorted_gathers, supports,
-                         two_level_samples)
+from .statistics import (
+    check_gathers,
+    draw_matrix,
+    method_name,
+    metric_order,
+    sorted_gathers,
+    supports,
+    two_level_samples,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -161,7 +169,6 @@ def plot_explanation(image, train_images, record: Mapping[str, Any], path: str |
     row, each titled with its training index, class and score; the image (raw, as datasets.read_image gives it, or
     None) titled with its class and how it was found. Saved as PNG at `path` when given; returns the Figure: axes
     in row-major order, the first the image's."""
-    from ..datasets import to_unit
 
     top = list(record["top"])
     cols = min(per_row, max(1, len(top))) + 1

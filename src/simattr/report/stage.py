@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from .. import datasets, store
+from ..plan import planned_vs_spent
 from ..store import REPORT_FILES
 from .costs import method_costs, read_benchmark, stage_costs
 from .figures import TOPK_SHOWN, plot_cdf, plot_topk_grid
@@ -55,8 +56,6 @@ def report_stage(*, data: datasets.Spec, gathers: list[str],
     mcosts = method_costs(method_cost_entries)
     planned = []
     if plan is not None:
-        from ..plan import planned_vs_spent
-
         planned = planned_vs_spent(plan, [(f, read_benchmark(f)) for _, f in benchmarks], g)
     write_tables(rows, wins, costs, out, lds=lds, overlap=overlap, mcosts=mcosts, retest=retest, planned=planned,
                  plan=plan)

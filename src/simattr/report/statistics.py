@@ -46,9 +46,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .. import flipcurve
 from ..config import METRICS
 from ..errors import SimattrError
-from ..store import read_json
+from ..store import read_json, seed_from
 
 _GATHER_KEYS = ("dataset", "encoder", "ranker", "metric", "k_max", "answers")
 _ANSWER_KEYS = ("test_index", "support", "trainings")
@@ -140,8 +141,6 @@ def answer_draws(a: Mapping[str, Any], n_draws: int = DRAWS, *, seed: int = 0) -
     posterior predictive draws of its flip curve (simattr.flipcurve), or for a bisection-engine answer the
     released rule's reading of the same draws (the smallest probed k they flip). An answer without a curve
     (contract < 5) has no model noise to draw from: its support repeated."""
-    from .. import flipcurve
-
     curve = a.get("curve")
     if not curve:
         return np.full(n_draws, math.inf if a["support"] is None else float(a["support"]))
@@ -156,8 +155,6 @@ def answer_draws(a: Mapping[str, Any], n_draws: int = DRAWS, *, seed: int = 0) -
 def image_draws(g: Mapping[str, Any], n_draws: int = DRAWS) -> dict[int, np.ndarray]:
     """Per test image, draws of its support pooled over the gather's seed sets (answers, then each replicate):
     the model noise within each answer and the spread between independent seed sets."""
-    from ..store import seed_from
-
     sets = [g["answers"]] + list(g.get("replicates") or [])
     per = max(1, n_draws // len(sets))
     out: dict[int, list[np.ndarray]] = {}
