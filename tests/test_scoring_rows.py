@@ -103,8 +103,8 @@ def test_rows_are_read_in_the_order_asked_and_equal_the_full_read(tmp_path):
 def test_scattered_rows_beyond_the_run_limit_are_read_by_blocks(tmp_path, monkeypatch):
     train, _ = uneven_float16(tmp_path)
     full, _, _ = store.read_embeddings(train)
-    monkeypatch.setattr(store, "MAX_RUN_READS", 2)
-    monkeypatch.setattr(store, "READ_BLOCK_ROWS", 16)
+    monkeypatch.setattr(store.h5, "MAX_RUN_READS", 2)
+    monkeypatch.setattr(store.h5, "READ_BLOCK_ROWS", 16)
     rows = np.arange(0, len(full), 3)
     assert store.open_embeddings(train).read(rows).tobytes() == full[rows].tobytes()
 
