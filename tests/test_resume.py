@@ -27,7 +27,7 @@ class Interrupted(Exception):
 def interrupt_after(monkeypatch, *epochs: int) -> list[int]:
     """Make the next trainings raise Interrupted right after saving their state at any of `epochs`; the list
     returned collects the epoch of every save."""
-    real, saved = models._save_state, []
+    real, saved = models.cnn.save_state, []
 
     def save(state, identity, **kw):
         real(state, identity, **kw)
@@ -35,7 +35,7 @@ def interrupt_after(monkeypatch, *epochs: int) -> list[int]:
         if kw["epoch"] in epochs:
             raise Interrupted(f"after epoch {kw['epoch']}")
 
-    monkeypatch.setattr(models, "_save_state", save)
+    monkeypatch.setattr(models.cnn, "save_state", save)
     return saved
 
 
@@ -258,14 +258,14 @@ def test_a_support_answer_killed_mid_model_resumes_that_model_from_its_state(tmp
     clean = support.answer(out_path=str(tmp_path / "clean" / "0.json"), **unit)
     assert clean["trainings"] == 1
     out = tmp_path / "killed" / "0.json"
-    real = models._save_state
+    real = models.cnn.save_state
     interrupt_after(monkeypatch, 1)
     with pytest.raises(Interrupted):
         support.answer(out_path=str(out), **unit)
     state = support.state_path(support.journal_path(out), 4, 0)
     assert state.name == "0.k4.s0.state.pt" and state.exists() and not out.exists()
     assert journal_models(out) == []                         # the model was not finished
-    monkeypatch.setattr(models, "_save_state", real)
+    monkeypatch.setattr(models.cnn, "save_state", real)
     resumed = support.answer(out_path=str(out), **unit)
     strip = lambda a: {k: v for k, v in a.items() if k not in ("wall_s", "models_reused")}
     assert strip(resumed) == strip(clean)
@@ -325,7 +325,7 @@ def test_a_subset_shard_and_trak_checkpoints_killed_mid_model_resume_it(tmp_path
     subsets.train_shard(out=str(tmp_path / "ref" / "shard-00000.h5"), **shard)
     trak.trak_checkpoints(data=data, recipe=recipe, n_checkpoints=1, seed=0, out=str(tmp_path / "ref" / "ck.pt"),
                           progress=False)
-    real = models._save_state
+    real = models.cnn.save_state
     killed = tmp_path / "killed"
     interrupt_after(monkeypatch, 1)
     with pytest.raises(Interrupted):
@@ -334,7 +334,7 @@ def test_a_subset_shard_and_trak_checkpoints_killed_mid_model_resume_it(tmp_path
         trak.trak_checkpoints(data=data, recipe=recipe, n_checkpoints=1, seed=0, out=str(killed / "ck.pt"),
                               progress=False)
     assert sorted(p.name for p in killed.glob("*.state.pt")) == ["ck.c0.state.pt", "shard-00000.m0.state.pt"]
-    monkeypatch.setattr(models, "_save_state", real)
+    monkeypatch.setattr(models.cnn, "save_state", real)
     subsets.train_shard(out=str(killed / "shard-00000.h5"), **shard)
     trak.trak_checkpoints(data=data, recipe=recipe, n_checkpoints=1, seed=0, out=str(killed / "ck.pt"),
                           progress=False)
