@@ -150,11 +150,12 @@ def run(path: str, ranker: str, data: Path, cls: int, warm: bool) -> dict:
 
 
 def estimate(data: Path, ranker: str, cls: int) -> tuple[int, int]:
-    from simattr import scoring, store
+    from simattr import config, scoring, store
 
     tr, te = store.read_json(data / "train" / "index.json"), store.read_json(data / "test" / "index.json")
     shapes = dict(n_queries=te["class_counts"].get(str(cls), 0), n_candidates=tr["class_counts"][str(cls)],
-                  n_train=tr["n"], n_test=te["n"], dim=tr["feature_dim"])
+                  n_train=tr["n"], n_test=te["n"], dim=tr["feature_dim"],
+                  chunk_size=config.defaults()["esvm"]["chunk_size"])
     return scoring.peak_bytes(ranker, **shapes), scoring.runtime_minutes(ranker, **shapes)
 
 

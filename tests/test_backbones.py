@@ -74,11 +74,11 @@ def test_every_layout_gives_the_backbones_features(tmp_path, wrap, layout):
     net = reference_net(cifar=cifar)
     ckpt = tmp_path / "model.pth"
     torch.save(wrap(net), ckpt)
-    sd, found = backbones.load_checkpoint(ckpt, "resnet18")
+    sd, found = backbones.load_checkpoint(ckpt, "resnet18", "auto")
     assert found["layout"] == layout and found["cifar_stem"] == cifar
     assert backbones.load_checkpoint(ckpt, "resnet18", layout)[1]["layout"] == layout
     x = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
-    feats = backbones.Features("resnet18", sd, cifar, device="cpu")(x)
+    feats = backbones.Features("resnet18", sd, cifar, "pool", "imagenet", device="cpu")(x)
     net.fc = torch.nn.Identity()
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -114,15 +114,15 @@ def test_foreign_keys_are_named(tmp_path):
     with pytest.raises(SimattrError, match=r"vit\.pth: keys do not fit resnet18 under any layout \(.*\); closest is "
                                            r".*: missing \d+ \(e\.g\. bn1\.bias.*unexpected 4 \(e\.g\. "
                                            r".*blocks\.0\.weight.*keys start with encoder\."):
-        backbones.load_checkpoint(tmp_path / "vit.pth", "resnet18")
+        backbones.load_checkpoint(tmp_path / "vit.pth", "resnet18", "auto")
     partial = {k: v for k, v in moco_v3(net)["state_dict"].items() if "layer4" not in k}
     torch.save({"state_dict": partial}, tmp_path / "partial.pth")
     with pytest.raises(SimattrError, match=r"closest is moco_v3 \(prefix 'module\.base_encoder\.'\): missing \d+ "
                                            r"\(e\.g\. layer4\."):
-        backbones.load_checkpoint(tmp_path / "partial.pth", "resnet18")
+        backbones.load_checkpoint(tmp_path / "partial.pth", "resnet18", "auto")
     torch.save(moco_v3(net), tmp_path / "r18.pth")
     with pytest.raises(SimattrError, match="closest is moco_v3"):
-        backbones.load_checkpoint(tmp_path / "r18.pth", "resnet50")
+        backbones.load_checkpoint(tmp_path / "r18.pth", "resnet50", "auto")
     with pytest.raises(SimattrError, match=r"no resnet18 backbone under layout simclr; its keys start with module\."):
         backbones.load_checkpoint(tmp_path / "r18.pth", "resnet18", layout="simclr")
 
@@ -133,15 +133,15 @@ class Custom:                                      # arbitrary pickled objects a
 
 def test_unloadable_checkpoints(tmp_path):
     with pytest.raises(SimattrError, match="checkpoint not found"):
-        backbones.load_checkpoint(tmp_path / "none.pth", "resnet18")
+        backbones.load_checkpoint(tmp_path / "none.pth", "resnet18", "auto")
     (tmp_path / "junk.pth").write_bytes(b"\x00" * 64)
     with pytest.raises(SimattrError, match=r"junk\.pth: not loadable with torch\.load\(weights_only=True\)"):
-        backbones.load_checkpoint(tmp_path / "junk.pth", "resnet18")
+        backbones.load_checkpoint(tmp_path / "junk.pth", "resnet18", "auto")
     torch.save({"state_dict": reference_net().state_dict(), "args": Custom()}, tmp_path / "pickled.pth")
     with pytest.raises(SimattrError, match=r"pickled\.pth: not loadable with torch\.load\(weights_only=True\)"):
-        backbones.load_checkpoint(tmp_path / "pickled.pth", "resnet18")
+        backbones.load_checkpoint(tmp_path / "pickled.pth", "resnet18", "auto")
     torch.save({"epoch": 3}, tmp_path / "empty.pth")
     with pytest.raises(SimattrError, match="no tensor mapping"):
-        backbones.load_checkpoint(tmp_path / "empty.pth", "resnet18")
+        backbones.load_checkpoint(tmp_path / "empty.pth", "resnet18", "auto")
     with pytest.raises(SimattrError, match="unknown ResNet arch 'vit_b_16'"):
-        backbones.load_checkpoint(tmp_path / "empty.pth", "vit_b_16")
+        backbones.load_checkpoint(tmp_path / "empty.pth", "vit_b_16", "auto")

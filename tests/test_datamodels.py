@@ -3,7 +3,10 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from simattr import config
 from simattr.datamodels import bootstrap_mean_ci, fit_datamodels, lds, subset_masks, topk_overlap
+
+DM = config.ranker_settings(config.defaults(), "datamodels")     # the schema's n_alphas and val_fraction
 
 
 # ------------------------------------------------------------------------------------------ masks
@@ -62,7 +65,7 @@ def planted_fit():
     masks = subset_masks(n, range(M), 0.5, ("test", "planted"))
     y = margins_of(w, masks, 0.5, seed=1)
     y = np.column_stack([y, np.full(M, 0.1)])     # a constant sixth target (its mean rounds off: 0.1 * 540 / 540)
-    coef, info = fit_datamodels(masks, y, seed=0)
+    coef, info = fit_datamodels(masks, y, **DM, seed=0)
     return w, coef, info
 
 
@@ -97,27 +100,27 @@ def test_fit_datamodels_chooses_alpha_per_target_and_is_seeded():
     rng = np.random.default_rng(5)
     y = np.column_stack([margins_of(w[:1], masks, 0.1, seed=2)[:, 0],   # strong signal: small alpha
                          rng.normal(0.0, 1.0, M)])                       # pure noise: large alpha
-    coef, info = fit_datamodels(masks, y, n_alphas=8, seed=0)
+    coef, info = fit_datamodels(masks, y, **DM, seed=0)
     ratio = info["alpha"] / info["alphas"][:, 0]                    # chosen alpha / alpha_max
     assert ratio[0] < 0.05 and ratio[1] > 0.3
     assert info["n_train"] + info["n_val"] == M and info["n_val"] == 30
-    coef2, info2 = fit_datamodels(masks, y, n_alphas=8, seed=0)
+    coef2, info2 = fit_datamodels(masks, y, **DM, seed=0)
     assert np.array_equal(coef, coef2) and np.array_equal(info["alpha"], info2["alpha"])
     # the whole grid (no early stop) picks the same alpha on the planted target
-    _, info3 = fit_datamodels(masks, y, n_alphas=8, seed=0, patience=None)
+    _, info3 = fit_datamodels(masks, y, **DM, seed=0, patience=None)
     assert info3["alpha"][0] == info["alpha"][0]
 
 
 def test_fit_datamodels_rejects_bad_shapes():
     masks = subset_masks(10, range(20), 0.5, ("k",))
     with pytest.raises(ValueError):
-        fit_datamodels(masks, np.zeros((19, 2)))
+        fit_datamodels(masks, np.zeros((19, 2)), **DM)
     with pytest.raises(ValueError):
-        fit_datamodels(masks[:2], np.zeros((2, 1)))                 # too few models to split
+        fit_datamodels(masks[:2], np.zeros((2, 1)), **DM)                 # too few models to split
     y = np.zeros((20, 1))
     y[0, 0] = np.nan
     with pytest.raises(ValueError):
-        fit_datamodels(masks, y)
+        fit_datamodels(masks, y, **DM)
 
 
 # -------------------------------------------------------------------------------------------- LDS

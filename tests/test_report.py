@@ -8,6 +8,8 @@ import pytest
 from simattr.errors import SimattrError
 from simattr.report import costs, figures, render, statistics
 
+BOOT = dict(n_boot=1000, seed=0)          # win_rates' bootstrap as report.n_boot and report.seed default
+
 
 def answer(t, support, *, k_max=4, trainings=3, wall_s=1.0):
     return {"test_index": t, "label": 0, "flip_class": None if support is None else 1, "support": support,
@@ -98,7 +100,7 @@ def test_win_rates_exact():
     a = gather("e", "A", "removal", [1, 5, None, None, 2], test_indices=[0, 1, 2, 3, 4])
     b = gather("e", "B", "removal", [2, 3, None, 4, 1], test_indices=[0, 1, 2, 3, 9])
     c = gather("e", "C", "mislabel", [1])
-    wins = statistics.win_rates([a, b, c])
+    wins = statistics.win_rates([a, b, c], **BOOT)
     assert [(w["method_a"], w["method_b"]) for w in wins] == [("e/A", "e/B"), ("e/B", "e/A")]
     ab, ba = wins
     # shared: t0 1<2 (A wins), t1 5>3 (B), t2 inf=inf (tie), t3 inf>4 (B)
@@ -110,7 +112,7 @@ def test_win_rates_exact():
 def test_win_rates_no_overlap():
     a = gather("e", "A", "removal", [1], test_indices=[0])
     b = gather("e", "B", "removal", [1], test_indices=[1])
-    w = statistics.win_rates([a, b])[0]
+    w = statistics.win_rates([a, b], **BOOT)[0]
     assert w["n"] == 0 and w["win"] is None and w["tie"] is None
 
 
@@ -269,7 +271,7 @@ def test_write_tables(tmp_path):
           gather("simclr", "esvm", "mislabel", [1, 1, 2, None], k_max=5),
           gather("supervised", "cos", "mislabel", [2, 2, 2, 2], k_max=5)]
     rows = statistics.summarize(gs, n_boot=100, seed=0)
-    wins = statistics.win_rates(gs)
+    wins = statistics.win_rates(gs, **BOOT)
     b = write_bench(tmp_path / "b.tsv", 4.0, 10.0)
     stage_rows = costs.stage_costs({"embed": [b]}, {"embed": [b]})
     out = tmp_path / "report"
@@ -300,7 +302,7 @@ def test_write_tables(tmp_path):
 
     # deterministic bytes
     first = ((out / "support.csv").read_bytes(), (out / "report.md").read_bytes())
-    render.write_tables(statistics.summarize(gs, n_boot=100, seed=0), statistics.win_rates(gs), stage_rows, out)
+    render.write_tables(statistics.summarize(gs, n_boot=100, seed=0), statistics.win_rates(gs, **BOOT), stage_rows, out)
     assert ((out / "support.csv").read_bytes(), (out / "report.md").read_bytes()) == first
 
 

@@ -158,7 +158,7 @@ def test_train_and_test_of_other_settings_are_refused(tmp_path):
                             out=str(tmp_path / "s.h5"), progress=False)
 
 
-SHAPES = dict(n_queries=50, n_candidates=1300, n_train=1_281_167, n_test=50_000, dim=2048)
+SHAPES = dict(n_queries=50, n_candidates=1300, n_train=1_281_167, n_test=50_000, dim=2048, chunk_size=128)
 
 
 @pytest.mark.parametrize("ranker", SIZED_RANKERS)
@@ -188,7 +188,7 @@ def test_sizing_constants_agree_with_the_solver_and_import_no_torch():
     from simattr import esvm
     assert (scoring.PRIMAL_MAX_DIM, scoring.GRAM_MAX_ENTRIES) == (esvm.PRIMAL_MAX_DIM, esvm.GRAM_MAX_ENTRIES)
     code = ("import sys; from simattr import scoring; scoring.peak_bytes('esvm_signed', n_queries=50, n_candidates=1300, "
-            "n_train=10**6, n_test=5*10**4, dim=2048); scoring.runtime_minutes('esvm', n_queries=50, n_candidates=1300, "
+            "n_train=10**6, n_test=5*10**4, dim=2048, chunk_size=128); scoring.runtime_minutes('esvm', n_queries=50, n_candidates=1300, "
             "n_train=10**6, n_test=5*10**4, dim=2048); print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
@@ -218,10 +218,10 @@ def test_job_shapes_come_from_the_manifests_or_a_safe_guess(tmp_path):
     got = scoring.job_shapes(2, train, test, class_conditioned=True, chunk_size=16)
     assert got == dict(n_queries=2, n_candidates=7, n_train=500, n_test=23, dim=24, n_solve=7 + 300, n_classes=5,
                        chunk_size=16, threads=1)
-    assert scoring.job_shapes(2, train, test, class_conditioned=False)["n_candidates"] == 500
-    guess = scoring.job_shapes(2, str(tmp_path / "no.json"), test, class_conditioned=True,
+    assert scoring.job_shapes(2, train, test, class_conditioned=False, chunk_size=16)["n_candidates"] == 500
+    guess = scoring.job_shapes(2, str(tmp_path / "no.json"), test, class_conditioned=True, chunk_size=16,
                                guess=lambda: (1_281_167, 50_000, 1000))
     assert guess["n_candidates"] == 2 * 1282 and guess["n_queries"] == 100 and guess["dim"] == 4096
     assert scoring.job_mem_mb("esvm", guess) > scoring.job_mem_mb("esvm", got)
     with pytest.raises(SimattrError, match="no.json"):
-        scoring.job_shapes(2, str(tmp_path / "no.json"), test, class_conditioned=True)
+        scoring.job_shapes(2, str(tmp_path / "no.json"), test, class_conditioned=True, chunk_size=16)

@@ -116,7 +116,7 @@ def torch_load(path: Path, not_found: str, unreadable: str) -> Any:
         raise SimattrError(f"{path}: {unreadable} ({one_line(e)})") from None
 
 
-def load_checkpoint(path, arch: str, layout: str = "auto") -> tuple[dict, dict]:
+def load_checkpoint(path, arch: str, layout: str) -> tuple[dict, dict]:
     """(backbone state dict for torchvision's `arch` without fc, what was found: layout, prefix, cifar_stem)."""
     if layout not in LAYOUTS:
         raise SimattrError(f"unknown checkpoint layout '{layout}'; valid: {', '.join(LAYOUTS)}")
@@ -163,8 +163,8 @@ class Features:
     configured on the device; grayscale images are repeated to 3 channels. The network is built and moved to the
     device once, here (`to` moves it on)."""
 
-    def __init__(self, arch: str, backbone: dict, cifar_stem: bool, feature: str = "pool",
-                 normalize: str = "imagenet", device=None):
+    def __init__(self, arch: str, backbone: dict, cifar_stem: bool, feature: str,
+                 normalize: str, device=None):
         import torch
 
         if feature not in FEATURES:

@@ -63,7 +63,7 @@ def _centred(masks: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return x - x_mean, y - y_mean, x_mean, y_mean
 
 
-def fit_datamodels(masks: np.ndarray, margins: np.ndarray, *, n_alphas: int = 8, val_fraction: float = 0.1,
+def fit_datamodels(masks: np.ndarray, margins: np.ndarray, *, n_alphas: int, val_fraction: float,
                    seed: int = 0, patience: int | None = 2, tol: float = 1e-4,
                    max_iter: int = 1000) -> tuple[np.ndarray, dict[str, Any]]:
     """Datamodels (Ilyas et al. 2022): one sparse linear model per target, mask -> margin.

@@ -319,7 +319,7 @@ def _knn_bytes(m: int, n: int, d: int, chunk_size: int) -> int:
 
 def peak_bytes(ranker: str, *, n_queries: int, n_candidates: int, n_train: int, n_test: int, dim: int,
                n_solve: int | None = None, n_classes: int | None = None, chunk_rows: int = CHUNK_ROWS,
-               chunk_size: int = 128, threads: int = 1) -> int:
+               chunk_size: int, threads: int = 1) -> int:
     """An upper estimate of the peak resident memory (bytes) of one score job (score_class), from shapes alone.
 
     n_queries: the class's test images; n_candidates: the training images it ranks (the class's, or n_train when
@@ -390,7 +390,7 @@ def runtime_minutes(ranker: str, *, n_queries: int, n_candidates: int, n_train: 
     return max(2, int(np.ceil(3 * seconds / 60)))
 
 
-def job_shapes(cls: int, train_index: str, test_index: str, *, class_conditioned: bool, chunk_size: int = 128,
+def job_shapes(cls: int, train_index: str, test_index: str, *, class_conditioned: bool, chunk_size: int,
                guess=None) -> dict:
     """peak_bytes' keywords for the score job of class `cls`, from the splits' manifests (class_counts, n,
     feature_dim) when both exist; else from guess() -> (n_train, n_test, n_classes) with classes up to twice the mean

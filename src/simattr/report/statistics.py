@@ -237,7 +237,7 @@ def summarize(gathers: list[dict], *, n_boot: int, seed: int) -> list[dict]:
     return rows
 
 
-def win_rates(gathers: list[dict], *, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+def win_rates(gathers: list[dict], *, n_boot: int, seed: int) -> list[dict]:
     """Per metric, per ordered pair (A, B), A != B: win/tie/loss fractions of A against B, with a paired test.
 
     Over the n test images both answered: win = fraction with support_A < support_B, tie = equal supports
