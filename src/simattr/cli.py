@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 
 from . import config as sconfig
-from . import typed
+from . import settings, typed
 from .config import METRICS, MODEL_RANKERS
 from .datasets import SPLITS
 from .errors import SimattrError
@@ -62,8 +62,7 @@ def job_settings(a: argparse.Namespace, job: str, wildcards: tuple[str, ...]):
 def _launch(a: argparse.Namespace):
     """The support tasks' launch settings: --launch KEY=VALUE ... (the workflow passes the `launch` section as
     resources: how tasks run changes no answer) or the --config file's."""
-    from . import settings
-    from .launch import LaunchSettings
+    from .launch import LaunchSettings          # submitit
 
     if a.launch:
         d = typed.key_values(a.launch, "--launch")
@@ -275,11 +274,10 @@ def _queries(a, s, progress):
 
 
 def _support(a, s, progress):
-    from . import answers
+    from .support.stage import support_stage    # submitit (simattr.launch)
 
-    answers.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir, gather_out=a.out,
-                          metric=a.metric, settings=s.support, launch=_launch(a), progress=progress,
-                          replicates=s.replicates)
+    support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir, gather_out=a.out,
+                  metric=a.metric, settings=s.support, launch=_launch(a), progress=progress, replicates=s.replicates)
 
 
 def _launch_dict(a) -> dict:

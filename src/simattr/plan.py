@@ -7,7 +7,7 @@ model, peak memory per job and bytes written. Where the time per model comes fro
 the calibration file (`simattr calibrate`, if its recipe and dataset match the config's); an earlier run's support
 answers (their wall seconds per model trained); else the hours are unknown and the plan says how to get a time.
 
-The bounds follow the code (simattr.support): an adaptive answer trains at most `support.max_models` models (the
+The bounds follow the code (simattr.support.search): an adaptive answer trains at most `support.max_models` models (the
 full-data models reused at k = 0 do not count, models read back from a journal do); a bisection answer at most
 seeds x (k_max probe + k = 0 probe + min(bisection_steps, ceil(log2 k_max)) + monotone_checks), less the seeds the
 full-data models answer at k = 0 (seed set 0, seeds <= flip_models); plus the queries stage's flip_models, TRAK's
@@ -20,6 +20,7 @@ import math
 import os
 import pickle
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ import numpy as np
 
 from . import store
 from .errors import SimattrError
+from .support.answer import Settings as SupportSettings
+from .support.bank import Journal, ModelBank
 
 PLAN_VERSION = 1
 CALIBRATION = "{dataset}/plan/calibration.json"     # simattr calibrate's output, where the plan looks for it
@@ -151,7 +154,7 @@ def _bisection_steps(k_max: int, steps: int) -> int:
 
 
 def answer_bound(s: dict, metric: str, k_max: int, seed_set: int) -> int:
-    """The most models one answer can train (support.ModelBank.trainings never exceeds it)."""
+    """The most models one answer can train (support.search.Bank.trainings never exceeds it)."""
     if s["engine"] == "adaptive":
         return int(s["max_models"])
     seeds = int(s["seeds"])
@@ -507,7 +510,8 @@ def _task_start_s(X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray)
     """What a support task pays besides its models' training: one local submitit task (simattr.launch.run_tasks, as
     the support stage runs it) that reads a queries file holding this training set, trains 3 one-step models
     (journaled, synced), fits the answer's curve with its posterior draws and writes it: the median of 3 tasks."""
-    import tempfile
+    from .launch import LaunchSettings, run_tasks      # submitit
+    from .support.stage import answer_chunk
 
     n_classes = int(y_train.max()) + 1
     label = int(y_train[0])
@@ -521,20 +525,18 @@ def _task_start_s(X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray)
         store.write_scores(f, test_indices=np.array([0]), train_indices=same,
                            scores=np.linspace(1, 0, len(same), dtype=np.float32)[None],
                            topk=same[None, :8], attrs={"class": label, "encoder": "calibrate", "ranker": "calibrate"})
-        from . import answers
-        from .launch import LaunchSettings, run_tasks
-
+        settings = SupportSettings.from_settings({
+            "dataset": "calibrate", "encoder": "calibrate", "ranker": "calibrate", "k_max": 8, "threshold": 0.5,
+            "seed_set": 1, "engine": "adaptive", "seeds_min": 3, "seeds_max": 3, "max_models": 3, "confidence": 0.9,
+            "model": {"name": "mlp", "hidden": 4, "steps": 1, "lr": 0.01, "weight_decay": 0.0}})
         unit = {"queries_path": str(q), "scores_path": str(f), "test_index": 0, "metric": "removal",
-                "settings": {"dataset": "calibrate", "encoder": "calibrate", "ranker": "calibrate", "k_max": 8,
-                             "threshold": 0.5, "seed_set": 1, "engine": "adaptive", "seeds_min": 3, "seeds_max": 3,
-                             "max_models": 3, "confidence": 0.9,
-                             "model": {"name": "mlp", "hidden": 4, "steps": 1, "lr": 0.01, "weight_decay": 0.0}}}
+                "settings": settings}
         launch = LaunchSettings.of(cluster="local", parallelism=1, folder=str(Path(d) / "submitit"))
         times = []
         for i in range(3):
             t0 = time.perf_counter()
-            _, failed = run_tasks(answers._answer_chunk, [{"units": [{**unit, "out_path": str(Path(d) / f"{i}.json")}],
-                                                          "name": "calibrate"}], ["calibrate"], launch,
+            _, failed = run_tasks(answer_chunk, [{"units": [{**unit, "out_path": str(Path(d) / f"{i}.json")}],
+                                                  "name": "calibrate"}], ["calibrate"], launch,
                                   name="calibrate", progress=False)
             if failed:
                 raise SimattrError(f"calibrate: the timed support task failed: {failed[0]}")
@@ -543,18 +545,14 @@ def _task_start_s(X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray)
 
 
 def _bank_time(X: np.ndarray, y: np.ndarray, x_query: np.ndarray, recipe, n: int) -> float:
-    """Seconds per model as the support stage trains them: support.ModelBank.ensure, one model at a time, each
+    """Seconds per model as the support stage trains them: support.bank.ModelBank.ensure, one model at a time, each
     journaled (flushed and synced) on disk; the median of n after a warm-up."""
-    import tempfile
-
-    from . import support
-
     with tempfile.TemporaryDirectory(prefix="simattr-calibrate-") as d:
         ranking = np.flatnonzero(y == y[0])
-        bank = support.ModelBank(X_train=X, y_train=y, x_query=x_query, label=int(y[0]), ranking=ranking,
-                                 metric="removal", flip_class=None, n_classes=int(y.max()) + 1, recipe=recipe,
-                                 dataset="calibrate", test_index=0, seed_set=1,
-                                 journal=support.Journal(Path(d) / "j.jsonl", "calibrate"))
+        bank = ModelBank(X_train=X, y_train=y, x_query=x_query, label=int(y[0]), ranking=ranking,
+                         metric="removal", flip_class=None, n_classes=int(y.max()) + 1, recipe=recipe,
+                         dataset="calibrate", test_index=0, seed_set=1,
+                         journal=Journal(Path(d) / "j.jsonl", "calibrate"))
         bank.ensure(1, [0])                                     # warm-up
         times = []
         for i in range(1, n + 1):
