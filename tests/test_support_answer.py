@@ -1,6 +1,7 @@
 """simattr.support.answer: one answer's settings, identity, resume and figures (through stage.answer, which reads
 the answer's files)."""
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,37 @@ def test_bad_support_settings_are_one_line_config_errors(change, message):
     with pytest.raises(SimattrError, match=message) as e:
         config.validate({"support": change}, schema)
     assert "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------- Settings
+@pytest.mark.parametrize("keys, change, message", [
+    (SUPPORT_SETTINGS, {"seeds": "3"}, r"^support\.seeds must be an integer \(got '3'\)$"),
+    (SUPPORT_SETTINGS, {"k_max": 40.0}, r"^support\.k_max must be an integer"),
+    (SUPPORT_SETTINGS, {"early_stop": 1}, r"^support\.early_stop must be true or false"),
+    (SUPPORT_SETTINGS, {"monotone_checks": True}, r"^support\.monotone_checks must be an integer"),
+    (SUPPORT_SETTINGS, {"threshold": "0.5"}, r"^support\.threshold must be a number"),
+    (SUPPORT_SETTINGS, {"seeds": 0}, r"^support\.seeds must be >= 1 \(got 0\)$"),
+    (SUPPORT_SETTINGS, {"threshold": 1.0}, r"^support\.threshold must be in \[0, 1\)"),
+    (ADAPTIVE_KEYS, {"max_models": 2}, r"support\.max_models': 2 is below support\.seeds_min"),
+    (ADAPTIVE_KEYS, {"confidence": 0.5}, r"^support\.confidence must be in \(0\.5, 1\)"),
+    (SUPPORT_SETTINGS, {"model": {"name": "mlp"}}, r"^support model: lacks"),
+    (SUPPORT_SETTINGS, {"seeds_min": 3}, r"^support: has unknown keys seeds_min$"),
+])
+def test_settings_are_typed_and_checked_once_as_they_are_built(keys, change, message):
+    with pytest.raises(SimattrError, match=message) as e:
+        Settings.from_settings({**keys, **change})
+    assert "\n" not in str(e.value)
+
+
+def test_settings_keep_their_identity_through_json_and_a_pickle_with_their_recipe():
+    d = json.loads(json.dumps({**SUPPORT_SETTINGS, "threshold": 0}))     # a whole-number float, as JSON writes it
+    s = Settings.from_settings(d)
+    assert s.threshold == 0.0 and isinstance(s.threshold, float)
+    assert s.identity() == {**SUPPORT_SETTINGS, "threshold": 0.0} and list(s.identity()) == list(Settings.FIELDS[
+        "bisection"])
+    assert s.recipe == models.Recipe.from_settings(SUPPORT_SETTINGS["model"]) and s.model is d["model"]
+    again = pickle.loads(pickle.dumps(s))                                 # as it travels into a task
+    assert again == s and again.recipe == s.recipe and again.identity() == s.identity()
+    # from a section holding more (the other engine's keys, ...): the keys of its engine only
+    wide = Settings.from_config({**ADAPTIVE_KEYS, **SUPPORT_SETTINGS, "replicates": 2})
+    assert wide.identity() == SUPPORT_SETTINGS and wide.seeds_min is None

@@ -94,3 +94,29 @@ def test_replicates_answer_every_image_under_each_seed_set_and_resume(tmp_path, 
     # one replicate alone: the first seed set's answers are kept, not recomputed
     again = stage.support_stage(gather_out=str(tmp_path / "g1.json"), replicates=1, **kw)
     assert again["answers"] == g["answers"] and "replicates" not in again
+
+
+@pytest.mark.parametrize("replicates", [1, 2])
+def test_the_stage_hands_its_settings_object_to_every_answer_without_rebuilding_it(replicates, tmp_path, monkeypatch,
+                                                                                   support_inputs):
+    """The job's Settings go as they are to each task's units and to compute; only a further replicate seed set
+    makes one more (the same settings with its seed_set)."""
+    queries, files = support_inputs
+    built, seen = [], []
+    real_post, real_compute = Settings.__post_init__, stage.compute
+
+    def counted(self):
+        built.append(self.seed_set)
+        real_post(self)
+
+    def spy(inputs, **kw):
+        seen.append(kw["settings"])
+        return real_compute(inputs, **kw)
+
+    monkeypatch.setattr(Settings, "__post_init__", counted)
+    monkeypatch.setattr(stage, "compute", spy)
+    stage.support_stage(queries=queries, score_files=files, answers_dir=str(tmp_path / "answers"),
+                        gather_out=str(tmp_path / "g.json"), metric="removal", settings=SETTINGS, progress=False,
+                        launch=LaunchSettings.of(cluster="debug", folder=str(tmp_path / "s")), replicates=replicates)
+    assert built == list(range(1, replicates))
+    assert len(seen) == 4 * replicates and all(s is SETTINGS for s in seen[:4])
