@@ -14,7 +14,7 @@ metric (removal k_max 128 / 7 bisection steps, mislabel k_max 32 / 5 steps, the 
 --seed-sets independent seed sets (support.seed_set 0, 1, 2, 3 by default):
   released-S   the released protocol: k_max, then bisection; every probe trains all S seeds (no early stop,
                no k = 0 probe), S = 3, 5, 8; the answer is bisection's.
-  adaptive-M   simattr's adaptive engine (support.adaptive_search: seeds_min 3, seeds_max 9, confidence 0.9)
+  adaptive-M   simattr's adaptive engine (support.search.adaptive_search: seeds_min 3, seeds_max 9, confidence 0.9)
                with max_models M; the answer is the fitted curve's crossing.
 Within one seed set the arms draw from one bank of models (a model's seed depends only on (image, k, seed
 index, seed set), so the same model is the same bits in every arm): each arm is charged for every model it
@@ -48,8 +48,11 @@ from pathlib import Path
 
 import numpy as np
 
-from simattr import flipcurve, models, store, support
+from simattr import flipcurve, models, store
 from simattr import queries as queries_mod
+from simattr.support.answer import answer_inputs, curve_record, load_scores
+from simattr.support.bank import Journal, ModelBank
+from simattr.support.search import adaptive_search, bank_probe, bisect_support, released_reading
 from simattr.report import statistics
 
 METHODS = ("simclr/esvm", "simclr/knn_l2", "model/trak")
@@ -68,7 +71,7 @@ def arms() -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- one unit
-class TimedJournal(support.Journal):
+class TimedJournal(Journal):
     """An in-memory journal shared by the arms of one seed set, timing each model it adds."""
 
     def __init__(self):
@@ -76,12 +79,12 @@ class TimedJournal(support.Journal):
         self.train_s = 0.0
 
 
-def _bank(inputs: dict, metric: str, t: int, seed_set: int, journal) -> support.ModelBank:
-    return support.ModelBank.for_answer(inputs, metric=metric, recipe=RECIPE, dataset="digits", test_index=t,
-                                        seed_set=seed_set, journal=journal)
+def _bank(inputs: dict, metric: str, t: int, seed_set: int, journal) -> ModelBank:
+    return ModelBank.for_answer(inputs, metric=metric, recipe=RECIPE, dataset="digits", test_index=t,
+                                seed_set=seed_set, journal=journal)
 
 
-def _timed(bank: support.ModelBank, journal: TimedJournal) -> None:
+def _timed(bank: ModelBank, journal: TimedJournal) -> None:
     real = bank.ensure
 
     def ensure(k, indices):
@@ -91,7 +94,7 @@ def _timed(bank: support.ModelBank, journal: TimedJournal) -> None:
     bank.ensure = ensure
 
 
-ADAPTIVE_VERSION = 3    # bump when support.adaptive_search changes: cached units then rerun their adaptive arms only
+ADAPTIVE_VERSION = 3    # bump when search.adaptive_search changes: cached units then rerun their adaptive arms only
 
 
 def run_unit(results: str, method: str, metric: str, t: int, dense: bool, dense_models: int,
@@ -103,9 +106,9 @@ def run_unit(results: str, method: str, metric: str, t: int, dense: bool, dense_
     arrays = queries["arrays"]
     label = int(arrays["y_query"][list(arrays["test_indices"]).index(t)])
     enc, rk = method.split("/")
-    scores = support.load_scores(str(Path(results) / store.SCORES.format(dataset="digits", encoder=enc, ranker=rk,
+    scores = load_scores(str(Path(results) / store.SCORES.format(dataset="digits", encoder=enc, ranker=rk,
                                                                           cls=label)))
-    inputs = support.answer_inputs(queries, scores, t)
+    inputs = answer_inputs(queries, scores, t)
     k_max, steps = METRICS[metric]
     k_max = min(k_max, len(inputs["ranking"]))
     out: dict = {"method": method, "metric": metric, "test_index": t, "k_max": k_max, "arms": {},
@@ -125,15 +128,15 @@ def run_unit(results: str, method: str, metric: str, t: int, dense: bool, dense_
             _timed(bank, journal)
             kind, n = arm.split("-")
             if kind == "released":
-                probe = support.bank_probe(bank, seeds=int(n), threshold=THRESHOLD, early_stop=False)
-                found, probes = support.bisect_support(probe, k_max, steps)
-                rec = support.curve_record(bank, engine="bisection", bisection=found, probes=probes, checks=[],
-                                           threshold=THRESHOLD, k_max=k_max, seed=store.seed_from(arm, t, s))
+                probe = bank_probe(bank, seeds=int(n), threshold=THRESHOLD, early_stop=False)
+                found, probes = bisect_support(probe, k_max, steps)
+                rec = curve_record(bank, engine="bisection", bisection=found, probes=probes, checks=[],
+                                   threshold=THRESHOLD, k_max=k_max, seed=store.seed_from(arm, t, s))
             else:
-                probes = support.adaptive_search(bank, k_max, threshold=THRESHOLD, max_models=int(n), **ADAPTIVE)
-                rec = support.curve_record(bank, engine="adaptive", bisection=support.released_reading(probes),
-                                           probes=probes, checks=[], threshold=THRESHOLD, k_max=k_max,
-                                           seed=store.seed_from(arm, t, s))
+                probes = adaptive_search(bank, k_max, threshold=THRESHOLD, max_models=int(n), **ADAPTIVE)
+                rec = curve_record(bank, engine="adaptive", bisection=released_reading(probes),
+                                   probes=probes, checks=[], threshold=THRESHOLD, k_max=k_max,
+                                   seed=store.seed_from(arm, t, s))
             rec.update(test_index=t, seed_set=s)
             out["arms"].setdefault(arm, {})[str(s)] = rec
         if cached is None or all(str(s) not in v for v in cached["arms"].values()):

@@ -15,8 +15,8 @@ Two arms, timed end to end (reading the inputs included; preparing them is share
   released   the released protocol, in this process: probe k_max; not flipped -> None; else bisection over
              (0, k_max] with the fixed budget. Every probe trains EVERY seed, ONE model at a time
              (`models.train_predict(..., seeds=[s])`), with simattr's per-model seeds
-             (`support.model_seed(dataset, test_index, k, seed_index)`). No journal, no early stopping, no k = 0.
-  engine     `answers.support_stage` with submitit `local` (parallelism 2: both cores; --images-per-task answers
+             (`support.bank.model_seed(dataset, test_index, k, seed_index)`). No journal, no early stopping, no k = 0.
+  engine     `support.stage.support_stage` with submitit `local` (parallelism 2: both cores; --images-per-task answers
              per task process, launch.images_per_task),
              early stopping, monotone_checks 0 (the released protocol has none), a fresh answers dir. Its
              protocol also probes k = 0 after a flipping k_max, answered by the full-data models (no training).
@@ -46,9 +46,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simattr import answers as answers_stage, datasets, encoders, models, rankers, store, support
+from simattr import datasets, encoders, models, rankers, store
 from simattr import queries as queries_mod
 from simattr.launch import LaunchSettings
+from simattr.support.answer import Settings, answer_inputs, journal_path, load_scores
+from simattr.support.bank import log_odds, model_seed, modified_training_set
+from simattr.support.search import Probe, bisect_support, models_needed
+from simattr.support.stage import support_stage
 
 DATASET = "digits"
 # the default config (config/config.yaml)
@@ -90,23 +94,23 @@ def released_answer(X_train, y_train, x_query, label, flip_class, ranking, *, me
     """The released protocol for one image: k_max, then fixed-budget bisection; every seed, one model at a time."""
     models_out = []
 
-    def probe(k: int) -> support.Probe:
-        X, y = support.modified_training_set(X_train, y_train, ranking, k, metric, flip_class)
+    def probe(k: int) -> Probe:
+        X, y = modified_training_set(X_train, y_train, ranking, k, metric, flip_class)
         acc = []
         for i in range(seeds):
-            seed = support.model_seed(DATASET, test_index, k, i)
+            seed = model_seed(DATASET, test_index, k, i)
             t0 = time.perf_counter()
             p = models.train_predict(X, y, x_query[None], seeds=[seed], n_classes=n_classes, recipe=RECIPE)[0, 0]
             train_s = time.perf_counter() - t0
             acc.append(float(p.argmax() == label))
             models_out.append({"k": k, "seed_index": i, "seed": seed, "pred": int(p.argmax()), "train_s": train_s,
-                               "margin": round(support.log_odds(p, label), 6),
+                               "margin": round(log_odds(p, label), 6),
                                **({"probs": p.copy(), "X": X, "y": y} if keep_probs and k == k_max else {})})
         mean = float(np.mean(acc))
-        return support.Probe(k=k, accuracy=mean, n_models=seeds, flipped=mean <= threshold)
+        return Probe(k=k, accuracy=mean, n_models=seeds, flipped=mean <= threshold)
 
     k_max = int(min(k_max, len(ranking)))
-    found, probes = support.bisect_support(probe, k_max, steps)     # k_max first, then fixed-budget bisection
+    found, probes = bisect_support(probe, k_max, steps)     # k_max first, then fixed-budget bisection
     return {"support": found, "probes": [p.as_dict() for p in probes], "models": models_out,
             "trainings": seeds * len(probes)}
 
@@ -115,12 +119,12 @@ def run_released(queries: str, score_files: list[str], *, metric, k_max, steps, 
                  n_bitwise: int) -> dict:
     t0 = time.perf_counter()
     q = queries_mod.load_queries(queries)
-    by_class = {int(s["attrs"]["class"]): s for s in map(support.load_scores, score_files)}
+    by_class = {int(s["attrs"]["class"]): s for s in map(load_scores, score_files)}
     a = q["arrays"]
     n_classes = int(q["attrs"]["n_classes"])
     answers = {}
     for j, (t, label) in enumerate(zip(a["test_indices"].tolist(), a["y_query"].tolist())):
-        inp = support.answer_inputs(q, by_class[label], t)     # the very inputs the engine's tasks read
+        inp = answer_inputs(q, by_class[label], t)     # the very inputs the engine's tasks read
         t1 = time.perf_counter()
         ans = released_answer(inp["X_train"], inp["y_train"], inp["x_query"], inp["label"], inp["flip_class"],
                               inp["ranking"], metric=metric, test_index=t, k_max=k_max, steps=steps, seeds=seeds,
@@ -135,20 +139,21 @@ def run_released(queries: str, score_files: list[str], *, metric, k_max, steps, 
 def run_engine(queries: str, score_files: list[str], workdir: Path, *, metric, k_max, steps, seeds, threshold,
                parallelism: int, images_per_task: int = 1) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="engine-", dir=workdir))     # fresh: nothing to reuse
-    settings = {"dataset": DATASET, "encoder": ENCODER, "ranker": RANKER, "k_max": k_max,
-                "bisection_steps": steps, "seeds": seeds, "threshold": threshold, "early_stop": True,
-                "monotone_checks": 0, "engine": "bisection", "seed_set": 0, "model": RECIPE.identity()}
+    settings = Settings.from_settings({"dataset": DATASET, "encoder": ENCODER, "ranker": RANKER, "k_max": k_max,
+                                       "bisection_steps": steps, "seeds": seeds, "threshold": threshold,
+                                       "early_stop": True, "monotone_checks": 0, "engine": "bisection", "seed_set": 0,
+                                       "model": RECIPE.identity()})
     launch = LaunchSettings.of(cluster="local", parallelism=parallelism, folder=str(run_dir / "submitit"),
                                images_per_task=images_per_task)
     t0 = time.perf_counter()
-    gather = answers_stage.support_stage(queries=queries, score_files=score_files, answers_dir=str(run_dir / "answers"),
-                                         gather_out=str(run_dir / "gather.json"), metric=metric, settings=settings,
-                                         launch=launch, replicates=1, progress=False)
+    gather = support_stage(queries=queries, score_files=score_files, answers_dir=str(run_dir / "answers"),
+                           gather_out=str(run_dir / "gather.json"), metric=metric, settings=settings,
+                           launch=launch, replicates=1, progress=False)
     wall = time.perf_counter() - t0
     answers = {}
     for ans in gather["answers"]:
         t = ans["test_index"]
-        journal = support.journal_path(run_dir / "answers" / f"{t}.json")
+        journal = journal_path(run_dir / "answers" / f"{t}.json")
         ans["models"] = [json.loads(ln) for ln in journal.read_text().splitlines() if ln.strip()]
         answers[t] = ans
     return {"answers": answers, "wall_s": wall, "dir": str(run_dir), "parallelism": parallelism}
@@ -331,7 +336,7 @@ def main(argv=None) -> int:
                   f"{n}: {v:.1f}" for n, v in bit["batched_ms_per_model"].items()) + " ms/model")
     print(f"  concurrency              {ratios['concurrency']:.2f}x  (sum of the engine's task wall / its stage "
           f"wall: {a.parallelism} process(es), less process start and polling)")
-    first = support.models_needed(0, 0, a.seeds, a.threshold)
+    first = models_needed(0, 0, a.seeds, a.threshold)
     print(f"  ceiling without k = 0 answers: every probe settled by its first {first} of {a.seeds} models "
           f"({a.seeds / first:.2f}x) x {a.parallelism} processes, no overhead, at the released time per model = "
           f"{a.seeds / first * a.parallelism:.2f}x")

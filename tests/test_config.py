@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simattr import backbones, config, datasets, encoders, launch, models, rankers, support
+from simattr import backbones, config, datasets, encoders, launch, models, rankers
 from simattr.errors import SimattrError
+from simattr.support.answer import ENGINES as SUPPORT_ENGINES
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -22,7 +23,7 @@ def test_registries_and_schema_agree():
     enc = p["encoders"]["properties"]
     pairs = [(p["dataset"]["properties"]["name"], datasets.NAMES), (p["dataset"]["properties"]["bad_images"],
              datasets.BAD_IMAGES), (p["model"]["properties"]["name"], models.MODELS),
-             (p["support"]["properties"]["engine"], support.ENGINES), (p["launch"]["properties"]["cluster"],
+             (p["support"]["properties"]["engine"], SUPPORT_ENGINES), (p["launch"]["properties"]["cluster"],
              launch.CLUSTERS), (p["support"]["properties"]["metrics"]["items"], config.METRICS),
              (enc["simclr"]["properties"]["arch"], encoders.SIMCLR_ARCHS)]
     for schema_entry, registry in pairs:

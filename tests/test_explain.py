@@ -17,10 +17,12 @@ from PIL import Image
 
 from datafiles import make_cifar_root
 from simattr import config as sconfig
-from simattr import datasets, embedding, queries, scoring, store, support
+from simattr import datasets, embedding, queries, scoring, store
 from simattr.errors import SimattrError
 from simattr.explain import Attributor
 from simattr.models import Recipe
+from simattr.support import stage as support_stage
+from simattr.support.answer import Settings as SupportSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SIMCLR = {"arch": "small", "epochs": 1, "batch_size": 256, "lr": 0.002, "temperature": 0.2, "feature_dim": 16,
@@ -62,10 +64,10 @@ def results(tmp_path_factory):
                         ranker_settings=sconfig.ranker_settings(c, "esvm"), out=str(sc), progress=False)
     s = {**c["support"], **c["support"]["removal"], "k_max": 16, "seeds_max": 3, "max_models": 8,
          "dataset": "digits", "encoder": "simclr", "ranker": "esvm", "model": recipe.identity()}
-    support.answer(queries_path=str(qpath), scores_path=str(sc), test_index=t, metric="removal",
-                   settings=support.engine_settings(s),
-                   out_path=str(store.answer_path(p(store.SUPPORT_DIR, encoder="simclr", ranker="esvm",
-                                                    metric="removal"), t)))
+    support_stage.answer(queries_path=str(qpath), scores_path=str(sc), test_index=t, metric="removal",
+                         settings=SupportSettings.from_config(s),
+                         out_path=str(store.answer_path(p(store.SUPPORT_DIR, encoder="simclr", ranker="esvm",
+                                                          metric="removal"), t)))
     return root, t
 
 

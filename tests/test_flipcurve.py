@@ -5,7 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from simattr import flipcurve, support
+from simattr import flipcurve
+from simattr.support.bank import ModelBank
+from simattr.support.search import adaptive_search
 
 
 def test_isotonic_fit_equals_scikit_learn_on_random_weighted_rows():
@@ -44,7 +46,7 @@ def test_flip_probability_is_the_jeffreys_posterior():
     assert flipcurve.flip_probability(4, 2, 0.5) == pytest.approx(0.5)
 
 
-class SimBank(support.ModelBank):
+class SimBank(ModelBank):
     """A ModelBank whose models are coin flips: correct with probability f(k), seeded by (draw, k, index)."""
 
     def __init__(self, f, draw: int):
@@ -81,7 +83,7 @@ def test_adaptive_engine_is_unbiased_and_its_90_percent_intervals_cover_the_true
     errors, covered, used = [], [], []
     for draw in range(60):
         bank = SimBank(f, draw)
-        support.adaptive_search(bank, 128, threshold=0.5, seeds_min=3, seeds_max=9, max_models=40, confidence=0.9)
+        adaptive_search(bank, 128, threshold=0.5, seeds_min=3, seeds_max=9, max_models=40, confidence=0.9)
         est = flipcurve.estimate(bank.points(), 0.5, n_draws=400, seed=draw)
         lo, hi = est.interval(0.9)
         errors.append(est.support - truth)
@@ -94,16 +96,16 @@ def test_adaptive_engine_is_unbiased_and_its_90_percent_intervals_cover_the_true
 
 def test_k0_is_probed_only_once_the_smallest_probed_k_flips():
     bank = SimBank(lambda k: 0.0, 0)                       # flipped with nothing changed
-    probes = support.adaptive_search(bank, 128, threshold=0.5, seeds_min=3, seeds_max=9, max_models=60,
-                                     confidence=0.9)
+    probes = adaptive_search(bank, 128, threshold=0.5, seeds_min=3, seeds_max=9, max_models=60,
+                             confidence=0.9)
     assert probes[-1].k == 0 and [p.k for p in probes][:3] == [128, 64, 32]
     assert flipcurve.estimate(bank.points(), 0.5, n_draws=0).support == 0
 
 
 def test_adaptive_engine_stops_at_a_flat_curve_and_reports_censoring():
     bank = SimBank(lambda k: 0.95, 0)
-    probes = support.adaptive_search(bank, 128, threshold=0.5, seeds_min=3, seeds_max=9, max_models=40,
-                                     confidence=0.9)
+    probes = adaptive_search(bank, 128, threshold=0.5, seeds_min=3, seeds_max=9, max_models=40,
+                             confidence=0.9)
     assert [p.k for p in probes] == [128] and bank.trainings == 3
     est = flipcurve.estimate(bank.points(), 0.5, n_draws=200, seed=0)
     assert est.support == math.inf and est.interval(0.9)[1] == math.inf
@@ -111,8 +113,8 @@ def test_adaptive_engine_stops_at_a_flat_curve_and_reports_censoring():
 
 def test_uncertain_probes_get_more_seeds_and_clear_ones_do_not():
     bank = SimBank(lambda k: 0.5 if k >= 64 else 1.0, 3)
-    probes = support.adaptive_search(bank, 128, threshold=0.5, seeds_min=3, seeds_max=9, max_models=200,
-                                     confidence=0.9)
+    probes = adaptive_search(bank, 128, threshold=0.5, seeds_min=3, seeds_max=9, max_models=200,
+                             confidence=0.9)
     by_k = {p.k: p.n_models for p in probes}
     assert 0 not in by_k                                   # no full-data models: k = 0 waits until it matters
     assert all(n == 3 for k, n in by_k.items() if k < 64)

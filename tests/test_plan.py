@@ -13,8 +13,10 @@ import pytest
 import yaml
 
 from simattr import config as sconfig
-from simattr import plan, settings, support
+from simattr import plan, settings
 from simattr.errors import SimattrError
+from simattr.support.answer import ENGINE_KEYS, Settings
+from simattr.support.stage import answer
 from test_workflow import REPO, TEST_CFG, job_counts, smk, with_fake_inputs
 
 EXPECTED_TOLERANCE = 0.25          # the expected model count within 25% of what the run trained
@@ -43,14 +45,14 @@ def test_no_answer_trains_more_models_than_its_bound(tmp_path, support_inputs, e
     from datafiles import SUPPORT_SETTINGS
 
     queries, files = support_inputs
-    base = {k: v for k, v in SUPPORT_SETTINGS.items() if k not in support.ENGINE_KEYS["bisection"]}
+    base = {k: v for k, v in SUPPORT_SETTINGS.items() if k not in ENGINE_KEYS["bisection"]}
     s = {**base, "engine": engine, "seed_set": seed_set, "bisection_steps": 6, **extra}
     plan_s = {**s, "flip_models": 5, metric: {"bisection_steps": 6}}     # the toy queries hold 5 full-data models
     bound = plan.answer_bound(plan_s, metric, s["k_max"], seed_set)
     trained = []
     for t, f in zip(range(4), [files[0], files[1], files[2], files[0]]):
-        a = support.answer(queries_path=queries, scores_path=f, out_path=str(tmp_path / f"{t}.json"), test_index=t,
-                           metric=metric, settings=s)
+        a = answer(queries_path=queries, scores_path=f, out_path=str(tmp_path / f"{t}.json"), test_index=t,
+                   metric=metric, settings=Settings.from_config(s))
         trained.append(a["trainings"])
     assert max(trained) <= bound, (trained, bound)
     if engine == "bisection":           # a found answer without early stopping fills every probe but k = 0's free ones

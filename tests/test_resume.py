@@ -3,6 +3,7 @@ resumed bit for bit, never from another training, written atomically, deleted wh
 support answers, subset shards, queries and TRAK checkpoints that use it."""
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -13,9 +14,12 @@ import pytest
 from simattr import config as sconfig
 from simattr import models, store
 from simattr.errors import SimattrError
+from simattr.support.answer import Settings, journal_path
+from simattr.support.bank import state_path
+from simattr.support.stage import answer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datafiles import cifar_images  # noqa: E402
+from datafiles import SUPPORT_SETTINGS, cifar_images  # noqa: E402
 
 RECIPE = models.Recipe.of(name="resnet9", epochs=3, batch_size=8, lr=0.2, weight_decay=5e-4, deterministic=True)
 
@@ -235,38 +239,31 @@ def cnn_support_inputs(folder: Path, n_train: int = 12) -> tuple[str, list[str]]
 def cnn_settings(epochs: int) -> dict:
     """Bisection with one model per probe and no bisection step: the k_max probe's model is the only one trained
     (on n_train - 4 images: one batch per epoch)."""
-    from datafiles import SUPPORT_SETTINGS
-
     return {**SUPPORT_SETTINGS, "k_max": 4, "seeds": 1, "bisection_steps": 0, "monotone_checks": 0,
             "model": {**RECIPE.identity(), "epochs": epochs}}
 
 
 def journal_models(answer_path) -> list[dict]:
-    import json
-
-    from simattr import support
-
-    return [json.loads(ln) for ln in support.journal_path(answer_path).read_text().splitlines()]
+    return [json.loads(ln) for ln in journal_path(answer_path).read_text().splitlines()]
 
 
 def test_a_support_answer_killed_mid_model_resumes_that_model_from_its_state(tmp_path, monkeypatch):
-    from simattr import support
-
     monkeypatch.setenv(models.STATE_EVERY_ENV, "0")
     queries, files = cnn_support_inputs(tmp_path)
-    unit = dict(queries_path=queries, scores_path=files[0], test_index=0, metric="removal", settings=cnn_settings(3))
-    clean = support.answer(out_path=str(tmp_path / "clean" / "0.json"), **unit)
+    unit = dict(queries_path=queries, scores_path=files[0], test_index=0, metric="removal",
+                settings=Settings.from_settings(cnn_settings(3)))
+    clean = answer(out_path=str(tmp_path / "clean" / "0.json"), **unit)
     assert clean["trainings"] == 1
     out = tmp_path / "killed" / "0.json"
     real = models.cnn.save_state
     interrupt_after(monkeypatch, 1)
     with pytest.raises(Interrupted):
-        support.answer(out_path=str(out), **unit)
-    state = support.state_path(support.journal_path(out), 4, 0)
+        answer(out_path=str(out), **unit)
+    state = state_path(journal_path(out), 4, 0)
     assert state.name == "0.k4.s0.state.pt" and state.exists() and not out.exists()
     assert journal_models(out) == []                         # the model was not finished
     monkeypatch.setattr(models.cnn, "save_state", real)
-    resumed = support.answer(out_path=str(out), **unit)
+    resumed = answer(out_path=str(out), **unit)
     strip = lambda a: {k: v for k, v in a.items() if k not in ("wall_s", "models_reused")}
     assert strip(resumed) == strip(clean)
     (ref,), (got,) = journal_models(tmp_path / "clean" / "0.json"), journal_models(out)

@@ -18,6 +18,7 @@ from simattr.datasets import Spec
 from simattr.errors import SimattrError
 from simattr.launch import LaunchSettings
 from simattr.models import Recipe
+from simattr.support.answer import Settings as SupportSettings
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
@@ -60,8 +61,11 @@ def test_each_jobs_settings_round_trip_through_json_into_typed_objects(path, sco
             assert parsed.dataset.identity() == Spec.from_config(config["dataset"]).identity()
         if "model" in made:
             assert isinstance(parsed.model, Recipe) and parsed.model.identity() == made["model"]
-        rest = {k: v for k, v in vars(parsed).items() if k not in ("dataset", "model")}
-        assert rest == {k: v for k, v in made.items() if k not in ("dataset", "model")}, job
+        typed = ("dataset", "model") + (("support",) if job == "support" else ())
+        if job == "support":
+            assert isinstance(parsed.support, SupportSettings) and parsed.support.identity() == made["support"]
+        rest = {k: v for k, v in vars(parsed).items() if k not in typed}
+        assert rest == {k: v for k, v in made.items() if k not in typed}, job
 
 
 def test_a_setting_reaches_only_the_jobs_that_read_it(scores_file):

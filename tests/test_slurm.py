@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from simattr import answers, launch, support
+from simattr import launch
 from simattr import queries as queries_mod
 from simattr.launch import LaunchSettings
+from simattr.support import stage as support_stage
+from simattr.support.answer import Settings, journal_path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datafiles import SUPPORT_SETTINGS as SETTINGS, support_inputs  # noqa: E402
@@ -65,11 +67,12 @@ def slurm():
         subprocess.run(["bash", str(SCRIPTS / "stop-local.sh")], capture_output=True, timeout=120)
 
 
-def _settings(**model) -> dict:
-    return {**SETTINGS, "monotone_checks": 1, "model": {**SETTINGS["model"], **model}}
+def _settings(**model) -> Settings:
+    return Settings.from_settings({**SETTINGS, "monotone_checks": 1, "model": {**SETTINGS["model"], **model}})
 
 
-def _unit(queries: str, files: list[str], out_dir: Path, test_index: int, settings: dict, metric="removal") -> dict:
+def _unit(queries: str, files: list[str], out_dir: Path, test_index: int, settings: Settings,
+          metric="removal") -> dict:
     arrays = queries_mod.load_queries(queries)["arrays"]
     cls = int(arrays["y_query"][arrays["test_indices"].tolist().index(test_index)])   # files[c]: class c
     return {"queries_path": queries, "scores_path": files[cls], "out_path": str(out_dir / f"{test_index}.json"),
@@ -81,7 +84,7 @@ def _strip(a: dict) -> dict:
 
 
 def _journal_keys(answer_path: str) -> list[tuple[int, int]]:
-    lines = support.journal_path(answer_path).read_text().splitlines()
+    lines = journal_path(answer_path).read_text().splitlines()
     return [(e["k"], e["seed_index"]) for e in map(json.loads, lines)]
 
 
@@ -146,11 +149,13 @@ def test_support_stage_runs_as_a_slurm_array_with_the_same_answers(slurm, tmp_pa
     common = dict(queries=queries, score_files=files, metric="removal", settings=settings, progress=False,
                   replicates=1)
     t0 = time.perf_counter()
-    on_slurm = answers.support_stage(answers_dir=str(tmp_path / "slurm"), gather_out=str(tmp_path / "slurm.json"),
-                                    launch=_slurm_launch(tmp_path), **common)
+    on_slurm = support_stage.support_stage(answers_dir=str(tmp_path / "slurm"),
+                                           gather_out=str(tmp_path / "slurm.json"), launch=_slurm_launch(tmp_path),
+                                           **common)
     wall = time.perf_counter() - t0
-    local = answers.support_stage(answers_dir=str(tmp_path / "debug"), gather_out=str(tmp_path / "debug.json"),
-                                 launch=LaunchSettings.of(cluster="debug", folder=str(tmp_path / "dbg")), **common)
+    local = support_stage.support_stage(answers_dir=str(tmp_path / "debug"), gather_out=str(tmp_path / "debug.json"),
+                                        launch=LaunchSettings.of(cluster="debug", folder=str(tmp_path / "dbg")),
+                                        **common)
     assert [_strip(a) for a in on_slurm["answers"]] == [_strip(a) for a in local["answers"]]
     # the tasks really were one SLURM array (submitit's folder holds one log per array task)
     logs = sorted((tmp_path / "submitit").glob("*_*_log.out"))
@@ -168,7 +173,7 @@ def test_a_task_that_raises_is_reported_with_its_log_while_the_rest_complete(slu
     settings = _settings()
     units = [_unit(queries, files, tmp_path / "ans", t, settings) for t in (0, 1)]
     units.append({**units[0], "test_index": 999, "out_path": str(tmp_path / "ans" / "999.json")})
-    results, failures = launch.run_tasks(answers.answer_task, units, ["image 0", "image 1", "image 999"],
+    results, failures = launch.run_tasks(support_stage.answer_task, units, ["image 0", "image 1", "image 999"],
                                          _slurm_launch(tmp_path), name=f"simattr-fail-{uuid.uuid4().hex[:6]}",
                                          progress=False)
     assert results[0]["test_index"] == 0 and results[1]["test_index"] == 1 and results[2] is None
@@ -190,7 +195,7 @@ def slow_reference(tmp_path_factory):
     queries, files = support_inputs(tmp)
     unit = _unit(queries, files, tmp / "ref", 1, _settings(**SLOW))
     t0 = time.perf_counter()
-    ref = answers.answer_task(**unit)
+    ref = support_stage.answer_task(**unit)
     return ref, time.perf_counter() - t0
 
 
@@ -207,10 +212,10 @@ def test_scontrol_requeue_of_a_running_task_resumes_from_its_journal(slurm, slow
     queries, files = support_inputs(tmp_path)
     unit = _unit(queries, files, tmp_path / "ans", 1, _settings(**SLOW))
     name = f"simattr-requeue-{uuid.uuid4().hex[:6]}"
-    th, box = _run_in_thread(launch.run_tasks, answers.answer_task, [unit], ["image 1"], _slurm_launch(tmp_path),
-                             name=name, progress=False)
+    th, box = _run_in_thread(launch.run_tasks, support_stage.answer_task, [unit], ["image 1"],
+                             _slurm_launch(tmp_path), name=name, progress=False)
     job = _job_of(name)
-    journal = support.journal_path(unit["out_path"])
+    journal = journal_path(unit["out_path"])
     _wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 3, 120, "3 journaled models")
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
     t0 = time.perf_counter()
@@ -232,7 +237,7 @@ def test_a_task_reaching_its_time_limit_is_checkpointed_and_resumed(slurm, slow_
     queries, files = support_inputs(tmp_path)
     unit = _unit(queries, files, tmp_path / "ans", 1, _settings(**SLOW))
     t0 = time.perf_counter()
-    results, failures = launch.run_tasks(answers.answer_task, [unit], ["image 1"],
+    results, failures = launch.run_tasks(support_stage.answer_task, [unit], ["image 1"],
                                          # SLURM checks limits every 30 s, so the signal may come up to 30 s early:
                                          # with a 20 s delay it comes 10-40 s into each run, before the kill
                                          _slurm_launch(tmp_path, timeout_min=1, signal_delay_s=20, max_requeues=10),
@@ -332,16 +337,17 @@ def test_a_cnn_model_longer_than_the_time_limit_resumes_mid_training_after_each_
     # for 60-90 s); epochs of seconds, so that every run makes progress and the saves (52 MB each) stay few
     epochs = int(min(60, max(8, round(200 / (2 * per_epoch)))))
     queries, files = cnn_support_inputs(tmp_path, N_TRAIN)
-    settings = {**cnn_settings(epochs), "model": {**cnn_settings(epochs)["model"], "batch_size": BATCH}}
+    settings = Settings.from_settings({**cnn_settings(epochs), "model": {**cnn_settings(epochs)["model"],
+                                                                        "batch_size": BATCH}})
     unit = {"queries_path": queries, "scores_path": files[0], "out_path": str(tmp_path / "slurm" / "0.json"),
             "test_index": 0, "metric": "removal", "settings": settings}
     ref_unit = {**unit, "out_path": str(tmp_path / "local" / "0.json")}
     local = LaunchSettings.of(cluster="local", folder=str(tmp_path / "local-submitit"), parallelism=1,
                               cpus_per_task=1, timeout_min=30, state_every_s=0)
     t0 = time.perf_counter()
-    ref_th, ref_box = _run_in_thread(launch.run_tasks, answers.answer_task, [ref_unit], ["image 0"], local,
+    ref_th, ref_box = _run_in_thread(launch.run_tasks, support_stage.answer_task, [ref_unit], ["image 0"], local,
                                      name="simattr-resume-ref", progress=False)
-    results, failures = launch.run_tasks(answers.answer_task, [unit], ["image 0"],
+    results, failures = launch.run_tasks(support_stage.answer_task, [unit], ["image 0"],
                                          _slurm_launch(tmp_path, timeout_min=2, signal_delay_s=20, max_requeues=10,
                                                        cpus_per_task=1, mem_gb=2, state_every_s=0),
                                          name=f"simattr-resume-{uuid.uuid4().hex[:6]}", progress=False)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simattr import models, store, support
+from simattr import datasets, models, store
 from simattr import queries as queries_stage
 from simattr.errors import SimattrError
+from simattr.support.answer import Settings
+from simattr.support.bank import make_probe, modified_training_set
+from simattr.support.stage import answer
 
 N_TRAIN, N_CLASSES, LABEL, FLIP = 40, 3, 0, 2
 RECIPE = models.Recipe.of(name="mlp", hidden=4, steps=1, lr=0.01)
@@ -64,7 +67,7 @@ def test_modified_training_set_changes_exactly_the_rankings_top_k(metric):
     for k in (0,) + KS:
         top = ranking[:k]
         assert metric == "removal" or k == 0 or (y[top] != FLIP).any()     # else a no-op relabel would pass
-        Xk, yk = support.modified_training_set(X, y, ranking, k, metric, FLIP if metric == "mislabel" else None)
+        Xk, yk = modified_training_set(X, y, ranking, k, metric, FLIP if metric == "mislabel" else None)
         assert _rows(Xk, yk) == _expected(y, ranking, k, metric), (metric, k)
     assert np.array_equal(y, np.arange(N_TRAIN) % N_CLASSES)                  # the caller's labels untouched
 
@@ -74,10 +77,10 @@ def test_each_probe_trains_on_the_full_set_with_exactly_the_top_k_changed(metric
     X, y, ranking = _toy()
     spy = Spy()
     monkeypatch.setattr(models, "train_predict", spy)
-    probe = support.make_probe(X_train=X, y_train=y, x_query=X[0], label=LABEL, ranking=ranking, metric=metric,
-                               flip_class=FLIP if metric == "mislabel" else None, n_classes=N_CLASSES,
-                               recipe=RECIPE, seeds=2, threshold=0.5, early_stop=False, dataset="toy",
-                               test_index=0)
+    probe = make_probe(X_train=X, y_train=y, x_query=X[0], label=LABEL, ranking=ranking, metric=metric,
+                       flip_class=FLIP if metric == "mislabel" else None, n_classes=N_CLASSES,
+                       recipe=RECIPE, seeds=2, threshold=0.5, early_stop=False, dataset="toy",
+                       test_index=0)
     for k in KS:
         spy.calls.clear()
         p = probe(k)
@@ -128,8 +131,8 @@ def test_an_answer_finds_a_planted_support_of_the_scored_ranking(metric, engine,
     order = np.random.default_rng(3).permutation(np.flatnonzero(y != FLIP))   # the ranker's best first
     monkeypatch.setattr(models, "train_predict", _planted_model(set(order[:PLANTED].tolist()), LABEL, FLIP))
     queries, scores = _answer_inputs(tmp_path, order)
-    a = support.answer(queries_path=queries, scores_path=scores, out_path=str(tmp_path / "a" / "5.json"),
-                       test_index=5, metric=metric, settings={**SETTINGS, "engine": engine})
+    a = answer(queries_path=queries, scores_path=scores, out_path=str(tmp_path / "a" / "5.json"),
+               test_index=5, metric=metric, settings=Settings.from_config({**SETTINGS, "engine": engine}))
     assert a["support"] == PLANTED and a["support_bisection"] == PLANTED
     assert a["violations"] == 0
 
@@ -140,8 +143,8 @@ def test_a_support_beyond_k_max_is_censored(metric, tmp_path, monkeypatch):
     order = np.random.default_rng(3).permutation(np.flatnonzero(y != FLIP))
     monkeypatch.setattr(models, "train_predict", _planted_model({int(order[20])}, LABEL, FLIP))   # rank 21
     queries, scores = _answer_inputs(tmp_path, order)
-    a = support.answer(queries_path=queries, scores_path=scores, out_path=str(tmp_path / "a" / "5.json"),
-                       test_index=5, metric=metric, settings={**SETTINGS, "engine": "bisection"})
+    a = answer(queries_path=queries, scores_path=scores, out_path=str(tmp_path / "a" / "5.json"),
+               test_index=5, metric=metric, settings=Settings.from_config({**SETTINGS, "engine": "bisection"}))
     assert a["support"] is None and [p["k"] for p in a["probes"]] == [20]
 
 
@@ -167,8 +170,6 @@ FULL_PROBS[:, 3] = [0., .3, .7]
 
 @pytest.fixture
 def fake_queries_stage(monkeypatch):
-    from simattr import datasets
-
     rng = np.random.default_rng(0)
     splits = {"train": FakeSplit(rng.normal(size=(9, 1, 2, 2)).astype(np.float32), np.arange(9) % 3),
               "test": FakeSplit(rng.normal(size=(6, 1, 2, 2)).astype(np.float32), TEST_LABELS)}
@@ -187,8 +188,6 @@ def fake_queries_stage(monkeypatch):
 
 def test_prepare_queries_picks_eligible_images_flip_classes_and_full_correct_as_worked_by_hand(
         fake_queries_stage, tmp_path):
-    from simattr import datasets
-
     splits, calls = fake_queries_stage
     out = tmp_path / "queries.h5"
     attrs = queries_stage.prepare_queries(data=datasets.Spec.of(name="digits"), n_test=4, sample_seed=0, flip_models=4,
@@ -215,8 +214,6 @@ def test_prepare_queries_picks_eligible_images_flip_classes_and_full_correct_as_
 
 
 def test_prepare_queries_refuses_more_images_than_are_eligible(fake_queries_stage, tmp_path):
-    from simattr import datasets
-
     with pytest.raises(SimattrError, match="only 4 of 6"):
         queries_stage.prepare_queries(data=datasets.Spec.of(name="digits"), n_test=5, sample_seed=0, flip_models=4,
                                 recipe=RECIPE, out_path=str(tmp_path / "queries.h5"))

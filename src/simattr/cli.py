@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import accel, answers, embedding, export, lds, plan, queries, scoring, settings, store, subsets, trak, typed
+from . import accel, embedding, export, lds, plan, queries, scoring, settings, store, subsets, trak, typed
 from . import config as sconfig
 from .accel import cuda_in_use
 from .config import METRICS, MODEL_RANKERS
@@ -62,7 +62,7 @@ def job_settings(a: argparse.Namespace, job: str, wildcards: tuple[str, ...]):
 def _launch(a: argparse.Namespace):
     """The support tasks' launch settings: --launch KEY=VALUE ... (the workflow passes the `launch` section as
     resources: how tasks run changes no answer) or the --config file's."""
-    from .launch import LaunchSettings
+    from .launch import LaunchSettings          # submitit
 
     if a.launch:
         d = typed.key_values(a.launch, "--launch")
@@ -249,9 +249,10 @@ def _queries(a, s, progress):
 
 
 def _support(a, s, progress):
-    answers.support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir, gather_out=a.out,
-                          metric=a.metric, settings=s.support, launch=_launch(a), progress=progress,
-                          replicates=s.replicates)
+    from .support.stage import support_stage    # submitit (simattr.launch)
+
+    support_stage(queries=a.queries, score_files=a.scores, answers_dir=a.answers_dir, gather_out=a.out,
+                  metric=a.metric, settings=s.support, launch=_launch(a), progress=progress, replicates=s.replicates)
 
 
 def _launch_dict(a) -> dict:

@@ -14,14 +14,24 @@ epochs since the last save.
 """
 from __future__ import annotations
 
+import logging
+import os
 import re
+import sys
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
+import submitit
 from submitit.helpers import Checkpointable as _Checkpointable
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
+
+from . import accel
+from .config import defaults
+from .models import STATE_EVERY_ENV
+from .typed import typed_fields
 
 CLUSTERS = ("local", "debug", "slurm")
 
@@ -47,8 +57,6 @@ class LaunchSettings:
     @classmethod
     def from_settings(cls, d: dict, folder: str = "submitit", where: str = "launch") -> "LaunchSettings":
         """From the `launch` section (every key) and the folder of submitit's files."""
-        from .typed import typed_fields
-
         keys = [k for k in cls.__dataclass_fields__ if k != "folder"]
         return cls(**{**typed_fields(cls, d, keys, where), "folder": folder,
                       "slurm_partition": d.get("slurm_partition") or None})
@@ -56,8 +64,6 @@ class LaunchSettings:
     @classmethod
     def of(cls, **fields) -> "LaunchSettings":
         """The schema's default launch settings with `fields` changed (folder among them)."""
-        from .config import defaults
-
         folder = fields.pop("folder", "submitit")
         return cls.from_settings({**defaults()["launch"], **fields}, folder)
 
@@ -87,16 +93,6 @@ class Task(_Checkpointable):
         self.state_every_s = state_every_s
 
     def __call__(self, kwargs: dict) -> Any:
-        import os
-        import sys
-
-        import logging
-
-        from threadpoolctl import threadpool_limits
-
-        from . import accel
-        from .models import STATE_EVERY_ENV
-
         if self.visible is not None:              # before torch starts CUDA in this process
             os.environ["CUDA_VISIBLE_DEVICES"] = self.visible
         # threadpool_limits reaches only the libraries loaded now; torch is usually imported later, inside fn,
@@ -138,13 +134,11 @@ class GpuSlots:
     running than GPUs, tasks share GPUs evenly (several models per GPU)."""
 
     def __init__(self, per_task: int):
-        from . import accel
-
         env = accel.visible_devices()
         if env is not None and env.strip().lower() not in accel.NO_DEVICE:
             names = [x.strip() for x in env.split(",") if x.strip()]
         else:
-            import torch
+            import torch     # only here: no CUDA_VISIBLE_DEVICES to read the GPUs from
 
             names = [str(i) for i in range(max(torch.cuda.device_count(), per_task))]
         if len(names) < per_task:
@@ -164,8 +158,6 @@ class GpuSlots:
 
 
 def _executor(s: LaunchSettings, name: str):
-    import submitit
-
     if s.cluster not in CLUSTERS:
         raise ValueError(f"unknown cluster '{s.cluster}'; valid: {', '.join(CLUSTERS)}")
     ex = submitit.AutoExecutor(folder=s.folder, cluster=s.cluster, slurm_max_num_timeout=s.max_requeues)

@@ -7,7 +7,7 @@ model, peak memory per job and bytes written. Where the time per model comes fro
 the calibration file (`simattr calibrate`, if its recipe and dataset match the config's); an earlier run's support
 answers (their wall seconds per model trained); else the hours are unknown and the plan says how to get a time.
 
-The bounds follow the code (simattr.support): an adaptive answer trains at most `support.max_models` models (the
+The bounds follow the code (simattr.support.search): an adaptive answer trains at most `support.max_models` models (the
 full-data models reused at k = 0 do not count, models read back from a journal do); a bisection answer at most
 seeds x (k_max probe + k = 0 probe + min(bisection_steps, ceil(log2 k_max)) + monotone_checks), less the seeds the
 full-data models answer at k = 0 (seed set 0, seeds <= flip_models); plus the queries stage's flip_models, TRAK's
@@ -15,19 +15,25 @@ checkpoints, the datamodels and LDS subset models.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import pickle
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import accel, datasets, models, scoring, store
 from . import config as sconfig
-from . import store
+from .backbones import feature_width
+from .datasets import CIFAR_FILES, CIFAR_FOLDER, CIFAR_URL, Spec
 from .errors import SimattrError
+from .support.answer import Settings as SupportSettings
+from .support.bank import Journal, ModelBank
 
 PLAN_VERSION = 1
 CALIBRATION = "{dataset}/plan/calibration.json"     # simattr calibrate's output, where the plan looks for it
@@ -87,8 +93,6 @@ def _counts(labels, n_classes: int) -> tuple[int, ...]:
 def _cifar_labels(root: str, split: str) -> list[int]:
     """The labels of a CIFAR-10 split from its batch files (the pickles read with the standard library: no
     torchvision); a missing file is one line naming it."""
-    from .datasets import CIFAR_FILES, CIFAR_FOLDER, CIFAR_URL
-
     folder = Path(root) / CIFAR_FOLDER
     missing = [f for f in CIFAR_FILES["train"] + CIFAR_FILES["test"] if not (folder / f).is_file()]
     if missing:
@@ -107,8 +111,6 @@ def _cifar_labels(root: str, split: str) -> list[int]:
 def data_shape(spec) -> DataShape:
     """Class sizes and image shape of a dataset (datasets.Spec): digits from scikit-learn, CIFAR-10 from its batch
     files' labels, image folders listed (never decoded)."""
-    from . import datasets
-
     if spec.name == "cifar10":
         tr, te = (_cifar_labels(spec.root, s) for s in datasets.SPLITS)
         return DataShape(_counts(tr, 10), _counts(te, 10), (3, 32, 32))
@@ -140,8 +142,6 @@ def feature_dim(encoder: str, encoders: dict, shape: DataShape) -> int:
         return 512 if e.get("arch") == "resnet18" else int(e["feature_dim"])
     if encoder == "supervised":
         return int(e["hidden"])
-    from .backbones import feature_width
-
     return feature_width(e["arch"], e["feature"])
 
 
@@ -150,7 +150,7 @@ def _bisection_steps(k_max: int, steps: int) -> int:
 
 
 def answer_bound(s: dict, metric: str, k_max: int, seed_set: int) -> int:
-    """The most models one answer can train (support.ModelBank.trainings never exceeds it)."""
+    """The most models one answer can train (support.search.Bank.trainings never exceeds it)."""
     if s["engine"] == "adaptive":
         return int(s["max_models"])
     seeds = int(s["seeds"])
@@ -186,8 +186,6 @@ def score_peak_bytes(*, n_queries: int, n_candidates: int, n_train: int, n_test:
     the rankers it knows, else this estimate: both splits' features as float32 (store.read_embeddings reads whole
     splits), the class's score matrix, and the batched solver's chunk x candidates arrays (a few) plus
     chunk x (d + 1)^2 for narrow features."""
-    from . import scoring
-
     if hasattr(scoring, "peak_bytes"):
         try:
             return int(scoring.peak_bytes(ranker, n_queries=n_queries, n_candidates=n_candidates, n_train=n_train,
@@ -242,8 +240,6 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
               calibration_path: str | None = None, history: bool = True, shape: DataShape | None = None) -> dict:
     """The plan of a run (settings: settings.for_job('plan', config); launch: the config's `launch`). `shape`: the
     dataset's class sizes when known without its files (else read off the dataset: data_shape)."""
-    from .datasets import Spec
-
     spec = Spec.from_settings(settings["dataset"], where="plan dataset")
     shape = shape or data_shape(spec)
     methods = [tuple(m) for m in settings["methods"]]
@@ -506,7 +502,8 @@ def _task_start_s(X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray)
     """What a support task pays besides its models' training: one local submitit task (simattr.launch.run_tasks, as
     the support stage runs it) that reads a queries file holding this training set, trains 3 one-step models
     (journaled, synced), fits the answer's curve with its posterior draws and writes it: the median of 3 tasks."""
-    import tempfile
+    from .launch import LaunchSettings, run_tasks  # submitit
+    from .support.stage import answer_chunk
 
     n_classes = int(y_train.max()) + 1
     label = int(y_train[0])
@@ -520,20 +517,18 @@ def _task_start_s(X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray)
         store.write_scores(f, test_indices=np.array([0]), train_indices=same,
                            scores=np.linspace(1, 0, len(same), dtype=np.float32)[None],
                            topk=same[None, :8], attrs={"class": label, "encoder": "calibrate", "ranker": "calibrate"})
-        from . import answers
-        from .launch import LaunchSettings, run_tasks
-
+        settings = SupportSettings.from_settings({
+            "dataset": "calibrate", "encoder": "calibrate", "ranker": "calibrate", "k_max": 8, "threshold": 0.5,
+            "seed_set": 1, "engine": "adaptive", "seeds_min": 3, "seeds_max": 3, "max_models": 3, "confidence": 0.9,
+            "model": {"name": "mlp", "hidden": 4, "steps": 1, "lr": 0.01, "weight_decay": 0.0}})
         unit = {"queries_path": str(q), "scores_path": str(f), "test_index": 0, "metric": "removal",
-                "settings": {"dataset": "calibrate", "encoder": "calibrate", "ranker": "calibrate", "k_max": 8,
-                             "threshold": 0.5, "seed_set": 1, "engine": "adaptive", "seeds_min": 3, "seeds_max": 3,
-                             "max_models": 3, "confidence": 0.9,
-                             "model": {"name": "mlp", "hidden": 4, "steps": 1, "lr": 0.01, "weight_decay": 0.0}}}
+                "settings": settings}
         launch = LaunchSettings.of(cluster="local", parallelism=1, folder=str(Path(d) / "submitit"))
         times = []
         for i in range(3):
             t0 = time.perf_counter()
-            _, failed = run_tasks(answers._answer_chunk, [{"units": [{**unit, "out_path": str(Path(d) / f"{i}.json")}],
-                                                          "name": "calibrate"}], ["calibrate"], launch,
+            _, failed = run_tasks(answer_chunk, [{"units": [{**unit, "out_path": str(Path(d) / f"{i}.json")}],
+                                                  "name": "calibrate"}], ["calibrate"], launch,
                                   name="calibrate", progress=False)
             if failed:
                 raise SimattrError(f"calibrate: the timed support task failed: {failed[0]}")
@@ -542,18 +537,14 @@ def _task_start_s(X_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray)
 
 
 def _bank_time(X: np.ndarray, y: np.ndarray, x_query: np.ndarray, recipe, n: int) -> float:
-    """Seconds per model as the support stage trains them: support.ModelBank.ensure, one model at a time, each
+    """Seconds per model as the support stage trains them: support.bank.ModelBank.ensure, one model at a time, each
     journaled (flushed and synced) on disk; the median of n after a warm-up."""
-    import tempfile
-
-    from . import support
-
     with tempfile.TemporaryDirectory(prefix="simattr-calibrate-") as d:
         ranking = np.flatnonzero(y == y[0])
-        bank = support.ModelBank(X_train=X, y_train=y, x_query=x_query, label=int(y[0]), ranking=ranking,
-                                 metric="removal", flip_class=None, n_classes=int(y.max()) + 1, recipe=recipe,
-                                 dataset="calibrate", test_index=0, seed_set=1,
-                                 journal=support.Journal(Path(d) / "j.jsonl", "calibrate"))
+        bank = ModelBank(X_train=X, y_train=y, x_query=x_query, label=int(y[0]), ranking=ranking,
+                         metric="removal", flip_class=None, n_classes=int(y.max()) + 1, recipe=recipe,
+                         dataset="calibrate", test_index=0, seed_set=1,
+                         journal=Journal(Path(d) / "j.jsonl", "calibrate"))
         bank.ensure(1, [0])                                     # warm-up
         times = []
         for i in range(1, n + 1):
@@ -575,9 +566,6 @@ def calibrate(settings: dict, *, device: str = "auto", out: str | None = None, s
     subset of 1 and `steps` batches); the time per step is their difference / (steps - 1), the rest is the model's
     fixed cost (building, the prediction); a whole model is fixed + epochs x steps per epoch of the full training
     set x time per step."""
-    from . import accel, datasets, models
-    from .datasets import Spec
-
     spec = Spec.from_settings(settings["dataset"], where="calibrate dataset")
     recipe = models.Recipe.from_settings(settings["model"], where="calibrate model")
     dev_name = "cpu"
@@ -597,8 +585,6 @@ def calibrate(settings: dict, *, device: str = "auto", out: str | None = None, s
         gpu_name = None
         task_inputs = (X, tr.labels, Xq[0])
     else:
-        import dataclasses
-
         bs = min(int(recipe.batch_size), n)
         per_epoch = max(1, n // bs) if n >= bs else 1
         steps = max(2, min(int(steps), per_epoch))

@@ -4,9 +4,10 @@ The workflow hands a job its settings as one param, a JSON object holding only t
 (`simattr CMD --settings '{...}'`), so a changed config value reruns exactly the jobs that read it. By hand,
 `simattr CMD --config FILE` builds the same object from a config file, the schema filling what the file leaves
 out: the schema (workflow/schemas/config.schema.yaml) is the one source of defaults. `parse` checks an object's
-keys and turns its sections into typed settings: `dataset` a datasets.Spec, `model` a models.Recipe; `support`
-is the answers' identity (support.Settings, checked by support.engine_settings). How support tasks run (`launch`, a launch.LaunchSettings)
-changes no result: the support rule passes it from its resources (`--launch KEY=VALUE ...`), never a param.
+keys and turns its sections into typed settings: `dataset` a datasets.Spec, `model` a models.Recipe, the support
+job's `support` a support.answer.Settings (the answers' identity, built and checked here once; the stage, its tasks
+and each answer get that object). How support tasks run (`launch`, a launch.LaunchSettings) changes no result: the
+support rule passes it from its resources (`--launch KEY=VALUE ...`), never a param.
 
     for_job("score", config, encoder="simclr", ranker="esvm")
     -> {"dataset": {"name": "digits", ...}, "class_conditioned": true, "topk": 64,
@@ -24,7 +25,7 @@ from .datasets import Spec
 from .errors import SimattrError
 from .external import SOURCE_KEYS, source
 from .models import Recipe
-from .support import engine_settings
+from .support.answer import Settings as SupportSettings
 from .trak import PROJECTOR
 from .typed import check_keys, parse_json
 
@@ -107,14 +108,14 @@ def _queries(c: dict) -> dict:
 
 
 def _support(c: dict, metric: str, encoder: str, ranker: str) -> dict:
-    """The answers' identity (support.engine_settings: the common keys and the engine's own) and the
-    replicate seed sets."""
+    """The answers' identity (support.answer.Settings: the common keys and the engine's own, picked from the
+    config's support section and the metric's; checked) and the replicate seed sets."""
     s = c["support"]
     if metric not in sconfig.METRICS:
         raise SimattrError(f"unknown metric '{metric}'; valid: {', '.join(sconfig.METRICS)}")
     flat = {**{k: v for k, v in s.items() if not isinstance(v, (dict, list))}, **s[metric],
             "dataset": c["dataset"]["name"], "encoder": encoder, "ranker": ranker, "model": _model(c)}
-    return {"support": engine_settings(flat), "replicates": s["replicates"]}
+    return {"support": SupportSettings.from_config(flat).identity(), "replicates": s["replicates"]}
 
 
 def _lds(c: dict) -> dict:
@@ -183,8 +184,9 @@ JOBS: dict[str, tuple[Callable[..., dict], tuple[str, ...]]] = {
 }
 
 
-#: the keys of jobs whose settings the schema's defaults cannot make (no external method there): parse checks these
-KEYS = {"score-external": ("dataset", "class_conditioned", "topk", "source")}
+#: the keys parse checks of the jobs whose settings it does not make from the schema's defaults: score-external (no
+#: external method there), support (its `support` object is checked key by key as its Settings is built, once)
+KEYS = {"score-external": ("dataset", "class_conditioned", "topk", "source"), "support": ("support", "replicates")}
 
 
 def for_job(job: str, config: dict, **wildcards: Any) -> dict:
@@ -208,6 +210,8 @@ def parse(job: str, text_or_dict: str | dict, *, where: str = "--settings", **wi
         out["dataset"] = Spec.from_settings(out["dataset"], where=f"{where} dataset")
     if "model" in out:
         out["model"] = Recipe.from_settings(out["model"], where=f"{where} model")
+    if job == "support":
+        out["support"] = SupportSettings.from_settings(out["support"], where=f"{where} support")
     if "source" in out:
         check_keys(SOURCE_KEYS, out["source"] if isinstance(out["source"], dict) else {}, f"{where} source")
     return SimpleNamespace(**out)
