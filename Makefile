@@ -1,6 +1,7 @@
 # `make demo`: set up .venv and run the whole workflow on the bundled digits.
 # `make test`: set up .venv if needed and run the test suite (CI runs this).
 # `make test-fast`: the unit tests and static workflow checks, without whole workflow runs or SLURM (minutes).
+# `make lint`: `snakemake --lint` and `snakefmt --check` on the Snakefile and workflow/rules (.github's CI runs it).
 VENV ?= .venv
 PYTHON ?= python3
 CORES ?= 2
@@ -30,6 +31,7 @@ dryrun: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/config.yaml
+	$(BIN)/snakefmt --check Snakefile workflow/
 
 clean:
 	rm -rf results/digits .snakemake

@@ -424,9 +424,14 @@ def test_simclr_arch_reaches_its_training_rule(tmp_path):
 
 
 def test_lint_reports_nothing(tmp_path):
+    """`snakemake --lint` and `snakefmt --check` (its settings: pyproject.toml [tool.snakefmt]) find nothing in the
+    Snakefile and workflow/rules (make lint and the CI run both)."""
     r = smk("--lint", workdir=tmp_path)
-    assert r.returncode == 0
-    assert "Lints for" not in r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Lints for" not in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "--compact-diff", "Snakefile", "workflow"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 @pytest.mark.parametrize("change, expected", [

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import sys
 
+
 # the rules call `simattr`; when Snakemake was started from a virtual environment that is not activated,
 # find it beside the Python running Snakemake (conda rules put their own environment first anyway)
 envvars:
@@ -47,13 +48,21 @@ except SimattrError as e:
 #: every job's (stage, name): the names of its log, benchmark and usage record, in one place for the rules and the
 #: report's lists; fields not given stay wildcards
 JOB_FILES = {
-    "train_simclr": ("embed", "train-simclr"), "train_supervised": ("embed", "train-supervised"),
-    "import_resnet": ("embed", "import-resnet"), "embed_shard": ("embed", "{encoder}-{split}-shard-{shard}"),
-    "embed_index": ("embed", "{encoder}-{split}"), "score": ("score", "{encoder}-{ranker}-class-{cls}"),
-    "trak_checkpoints": ("attribution", "trak-checkpoints"), "trak": ("attribution", "trak"),
-    "subsets": ("attribution", "subsets-{purpose}-{shard}"), "lds": ("attribution", "lds-{encoder}-{ranker}"),
-    "queries": ("support", "queries"), "support": ("support", "{encoder}-{ranker}-{metric}"),
-    "report_manifest": ("report", "manifest"), "report": ("report", "report"), "export": ("export", "export"),
+    "train_simclr": ("embed", "train-simclr"),
+    "train_supervised": ("embed", "train-supervised"),
+    "import_resnet": ("embed", "import-resnet"),
+    "embed_shard": ("embed", "{encoder}-{split}-shard-{shard}"),
+    "embed_index": ("embed", "{encoder}-{split}"),
+    "score": ("score", "{encoder}-{ranker}-class-{cls}"),
+    "trak_checkpoints": ("attribution", "trak-checkpoints"),
+    "trak": ("attribution", "trak"),
+    "subsets": ("attribution", "subsets-{purpose}-{shard}"),
+    "lds": ("attribution", "lds-{encoder}-{ranker}"),
+    "queries": ("support", "queries"),
+    "support": ("support", "{encoder}-{ranker}-{metric}"),
+    "report_manifest": ("report", "manifest"),
+    "report": ("report", "report"),
+    "export": ("export", "export"),
     "method_figures": ("report", "figures-{encoder}-{ranker}"),
 }
 ENCODER_RULE = {"simclr": "train_simclr", "supervised": "train_supervised", "resnet": "import_resnet"}
@@ -70,9 +79,9 @@ def job_bench(job, **fields):
 
 
 ENV = "../../envs/simattr.yaml"  # relative to the rule files
-METHODS = [sconfig.method_id(m) for m in config["methods"]]   # (encoder, ranker); external: (external, NAME)
-EXTERNAL = sconfig.external_methods(config)                     # NAME -> its method entry
-try:    # each external method's files are there (their content hashes are its score jobs' identity)
+METHODS = [sconfig.method_id(m) for m in config["methods"]]  # (encoder, ranker); external: (external, NAME)
+EXTERNAL = sconfig.external_methods(config)  # NAME -> its method entry
+try:  # each external method's files are there (their content hashes are its score jobs' identity)
     for _m in EXTERNAL.values():
         external.source(_m)
 except SimattrError as e:
@@ -82,16 +91,16 @@ FEATURE_RANKERS = [r for r in sconfig.RANKERS if r not in sconfig.MODEL_RANKERS]
 ENCODERS_USED = sorted({e for e, _ in METHODS if e in FEATURE_ENCODERS})
 RANKERS_USED = {r for _, r in METHODS}
 if "resnet" in ENCODERS_USED and not config["encoders"]["resnet"]["checkpoint"]:
-    raise WorkflowError("invalid configuration: config key 'encoders.resnet.checkpoint': a method uses encoder resnet, "
-                        "so a local checkpoint file is required (nothing is downloaded)")
-try:    # shards per split: known from the dataset's listing, without decoding an image
-    N_SHARDS = {s: len(store.shard_ranges(split_size(DATA, s), config["embed"]["shard_size"]))
-                for s in SPLITS}
+    raise WorkflowError(
+        "invalid configuration: config key 'encoders.resnet.checkpoint': a method uses encoder resnet, "
+        "so a local checkpoint file is required (nothing is downloaded)"
+    )
+try:  # shards per split: known from the dataset's listing, without decoding an image
+    N_SHARDS = {s: len(store.shard_ranges(split_size(DATA, s), config["embed"]["shard_size"])) for s in SPLITS}
 except SimattrError as e:
     raise WorkflowError(f"invalid dataset: {e}") from None
 # subset-model shards per purpose (datamodels: only when a method uses it; lds: lds.models > 0)
-N_SUBSET_SHARDS = {p: len(store.shard_ranges(config[p]["models"], config[p]["shard_size"]))
-                   for p in PURPOSES}
+N_SUBSET_SHARDS = {p: len(store.shard_ranges(config[p]["models"], config[p]["shard_size"])) for p in PURPOSES}
 LDS_ON = config["lds"]["models"] > 0
 
 
@@ -121,8 +130,10 @@ def resnet_checkpoint(wildcards):
 
 
 def split_shards(wildcards):
-    return [path(store.EMBED_SHARD, encoder=wildcards.encoder, split=wildcards.split, shard=f"{s:05d}")
-            for s in range(N_SHARDS[wildcards.split])]
+    return [
+        path(store.EMBED_SHARD, encoder=wildcards.encoder, split=wildcards.split, shard=f"{s:05d}")
+        for s in range(N_SHARDS[wildcards.split])
+    ]
 
 
 def job_settings(job, **fixed):
@@ -137,7 +148,7 @@ def job_settings(job, **fixed):
     return param
 
 
-NETWORK_ENCODERS = TRAINABLE   # every encoder with a state of its own runs a network (pixels does not)
+NETWORK_ENCODERS = TRAINABLE  # every encoder with a state of its own runs a network (pixels does not)
 CNN = MODEL.name in CNN_MODELS
 
 
@@ -198,8 +209,11 @@ def local_task_threads(wildcards):
 
 
 def gather_files():
-    return [path(store.SUPPORT_GATHER, encoder=e, ranker=r, metric=m)
-            for e, r in METHODS for m in config["support"]["metrics"]]
+    return [
+        path(store.SUPPORT_GATHER, encoder=e, ranker=r, metric=m)
+        for e, r in METHODS
+        for m in config["support"]["metrics"]
+    ]
 
 
 def all_scores():
@@ -207,8 +221,11 @@ def all_scores():
 
 
 def report_keys():
-    return ["support", "markdown", "cdf", "grid", "cost", "plan"] + (["overlap"] if len(METHODS) > 1 else []) + \
-        (["lds"] if LDS_ON else [])
+    return (
+        ["support", "markdown", "cdf", "grid", "cost", "plan"]
+        + (["overlap"] if len(METHODS) > 1 else [])
+        + (["lds"] if LDS_ON else [])
+    )
 
 
 def report_files():
@@ -218,8 +235,8 @@ def report_files():
 
 def report_outputs():
     """The report rule's outputs, each an item of `snakemake --report` with its caption (workflow/report/KEY.rst)."""
-    return [report(f, caption=f"../report/{k}.rst", category="Comparison") for k, f in zip(report_keys(),
-                                                                                           report_files())]
+    items = zip(report_keys(), report_files())
+    return [report(f, caption=f"../report/{k}.rst", category="Comparison") for k, f in items]
 
 
 def method_figure_dirs():
@@ -228,8 +245,10 @@ def method_figure_dirs():
 
 
 def method_gathers(wildcards):
-    return [path(store.SUPPORT_GATHER, encoder=wildcards.encoder, ranker=wildcards.ranker, metric=m)
-            for m in config["support"]["metrics"]]
+    return [
+        path(store.SUPPORT_GATHER, encoder=wildcards.encoder, ranker=wildcards.ranker, metric=m)
+        for m in config["support"]["metrics"]
+    ]
 
 
 def method_cost_entries():
@@ -258,15 +277,20 @@ def method_cost_entries():
         if r == "trak":
             job(m, "trak_checkpoints")
             job(m, "trak")
-            out += [f"{m}|stored|{path(store.TRAK_CHECKPOINTS)}", f"{m}|stored|{path(store.TRAK_SCORES)}",
-                    f"{m}|models|{config['trak']['checkpoints']}"]
+            out += [
+                f"{m}|stored|{path(store.TRAK_CHECKPOINTS)}",
+                f"{m}|stored|{path(store.TRAK_SCORES)}",
+                f"{m}|models|{config['trak']['checkpoints']}",
+            ]
         if e == sconfig.EXTERNAL_ENCODER and os.path.exists(external_cost(r)):
             out.append(f"{m}|sidecar|{external_cost(r)}")
         if r == "datamodels":
             for s in range(N_SUBSET_SHARDS["datamodels"]):
                 job(m, "subsets", purpose="datamodels", shard=f"{s:05d}")
-            out += [f"{m}|stored|{path(store.SUBSETS_DIR, purpose='datamodels')}",
-                    f"{m}|models|{config['datamodels']['models']}"]
+            out += [
+                f"{m}|stored|{path(store.SUBSETS_DIR, purpose='datamodels')}",
+                f"{m}|models|{config['datamodels']['models']}",
+            ]
     return out
 
 
@@ -308,8 +332,9 @@ def report_benchmarks(wildcards):
             pairs.append(("embed", job_bench(ENCODER_RULE[e])))
         for s in SPLITS:
             pairs.append(("embed", job_bench("embed_index", encoder=e, split=s)))
-            pairs += [("embed", job_bench("embed_shard", encoder=e, split=s, shard=f"{k:05d}"))
-                      for k in range(N_SHARDS[s])]
+            pairs += [
+                ("embed", job_bench("embed_shard", encoder=e, split=s, shard=f"{k:05d}")) for k in range(N_SHARDS[s])
+            ]
     if "trak" in RANKERS_USED:
         pairs += [("trak", job_bench("trak_checkpoints")), ("trak", job_bench("trak"))]
     for p in PURPOSES:

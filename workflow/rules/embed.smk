@@ -8,14 +8,14 @@ rule train_simclr:
         job_log("train_simclr"),
     benchmark:
         job_bench("train_simclr")
-    params:
-        settings=job_settings("train-encoder", encoder="simclr"),
+    conda:
+        ENV
     threads: 2
     resources:
         gpu=embed_gpus,
         mem_mb=4000,
-    conda:
-        ENV
+    params:
+        settings=job_settings("train-encoder", encoder="simclr"),
     shell:
         "simattr --log {log} --gpus {resources.gpu} train-encoder --settings {params.settings:q} --encoder simclr"
         " --out {output}"
@@ -28,14 +28,14 @@ rule train_supervised:
         job_log("train_supervised"),
     benchmark:
         job_bench("train_supervised")
-    params:
-        settings=job_settings("train-encoder", encoder="supervised"),
+    conda:
+        ENV
     threads: 2
     resources:
         gpu=embed_gpus,
         mem_mb=4000,
-    conda:
-        ENV
+    params:
+        settings=job_settings("train-encoder", encoder="supervised"),
     shell:
         "simattr --log {log} --gpus {resources.gpu} train-encoder --settings {params.settings:q} --encoder supervised"
         " --out {output}"
@@ -50,15 +50,16 @@ rule import_resnet:
         job_log("import_resnet"),
     benchmark:
         job_bench("import_resnet")
-    params:
-        settings=job_settings("train-encoder", encoder="resnet"),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        ENV
+    params:
+        settings=job_settings("train-encoder", encoder="resnet"),
     shell:
         "simattr --log {log} train-encoder --settings {params.settings:q} --encoder resnet --out {output}"
+
 
 rule embed_shard:
     input:
@@ -69,20 +70,21 @@ rule embed_shard:
         job_log("embed_shard"),
     benchmark:
         job_bench("embed_shard")
-    params:
-        settings=job_settings("embed"),
-        state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
+    conda:
+        ENV
     threads: config["embed"]["workers"] + 1
     resources:
         mem_mb=4000,
         gpu=embed_gpus,
-        embed_workers=config["embed"]["workers"],   # a resource, not a param: it changes no result
-    conda:
-        ENV
+        embed_workers=config["embed"]["workers"],  # a resource, not a param: it changes no result
+    params:
+        settings=job_settings("embed"),
+        state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
     shell:
         "simattr --log {log} --gpus {resources.gpu} embed --settings {params.settings:q}"
         " --encoder {wildcards.encoder} --split {wildcards.split} --shard {wildcards.shard}"
         " --workers {resources.embed_workers} {params.state} --out {output}"
+
 
 rule embed_index:
     input:
@@ -94,14 +96,14 @@ rule embed_index:
         job_log("embed_index"),
     benchmark:
         job_bench("embed_index")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,  # reads labels and indices only (16 bytes an image; store.write_index), never the features
     params:
         settings=job_settings("embed-index"),
         state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
-    threads: 1
-    resources:
-        mem_mb=1000,    # reads labels and indices only (16 bytes an image; store.write_index), never the features
-    conda:
-        ENV
     shell:
         "simattr --log {log} embed-index --settings {params.settings:q} --encoder {wildcards.encoder}"
         " --split {wildcards.split} {params.state} --shards {input.shards} --out {output}"

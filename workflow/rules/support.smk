@@ -10,16 +10,16 @@ rule queries:
         job_log("queries"),
     benchmark:
         job_bench("queries")
-    params:
-        settings=job_settings("queries"),
+    conda:
+        ENV
     threads: retrain_threads
     resources:
         mem_mb=retrain_mem_mb,
         runtime=retrain_runtime,
         gpu=retrain_gpus,
-        state_every_s=str(config["launch"]["state_every_s"]),   # how often a CNN saves its state: no result changes
-    conda:
-        ENV
+        state_every_s=str(config["launch"]["state_every_s"]),  # how often a CNN saves its state: no result changes
+    params:
+        settings=job_settings("queries"),
     shell:
         "SIMATTR_STATE_EVERY_S={resources.state_every_s} simattr --log {log} --gpus {resources.gpu}"
         " queries --settings {params.settings:q} --out {output}"
@@ -35,10 +35,12 @@ rule support:
         job_log("support"),
     benchmark:
         job_bench("support")
-    params:
-        settings=job_settings("support"),
-        answers=lambda wildcards: path(store.SUPPORT_DIR, **wildcards),
-        submitit=lambda wildcards: path(store.SUBMITIT_DIR, **wildcards),
+    localrule: True
+    conda:
+        ENV
+    # on the local executor the tasks run on this machine: reserve their cores so that Snakemake does
+    # not start other jobs on top of them
+    threads: local_task_threads
     # how the tasks run never changes an answer: resources, unlike params, do not trigger reruns
     # (the profile may override each one: profiles/slurm sets submitit_cluster=slurm)
     resources:
@@ -54,12 +56,10 @@ rule support:
         submitit_images_per_task=config["launch"]["images_per_task"],
         submitit_answers_at_once=config["launch"]["answers_at_once"],
         submitit_state_every_s=str(config["launch"]["state_every_s"]),
-    localrule: True
-    # on the local executor the tasks run on this machine: reserve their cores so that Snakemake does
-    # not start other jobs on top of them
-    threads: local_task_threads
-    conda:
-        ENV
+    params:
+        settings=job_settings("support"),
+        answers=lambda wildcards: path(store.SUPPORT_DIR, **wildcards),
+        submitit=lambda wildcards: path(store.SUBMITIT_DIR, **wildcards),
     shell:
         "simattr --log {log} support --settings {params.settings:q} --encoder {wildcards.encoder}"
         " --ranker {wildcards.ranker} --metric {wildcards.metric} --queries {input.queries}"
