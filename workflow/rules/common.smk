@@ -2,6 +2,7 @@
 # the data contract (from simattr.store) and the input functions. Nothing heavy is imported here.
 from simattr import config as sconfig
 from simattr import external
+from simattr import pipeline
 from simattr import settings as ssettings
 from simattr import store
 from simattr.datasets import SPLITS, Spec, n_classes, split_size
@@ -48,8 +49,7 @@ except SimattrError as e:
 #: every job's (stage, name): the names of its log, benchmark and usage record, in one place for the rules and the
 #: report's lists; fields not given stay wildcards
 JOB_FILES = {
-    "train_simclr": ("embed", "train-simclr"),
-    "train_supervised": ("embed", "train-supervised"),
+    "train_encoder": ("embed", "train-{encoder}"),
     "import_resnet": ("embed", "import-resnet"),
     "embed_shard": ("embed", "{encoder}-{split}-shard-{shard}"),
     "embed_index": ("embed", "{encoder}-{split}"),
@@ -65,7 +65,10 @@ JOB_FILES = {
     "export": ("export", "export"),
     "method_figures": ("report", "figures-{encoder}-{ranker}"),
 }
-ENCODER_RULE = {"simclr": "train_simclr", "supervised": "train_supervised", "resnet": "import_resnet"}
+#: how each encoder's state file is made: imported from a checkpoint (resnet: import_resnet) or trained (train_encoder)
+IMPORT_RULES = {"resnet": "import_resnet"}
+STATE_RULES = {e: IMPORT_RULES.get(e, "train_encoder") for e in TRAINABLE}
+TRAINED = [e for e in TRAINABLE if e not in IMPORT_RULES]
 
 
 def job_log(job, **fields):
@@ -89,7 +92,6 @@ except SimattrError as e:
 FEATURE_ENCODERS = sconfig.FEATURE_ENCODERS
 FEATURE_RANKERS = [r for r in sconfig.RANKERS if r not in sconfig.MODEL_RANKERS]
 ENCODERS_USED = sorted({e for e, _ in METHODS if e in FEATURE_ENCODERS})
-RANKERS_USED = {r for _, r in METHODS}
 if "resnet" in ENCODERS_USED and not config["encoders"]["resnet"]["checkpoint"]:
     raise WorkflowError(
         "invalid configuration: config key 'encoders.resnet.checkpoint': a method uses encoder resnet, "
@@ -195,10 +197,6 @@ def model_attribution_inputs(wildcards):
     return [path(store.TRAK_SCORES)] if wildcards.ranker == "trak" else subset_shards("datamodels")
 
 
-def lds_files():
-    return [path(store.LDS, encoder=e, ranker=r) for e, r in METHODS] if LDS_ON else []
-
-
 def class_scores(wildcards):
     return [path(store.SCORES, encoder=wildcards.encoder, ranker=wildcards.ranker, cls=c) for c in CLASSES]
 
@@ -206,18 +204,6 @@ def class_scores(wildcards):
 def local_task_threads(wildcards):
     la = config["launch"]
     return la["parallelism"] * la["cpus_per_task"] if la["cluster"] == "local" else 1
-
-
-def gather_files():
-    return [
-        path(store.SUPPORT_GATHER, encoder=e, ranker=r, metric=m)
-        for e, r in METHODS
-        for m in config["support"]["metrics"]
-    ]
-
-
-def all_scores():
-    return [path(store.SCORES, encoder=e, ranker=r, cls=c) for e, r in METHODS for c in CLASSES]
 
 
 def report_keys():
@@ -251,49 +237,6 @@ def method_gathers(wildcards):
     ]
 
 
-def method_cost_entries():
-    """METHOD|KIND|VALUE entries of the report's cost table: per method, the jobs that made its scores (benchmark
-    and usage record of each), what they stored, and the retrained models it needed."""
-    out = []
-
-    def job(method, rule, **fields):
-        out.append(f"{method}|bench|{job_bench(rule, **fields)}")
-        out.append(f"{method}|usage|{store.usage_path(job_log(rule, **fields))}")
-
-    for e, r in METHODS:
-        m = f"{e}/{r}"
-        if e in TRAINABLE:
-            job(m, ENCODER_RULE[e])
-            out.append(f"{m}|stored|{path(store.ENCODER_STATE, encoder=e)}")
-        if e in FEATURE_ENCODERS:
-            for s in SPLITS:
-                job(m, "embed_index", encoder=e, split=s)
-                for k in range(N_SHARDS[s]):
-                    job(m, "embed_shard", encoder=e, split=s, shard=f"{k:05d}")
-            out.append(f"{m}|stored|{path(store.ENCODER_EMBED_DIR, encoder=e)}")
-        for c in CLASSES:
-            job(m, "score", encoder=e, ranker=r, cls=c)
-        out.append(f"{m}|stored|{path(store.SCORES_DIR, encoder=e, ranker=r)}")
-        if r == "trak":
-            job(m, "trak_checkpoints")
-            job(m, "trak")
-            out += [
-                f"{m}|stored|{path(store.TRAK_CHECKPOINTS)}",
-                f"{m}|stored|{path(store.TRAK_SCORES)}",
-                f"{m}|models|{config['trak']['checkpoints']}",
-            ]
-        if e == sconfig.EXTERNAL_ENCODER and os.path.exists(external_cost(r)):
-            out.append(f"{m}|sidecar|{external_cost(r)}")
-        if r == "datamodels":
-            for s in range(N_SUBSET_SHARDS["datamodels"]):
-                job(m, "subsets", purpose="datamodels", shard=f"{s:05d}")
-            out += [
-                f"{m}|stored|{path(store.SUBSETS_DIR, purpose='datamodels')}",
-                f"{m}|models|{config['datamodels']['models']}",
-            ]
-    return out
-
-
 def external_scores(wildcards):
     """An external method's score jobs read its scores file and its index file (when it has one)."""
     m = EXTERNAL[wildcards.ranker]
@@ -307,7 +250,7 @@ def external_cost(name):
 
 def external_costs():
     """The cost sidecars the external methods have: the report reads them (an edit reruns it)."""
-    return [external_cost(n) for n in EXTERNAL if os.path.exists(external_cost(n))]
+    return list(PIPELINE.sidecars.values())
 
 
 def export_embeddings():
@@ -324,28 +267,60 @@ def write_report_manifest(out, log, params):
         f.write(f"{out}: " + ", ".join(f"{len(v)} {k}" for k, v in lists.items()) + "\n")
 
 
-def report_benchmarks(wildcards):
-    """STAGE=FILE pairs of every upstream job's benchmark (wall seconds per stage)."""
-    pairs = []
-    for e in ENCODERS_USED:
-        if e in TRAINABLE:
-            pairs.append(("embed", job_bench(ENCODER_RULE[e])))
-        for s in SPLITS:
-            pairs.append(("embed", job_bench("embed_index", encoder=e, split=s)))
-            pairs += [
-                ("embed", job_bench("embed_shard", encoder=e, split=s, shard=f"{k:05d}")) for k in range(N_SHARDS[s])
-            ]
-    if "trak" in RANKERS_USED:
-        pairs += [("trak", job_bench("trak_checkpoints")), ("trak", job_bench("trak"))]
-    for p in PURPOSES:
-        if p == "lds" and LDS_ON or p in RANKERS_USED:
-            pairs += [(p, job_bench("subsets", purpose=p, shard=f"{s:05d}")) for s in range(N_SUBSET_SHARDS[p])]
-    for e, r in METHODS:
-        if LDS_ON:
-            pairs.append(("lds", job_bench("lds", encoder=e, ranker=r)))
-        for c in CLASSES:
-            pairs.append(("score", job_bench("score", encoder=e, ranker=r, cls=c)))
-        for m in config["support"]["metrics"]:
-            pairs.append(("support", job_bench("support", encoder=e, ranker=r, metric=m)))
-    pairs.append(("support", job_bench("queries")))
-    return pairs
+# The run's jobs, each once, walked by simattr.pipeline from the facts above: the report's lists (the score,
+# support and LDS files it reads, every upstream job's benchmark, each method's cost) are read off this one walk,
+# which tests/test_workflow.py checks against a dry run's DAG.
+PIPELINE = pipeline.Facts(
+    methods=tuple(METHODS),
+    n_classes=len(CLASSES),
+    shards=N_SHARDS,
+    feature_encoders=tuple(FEATURE_ENCODERS),
+    state_rules=STATE_RULES,
+    subset_shards=N_SUBSET_SHARDS,
+    trained_models={p: config[p]["models"] for p in PURPOSES} | {"trak": config["trak"]["checkpoints"]},
+    metrics=tuple(config["support"]["metrics"]),
+    lds=LDS_ON,
+    sidecars={
+        f"{sconfig.EXTERNAL_ENCODER}/{n}": external_cost(n) for n in EXTERNAL if os.path.exists(external_cost(n))
+    },
+)
+JOBS = list(pipeline.jobs(PIPELINE))
+
+
+def job_outputs(rule, template):
+    """The files (a data-contract template) that the run's jobs of `rule` make, in the walk's order."""
+    return [path(template, **j.kw) for j in JOBS if j.rule == rule]
+
+
+def all_scores():
+    return job_outputs("score", store.SCORES)
+
+
+def gather_files():
+    return job_outputs("support", store.SUPPORT_GATHER)
+
+
+def lds_files():
+    return job_outputs("lds", store.LDS)
+
+
+def report_benchmarks():
+    """(STAGE, FILE) of every upstream job's benchmark (the report's wall seconds per stage)."""
+    return [(j.stage, job_bench(j.rule, **j.kw)) for j in JOBS]
+
+
+def method_cost_entries():
+    """METHOD|KIND|VALUE entries of the report's cost table (simattr.pipeline.method_cost_items): per method, the
+    jobs that made its scores (the benchmark and usage record of each), what they stored, the retrained models it
+    needed and an external method's cost sidecar."""
+    out = []
+    for m, kind, value in pipeline.method_cost_items(PIPELINE):
+        if kind == "job":
+            out.append(f"{m}|bench|{job_bench(value.rule, **value.kw)}")
+            out.append(f"{m}|usage|{store.usage_path(job_log(value.rule, **value.kw))}")
+        elif kind == "stored":
+            template, fields = value
+            out.append(f"{m}|stored|{path(template, **dict(fields))}")
+        else:
+            out.append(f"{m}|{kind}|{value}")
+    return out

@@ -1,13 +1,17 @@
 # Stage 1: dataset -> trained encoders -> HDF5 embedding shards per (encoder, split).
 
 
-rule train_simclr:
+# An encoder's state: the trained ones (TRAINED: simclr, supervised) are fit on the train split here, resnet's is
+# imported from its checkpoint (import_resnet). Either way its log and benchmark are train-ENCODER / import-resnet.
+rule train_encoder:
     output:
-        path(store.ENCODER_STATE, encoder="simclr"),
+        path(store.ENCODER_STATE),
     log:
-        job_log("train_simclr"),
+        job_log("train_encoder"),
     benchmark:
-        job_bench("train_simclr")
+        job_bench("train_encoder")
+    wildcard_constraints:
+        encoder="|".join(TRAINED),
     conda:
         ENV
     threads: 2
@@ -15,30 +19,10 @@ rule train_simclr:
         gpu=embed_gpus,
         mem_mb=4000,
     params:
-        settings=job_settings("train-encoder", encoder="simclr"),
+        settings=job_settings("train-encoder"),
     shell:
-        "simattr --log {log} --gpus {resources.gpu} train-encoder --settings {params.settings:q} --encoder simclr"
-        " --out {output}"
-
-
-rule train_supervised:
-    output:
-        path(store.ENCODER_STATE, encoder="supervised"),
-    log:
-        job_log("train_supervised"),
-    benchmark:
-        job_bench("train_supervised")
-    conda:
-        ENV
-    threads: 2
-    resources:
-        gpu=embed_gpus,
-        mem_mb=4000,
-    params:
-        settings=job_settings("train-encoder", encoder="supervised"),
-    shell:
-        "simattr --log {log} --gpus {resources.gpu} train-encoder --settings {params.settings:q} --encoder supervised"
-        " --out {output}"
+        "simattr --log {log} --gpus {resources.gpu} train-encoder --settings {params.settings:q}"
+        " --encoder {wildcards.encoder} --out {output}"
 
 
 rule import_resnet:

@@ -22,7 +22,7 @@ rule report_manifest:
         gathers=gather_files(),
         scores=all_scores(),
         lds=lds_files(),
-        benchmarks=lambda wildcards: [f"{s}={f}" for s, f in report_benchmarks(wildcards)],
+        benchmarks=[f"{s}={f}" for s, f in report_benchmarks()],
         method_costs=method_cost_entries(),
         stored=[f"{stage}={path(folder)}" for stage, folder in store.STORED],
     run:
@@ -40,7 +40,7 @@ rule report:
         calibration=lambda wildcards: [f for f in [path(plan_mod.CALIBRATION)] if os.path.exists(f)],
         gathers=gather_files(),
         scores=all_scores(),
-        benchmarks=lambda wildcards: [f for _, f in report_benchmarks(wildcards)],
+        benchmarks=[f for _, f in report_benchmarks()],
         lds=lds_files(),
         external_costs=external_costs(),
     output:
