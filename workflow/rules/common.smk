@@ -183,6 +183,50 @@ def retrain_runtime(wildcards):
     return max(60, config["launch"]["timeout_min"]) if CNN else 60
 
 
+# simattr support's --launch keys, in the order of its command line. Each reaches the support jobs as a resource
+# (launch_resource), not a param, as how the tasks run never changes an answer: resources, unlike params, trigger
+# no rerun, and a profile may override each one (profiles/slurm sets submitit_cluster=slurm).
+LAUNCH_KEYS = (
+    "cluster",
+    "parallelism",
+    "timeout_min",
+    "cpus_per_task",
+    "gpus_per_node",
+    "mem_gb",
+    "slurm_partition",
+    "signal_delay_s",
+    "max_requeues",
+    "images_per_task",
+    "answers_at_once",
+    "state_every_s",
+)
+
+
+def launch_resource(key):
+    """The support rule's resource that carries launch key KEY: submitit_KEY (the partition: submitit_partition)."""
+    return "submitit_partition" if key == "slurm_partition" else f"submitit_{key}"
+
+
+def launch_resources():
+    """The support rule's resources, from config["launch"]: the numbers that may be fractional travel as strings (a
+    resource number becomes an integer: 2.5 -> 2), an unset partition as ""."""
+    la = config["launch"]
+    la = dict(
+        la,
+        mem_gb=str(la["mem_gb"]),
+        state_every_s=str(la["state_every_s"]),
+        slurm_partition=la["slurm_partition"] or "",
+    )
+    return {launch_resource(k): la[k] for k in LAUNCH_KEYS}
+
+
+def launch_words():
+    """The support command's --launch words: KEY={resources.RESOURCE}, the partition quoted."""
+    return " ".join(
+        f"{k}={{resources.{launch_resource(k)}{':q' if k == 'slurm_partition' else ''}}}" for k in LAUNCH_KEYS
+    )
+
+
 def score_gpus(wildcards):
     """Feature rankers run on the GPU when esvm.device is cuda (auto takes one only if the job happens to have it)."""
     return 1 if wildcards.ranker in ssettings.DEVICE_RANKERS and config["esvm"]["device"] == "cuda" else 0
