@@ -94,7 +94,8 @@ def variant(tmp: Path, change) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, whole_workflow):
+    """config/test.yaml run whole once for the module's slow tests (conftest: whole_workflow)."""
     wd = tmp_path_factory.mktemp("workflow")
     r = smk("--cores", "2", workdir=wd)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -117,6 +118,7 @@ def summary_from_answers(answers_dir: Path) -> dict[str, str]:
             "median_support": f">{max(a['k_max'] for a in answers)}" if math.isinf(median) else str(median)}
 
 
+@pytest.mark.slow
 def test_every_file_of_the_contract_with_values_in_range(run):
     cfg = yaml.safe_load(TEST_CFG.read_text())
     root = run / "results" / "digits"
@@ -291,11 +293,13 @@ def check_figures(rep: Path, n_methods: int, grid_images: int) -> None:
             assert a.shape[0] / a.shape[1] == pytest.approx(want, rel=0.1), (a.shape, rows)
 
 
+@pytest.mark.slow
 def test_a_second_run_does_nothing(run):
     r = smk("-n", "--cores", "2", workdir=run)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", [False, True], ids=["local", "slurm-profile"])
 def test_changing_esvm_C_reruns_only_esvm_scores_and_what_depends_on_them(run, tmp_path, profile):
     cfg = variant(tmp_path, lambda c: c["esvm"].update(C=1.0))
@@ -312,6 +316,7 @@ def test_changing_esvm_C_reruns_only_esvm_scores_and_what_depends_on_them(run, t
         assert sub["sbatch"] == 4, sub           # the three group jobs and the report (support is a local rule)
 
 
+@pytest.mark.slow
 def test_changing_the_support_budget_reruns_only_support_and_report(run, tmp_path):
     cfg = variant(tmp_path, lambda c: c["support"].update(max_models=20))
     r = smk("-n", "--cores", "2", workdir=run, configfile=cfg)
@@ -319,6 +324,7 @@ def test_changing_the_support_budget_reruns_only_support_and_report(run, tmp_pat
     assert job_counts(r.stdout) == {"support": 2 * 7, "method_figures": 7, "report": 1, "all": 1}
 
 
+@pytest.mark.slow
 def test_the_html_report_holds_every_table_and_figure(run, tmp_path):
     """`snakemake --report`: Snakemake's own report, the comparison's tables and figures and each method's pages
     (its top-k grid, a flip-curve figure per answer) as items with their captions."""
@@ -349,6 +355,7 @@ def test_the_html_report_holds_every_table_and_figure(run, tmp_path):
     assert "Flip curve" in html or "flip curve" in html                    # a method page's caption
 
 
+@pytest.mark.slow
 def test_launch_settings_rerun_nothing(run, tmp_path):
     def change(c):
         c["launch"].update(parallelism=1, timeout_min=7, cpus_per_task=2)
@@ -356,6 +363,7 @@ def test_launch_settings_rerun_nothing(run, tmp_path):
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_a_real_rerun_after_changing_esvm_C_recomputes_exactly_the_esvm_answers(run, tmp_path):
     wd = tmp_path / "copy"
     shutil.copytree(run, wd)                    # keep the shared run untouched for the other tests
@@ -526,6 +534,7 @@ def _answers(wd: Path) -> dict:
             for p in root.glob("*/*/*/*.json")}
 
 
+@pytest.mark.slow
 def test_sigkill_during_support_then_rerun_gives_the_same_answers_and_no_model_twice(run, tmp_path):
     wd = tmp_path / "killed"
     wd.mkdir()
