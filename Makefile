@@ -1,6 +1,9 @@
 # `make demo`: set up .venv and run the whole workflow on the bundled digits.
 # `make test`: set up .venv if needed and run the test suite (CI runs this).
 # `make test-fast`: the unit tests and static workflow checks, without whole workflow runs or SLURM (minutes).
+# `make lint`: `snakemake --lint` and `snakefmt --check` on the Snakefile and workflow/rules (.github's CI runs it).
+# `make dryrun-all`: the dry run of every shipped config as it is, its input files faked in a temporary folder
+# (tests/test_workflow.py DIR writes them: full-size dataset listings, empty checkpoints and scores files).
 VENV ?= .venv
 PYTHON ?= python3
 CORES ?= 2
@@ -8,7 +11,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test test-fast dryrun lint clean
+.PHONY: demo test test-fast dryrun dryrun-all lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +31,16 @@ test-fast: $(STAMP)
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES) --configfile config/config.yaml
 
+dryrun-all: $(STAMP)
+	dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && $(BIN)/python tests/test_workflow.py "$$dir" && \
+	for cfg in config/*.yaml "config/test.yaml examples/outside.yaml"; do \
+	  echo "== dry run: $$cfg"; \
+	  $(BIN)/snakemake -n -q rules --cores $(CORES) -d "$$dir" --configfile $$cfg || exit 1; \
+	done
+
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/config.yaml
+	$(BIN)/snakefmt --check Snakefile workflow/
 
 clean:
 	rm -rf results/digits .snakemake

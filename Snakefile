@@ -21,7 +21,7 @@ include: "workflow/rules/export.smk"
 
 
 rule all:
+    default_target: True
     input:
         report_files(),
         method_figure_dirs(),
-    default_target: True

@@ -1,5 +1,7 @@
 """Shared test settings. The tiers: `make test` runs everything (CI); `make test-fast` leaves out the tests
 marked `slow` (whole workflow runs) and `slurm` (a real cluster): the unit tests and the static workflow checks.
+A test says it is slow itself (`@pytest.mark.slow`, or `pytestmark` for a module); a fixture that runs a whole
+workflow requests `whole_workflow`, and collection fails where a test uses such a fixture without the mark.
 Shared fixtures live here; the small data files they and the tests make, in tests/datafiles.py.
 
 The suite's device: the CPU, wherever it runs (SIMATTR_DEVICE=cpu unless set), so that its exact-bit checks
@@ -29,13 +31,24 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.fixture(scope="session")
+def whole_workflow():
+    """Requested by every fixture that runs a whole workflow (test_workflow's and test_plan's `run`, test_outside_
+    methods' `outside`): a test that uses one must be marked `slow`, or collection fails (pytest_collection_
+    modifyitems), so that `make test-fast` never runs a workflow because a mark was forgotten."""
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests that run a whole workflow (the `run` fixture) are `slow` (make test-fast leaves them out); `cuda`
+    """Collection fails, naming them, where tests use a whole-workflow fixture without the `slow` mark; `cuda`
     tests skip where torch sees no CUDA device."""
+    unmarked = [item.nodeid for item in items
+                if "whole_workflow" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests run a whole workflow (a fixture of theirs requests `whole_workflow`) "
+                                "but are not marked slow; add @pytest.mark.slow (or pytestmark = pytest.mark.slow "
+                                "for the module): " + ", ".join(unmarked))
     cuda = _cuda()
     skip = pytest.mark.skip(reason="needs a CUDA device (scripts/gpu-check runs these on one)")
     for item in items:
-        if "run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.slow)
         if "cuda" in item.keywords and not cuda:
             item.add_marker(skip)

@@ -37,7 +37,7 @@ def env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def outside(tmp_path_factory):
+def outside(tmp_path_factory, whole_workflow):
     """A copy of the workflow with the README's commands run in it, as a user runs them (the virtual
     environment's bin first on PATH)."""
     wd = tmp_path_factory.mktemp("outside")

@@ -141,7 +141,7 @@ def test_a_missing_root_or_checkpoint_or_cuda_is_one_line(tmp_path):
 
 # ------------------------------------------------------------------ against a run of the test config
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, whole_workflow):
     """config/test.yaml calibrated on this machine, then run whole (its report has the planned-vs-spent table)."""
     wd = tmp_path_factory.mktemp("plan-run")
     r = simattr("calibrate", "--config", str(TEST_CFG), cwd=wd)
@@ -155,6 +155,7 @@ def _answers(root: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in (root / "support").glob("*/*/*/*.json")]
 
 
+@pytest.mark.slow
 def test_the_run_stays_under_the_bound_and_near_the_expected_count(run):
     root = run / "results" / "digits"
     p = plan_of(TEST_CFG, history=False, calibration_path=str(root / "plan" / "calibration.json"))
@@ -177,6 +178,7 @@ def test_the_run_stays_under_the_bound_and_near_the_expected_count(run):
     assert "## Planned vs spent" in (root / "report" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_predicted_support_wall_is_within_a_factor_2_of_the_measured_one(run):
     """Calibrated time per model x expected models (+ task starts) / launch.parallelism against the support jobs'
     summed benchmark wall: within a factor WALL_FACTOR either way. Both are measured on this machine minutes apart
@@ -187,6 +189,7 @@ def test_the_predicted_support_wall_is_within_a_factor_2_of_the_measured_one(run
     assert measured / WALL_FACTOR <= predicted <= measured * WALL_FACTOR, (predicted, measured)
 
 
+@pytest.mark.slow
 def test_an_earlier_runs_answers_give_the_expected_count_and_time(run):
     p = plan_of(yaml.safe_load(TEST_CFG.read_text()) | {"results": str(run / "results")})
     answers = _answers(run / "results" / "digits")

@@ -275,13 +275,13 @@ def test_the_test_workflow_runs_as_slurm_jobs_through_the_repo_profile(slurm, tm
                            out)
     jobs = {rule: job for job, _, rule in submitted}
     grouped = {rule: job for job, group, rule in submitted if group}
-    assert {"train_simclr", "embed_shard", "queries", "report"} <= set(jobs), sorted(jobs)
+    assert {"train_encoder", "embed_shard", "queries", "report"} <= set(jobs), sorted(jobs)
     assert set(grouped) == {"score", "score_model", "embed_index", "lds", "method_figures"}, sorted(grouped)
     for rule, job in grouped.items():        # members one after another: one CPU, not one per member
         assert _sacct(job, "ReqCPUS") == ["1"], (rule, _sacct(job, "ReqCPUS"))
         assert _sacct(job, "State") == ["COMPLETED"], (rule, _sacct(job, "State"))
     assert len(submitted) < 50, len(submitted)        # 36 (121 one job per rule instance, before grouping)
-    tres = _sacct(jobs["train_simclr"], "AllocTRES")
+    tres = _sacct(jobs["train_encoder"], "AllocTRES")
     assert tres and "gres/gpu=1" in tres[0], tres                 # the training rule got a (fake) GPU
     assert "gres/gpu" not in (_sacct(jobs["queries"], "AllocTRES") or [""])[0]    # the MLP's retrains: none
     assert "support" not in jobs                                   # a local rule ...

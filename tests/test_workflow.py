@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -22,13 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_CFG = REPO / "config" / "test.yaml"
 
 
-def smk_cmd(*args: str, workdir: Path, configfile: Path = TEST_CFG) -> tuple[list[str], dict]:
+def smk_cmd(*args: str, workdir: Path, configfile: Path | Sequence[Path] = TEST_CFG) -> tuple[list[str], dict]:
+    """The Snakemake command line of the workflow in `workdir` with `configfile` (or several: a later one's keys
+    override an earlier one's), and its environment (this Python's bin first on PATH)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    files = [configfile] if isinstance(configfile, (str, Path)) else list(configfile)
     return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-            "--configfile", str(configfile), *args], env
+            "--configfile", *map(str, files), *args], env
 
 
-def smk(*args: str, workdir: Path, configfile: Path = TEST_CFG) -> subprocess.CompletedProcess:
+def smk(*args: str, workdir: Path, configfile: Path | Sequence[Path] = TEST_CFG) -> subprocess.CompletedProcess:
     cmd, env = smk_cmd(*args, workdir=workdir, configfile=configfile)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
 
@@ -90,7 +94,8 @@ def variant(tmp: Path, change) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, whole_workflow):
+    """config/test.yaml run whole once for the module's slow tests (conftest: whole_workflow)."""
     wd = tmp_path_factory.mktemp("workflow")
     r = smk("--cores", "2", workdir=wd)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -113,6 +118,7 @@ def summary_from_answers(answers_dir: Path) -> dict[str, str]:
             "median_support": f">{max(a['k_max'] for a in answers)}" if math.isinf(median) else str(median)}
 
 
+@pytest.mark.slow
 def test_every_file_of_the_contract_with_values_in_range(run):
     cfg = yaml.safe_load(TEST_CFG.read_text())
     root = run / "results" / "digits"
@@ -287,11 +293,13 @@ def check_figures(rep: Path, n_methods: int, grid_images: int) -> None:
             assert a.shape[0] / a.shape[1] == pytest.approx(want, rel=0.1), (a.shape, rows)
 
 
+@pytest.mark.slow
 def test_a_second_run_does_nothing(run):
     r = smk("-n", "--cores", "2", workdir=run)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", [False, True], ids=["local", "slurm-profile"])
 def test_changing_esvm_C_reruns_only_esvm_scores_and_what_depends_on_them(run, tmp_path, profile):
     cfg = variant(tmp_path, lambda c: c["esvm"].update(C=1.0))
@@ -308,6 +316,7 @@ def test_changing_esvm_C_reruns_only_esvm_scores_and_what_depends_on_them(run, t
         assert sub["sbatch"] == 4, sub           # the three group jobs and the report (support is a local rule)
 
 
+@pytest.mark.slow
 def test_changing_the_support_budget_reruns_only_support_and_report(run, tmp_path):
     cfg = variant(tmp_path, lambda c: c["support"].update(max_models=20))
     r = smk("-n", "--cores", "2", workdir=run, configfile=cfg)
@@ -315,6 +324,7 @@ def test_changing_the_support_budget_reruns_only_support_and_report(run, tmp_pat
     assert job_counts(r.stdout) == {"support": 2 * 7, "method_figures": 7, "report": 1, "all": 1}
 
 
+@pytest.mark.slow
 def test_the_html_report_holds_every_table_and_figure(run, tmp_path):
     """`snakemake --report`: Snakemake's own report, the comparison's tables and figures and each method's pages
     (its top-k grid, a flip-curve figure per answer) as items with their captions."""
@@ -345,6 +355,7 @@ def test_the_html_report_holds_every_table_and_figure(run, tmp_path):
     assert "Flip curve" in html or "flip curve" in html                    # a method page's caption
 
 
+@pytest.mark.slow
 def test_launch_settings_rerun_nothing(run, tmp_path):
     def change(c):
         c["launch"].update(parallelism=1, timeout_min=7, cpus_per_task=2)
@@ -352,6 +363,7 @@ def test_launch_settings_rerun_nothing(run, tmp_path):
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_a_real_rerun_after_changing_esvm_C_recomputes_exactly_the_esvm_answers(run, tmp_path):
     wd = tmp_path / "copy"
     shutil.copytree(run, wd)                    # keep the shared run untouched for the other tests
@@ -368,18 +380,25 @@ def test_a_real_rerun_after_changing_esvm_C_recomputes_exactly_the_esvm_answers(
         assert changed == (key.parts[:2] in (("simclr", "esvm"), ("simclr", "esvm_signed"))), key
 
 
-def with_fake_inputs(configfile: Path, tmp: Path, imagenet_root: str | None = None) -> tuple[Path, dict]:
-    """The config with its dataset root and checkpoint replaced by fakes of full size made here (CIFAR-10:
-    50,000 + 10,000 blank images; ImageNet: 1,000 classes of empty files, listed but never decoded; or the
-    ImageNet-shaped folder `imagenet_root`)."""
+def fake_root(name: str, root: Path) -> Path:
+    """A full-size fake of dataset `name` at `root`, made in a second (CIFAR-10: 50,000 + 10,000 blank images;
+    ImageNet and other image folders: 1,000 classes of empty files, listed but never decoded)."""
     from datafiles import make_cifar_root, make_empty_image_folder
 
+    if name == "cifar10":
+        return make_cifar_root(root, per_batch=10000, n_test=10000, blank=True)
+    return make_empty_image_folder(root, 1000, 13, 5)
+
+
+def with_fake_inputs(configfile: Path, tmp: Path, imagenet_root: str | None = None) -> tuple[Path, dict]:
+    """The config with its dataset root and checkpoint replaced by fakes of full size made here (fake_root; or the
+    ImageNet-shaped folder `imagenet_root`)."""
     cfg = yaml.safe_load(configfile.read_text())
     ds = cfg.get("dataset", {})
     if ds.get("name") == "cifar10":
-        ds["root"] = str(make_cifar_root(tmp / "cifar10", per_batch=10000, n_test=10000, blank=True))
+        ds["root"] = str(fake_root("cifar10", tmp / "cifar10"))
     elif ds.get("name") in ("imagenet", "imagefolder"):
-        ds["root"] = imagenet_root or str(make_empty_image_folder(tmp / "imagenet", 1000, 13, 5))
+        ds["root"] = imagenet_root or str(fake_root(ds["name"], tmp / "imagenet"))
     if cfg.get("encoders", {}).get("resnet", {}).get("checkpoint"):
         (tmp / "ckpt.pth").touch()
         cfg["encoders"]["resnet"]["checkpoint"] = str(tmp / "ckpt.pth")
@@ -388,11 +407,46 @@ def with_fake_inputs(configfile: Path, tmp: Path, imagenet_root: str | None = No
     return p, cfg
 
 
-@pytest.mark.parametrize("configfile", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
-def test_dry_run_passes_for_every_config(configfile, tmp_path):
-    cfg_path, cfg = with_fake_inputs(configfile, tmp_path)
+#: every shipped config as a run names it (a later file's keys override an earlier one's): config/*.yaml, and the
+#: outside methods of examples/outside.yaml on top of the test config (the README's "Evaluate your own method")
+SHIPPED = [(p,) for p in sorted((REPO / "config").glob("*.yaml"))] + [(TEST_CFG, REPO / "examples" / "outside.yaml")]
+
+
+def shipped_id(files: Sequence[Path]) -> str:
+    return "+".join(f.name for f in files)
+
+
+def write_inputs(configfiles: Sequence[Path], wd: Path) -> dict:
+    """The files the configs name, made in the working directory `wd` at the paths they give, so that the shipped
+    configs dry-run there as they are: a fake dataset root of full size (fake_root), an empty checkpoint, an empty
+    scores file of each external method (a dry run only hashes it). Returns the configs merged (top-level keys of a
+    later file replace an earlier one's, as Snakemake does for `methods`)."""
+    merged: dict = {}
+    for f in configfiles:
+        cfg = yaml.safe_load(Path(f).read_text())
+        root, name = cfg.get("dataset", {}).get("root"), cfg.get("dataset", {}).get("name")
+        if root and not (wd / root).exists():
+            fake_root(name, wd / root)
+        files = [cfg.get("encoders", {}).get("resnet", {}).get("checkpoint")]
+        files += [m.get(k) for m in cfg.get("methods", []) if m.get("encoder") == "external" for k in ("path", "index")]
+        for file in filter(None, files):
+            (wd / file).parent.mkdir(parents=True, exist_ok=True)
+            (wd / file).touch()
+        merged.update(cfg)
+    return merged
+
+
+def dry_run_jobs(out: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, {key: value}) of each job a dry run lists (its output, input, log, benchmark, wildcards ... lines)."""
+    return [(m.group(1), dict(re.findall(r"^\s+(\w+): (.*)$", m.group(2), re.M)))
+            for m in re.finditer(r"^\s*(?:local)?rule (\w+):\n((?:[ \t]+\w+: .*\n)*)", out, re.M)]
+
+
+@pytest.mark.parametrize("configfiles", SHIPPED, ids=shipped_id)
+def test_dry_run_passes_for_every_config(configfiles, tmp_path):
+    cfg = write_inputs(configfiles, tmp_path)
     t = time.perf_counter()
-    r = smk("-n", "-p", "--cores", "2", workdir=tmp_path, configfile=cfg_path)
+    r = smk("-n", "-p", "--cores", "2", workdir=tmp_path, configfile=configfiles)
     took = time.perf_counter() - t
     assert r.returncode == 0, r.stderr[-2000:]
     # every job's shell command is one argument to bash: Linux refuses one over 128 KiB (MAX_ARG_STRLEN)
@@ -402,6 +456,15 @@ def test_dry_run_passes_for_every_config(configfile, tmp_path):
     assert "--manifest" in r.stdout and "report_manifest" in r.stdout
     counts = job_counts(r.stdout)
     assert counts.get("report") == 1
+    # the report's lists (simattr.pipeline's walk of the run's jobs) are the DAG's: the benchmark of every job
+    # upstream of the report, and the score files and support gathers the DAG makes
+    jobs = dry_run_jobs(r.stdout)
+    report_inputs = [f for rule, job in jobs if rule == "report" for f in job["input"].split(", ")]
+    upstream = [job["benchmark"] for rule, job in jobs if "benchmark" in job and rule != "method_figures"]
+    assert sorted(f for f in report_inputs if "/benchmarks/" in f) == sorted(upstream)
+    made = [job["output"] for rule, job in jobs if rule in ("score", "score_model", "score_external", "support")]
+    read = [f for f in report_inputs if "/scores/" in f or ("/support/" in f and f.endswith(".json"))]
+    assert sorted(read) == sorted(made)
     if cfg.get("dataset", {}).get("root"):            # the full-size configs: jobs as the config implies
         name, shard = cfg["dataset"]["name"], cfg["embed"]["shard_size"]
         sizes = {"cifar10": (50000, 10000), "imagenet": (13000, 5000)}[name]
@@ -413,7 +476,7 @@ def test_dry_run_passes_for_every_config(configfile, tmp_path):
         assert counts.get("subsets", 0) == (-(-lds // cfg["lds"]["shard_size"]) if lds else 0)
         assert counts.get("lds", 0) == (len(cfg["methods"]) if lds else 0)
         assert counts["support"] == len(cfg["methods"]) * len(cfg["support"]["metrics"])
-        print(f"{configfile.name}: dry run {took:.1f} s, {counts}")
+    print(f"{shipped_id(configfiles)}: dry run {took:.1f} s, {counts}")
 
 
 def test_simclr_arch_reaches_its_training_rule(tmp_path):
@@ -424,9 +487,14 @@ def test_simclr_arch_reaches_its_training_rule(tmp_path):
 
 
 def test_lint_reports_nothing(tmp_path):
+    """`snakemake --lint` and `snakefmt --check` (its settings: pyproject.toml [tool.snakefmt]) find nothing in the
+    Snakefile and workflow/rules (make lint and the CI run both)."""
     r = smk("--lint", workdir=tmp_path)
-    assert r.returncode == 0
-    assert "Lints for" not in r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Lints for" not in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "--compact-diff", "Snakefile", "workflow"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -466,6 +534,7 @@ def _answers(wd: Path) -> dict:
             for p in root.glob("*/*/*/*.json")}
 
 
+@pytest.mark.slow
 def test_sigkill_during_support_then_rerun_gives_the_same_answers_and_no_model_twice(run, tmp_path):
     wd = tmp_path / "killed"
     wd.mkdir()
@@ -498,7 +567,7 @@ def test_sigkill_during_support_then_rerun_gives_the_same_answers_and_no_model_t
         assert len(keys) == answer["trainings"]
 
 
-NETWORK_RULES = {"train_simclr", "train_supervised", "embed_shard", "queries", "trak_checkpoints", "trak", "subsets"}
+NETWORK_RULES = {"train_encoder", "embed_shard", "queries", "trak_checkpoints", "trak", "subsets"}
 
 
 def profile_dry_run_jobs(configfile: Path, tmp_path: Path) -> list[dict]:
@@ -559,3 +628,8 @@ def test_the_digits_config_asks_no_gpu(tmp_path):
     jobs = profile_dry_run_jobs(REPO / "config" / "config.yaml", tmp_path)
     assert jobs and all(not j["gpu"] and not j["flag"] and not j["per_task"] for j in jobs), \
         [j for j in jobs if j["gpu"] or j["flag"] or j["per_task"]]
+
+
+if __name__ == "__main__":          # python tests/test_workflow.py DIR: every shipped config's input files in DIR
+    for files in SHIPPED:          # (make dryrun-all and the CI dry-run each config there, as it is)
+        write_inputs(files, Path(sys.argv[1]))

@@ -9,16 +9,16 @@ rule trak_checkpoints:
         job_log("trak_checkpoints"),
     benchmark:
         job_bench("trak_checkpoints")
-    params:
-        settings=job_settings("trak-checkpoints"),
+    conda:
+        ENV
     threads: retrain_threads
     resources:
         mem_mb=retrain_mem_mb,
         runtime=retrain_runtime,
         gpu=retrain_gpus,
-        state_every_s=str(config["launch"]["state_every_s"]),   # how often a CNN saves its state: no result changes
-    conda:
-        ENV
+        state_every_s=str(config["launch"]["state_every_s"]),  # how often a CNN saves its state: no result changes
+    params:
+        settings=job_settings("trak-checkpoints"),
     shell:
         "SIMATTR_STATE_EVERY_S={resources.state_every_s} simattr --log {log} --gpus {resources.gpu}"
         " trak-checkpoints --settings {params.settings:q} --out {output}"
@@ -33,16 +33,15 @@ rule trak:
         job_log("trak"),
     benchmark:
         job_bench("trak")
-    params:
-        settings=job_settings("trak"),   # with the projector's name: a new projection reruns the rule
-
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=lambda wildcards: max(8000, retrain_mem_mb(wildcards)),
         runtime=retrain_runtime,
         gpu=retrain_gpus,
-    conda:
-        ENV
+    params:
+        settings=job_settings("trak"),  # with the projector's name: a new projection reruns the rule
     shell:
         "simattr --log {log} --gpus {resources.gpu} trak --settings {params.settings:q}"
         " --checkpoints-file {input} --out {output}"
@@ -55,16 +54,16 @@ rule subsets:
         job_log("subsets"),
     benchmark:
         job_bench("subsets")
-    params:
-        settings=job_settings("subsets"),
+    conda:
+        ENV
     threads: retrain_threads
     resources:
         mem_mb=retrain_mem_mb,
         runtime=retrain_runtime,
         gpu=retrain_gpus,
-        state_every_s=str(config["launch"]["state_every_s"]),   # how often a CNN saves its state: no result changes
-    conda:
-        ENV
+        state_every_s=str(config["launch"]["state_every_s"]),  # how often a CNN saves its state: no result changes
+    params:
+        settings=job_settings("subsets"),
     shell:
         "SIMATTR_STATE_EVERY_S={resources.state_every_s} simattr --log {log} --gpus {resources.gpu}"
         " subsets --settings {params.settings:q}"
@@ -81,13 +80,13 @@ rule lds:
         job_log("lds"),
     benchmark:
         job_bench("lds")
-    params:
-        settings=job_settings("lds"),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        ENV
+    params:
+        settings=job_settings("lds"),
     shell:
         "simattr --log {log} lds --settings {params.settings:q} --scores {input.scores} --subsets {input.subsets}"
         " --out {output}"

@@ -2,6 +2,7 @@
 # the data contract (from simattr.store) and the input functions. Nothing heavy is imported here.
 from simattr import config as sconfig
 from simattr import external
+from simattr import pipeline
 from simattr import settings as ssettings
 from simattr import store
 from simattr.datasets import SPLITS, Spec, n_classes, split_size
@@ -14,6 +15,7 @@ import os
 import shlex
 import shutil
 import sys
+
 
 # the rules call `simattr`; when Snakemake was started from a virtual environment that is not activated,
 # find it beside the Python running Snakemake (conda rules put their own environment first anyway)
@@ -47,16 +49,26 @@ except SimattrError as e:
 #: every job's (stage, name): the names of its log, benchmark and usage record, in one place for the rules and the
 #: report's lists; fields not given stay wildcards
 JOB_FILES = {
-    "train_simclr": ("embed", "train-simclr"), "train_supervised": ("embed", "train-supervised"),
-    "import_resnet": ("embed", "import-resnet"), "embed_shard": ("embed", "{encoder}-{split}-shard-{shard}"),
-    "embed_index": ("embed", "{encoder}-{split}"), "score": ("score", "{encoder}-{ranker}-class-{cls}"),
-    "trak_checkpoints": ("attribution", "trak-checkpoints"), "trak": ("attribution", "trak"),
-    "subsets": ("attribution", "subsets-{purpose}-{shard}"), "lds": ("attribution", "lds-{encoder}-{ranker}"),
-    "queries": ("support", "queries"), "support": ("support", "{encoder}-{ranker}-{metric}"),
-    "report_manifest": ("report", "manifest"), "report": ("report", "report"), "export": ("export", "export"),
+    "train_encoder": ("embed", "train-{encoder}"),
+    "import_resnet": ("embed", "import-resnet"),
+    "embed_shard": ("embed", "{encoder}-{split}-shard-{shard}"),
+    "embed_index": ("embed", "{encoder}-{split}"),
+    "score": ("score", "{encoder}-{ranker}-class-{cls}"),
+    "trak_checkpoints": ("attribution", "trak-checkpoints"),
+    "trak": ("attribution", "trak"),
+    "subsets": ("attribution", "subsets-{purpose}-{shard}"),
+    "lds": ("attribution", "lds-{encoder}-{ranker}"),
+    "queries": ("support", "queries"),
+    "support": ("support", "{encoder}-{ranker}-{metric}"),
+    "report_manifest": ("report", "manifest"),
+    "report": ("report", "report"),
+    "export": ("export", "export"),
     "method_figures": ("report", "figures-{encoder}-{ranker}"),
 }
-ENCODER_RULE = {"simclr": "train_simclr", "supervised": "train_supervised", "resnet": "import_resnet"}
+#: how each encoder's state file is made: imported from a checkpoint (resnet: import_resnet) or trained (train_encoder)
+IMPORT_RULES = {"resnet": "import_resnet"}
+STATE_RULES = {e: IMPORT_RULES.get(e, "train_encoder") for e in TRAINABLE}
+TRAINED = [e for e in TRAINABLE if e not in IMPORT_RULES]
 
 
 def job_log(job, **fields):
@@ -70,9 +82,9 @@ def job_bench(job, **fields):
 
 
 ENV = "../../envs/simattr.yaml"  # relative to the rule files
-METHODS = [sconfig.method_id(m) for m in config["methods"]]   # (encoder, ranker); external: (external, NAME)
-EXTERNAL = sconfig.external_methods(config)                     # NAME -> its method entry
-try:    # each external method's files are there (their content hashes are its score jobs' identity)
+METHODS = [sconfig.method_id(m) for m in config["methods"]]  # (encoder, ranker); external: (external, NAME)
+EXTERNAL = sconfig.external_methods(config)  # NAME -> its method entry
+try:  # each external method's files are there (their content hashes are its score jobs' identity)
     for _m in EXTERNAL.values():
         external.source(_m)
 except SimattrError as e:
@@ -80,18 +92,17 @@ except SimattrError as e:
 FEATURE_ENCODERS = sconfig.FEATURE_ENCODERS
 FEATURE_RANKERS = [r for r in sconfig.RANKERS if r not in sconfig.MODEL_RANKERS]
 ENCODERS_USED = sorted({e for e, _ in METHODS if e in FEATURE_ENCODERS})
-RANKERS_USED = {r for _, r in METHODS}
 if "resnet" in ENCODERS_USED and not config["encoders"]["resnet"]["checkpoint"]:
-    raise WorkflowError("invalid configuration: config key 'encoders.resnet.checkpoint': a method uses encoder resnet, "
-                        "so a local checkpoint file is required (nothing is downloaded)")
-try:    # shards per split: known from the dataset's listing, without decoding an image
-    N_SHARDS = {s: len(store.shard_ranges(split_size(DATA, s), config["embed"]["shard_size"]))
-                for s in SPLITS}
+    raise WorkflowError(
+        "invalid configuration: config key 'encoders.resnet.checkpoint': a method uses encoder resnet, "
+        "so a local checkpoint file is required (nothing is downloaded)"
+    )
+try:  # shards per split: known from the dataset's listing, without decoding an image
+    N_SHARDS = {s: len(store.shard_ranges(split_size(DATA, s), config["embed"]["shard_size"])) for s in SPLITS}
 except SimattrError as e:
     raise WorkflowError(f"invalid dataset: {e}") from None
 # subset-model shards per purpose (datamodels: only when a method uses it; lds: lds.models > 0)
-N_SUBSET_SHARDS = {p: len(store.shard_ranges(config[p]["models"], config[p]["shard_size"]))
-                   for p in PURPOSES}
+N_SUBSET_SHARDS = {p: len(store.shard_ranges(config[p]["models"], config[p]["shard_size"])) for p in PURPOSES}
 LDS_ON = config["lds"]["models"] > 0
 
 
@@ -121,8 +132,10 @@ def resnet_checkpoint(wildcards):
 
 
 def split_shards(wildcards):
-    return [path(store.EMBED_SHARD, encoder=wildcards.encoder, split=wildcards.split, shard=f"{s:05d}")
-            for s in range(N_SHARDS[wildcards.split])]
+    return [
+        path(store.EMBED_SHARD, encoder=wildcards.encoder, split=wildcards.split, shard=f"{s:05d}")
+        for s in range(N_SHARDS[wildcards.split])
+    ]
 
 
 def job_settings(job, **fixed):
@@ -137,7 +150,7 @@ def job_settings(job, **fixed):
     return param
 
 
-NETWORK_ENCODERS = TRAINABLE   # every encoder with a state of its own runs a network (pixels does not)
+NETWORK_ENCODERS = TRAINABLE  # every encoder with a state of its own runs a network (pixels does not)
 CNN = MODEL.name in CNN_MODELS
 
 
@@ -170,6 +183,50 @@ def retrain_runtime(wildcards):
     return max(60, config["launch"]["timeout_min"]) if CNN else 60
 
 
+# simattr support's --launch keys, in the order of its command line. Each reaches the support jobs as a resource
+# (launch_resource), not a param, as how the tasks run never changes an answer: resources, unlike params, trigger
+# no rerun, and a profile may override each one (profiles/slurm sets submitit_cluster=slurm).
+LAUNCH_KEYS = (
+    "cluster",
+    "parallelism",
+    "timeout_min",
+    "cpus_per_task",
+    "gpus_per_node",
+    "mem_gb",
+    "slurm_partition",
+    "signal_delay_s",
+    "max_requeues",
+    "images_per_task",
+    "answers_at_once",
+    "state_every_s",
+)
+
+
+def launch_resource(key):
+    """The support rule's resource that carries launch key KEY: submitit_KEY (the partition: submitit_partition)."""
+    return "submitit_partition" if key == "slurm_partition" else f"submitit_{key}"
+
+
+def launch_resources():
+    """The support rule's resources, from config["launch"]: the numbers that may be fractional travel as strings (a
+    resource number becomes an integer: 2.5 -> 2), an unset partition as ""."""
+    la = config["launch"]
+    la = dict(
+        la,
+        mem_gb=str(la["mem_gb"]),
+        state_every_s=str(la["state_every_s"]),
+        slurm_partition=la["slurm_partition"] or "",
+    )
+    return {launch_resource(k): la[k] for k in LAUNCH_KEYS}
+
+
+def launch_words():
+    """The support command's --launch words: KEY={resources.RESOURCE}, the partition quoted."""
+    return " ".join(
+        f"{k}={{resources.{launch_resource(k)}{':q' if k == 'slurm_partition' else ''}}}" for k in LAUNCH_KEYS
+    )
+
+
 def score_gpus(wildcards):
     """Feature rankers run on the GPU when esvm.device is cuda (auto takes one only if the job happens to have it)."""
     return 1 if wildcards.ranker in ssettings.DEVICE_RANKERS and config["esvm"]["device"] == "cuda" else 0
@@ -184,10 +241,6 @@ def model_attribution_inputs(wildcards):
     return [path(store.TRAK_SCORES)] if wildcards.ranker == "trak" else subset_shards("datamodels")
 
 
-def lds_files():
-    return [path(store.LDS, encoder=e, ranker=r) for e, r in METHODS] if LDS_ON else []
-
-
 def class_scores(wildcards):
     return [path(store.SCORES, encoder=wildcards.encoder, ranker=wildcards.ranker, cls=c) for c in CLASSES]
 
@@ -197,18 +250,12 @@ def local_task_threads(wildcards):
     return la["parallelism"] * la["cpus_per_task"] if la["cluster"] == "local" else 1
 
 
-def gather_files():
-    return [path(store.SUPPORT_GATHER, encoder=e, ranker=r, metric=m)
-            for e, r in METHODS for m in config["support"]["metrics"]]
-
-
-def all_scores():
-    return [path(store.SCORES, encoder=e, ranker=r, cls=c) for e, r in METHODS for c in CLASSES]
-
-
 def report_keys():
-    return ["support", "markdown", "cdf", "grid", "cost", "plan"] + (["overlap"] if len(METHODS) > 1 else []) + \
-        (["lds"] if LDS_ON else [])
+    return (
+        ["support", "markdown", "cdf", "grid", "cost", "plan"]
+        + (["overlap"] if len(METHODS) > 1 else [])
+        + (["lds"] if LDS_ON else [])
+    )
 
 
 def report_files():
@@ -218,8 +265,8 @@ def report_files():
 
 def report_outputs():
     """The report rule's outputs, each an item of `snakemake --report` with its caption (workflow/report/KEY.rst)."""
-    return [report(f, caption=f"../report/{k}.rst", category="Comparison") for k, f in zip(report_keys(),
-                                                                                           report_files())]
+    items = zip(report_keys(), report_files())
+    return [report(f, caption=f"../report/{k}.rst", category="Comparison") for k, f in items]
 
 
 def method_figure_dirs():
@@ -228,46 +275,10 @@ def method_figure_dirs():
 
 
 def method_gathers(wildcards):
-    return [path(store.SUPPORT_GATHER, encoder=wildcards.encoder, ranker=wildcards.ranker, metric=m)
-            for m in config["support"]["metrics"]]
-
-
-def method_cost_entries():
-    """METHOD|KIND|VALUE entries of the report's cost table: per method, the jobs that made its scores (benchmark
-    and usage record of each), what they stored, and the retrained models it needed."""
-    out = []
-
-    def job(method, rule, **fields):
-        out.append(f"{method}|bench|{job_bench(rule, **fields)}")
-        out.append(f"{method}|usage|{store.usage_path(job_log(rule, **fields))}")
-
-    for e, r in METHODS:
-        m = f"{e}/{r}"
-        if e in TRAINABLE:
-            job(m, ENCODER_RULE[e])
-            out.append(f"{m}|stored|{path(store.ENCODER_STATE, encoder=e)}")
-        if e in FEATURE_ENCODERS:
-            for s in SPLITS:
-                job(m, "embed_index", encoder=e, split=s)
-                for k in range(N_SHARDS[s]):
-                    job(m, "embed_shard", encoder=e, split=s, shard=f"{k:05d}")
-            out.append(f"{m}|stored|{path(store.ENCODER_EMBED_DIR, encoder=e)}")
-        for c in CLASSES:
-            job(m, "score", encoder=e, ranker=r, cls=c)
-        out.append(f"{m}|stored|{path(store.SCORES_DIR, encoder=e, ranker=r)}")
-        if r == "trak":
-            job(m, "trak_checkpoints")
-            job(m, "trak")
-            out += [f"{m}|stored|{path(store.TRAK_CHECKPOINTS)}", f"{m}|stored|{path(store.TRAK_SCORES)}",
-                    f"{m}|models|{config['trak']['checkpoints']}"]
-        if e == sconfig.EXTERNAL_ENCODER and os.path.exists(external_cost(r)):
-            out.append(f"{m}|sidecar|{external_cost(r)}")
-        if r == "datamodels":
-            for s in range(N_SUBSET_SHARDS["datamodels"]):
-                job(m, "subsets", purpose="datamodels", shard=f"{s:05d}")
-            out += [f"{m}|stored|{path(store.SUBSETS_DIR, purpose='datamodels')}",
-                    f"{m}|models|{config['datamodels']['models']}"]
-    return out
+    return [
+        path(store.SUPPORT_GATHER, encoder=wildcards.encoder, ranker=wildcards.ranker, metric=m)
+        for m in config["support"]["metrics"]
+    ]
 
 
 def external_scores(wildcards):
@@ -283,7 +294,7 @@ def external_cost(name):
 
 def external_costs():
     """The cost sidecars the external methods have: the report reads them (an edit reruns it)."""
-    return [external_cost(n) for n in EXTERNAL if os.path.exists(external_cost(n))]
+    return list(PIPELINE.sidecars.values())
 
 
 def export_embeddings():
@@ -300,27 +311,60 @@ def write_report_manifest(out, log, params):
         f.write(f"{out}: " + ", ".join(f"{len(v)} {k}" for k, v in lists.items()) + "\n")
 
 
-def report_benchmarks(wildcards):
-    """STAGE=FILE pairs of every upstream job's benchmark (wall seconds per stage)."""
-    pairs = []
-    for e in ENCODERS_USED:
-        if e in TRAINABLE:
-            pairs.append(("embed", job_bench(ENCODER_RULE[e])))
-        for s in SPLITS:
-            pairs.append(("embed", job_bench("embed_index", encoder=e, split=s)))
-            pairs += [("embed", job_bench("embed_shard", encoder=e, split=s, shard=f"{k:05d}"))
-                      for k in range(N_SHARDS[s])]
-    if "trak" in RANKERS_USED:
-        pairs += [("trak", job_bench("trak_checkpoints")), ("trak", job_bench("trak"))]
-    for p in PURPOSES:
-        if p == "lds" and LDS_ON or p in RANKERS_USED:
-            pairs += [(p, job_bench("subsets", purpose=p, shard=f"{s:05d}")) for s in range(N_SUBSET_SHARDS[p])]
-    for e, r in METHODS:
-        if LDS_ON:
-            pairs.append(("lds", job_bench("lds", encoder=e, ranker=r)))
-        for c in CLASSES:
-            pairs.append(("score", job_bench("score", encoder=e, ranker=r, cls=c)))
-        for m in config["support"]["metrics"]:
-            pairs.append(("support", job_bench("support", encoder=e, ranker=r, metric=m)))
-    pairs.append(("support", job_bench("queries")))
-    return pairs
+# The run's jobs, each once, walked by simattr.pipeline from the facts above: the report's lists (the score,
+# support and LDS files it reads, every upstream job's benchmark, each method's cost) are read off this one walk,
+# which tests/test_workflow.py checks against a dry run's DAG.
+PIPELINE = pipeline.Facts(
+    methods=tuple(METHODS),
+    n_classes=len(CLASSES),
+    shards=N_SHARDS,
+    feature_encoders=tuple(FEATURE_ENCODERS),
+    state_rules=STATE_RULES,
+    subset_shards=N_SUBSET_SHARDS,
+    trained_models={p: config[p]["models"] for p in PURPOSES} | {"trak": config["trak"]["checkpoints"]},
+    metrics=tuple(config["support"]["metrics"]),
+    lds=LDS_ON,
+    sidecars={
+        f"{sconfig.EXTERNAL_ENCODER}/{n}": external_cost(n) for n in EXTERNAL if os.path.exists(external_cost(n))
+    },
+)
+JOBS = list(pipeline.jobs(PIPELINE))
+
+
+def job_outputs(rule, template):
+    """The files (a data-contract template) that the run's jobs of `rule` make, in the walk's order."""
+    return [path(template, **j.kw) for j in JOBS if j.rule == rule]
+
+
+def all_scores():
+    return job_outputs("score", store.SCORES)
+
+
+def gather_files():
+    return job_outputs("support", store.SUPPORT_GATHER)
+
+
+def lds_files():
+    return job_outputs("lds", store.LDS)
+
+
+def report_benchmarks():
+    """(STAGE, FILE) of every upstream job's benchmark (the report's wall seconds per stage)."""
+    return [(j.stage, job_bench(j.rule, **j.kw)) for j in JOBS]
+
+
+def method_cost_entries():
+    """METHOD|KIND|VALUE entries of the report's cost table (simattr.pipeline.method_cost_items): per method, the
+    jobs that made its scores (the benchmark and usage record of each), what they stored, the retrained models it
+    needed and an external method's cost sidecar."""
+    out = []
+    for m, kind, value in pipeline.method_cost_items(PIPELINE):
+        if kind == "job":
+            out.append(f"{m}|bench|{job_bench(value.rule, **value.kw)}")
+            out.append(f"{m}|usage|{store.usage_path(job_log(value.rule, **value.kw))}")
+        elif kind == "stored":
+            template, fields = value
+            out.append(f"{m}|stored|{path(template, **dict(fields))}")
+        else:
+            out.append(f"{m}|{kind}|{value}")
+    return out

@@ -1,44 +1,28 @@
 # Stage 1: dataset -> trained encoders -> HDF5 embedding shards per (encoder, split).
 
 
-rule train_simclr:
+# An encoder's state: the trained ones (TRAINED: simclr, supervised) are fit on the train split here, resnet's is
+# imported from its checkpoint (import_resnet). Either way its log and benchmark are train-ENCODER / import-resnet.
+rule train_encoder:
     output:
-        path(store.ENCODER_STATE, encoder="simclr"),
+        path(store.ENCODER_STATE),
     log:
-        job_log("train_simclr"),
+        job_log("train_encoder"),
     benchmark:
-        job_bench("train_simclr")
-    params:
-        settings=job_settings("train-encoder", encoder="simclr"),
+        job_bench("train_encoder")
+    wildcard_constraints:
+        encoder="|".join(TRAINED),
+    conda:
+        ENV
     threads: 2
     resources:
         gpu=embed_gpus,
         mem_mb=4000,
-    conda:
-        ENV
-    shell:
-        "simattr --log {log} --gpus {resources.gpu} train-encoder --settings {params.settings:q} --encoder simclr"
-        " --out {output}"
-
-
-rule train_supervised:
-    output:
-        path(store.ENCODER_STATE, encoder="supervised"),
-    log:
-        job_log("train_supervised"),
-    benchmark:
-        job_bench("train_supervised")
     params:
-        settings=job_settings("train-encoder", encoder="supervised"),
-    threads: 2
-    resources:
-        gpu=embed_gpus,
-        mem_mb=4000,
-    conda:
-        ENV
+        settings=job_settings("train-encoder"),
     shell:
-        "simattr --log {log} --gpus {resources.gpu} train-encoder --settings {params.settings:q} --encoder supervised"
-        " --out {output}"
+        "simattr --log {log} --gpus {resources.gpu} train-encoder --settings {params.settings:q}"
+        " --encoder {wildcards.encoder} --out {output}"
 
 
 rule import_resnet:
@@ -50,15 +34,16 @@ rule import_resnet:
         job_log("import_resnet"),
     benchmark:
         job_bench("import_resnet")
-    params:
-        settings=job_settings("train-encoder", encoder="resnet"),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        ENV
+    params:
+        settings=job_settings("train-encoder", encoder="resnet"),
     shell:
         "simattr --log {log} train-encoder --settings {params.settings:q} --encoder resnet --out {output}"
+
 
 rule embed_shard:
     input:
@@ -69,20 +54,21 @@ rule embed_shard:
         job_log("embed_shard"),
     benchmark:
         job_bench("embed_shard")
-    params:
-        settings=job_settings("embed"),
-        state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
+    conda:
+        ENV
     threads: config["embed"]["workers"] + 1
     resources:
         mem_mb=4000,
         gpu=embed_gpus,
-        embed_workers=config["embed"]["workers"],   # a resource, not a param: it changes no result
-    conda:
-        ENV
+        embed_workers=config["embed"]["workers"],  # a resource, not a param: it changes no result
+    params:
+        settings=job_settings("embed"),
+        state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
     shell:
         "simattr --log {log} --gpus {resources.gpu} embed --settings {params.settings:q}"
         " --encoder {wildcards.encoder} --split {wildcards.split} --shard {wildcards.shard}"
         " --workers {resources.embed_workers} {params.state} --out {output}"
+
 
 rule embed_index:
     input:
@@ -94,14 +80,14 @@ rule embed_index:
         job_log("embed_index"),
     benchmark:
         job_bench("embed_index")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,  # reads labels and indices only (16 bytes an image; store.write_index), never the features
     params:
         settings=job_settings("embed-index"),
         state=lambda wildcards, input: f"--state {input.state}" if input.state else "",
-    threads: 1
-    resources:
-        mem_mb=1000,    # reads labels and indices only (16 bytes an image; store.write_index), never the features
-    conda:
-        ENV
     shell:
         "simattr --log {log} embed-index --settings {params.settings:q} --encoder {wildcards.encoder}"
         " --split {wildcards.split} {params.state} --shards {input.shards} --out {output}"

@@ -16,14 +16,14 @@ rule export:
         job_log("export"),
     benchmark:
         job_bench("export")
-    params:
-        settings=job_settings("export"),
-        embeddings=export_embeddings(),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        ENV
+    params:
+        settings=job_settings("export"),
+        embeddings=export_embeddings(),
     shell:
         "simattr --log {log} export --settings {params.settings:q} --queries {input.queries}"
         " --checkpoints-file {input.checkpoints} --lds-subsets {input.lds} --embeddings {params.embeddings}"

@@ -16,15 +16,15 @@ localrules:
 rule report_manifest:
     output:
         path(store.REPORT_MANIFEST),
+    log:
+        job_log("report_manifest"),
     params:
         gathers=gather_files(),
         scores=all_scores(),
         lds=lds_files(),
-        benchmarks=lambda wildcards: [f"{s}={f}" for s, f in report_benchmarks(wildcards)],
+        benchmarks=[f"{s}={f}" for s, f in report_benchmarks()],
         method_costs=method_cost_entries(),
         stored=[f"{stage}={path(folder)}" for stage, folder in store.STORED],
-    log:
-        job_log("report_manifest"),
     run:
         write_report_manifest(output[0], log[0], params)
 
@@ -40,26 +40,26 @@ rule report:
         calibration=lambda wildcards: [f for f in [path(plan_mod.CALIBRATION)] if os.path.exists(f)],
         gathers=gather_files(),
         scores=all_scores(),
-        benchmarks=lambda wildcards: [f for _, f in report_benchmarks(wildcards)],
+        benchmarks=[f for _, f in report_benchmarks()],
         lds=lds_files(),
         external_costs=external_costs(),
     output:
         report_outputs(),
     log:
         job_log("report"),
-    params:
-        settings=job_settings("report"),
-        plan=job_settings("plan"),
-        calibration=lambda wildcards, input: f"--calibration {input.calibration}" if input.calibration else "",
-        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+    conda:
+        ENV
+    threads: 1
     resources:
         plan_parallelism=config["launch"]["parallelism"],
         plan_images_per_task=config["launch"]["images_per_task"],
         plan_cpus_per_task=config["launch"]["cpus_per_task"],
         plan_gpus_per_node=config["launch"]["gpus_per_node"],
-    threads: 1
-    conda:
-        ENV
+    params:
+        settings=job_settings("report"),
+        plan=job_settings("plan"),
+        calibration=lambda wildcards, input: f"--calibration {input.calibration}" if input.calibration else "",
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "simattr --log {log} report --settings {params.settings:q} --manifest {input.manifest}"
         " --plan-settings {params.plan:q} {params.calibration} --launch parallelism={resources.plan_parallelism}"
@@ -73,17 +73,22 @@ rule method_figures:
         gathers=method_gathers,
         scores=class_scores,
     output:
-        report(directory(path(store.METHOD_FIGURES)), patterns=["{name}.png"], caption="../report/method.rst",
-               category="Methods", subcategory="{encoder}/{ranker}"),
+        report(
+            directory(path(store.METHOD_FIGURES)),
+            patterns=["{name}.png"],
+            caption="../report/method.rst",
+            category="Methods",
+            subcategory="{encoder}/{ranker}",
+        ),
     log:
         job_log("method_figures"),
     benchmark:
         job_bench("method_figures")
-    params:
-        settings=job_settings("method-figures"),
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        settings=job_settings("method-figures"),
     shell:
         "simattr --log {log} method-figures --settings {params.settings:q} --gathers {input.gathers}"
         " --scores {input.scores} --out-dir {output}"

@@ -5,15 +5,16 @@ from simattr import scoring as sscoring
 # A resource function that takes `input` is evaluated by Snakemake once the job's inputs exist, just before it runs
 # (while they are missing, e.g. in a dry run, it stays <TBD>): the splits' manifests give the job's shapes then.
 SCORE_SHAPES = lambda wildcards, input: sscoring.job_shapes(
-    wildcards.cls, str(input.train), str(input.test), class_conditioned=config["score"]["class_conditioned"],
-    chunk_size=config["esvm"]["chunk_size"], guess=lambda: (split_size(DATA, "train"), split_size(DATA, "test"),
-                                                            len(CLASSES)))
+    wildcards.cls,
+    str(input.train),
+    str(input.test),
+    class_conditioned=config["score"]["class_conditioned"],
+    chunk_size=config["esvm"]["chunk_size"],
+    guess=lambda: (split_size(DATA, "train"), split_size(DATA, "test"), len(CLASSES)),
+)
 
 
 rule score:
-    wildcard_constraints:
-        encoder="|".join(FEATURE_ENCODERS),
-        ranker="|".join(FEATURE_RANKERS),
     input:
         train=path(store.EMBED_INDEX, split="train"),
         test=path(store.EMBED_INDEX, split="test"),
@@ -23,8 +24,11 @@ rule score:
         job_log("score"),
     benchmark:
         job_bench("score")
-    params:
-        settings=job_settings("score"),
+    wildcard_constraints:
+        encoder="|".join(FEATURE_ENCODERS),
+        ranker="|".join(FEATURE_RANKERS),
+    conda:
+        ENV
     threads: 1
     resources:
         gpu=score_gpus,
@@ -32,8 +36,8 @@ rule score:
         # minutes, at least 2 (scoring.runtime_minutes: a group of score jobs adds them up)
         mem_mb=lambda wildcards, input: sscoring.job_mem_mb(wildcards.ranker, SCORE_SHAPES(wildcards, input)),
         runtime=lambda wildcards, input: sscoring.runtime_minutes(wildcards.ranker, **SCORE_SHAPES(wildcards, input)),
-    conda:
-        ENV
+    params:
+        settings=job_settings("score"),
     shell:
         "simattr --log {log} --gpus {resources.gpu} --no-progress score --settings {params.settings:q}"
         " --encoder {wildcards.encoder} --ranker {wildcards.ranker} --class {wildcards.cls}"
@@ -41,9 +45,6 @@ rule score:
 
 
 rule score_model:
-    wildcard_constraints:
-        encoder=sconfig.MODEL_ENCODER,
-        ranker="|".join(sconfig.MODEL_RANKERS),
     input:
         model_attribution_inputs,
     output:
@@ -52,24 +53,25 @@ rule score_model:
         job_log("score"),
     benchmark:
         job_bench("score")
-    params:
-        settings=job_settings("score-model"),
-        inputs=lambda wildcards, input: (f"--trak-scores {input[0]}" if wildcards.ranker == "trak"
-                                         else "--subsets " + " ".join(input)),
+    wildcard_constraints:
+        encoder=sconfig.MODEL_ENCODER,
+        ranker="|".join(sconfig.MODEL_RANKERS),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        ENV
+    params:
+        settings=job_settings("score-model"),
+        inputs=lambda wildcards, input: (
+            f"--trak-scores {input[0]}" if wildcards.ranker == "trak" else "--subsets " + " ".join(input)
+        ),
     shell:
         "simattr --log {log} --no-progress score-model --settings {params.settings:q} --ranker {wildcards.ranker}"
         " --class {wildcards.cls} {params.inputs} --out {output}"
 
 
 rule score_external:
-    wildcard_constraints:
-        encoder=sconfig.EXTERNAL_ENCODER,
-        ranker="|".join(EXTERNAL) or "(?!)",
     input:
         unpack(external_scores),
     output:
@@ -78,14 +80,17 @@ rule score_external:
         job_log("score"),
     benchmark:
         job_bench("score")
-    params:
-        settings=job_settings("score-external"),      # the scores file's content hash: a new file reruns it
-        index=lambda wildcards, input: f"--index {shlex.quote(input.index)}" if "index" in input.keys() else "",
+    wildcard_constraints:
+        encoder=sconfig.EXTERNAL_ENCODER,
+        ranker="|".join(EXTERNAL) or "(?!)",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=lambda wildcards, input: max(2000, 3 * input.size_mb + 1000),
-    conda:
-        ENV
+    params:
+        settings=job_settings("score-external"),  # the scores file's content hash: a new file reruns it
+        index=lambda wildcards, input: f"--index {shlex.quote(input.index)}" if "index" in input.keys() else "",
     shell:
         "simattr --log {log} --no-progress score-external --settings {params.settings:q}"
         " --ranker {wildcards.ranker} --class {wildcards.cls} --scores {input.scores:q} {params.index}"
