@@ -22,7 +22,7 @@ LAYERS = {
     3: ("datasets", "augment", "backbones", "encoders", "models", "esvm", "rankers", "external", "datamodels",
         "launch", "queries", "support", "support.search", "support.bank", "support.answer"),
     4: ("embedding", "scoring", "subsets", "trak", "lds", "export", "explain", "plan", "report", "support.stage"),
-    5: ("settings",),
+    5: ("settings", "pipeline"),
     6: ("cli", "__main__"),
 }
 #: what a function may import inside itself: libraries whose import costs a start-up far more than the 0.2 s of
@@ -32,7 +32,8 @@ HEAVY = ("torch", "torchvision", "sklearn", "scipy", "submitit", "matplotlib", "
          "pandas")
 #: modules `simattr explain`, `simattr --help` and the Snakefile import; none may pull a heavy library in
 LIGHT = ("simattr.cli", "simattr.settings", "simattr.config", "simattr.store", "simattr.datasets",
-         "simattr.encoders", "simattr.models", "simattr.external", "simattr.subsets", "simattr.typed")
+         "simattr.encoders", "simattr.models", "simattr.external", "simattr.subsets", "simattr.typed",
+         "simattr.pipeline")
 
 
 @dataclass(frozen=True)

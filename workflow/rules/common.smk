@@ -6,7 +6,6 @@ from simattr import pipeline
 from simattr import settings as ssettings
 from simattr import store
 from simattr.datasets import SPLITS, Spec, n_classes, split_size
-from simattr.encoders import TRAINABLE  # encoders whose state file a rule makes
 from simattr.errors import SimattrError
 from simattr.models import CNN_MODELS, Recipe
 from simattr.subsets import PURPOSES
@@ -66,9 +65,9 @@ JOB_FILES = {
     "method_figures": ("report", "figures-{encoder}-{ranker}"),
 }
 #: how each encoder's state file is made: imported from a checkpoint (resnet: import_resnet) or trained (train_encoder)
-IMPORT_RULES = {"resnet": "import_resnet"}
-STATE_RULES = {e: IMPORT_RULES.get(e, "train_encoder") for e in TRAINABLE}
-TRAINED = [e for e in TRAINABLE if e not in IMPORT_RULES]
+TRAINABLE = sconfig.STATE_ENCODERS  # encoders whose state file a rule makes
+STATE_RULES = {e: "train_encoder" if e in sconfig.TRAINED_ENCODERS else "import_resnet" for e in TRAINABLE}
+TRAINED = list(sconfig.TRAINED_ENCODERS)
 
 
 def job_log(job, **fields):
@@ -90,7 +89,7 @@ try:  # each external method's files are there (their content hashes are its sco
 except SimattrError as e:
     raise WorkflowError(f"invalid configuration: config key 'methods': external method '{_m['name']}': {e}") from None
 FEATURE_ENCODERS = sconfig.FEATURE_ENCODERS
-FEATURE_RANKERS = [r for r in sconfig.RANKERS if r not in sconfig.MODEL_RANKERS]
+FEATURE_RANKERS = sconfig.FEATURE_RANKERS
 ENCODERS_USED = sorted({e for e, _ in METHODS if e in FEATURE_ENCODERS})
 if "resnet" in ENCODERS_USED and not config["encoders"]["resnet"]["checkpoint"]:
     raise WorkflowError(
@@ -229,7 +228,7 @@ def launch_words():
 
 def score_gpus(wildcards):
     """Feature rankers run on the GPU when esvm.device is cuda (auto takes one only if the job happens to have it)."""
-    return 1 if wildcards.ranker in ssettings.DEVICE_RANKERS and config["esvm"]["device"] == "cuda" else 0
+    return 1 if wildcards.ranker in sconfig.DEVICE_RANKERS and config["esvm"]["device"] == "cuda" else 0
 
 
 def subset_shards(purpose):

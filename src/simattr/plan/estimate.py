@@ -21,7 +21,7 @@ PLAN_VERSION = 1
 CALIBRATION = "{dataset}/plan/calibration.json"     # simattr calibrate's output, where the plan looks for it
 STAGES = ("embed", "score", "queries", "trak", "subsets", "support", "lds", "report")
 #: the workflow's rules (Snakemake's Job stats names) by stage
-RULE_STAGE = {"train_simclr": "embed", "train_supervised": "embed", "import_resnet": "embed", "embed_shard": "embed",
+RULE_STAGE = {"train_encoder": "embed", "import_resnet": "embed", "embed_shard": "embed",
               "embed_index": "embed", "score": "score", "score_model": "score", "score_external": "score",
               "queries": "queries", "trak_checkpoints": "trak", "trak": "trak", "subsets": "subsets",
               "support": "support", "lds": "lds", "report_manifest": "report", "report": "report",
@@ -263,7 +263,7 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
     for e in enc_used:
         dim = feature_dim(e, settings["encoders"], shape)
         if e in sconfig.TRAINED_ENCODERS:
-            add(f"train_{e}", 1)
+            add("train_encoder", 1)
         if e == "resnet":
             add("import_resnet", 1)
         for n in (shape.n_train, shape.n_test):
