@@ -20,8 +20,9 @@ LAYERS = {
     1: ("config",),
     2: ("typed",),
     3: ("datasets", "augment", "backbones", "encoders", "models", "esvm", "rankers", "external", "datamodels",
-        "launch", "queries", "support", "support.search", "support.bank", "support.answer"),
-    4: ("embedding", "scoring", "subsets", "trak", "lds", "export", "explain", "plan", "report", "support.stage"),
+        "launch", "support", "support.search", "support.bank", "support.answer"),
+    4: ("embedding", "scoring", "queries", "subsets", "trak", "lds", "export", "explain", "plan", "report",
+        "support.stage"),
     5: ("settings", "pipeline"),
     6: ("cli", "__main__"),
 }

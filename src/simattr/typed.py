@@ -1,7 +1,7 @@
 """Typed settings: a job's settings object checked key by key, each error one line naming the key.
 
 `Named` is the shape of every settings object whose one field says which of the others it reads
-(datasets.Spec by `name`, models.Recipe by `name`, support.Settings by `engine`); `typed_fields` builds a
+(datasets.Spec by `name`, models.Recipe by `name`, support.answer.Settings by `engine`); `typed_fields` builds a
 dataclass's fields from a dict with exactly its keys. Nothing here knows a default: `Named.of` asks the schema
 (config.defaults).
 """
@@ -72,8 +72,8 @@ def named_fields(cls, d: dict, fields_by_name: dict, what: str, where: str, key:
 
 
 class Named:
-    """A typed settings object whose KEY field (`name`; support.Settings: `engine`) picks the fields it reads
-    (datasets.Spec, models.Recipe, support.Settings): FIELDS maps each value to them (the fields it does not read
+    """A typed settings object whose KEY field (`name`; support.answer.Settings: `engine`) picks the fields it reads
+    (datasets.Spec, models.Recipe, support.answer.Settings): FIELDS maps each value to them (the fields it does not read
     are None); WHAT is its config section."""
     FIELDS: ClassVar[dict[str, tuple[str, ...]]]
     WHAT: ClassVar[str]
