@@ -44,12 +44,13 @@ def features(kind: str, n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarr
 
 
 def ranking_costs(name: str, neg: np.ndarray, q: np.ndarray, repeats: int) -> dict:
-    from simattr import rankers
+    from simattr import config, rankers
 
-    rankers.score("esvm", q[:1], neg, progress=False)                       # warm-up
-    one = median_time(lambda: rankers.score("esvm", q[:1], neg, progress=False), repeats)
-    batched = median_time(lambda: rankers.score("esvm", q, neg, progress=False), max(1, repeats // 3)) / len(q)
-    ref = median_time(lambda: rankers.score("esvm_reference", q[:1], neg), max(1, repeats // 3))
+    svm, ref_svm = (config.ranker_settings(config.defaults(), r) for r in ("esvm", "esvm_reference"))
+    rankers.score("esvm", q[:1], neg, **svm)                                 # warm-up
+    one = median_time(lambda: rankers.score("esvm", q[:1], neg, **svm), repeats)
+    batched = median_time(lambda: rankers.score("esvm", q, neg, **svm), max(1, repeats // 3)) / len(q)
+    ref = median_time(lambda: rankers.score("esvm_reference", q[:1], neg, **ref_svm), max(1, repeats // 3))
     return {"features": name, "candidates": len(neg), "dim": neg.shape[1], "explain_one_ms": one * 1e3,
             "sklearn_one_esvm_ms": ref * 1e3, "batched_per_query_ms": batched * 1e3,
             "explain_over_sklearn": one / ref, "explain_over_batched": one / batched}
