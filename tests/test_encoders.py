@@ -41,6 +41,10 @@ def test_registry_names():
     assert config.STATE_ENCODERS == ("simclr", "supervised", "resnet")
     assert [E.get(n) for n in config.FEATURE_ENCODERS] == [E.Pixels, E.SimCLR, E.Supervised, E.ResNet]
     assert all(issubclass(k, E.Encoder) and k.name == n for n, k in E.KINDS.items())
+    # the code's registry is the one config names without importing torch (config.FEATURE_ENCODER_STATE)
+    assert tuple(E.KINDS) == config.FEATURE_ENCODERS
+    assert tuple(n for n, k in E.KINDS.items() if k.trainable) == config.STATE_ENCODERS
+    assert tuple(n for n, k in E.KINDS.items() if k.trainable and not k.pretrained) == config.TRAINED_ENCODERS
     assert not hasattr(E, "DEFAULT_PARAMS")
     for name in TINY:
         assert set(E.get(name).param_keys) == set(TINY[name])

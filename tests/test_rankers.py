@@ -66,7 +66,12 @@ def test_a_misspelled_or_missing_ranker_setting_is_one_line_naming_it():
 
 def test_every_list_of_rankers_comes_from_the_one_table():
     specs = config.RANKER_SPECS
-    assert set(rankers.RANKERS) | {"esvm_signed"} == {r for r, s in specs.items() if s.family == "feature"}
+    # rankers.score serves every feature ranker but the one that scores the whole train split (esvm_signed)
+    assert set(rankers.RANKERS) == {r for r, s in specs.items() if s.family == "feature" and s.reads != "all"}
+    assert {r: s.reads for r, s in specs.items() if s.family == "feature"} == {
+        "esvm": "class", "esvm_reference": "class", "esvm_signed": "all", "knn_l2": "class", "knn_cos": "class",
+        "random": "none"}
+    assert tuple(r for r, s in specs.items() if s.chunked) == ("knn_l2", "knn_cos")
     assert config.DEVICE_RANKERS == ("esvm", "esvm_signed", "knn_l2", "knn_cos")
     assert config.SIGNED_RANKERS == ("esvm_signed", "trak", "datamodels")
     assert config.EXPLAIN_RANKERS == ("esvm", "esvm_reference", "knn_l2", "knn_cos")

@@ -18,7 +18,7 @@ import torch
 
 from . import esvm as esvm_mod
 from .accel import device as accel_device
-from .config import FEATURE_RANKERS, ranker
+from .config import ranker
 from .errors import SimattrError
 from .typed import check_keys
 
@@ -153,10 +153,6 @@ class RunnerUp:
 
 RANKERS: dict[str, RankerFn] = {"esvm": esvm, "esvm_reference": esvm_reference, "knn_l2": knn_l2,
                                 "knn_cos": knn_cos, "random": random}
-
-
-if set(RANKERS) | {"esvm_signed"} != set(FEATURE_RANKERS):
-    raise ImportError(f"rankers.RANKERS ({', '.join(RANKERS)}) disagrees with config.FEATURE_RANKERS")
 
 
 def score(name: str, queries: np.ndarray, candidates: np.ndarray, *, progress: bool = False, **settings

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from . import config as sconfig
 from . import datasets, external, store, subsets
 from .errors import SimattrError
 
@@ -24,7 +25,6 @@ log = logging.getLogger("simattr")
 #: for bit (checked by tests/test_scoring_rows.py; a 1-column product can round differently from a wide one).
 CHUNK_ROWS = 16384
 #: feature rankers whose scores of a set of candidates are those of its parts side by side
-CHUNKED_RANKERS = ("knn_l2", "knn_cos")
 
 
 def _class_rows(train_index: str, test_index: str, dims: tuple[int, int], manifests: tuple[dict, dict],
@@ -49,7 +49,7 @@ def score_class(*, data: datasets.Spec, encoder: str, ranker: str, cls: int, tra
                 class_conditioned: bool, topk: int, ranker_settings: dict, out: str, progress: bool = True,
                 chunk_rows: int = CHUNK_ROWS) -> dict:
     """Score class `cls`'s test images against the training images (its own class's, or all) with a feature
-    ranker; `ranker_settings` are its keywords (settings.ranker_settings).
+    ranker; `ranker_settings` are its keywords (config.ranker_settings).
 
     Reads the labels of both splits and only the feature rows the ranker uses (store.open_embeddings): the
     class's test images, and its candidates (esvm, knn_*: the class's training images, or all of them chunk by
@@ -70,17 +70,17 @@ def score_class(*, data: datasets.Spec, encoder: str, ranker: str, cls: int, tra
     settings = dict(ranker_settings)
     random_seed = settings.pop("random_seed", 0)
     extra = {}
-    if ranker == "random":              # one seeded draw per query and candidate: no feature is read
-        settings = {"query_seeds": np.array([store.seed_from("random", data.name, random_seed, int(i))
-                                             for i in q_idx])}
+    spec = sconfig.ranker(ranker)
+    if spec.reads == "none":            # random: one seeded draw per query and candidate, no feature read
+        settings = {"query_seeds": _query_seeds(data.name, random_seed, q_idx)}
         scores = rankers.score(ranker, np.zeros((len(q_idx), 0), np.float32), np.zeros((len(c_idx), 0), np.float32),
                                progress=progress, **settings)
     else:
         queries = reader.read(te, q_idx)
-        if ranker == "esvm_signed":     # every training image scored: its own class +, the runner-up's -
+        if spec.reads == "all":         # esvm_signed: every training image scored, its class +, the runner-up's -
             full, runner_up = _esvm_signed(queries, tr, reader, cls, chunk_rows, progress, settings)
             scores, extra = full[:, c_idx], {"full_scores": full, "runner_up": runner_up}
-        elif ranker in CHUNKED_RANKERS and len(c_idx) > chunk_rows:
+        elif spec.chunked and len(c_idx) > chunk_rows:
             scores = np.empty((len(q_idx), len(c_idx)), np.float32)
             for sl, feats in _chunks(tr, reader, c_idx, chunk_rows):
                 scores[:, sl] = rankers.score(ranker, queries, feats, progress=progress, **settings)[
@@ -98,6 +98,12 @@ def score_class(*, data: datasets.Spec, encoder: str, ranker: str, cls: int, tra
     log.info("%s/%s class %s: %d test x %d train scored in %.2f s (%d feature rows, %.1f MB read in %.2f s)", encoder,
              ranker, cls, len(q_idx), len(c_idx), wall, stats["rows_read"], stats["bytes_read"] / 1e6, reader.seconds)
     return stats
+
+
+def _query_seeds(dataset: str, random_seed: int, q_idx: np.ndarray) -> np.ndarray:
+    """The random ranker's seed of each query: from what it is (dataset, random_seed, test index), so a rerun of one
+    class repeats its draws."""
+    return np.array([store.seed_from("random", dataset, random_seed, int(i)) for i in q_idx])
 
 
 class _Timed:
@@ -159,13 +165,12 @@ def score_class_full_read(*, data: datasets.Spec, encoder: str, ranker: str, cls
     settings = dict(ranker_settings)
     random_seed = settings.pop("random_seed", 0)
     extra = {}
-    if ranker == "esvm_signed":         # every training image scored: its own class +, the runner-up's -
+    if sconfig.ranker(ranker).reads == "all":      # every training image scored: its own class +, the runner-up's -
         full, runner_up = rankers.esvm_signed(te_f[q_idx], tr_f, tr_y, cls, progress=progress, **settings)
         scores, extra = full[:, c_idx], {"full_scores": full, "runner_up": runner_up}
     else:
-        if ranker == "random":
-            settings = {"query_seeds": np.array([store.seed_from("random", data.name, random_seed, int(i))
-                                                 for i in q_idx])}
+        if sconfig.ranker(ranker).reads == "none":
+            settings = {"query_seeds": _query_seeds(data.name, random_seed, q_idx)}
         scores = rankers.score(ranker, te_f[q_idx], tr_f[c_idx], progress=progress, **settings)
     attrs = {"dataset": data.name, "encoder": encoder, "ranker": ranker, "embedding_config_hash": tr_m["config_hash"],
              "n_train": len(tr_y),
@@ -338,7 +343,7 @@ def peak_bytes(ranker: str, *, n_queries: int, n_candidates: int, n_train: int, 
     b = BASE_BYTES + 16 * (int(n_train) + int(n_test)) + 4 * m * d + 16 * m * n
     if ranker == "random":
         return b + 12 * m * n                                  # each row drawn in float64, then stacked
-    if ranker in CHUNKED_RANKERS:
+    if ranker in sconfig.RANKER_SPECS and sconfig.ranker(ranker).chunked:
         return b + _knn_bytes(m, min(n, chunk_rows), d, chunk_size)
     if ranker == "esvm":
         return b + 2 * n * d + _esvm_bytes(m, n, d, chunk_size, threads)   # + the float16 rows as read
@@ -373,7 +378,7 @@ def runtime_minutes(ranker: str, *, n_queries: int, n_candidates: int, n_train: 
     m, n, d, n_train = int(n_queries), int(n_candidates), int(dim), int(n_train)
     read = 8 * (n_train + int(n_test)) + itemsize * d * m
     flops = 0.0
-    if ranker in CHUNKED_RANKERS:
+    if ranker in sconfig.RANKER_SPECS and sconfig.ranker(ranker).chunked:
         read += itemsize * d * n
         flops = 2.0 * m * n * d
     elif ranker == "esvm":

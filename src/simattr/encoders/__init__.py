@@ -26,17 +26,13 @@ count (a different thread count may change the last bits).
 
 torch is imported inside the functions, so importing this module is cheap.
 
-By role: base (the Encoder base class, checks and training helpers), kinds (the four classes); this module holds
-the registry (KINDS, get, read_state).
+By role: base (the Encoder base class, checks, training helpers and the registry: KINDS, get, read_state), kinds
+(the four classes, each joining KINDS with @register); this module gathers them.
 """
 from __future__ import annotations
 
-from ..config import FEATURE_ENCODERS, STATE_ENCODERS
 from .base import KINDS, PIXEL_STD_FLOOR, SIMCLR_ARCHS, Encoder, get, read_state
 from .kinds import Pixels, ResNet, SimCLR, Supervised
-
-if tuple(KINDS) != FEATURE_ENCODERS or tuple(n for n, k in KINDS.items() if k.trainable) != STATE_ENCODERS:
-    raise ImportError(f"encoders.KINDS ({', '.join(FEATURE_ENCODERS)}) disagrees with config.FEATURE_ENCODER_STATE")
 
 __all__ = ["KINDS", "Encoder", "Pixels", "SimCLR", "Supervised", "ResNet", "get", "read_state", "SIMCLR_ARCHS",
            "PIXEL_STD_FLOOR"]
