@@ -25,7 +25,6 @@ from .estimate import (
     EXTRA_SEEDS,
     FOUND_SHARE,
     FOUND_SOURCE,
-    FULL_SCORE_RANKERS,
     HOW_TO_TIME,
     JOURNAL_BYTES_PER_MODEL,
     PLAN_VERSION,
@@ -41,14 +40,13 @@ from .estimate import (
     param_count,
     read_calibration,
     recipe_hash,
-    score_peak_bytes,
     time_per_model,
 )
 from .render import benchmark_stage, human_bytes, human_hours, planned_vs_spent, render, write_plan
 
 __all__ = ["calibration_path", "calibrate", "PLAN_VERSION", "CALIBRATION", "STAGES", "RULE_STAGE",
-           "FULL_SCORE_RANKERS", "ANSWER_BYTES", "JOURNAL_BYTES_PER_MODEL", "EXTRA_SEEDS", "FOUND_SHARE",
+           "ANSWER_BYTES", "JOURNAL_BYTES_PER_MODEL", "EXTRA_SEEDS", "FOUND_SHARE",
            "FOUND_SOURCE", "HOW_TO_TIME", "DataShape", "data_shape", "param_count", "feature_dim",
-           "answer_bound", "earlier_answers", "score_peak_bytes", "time_per_model", "read_calibration",
+           "answer_bound", "earlier_answers", "time_per_model", "read_calibration",
            "recipe_hash", "make_plan", "adaptive_expected", "human_bytes", "human_hours", "render",
            "write_plan", "benchmark_stage", "planned_vs_spent"]

@@ -27,7 +27,6 @@ RULE_STAGE = {"train_encoder": "embed", "import_resnet": "embed", "embed_shard":
               "support": "support", "lds": "lds", "report_manifest": "report", "report": "report",
               "method_figures": "report", "all": "report"}
 
-FULL_SCORE_RANKERS = sconfig.SIGNED_RANKERS      # and external methods: full_scores m x n_train
 ANSWER_BYTES = 6_000            # an answer's JSON (its curve, probes, intervals): measured 3-8 KB on digits
 JOURNAL_BYTES_PER_MODEL = 110   # one journal line per model
 # The adaptive engine's models per answer, when no earlier run is there to read: a censored answer (not flipped at
@@ -162,26 +161,6 @@ def earlier_answers(results: str, dataset: str, methods, metrics) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ peak memory
-def score_peak_bytes(*, n_queries: int, n_candidates: int, n_train: int, n_test: int, dim: int, chunk: int,
-                     ranker: str, n_classes: int) -> tuple[int, str]:
-    """One score job's peak resident bytes and where the figure comes from: scoring.peak_bytes (shapes alone) for
-    the rankers it knows, else this estimate: both splits' features as float32 (store.read_embeddings reads whole
-    splits), the class's score matrix, and the batched solver's chunk x candidates arrays (a few) plus
-    chunk x (d + 1)^2 for narrow features."""
-    if hasattr(scoring, "peak_bytes"):
-        try:
-            return int(scoring.peak_bytes(ranker, n_queries=n_queries, n_candidates=n_candidates, n_train=n_train,
-                                          n_test=n_test, dim=dim, n_classes=n_classes, chunk_size=chunk)), \
-                "scoring.peak_bytes"
-        except SimattrError:        # a ranker it does not model (esvm_reference)
-            pass
-    feats = (n_train + n_test) * dim * 4
-    scores = n_queries * n_candidates * 4
-    c = min(chunk, max(n_queries, 1))
-    solver = 4 * c * n_candidates * 4 + (c * (dim + 1) ** 2 * 4 if dim + 1 <= 512 else c * n_candidates ** 2 * 4)
-    return int(feats + scores + solver), "plan's estimate"
-
-
 # ---------------------------------------------------------------------------------------------- the plan
 def time_per_model(*, given: float | None, calibration: dict | None, answers: list[dict]) -> dict:
     """{seconds, source, task_start_s}: --time-per-model, else the calibration, else an earlier run's answers,
@@ -273,7 +252,7 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
         add("embed_index", 2)
 
     conditioned = settings["score"]["class_conditioned"]
-    peak_from: set[str] = set()
+    feature_scored = False
     topk = int(settings["score"]["topk"])
     for e, r in methods:
         rule = "score_model" if e == "model" else "score_external" if e == "external" else "score"
@@ -281,13 +260,13 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
         for c in range(shape.classes):
             m, n = shape.test[c], shape.train[c] if conditioned else shape.n_train
             b = m * n * 4 + m * min(topk, n) * 8 + (m + n) * 8
-            if r in FULL_SCORE_RANKERS or e == "external":
+            if r in sconfig.SIGNED_RANKERS or e == "external":     # full_scores m x n_train
                 b += m * shape.n_train * 4
             if rule == "score":
-                peak, how = score_peak_bytes(n_queries=m, n_candidates=n, n_train=shape.n_train,
-                                             n_test=shape.n_test, dim=dim, chunk=int(settings["chunk_size"]),
-                                             ranker=r, n_classes=shape.classes)
-                peak_from.add(how)
+                peak = scoring.peak_bytes(r, n_queries=m, n_candidates=n, n_train=shape.n_train,
+                                          n_test=shape.n_test, dim=dim, n_classes=shape.classes,
+                                          chunk_size=int(settings["chunk_size"]))
+                feature_scored = True
             else:       # the model-based / external scores read whole: the (n_test, n_train) matrix
                 peak = shape.n_test * shape.n_train * 4 + m * shape.n_train * 4
             add(rule, 1, bytes=b, peak_bytes=peak)
@@ -336,7 +315,7 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
                 bytes=n_answers * ANSWER_BYTES + bound * JOURNAL_BYTES_PER_MODEL,
                 peak_bytes=resident + per_model)
     rows["support"]["notes"].append(basis)
-    rows["score"]["notes"].append("peak memory per job: " + " and ".join(sorted(peak_from)) if peak_from else
+    rows["score"]["notes"].append("peak memory per job: scoring.peak_bytes" if feature_scored else
                                   "peak memory per job: the scores read whole")
     if settings["lds"] and int(settings["lds"]["models"]) > 0:
         add("lds", len(methods), peak_bytes=int(settings["lds"]["models"]) * shape.n_test * 4
