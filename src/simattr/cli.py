@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -49,12 +50,23 @@ class Command:
         return JOBS[self.name][1]
 
 
+@functools.cache
+def _load_config(path: str) -> dict:
+    return sconfig.load(path)
+
+
+def _config(a: argparse.Namespace) -> dict:
+    """The --config file, validated (read once per process however many settings are made from it), else the
+    schema's defaults."""
+    return _load_config(a.config) if a.config else sconfig.defaults()
+
+
 def job_settings(a: argparse.Namespace, job: str, wildcards: tuple[str, ...]):
     """The job's settings: --settings JSON (the workflow's way) or built from --config FILE (by hand; the
     schema's defaults fill what the file leaves out)."""
     kw = {w: getattr(a, w) for w in wildcards}
     if a.config:
-        return settings.parse(job, settings.for_job(job, sconfig.load(a.config), **kw),
+        return settings.parse(job, settings.for_job(job, _config(a), **kw),
                               where=a.config, **kw)
     return settings.parse(job, a.settings, **kw)
 
@@ -64,11 +76,7 @@ def _launch(a: argparse.Namespace):
     resources: how tasks run changes no answer) or the --config file's."""
     from .launch import LaunchSettings          # submitit
 
-    if a.launch:
-        d = typed.key_values(a.launch, "--launch")
-    else:
-        d = settings.launch(sconfig.load(a.config) if a.config else sconfig.defaults())
-    return LaunchSettings.from_settings(d, folder=a.submitit_dir, where="--launch")
+    return LaunchSettings.from_settings(_launch_dict(a), folder=a.submitit_dir, where="--launch")
 
 
 # The arguments that are not settings: the job's wildcards, its input and output paths, resources.
@@ -170,8 +178,7 @@ def _workers(a) -> int:
     """--workers, else embed.workers of the --config file, else the schema's."""
     if a.workers is not None:
         return a.workers
-
-    return (sconfig.load(a.config) if a.config else sconfig.defaults())["embed"]["workers"]
+    return _config(a)["embed"]["workers"]
 
 
 def _embed(a, s, progress):
@@ -259,7 +266,7 @@ def _launch_dict(a) -> dict:
     """The `launch` section as a dict: --launch KEY=VALUE ... or the --config file's (or the schema's)."""
     if a.launch:
         return typed.key_values(a.launch, "--launch")
-    return settings.launch(sconfig.load(a.config) if a.config else sconfig.defaults())
+    return settings.launch(_config(a))
 
 
 def _plan(a, s, progress):
