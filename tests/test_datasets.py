@@ -80,6 +80,16 @@ def test_image_folder_lists_sorted_and_decodes(tmp_path):
     assert load_split(Spec.of(name="imagefolder", root=str(root)), "test").load([0]).shape == (1, 3, 224, 224)
 
 
+def test_an_image_from_outside_a_folder_dataset_is_read_as_the_dataset_reads_its_own(tmp_path):
+    root = make_image_folder(tmp_path / "f", per_class={"cat": 3, "dog": 2, "eel": 2})
+    for size in (12, None):                                     # None: the folder datasets' default side
+        spec = Spec.of(name="imagefolder", root=str(root), image_size=size)
+        tr = load_split(spec, "train")
+        for i in (0, 4):
+            got = datasets.read_image(spec, root / tr.sources[i])
+            assert got.dtype == np.uint8 and np.array_equal(got, tr.load_raw([i])[0]), (size, i)
+
+
 def test_image_folder_test_folder_and_missing_classes(tmp_path):
     root = make_image_folder(tmp_path / "f")
     (root / "val").rename(root / "test")

@@ -49,7 +49,7 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 @dataclass(frozen=True)
 class Spec(Named):
     """What a dataset is: everything that changes its images, labels or split (the config's `dataset`). No
-    defaults here: the schema has them (Spec.of, settings.defaults); the fields a dataset does not read are None."""
+    defaults here: the schema has them (Spec.of, config.defaults); the fields a dataset does not read are None."""
     name: str
     root: str | None                    # cifar10, imagenet, imagefolder
     test_fraction: float | None         # digits: held-out fraction of the stratified split
@@ -433,7 +433,8 @@ def _folder_listing(spec: Spec, split: str) -> tuple[tuple[str, ...], np.ndarray
 
 def read_image(spec: Spec, path: str | Path) -> np.ndarray:
     """An image file from outside dataset `spec`, as the dataset stores its own images (images.read_image)."""
-    return images.read_image(path, spec.name, spec.image_size or DEFAULT_IMAGE_SIZE)
+    return images.read_image(path, spec.name,
+                             (spec.image_size or DEFAULT_IMAGE_SIZE) if spec.name in FOLDER_DATASETS else None)
 
 
 def _folder_split(spec: Spec, split: str) -> Split:

@@ -83,9 +83,9 @@ def eight_bit(im):
     return im
 
 
-def read_image(path: str | Path, dataset: str, image_size: int) -> np.ndarray:
+def read_image(path: str | Path, dataset: str, folder_size: int | None) -> np.ndarray:
     """An image file as dataset `dataset` stores its own images (datasets.Split.load_raw), for images from outside
-    it (image_size: the folder datasets' side):
+    it (folder_size: a folder dataset's side, None for the others):
     digits, grey, resized to 8 x 8 if it is not, on the digits' 0-16 scale (float32 v / 16, (1, 8, 8));
     cifar10, RGB, shorter side resized to 32 and centre-cropped (uint8 (3, 32, 32)); imagenet / imagefolder, the
     dataset's own decoder (uint8 (3, size, size)). Palettes, alpha (dropped), CMYK and 16-bit images are
@@ -93,8 +93,8 @@ def read_image(path: str | Path, dataset: str, image_size: int) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise SimattrError(f"{path}: image file not found")
-    if dataset not in ("digits", "cifar10"):      # imagenet, imagefolder: the folder datasets' decoder
-        return decode(path, image_size)
+    if folder_size is not None:                   # imagenet, imagefolder: the folder datasets' decoder
+        return decode(path, folder_size)
     with open_image(path, "expected a PNG, JPEG or other image file") as im:
         im = eight_bit(im)
         if dataset == "digits":
