@@ -25,15 +25,16 @@ from simattr import config
 from simattr import esvm
 from simattr.synthetic import clustered_features
 
-SVM = config.defaults()["esvm"]       # the schema's C, chunk_size, tol and max_iter
+SVM = config.ranker_settings(config.defaults(), "esvm")                # the schema's C and chunk_size
+REF = config.ranker_settings(config.defaults(), "esvm_reference")      # its C, tol and max_iter
 
 
-def exemplar_svm_scores(q, neg, C=SVM["C"], **kw):
-    return esvm.exemplar_svm_scores(q, neg, C, **{"chunk_size": SVM["chunk_size"], **kw})
+def exemplar_svm_scores(q, neg, **kw):
+    return esvm.exemplar_svm_scores(q, neg, SVM["C"], chunk_size=SVM["chunk_size"], **kw)
 
 
 def esvm_reference(q, neg):
-    return esvm.esvm_reference(q, neg, SVM["C"], tol=SVM["tol"], max_iter=SVM["max_iter"])
+    return esvm.esvm_reference(q, neg, REF["C"], tol=REF["tol"], max_iter=REF["max_iter"])
 
 
 def run_scale(name: str, n: int, d: int, m: int, m_ref: int, repeats: int, seed: int, k: int = 100) -> dict:

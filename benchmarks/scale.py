@@ -117,13 +117,12 @@ def proc_io() -> dict:
 def child(args) -> None:
     """One score job in this process; prints its figures as one JSON line."""
     t0 = time.perf_counter()
-    from simattr import rankers, scoring  # noqa: F401 (torch: what score_class imports before its clock starts)
+    from simattr import config, rankers, scoring  # noqa: F401 (torch: what score_class imports before its clock starts)
     from simattr.datasets import Spec
 
     imports = time.perf_counter() - t0
     rss_start = peak_rss()
-    settings = {"esvm": {"C": 0.1, "chunk_size": 128, "device": "cpu"},
-                "knn_l2": {"chunk_size": 128, "device": "cpu"}}[args.ranker]
+    settings = {**config.ranker_settings(config.defaults(), args.ranker), "device": "cpu"}   # the schema's, on the CPU
     fn = scoring.score_class if args.path == "new" else scoring.score_class_full_read
     stats = fn(data=Spec.of(name="imagenet", root="/nowhere"), encoder="resnet", ranker=args.ranker, cls=args.cls,
                train_index=str(Path(args.data) / "train" / "index.json"),

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simattr import datasets, encoders, models, rankers, store
+from simattr import config, datasets, encoders, models, rankers, store
 from simattr import queries as queries_mod
 from simattr.launch import LaunchSettings
 from simattr.support.answer import Settings, answer_inputs, journal_path, load_scores
@@ -76,7 +76,7 @@ def make_inputs(workdir: Path, n_test: int) -> tuple[str, list[str]]:
     for c in sorted(set(arrays["y_query"].tolist())):
         q_idx = arrays["test_indices"][arrays["y_query"] == c]          # the sampled test images of class c
         c_idx = np.flatnonzero(tr.labels == c)                           # against class c's training images
-        scores = rankers.score(RANKER, te_f[q_idx], tr_f[c_idx], chunk_size=128, device="auto")
+        scores = rankers.score(RANKER, te_f[q_idx], tr_f[c_idx], **config.ranker_settings(config.defaults(), RANKER))
         out = workdir / "scores" / f"class-{c}.h5"
         store.write_scores(out, test_indices=q_idx, train_indices=c_idx, scores=scores,
                            topk=c_idx[rankers.topk(scores, 64)],

@@ -10,6 +10,8 @@ succeeding. `SIMATTR_ALLOW_CPU=1` lets it run on the CPU anyway (a test cluster 
 `SIMATTR_DEVICE` chooses the device outright: `cpu` (the test suite's default: its exact-bit checks hold for the
 CPU), `cuda` (an error without a usable device), `auto` (the default: CUDA when torch sees a device).
 
+`keep_freed_memory` asks glibc's malloc to keep freed memory for reuse (the ESVM solver's chunk-sized arrays).
+
 Importing this module does not import torch.
 """
 from __future__ import annotations

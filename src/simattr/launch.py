@@ -39,7 +39,7 @@ CLUSTERS = ("local", "debug", "slurm")
 @dataclass(frozen=True)
 class LaunchSettings:
     """How array tasks run (the config's `launch` section, and the submitit folder). No defaults here: the
-    schema has them (settings.defaults)."""
+    schema has them (config.defaults)."""
     cluster: str
     folder: str
     parallelism: int

@@ -2,7 +2,6 @@
 the correct-class margin."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +10,6 @@ from threadpoolctl import ThreadpoolController
 from ..errors import SimattrError
 from ..typed import Named
 
-log = logging.getLogger("simattr")
 MODELS = ("mlp", "resnet9", "resnet18")
 CNN_MODELS = ("resnet9", "resnet18")
 STREAMED_MODELS = ("resnet18",)       # trained from the dataset's files, never held in memory or in queries.h5
@@ -23,7 +21,7 @@ FIELDS = {"mlp": ("name", "hidden", "steps", "lr", "weight_decay"),
 
 @dataclass(frozen=True)
 class Recipe(Named):
-    """The retrained model (the config's `model`). No defaults here: the schema has them (settings.defaults);
+    """The retrained model (the config's `model`). No defaults here: the schema has them (config.defaults);
     the fields a model does not read (FIELDS) are None."""
     name: str
     hidden: int | None            # mlp
