@@ -125,6 +125,17 @@ def test_an_external_methods_score_jobs_read_its_files_content_not_its_path(scor
         settings.for_job("score-external", sconfig.defaults(), ranker="other")
 
 
+def test_a_float_setting_written_as_a_whole_number_makes_the_same_settings():
+    """C, tol and val_fraction are floats whatever the YAML wrote (config.FLOAT_KEYWORDS): esvm.C: 1 and 1.0 name
+    the same score files."""
+    d = sconfig.defaults()
+    whole = {**d, "esvm": {**d["esvm"], "C": 1, "tol": 1}, "datamodels": {**d["datamodels"], "val_fraction": 1}}
+    real = {**d, "esvm": {**d["esvm"], "C": 1.0, "tol": 1.0}, "datamodels": {**d["datamodels"], "val_fraction": 1.0}}
+    for job, ranker in (("score", "esvm"), ("score", "esvm_reference"), ("score-model", "datamodels")):
+        a, b = (settings.as_json(settings.for_job(job, c, ranker=ranker)) for c in (whole, real))
+        assert a == b, (job, ranker)
+
+
 def test_hand_run_with_a_config_gets_the_workflows_settings(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("support: {n_test: 7}\nmodel: {hidden: 8}\n")
