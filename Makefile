@@ -1,5 +1,6 @@
 # `make demo`: set up .venv and run the whole workflow on the bundled digits.
-# `make test`: set up .venv if needed and run the test suite (CI runs this).
+# `make test`: set up .venv if needed and run the whole test suite (.ci/run runs this, with a one-node SLURM cluster;
+# .github/workflows/ci.yml runs `make test-fast`, `make lint` and `make dryrun-all`).
 # `make test-fast`: the unit tests and static workflow checks, without whole workflow runs or SLURM (minutes).
 # `make lint`: `snakemake --lint` and `snakefmt --check` on the Snakefile and workflow/rules (.github's CI runs it).
 # `make dryrun-all`: the dry run of every shipped config as it is, its input files faked in a temporary folder

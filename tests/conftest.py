@@ -1,7 +1,9 @@
-"""Shared test settings. The tiers: `make test` runs everything (CI); `make test-fast` leaves out the tests
-marked `slow` (whole workflow runs) and `slurm` (a real cluster): the unit tests and the static workflow checks.
+"""Shared test settings. The tiers: `make test` runs everything (.ci/run, with a one-node SLURM cluster);
+`make test-fast` (.github/workflows/ci.yml) leaves out the tests marked `slow` (whole workflow runs) and `slurm`
+(a real cluster): the unit tests and the static workflow checks.
 A test says it is slow itself (`@pytest.mark.slow`, or `pytestmark` for a module); a fixture that runs a whole
-workflow requests `whole_workflow`, and collection fails where a test uses such a fixture without the mark.
+workflow requests `whole_workflow`, and collection fails where a test uses such a fixture without the mark
+(tests/test_conftest.py checks that it does).
 Shared fixtures live here; the small data files they and the tests make, in tests/datafiles.py.
 
 The suite's device: the CPU, wherever it runs (SIMATTR_DEVICE=cpu unless set), so that its exact-bit checks

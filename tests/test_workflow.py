@@ -1,6 +1,7 @@
 """The workflow end to end on the small test config, its rerun behaviour, dry runs, lint and config errors."""
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import math
@@ -495,6 +496,30 @@ def test_lint_reports_nothing(tmp_path):
     r = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "--compact-diff", "Snakefile", "workflow"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def common_smk_constant(name: str):
+    """A literal constant of workflow/rules/common.smk (NAME = (...)), read without Snakemake."""
+    text = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    m = re.search(rf"^{name} = (\(.*?\))\n", text, re.M | re.S)
+    assert m, name
+    return ast.literal_eval(m.group(1))
+
+
+def test_the_launch_keys_are_the_schemas_and_launch_settings():
+    """common.smk's LAUNCH_KEYS (the support command's --launch words, in their order) are every key of the schema's
+    `launch` section and every field of simattr.launch.LaunchSettings but the submitit folder, each once; the report's
+    PLAN_LAUNCH_KEYS are launch keys that simattr plan reads."""
+    from simattr.launch import LaunchSettings
+
+    keys = common_smk_constant("LAUNCH_KEYS")
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert len(set(keys)) == len(keys)
+    assert set(keys) == set(schema["properties"]["launch"]["properties"])
+    assert set(keys) == set(LaunchSettings.__dataclass_fields__) - {"folder"}
+    plan = common_smk_constant("PLAN_LAUNCH_KEYS")
+    estimate = (REPO / "src" / "simattr" / "plan" / "estimate.py").read_text()
+    assert set(plan) <= set(keys) and all(f'"{k}"' in estimate for k in plan), plan
 
 
 @pytest.mark.parametrize("change, expected", [

@@ -3,14 +3,16 @@
 The report needs lists of the run's upstream jobs: the benchmark of every job, stage by stage (its wall-seconds
 table), and per method the jobs that made its scores, what they stored and the models they trained (its cost
 table). Snakemake knows these jobs only once it has built the DAG; workflow/rules/common.smk needs them while the
-rules are being defined. `steps` walks them here, once, from the facts common.smk has (`Facts`): both lists and
-the score, support and LDS files the report reads are read off this one walk (`jobs`, `method_cost_items`), and
-tests/test_pipeline.py checks it without Snakemake (tests/test_workflow.py checks it against a dry run's DAG).
+rules are being defined. `steps` walks them here from the facts common.smk has of the run (`Facts`; what the
+package itself knows, which encoders embed images and which rule makes an encoder's state, it reads from
+simattr.config). common.smk walks once (its STEPS) and reads everything off that walk: the jobs (`jobs`: the
+benchmark list and the score, support and LDS files the report reads) and the cost table (`method_cost_items`).
+tests/test_pipeline.py checks the walk without Snakemake, tests/test_workflow.py against a dry run's DAG.
 
 A `Job` is named as its log and benchmark files are (common.smk's JOB_FILES): `rule` is the rule, or the rule
 whose file names it shares (score_model and score_external jobs are `score` jobs), and `fields` are the wildcard
-values in those names. A `Step` is the jobs of one rule that make one stored output together (an encoder's state,
-its embeddings, TRAK, a purpose's subset models, a method's scores, its LDS, its support answers, the queries).
+values in those names. A `Step` is the jobs that make one stored output together (an encoder's state, its
+embeddings, TRAK, a purpose's subset models, a method's scores, its LDS, its support answers, the queries).
 
 Light on purpose: the standard library and simattr.config / simattr.store only (no Snakemake, torch or
 scikit-learn), so the workflow and its tests import it in an instant.
@@ -18,16 +20,20 @@ scikit-learn), so the workflow and its tests import it in an instant.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from . import store
-from .config import MODEL_ENCODER
+from .config import FEATURE_ENCODER_STATE, FEATURE_ENCODERS, MODEL_ENCODER
 
 #: the report's stages in the order of its wall-seconds table (the order `steps` first reaches each one)
 STAGES = ("embed", "trak", "datamodels", "lds", "score", "support")
 #: the order a method's cost entries list its steps in: its features, its scores, then the models its ranker
 #: trained (the report only sums them; a fixed order keeps the report's inputs, and so its rerun trigger, stable)
 COST_ORDER = ("embed", "score", "trak", "datamodels")
+#: encoder -> the rule that makes its state file: trained (train_encoder) or imported from a checkpoint
+#: (import_resnet); encoders without a state (pixels) have none
+STATE_RULES = {e: "train_encoder" if s == "trained" else "import_resnet" for e, s in FEATURE_ENCODER_STATE.items()
+               if s}
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,7 @@ class Facts:
 
     methods: (encoder, ranker) of each method, in the config's order (an external method's ranker is its name);
     n_classes: the dataset's classes (a score job each per method); shards: embedding shards per split, in split
-    order; feature_encoders: the encoders that embed images (the others are `model` and `external`);
-    state_rules: encoder -> the rule that makes its state file (trained or imported; encoders without one have
-    no state); subset_shards: subset-model shards per purpose, in purpose order; trained_models: models a
+    order; subset_shards: subset-model shards per purpose, in purpose order; trained_models: models a
     model-based ranker's step trains (trak: its checkpoints, datamodels: its subset models); metrics: the support
     metrics; lds: whether the LDS table is made (lds.models > 0); sidecars: ENCODER/RANKER -> the cost sidecar of
     an external method that has one."""
@@ -77,8 +81,6 @@ class Facts:
     methods: tuple[tuple[str, str], ...]
     n_classes: int
     shards: Mapping[str, int]
-    feature_encoders: tuple[str, ...]
-    state_rules: Mapping[str, str]
     subset_shards: Mapping[str, int]
     trained_models: Mapping[str, int]
     metrics: tuple[str, ...]
@@ -107,12 +109,13 @@ def steps(f: Facts) -> Iterator[Step]:
     """Every step of the run (each job in exactly one), in the order of the report's benchmark list: the
     embeddings of each feature encoder in use (sorted by name; its state first when a rule makes one), TRAK, the
     subset models of each purpose in use, then per method its LDS, its scores and its support answers, and last
-    the queries (the full-data models the support stage starts from)."""
+    the queries (the full-data models the support stage starts from). The feature encoders (config's
+    FEATURE_ENCODERS: the others are `model` and `external`) embed images; STATE_RULES makes their state."""
     names = [method_name(e, r) for e, r in f.methods]
-    for e in sorted({e for e, _ in f.methods if e in f.feature_encoders}):
+    for e in sorted({e for e, _ in f.methods if e in FEATURE_ENCODERS}):
         users = tuple(m for m, (enc, _) in zip(names, f.methods) if enc == e)
-        if e in f.state_rules:
-            yield _step("embed", users, [(f.state_rules[e], {"encoder": e})],
+        if e in STATE_RULES:
+            yield _step("embed", users, [(STATE_RULES[e], {"encoder": e})],
                         stored=(_stored(store.ENCODER_STATE, encoder=e),))
         embed = []
         for s, n in f.shards.items():          # per split: its index, then its shards
@@ -138,21 +141,21 @@ def steps(f: Facts) -> Iterator[Step]:
     yield _step("support", (), [("queries", {})])
 
 
-def jobs(f: Facts) -> Iterator[Job]:
-    """Every job of the run once, in the order of `steps`."""
-    for step in steps(f):
+def jobs(walked: Iterable[Step]) -> Iterator[Job]:
+    """Every job of the walked steps (`steps`) once, in their order."""
+    for step in walked:
         yield from step.jobs
 
 
-def method_cost_items(f: Facts) -> Iterator[tuple[str, str, object]]:
-    """(method, kind, value) of the report's cost table, method by method in the config's order: `job` (a Job
-    that made its scores: the workflow lists its benchmark and usage record), `stored` ((template, fields) of
-    what its steps keep), `models` (the retrained models they trained) and `sidecar` (an external method's cost
-    file). A step shared by several methods (an encoder's) counts for each."""
-    all_steps = list(steps(f))
-    for e, r in f.methods:
+def method_cost_items(methods: Sequence[tuple[str, str]], walked: Sequence[Step]) -> Iterator[tuple[str, str, object]]:
+    """(method, kind, value) of the report's cost table, read off the walked steps (`steps`), method by method in
+    the config's order (`methods`: Facts.methods): `job` (a Job that made its scores: the workflow lists its
+    benchmark and usage record), `stored` ((template, fields) of what its steps keep), `models` (the retrained
+    models they trained) and `sidecar` (an external method's cost file). A step shared by several methods (an
+    encoder's) counts for each."""
+    for e, r in methods:
         m = method_name(e, r)
-        mine = sorted((s for s in all_steps if m in s.methods), key=lambda s: COST_ORDER.index(s.stage))
+        mine = sorted((s for s in walked if m in s.methods), key=lambda s: COST_ORDER.index(s.stage))
         for s in mine:
             for j in s.jobs:
                 yield m, "job", j

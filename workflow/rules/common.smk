@@ -64,10 +64,6 @@ JOB_FILES = {
     "export": ("export", "export"),
     "method_figures": ("report", "figures-{encoder}-{ranker}"),
 }
-#: how each encoder's state file is made: imported from a checkpoint (resnet: import_resnet) or trained (train_encoder)
-TRAINABLE = sconfig.STATE_ENCODERS  # encoders whose state file a rule makes
-STATE_RULES = {e: "train_encoder" if e in sconfig.TRAINED_ENCODERS else "import_resnet" for e in TRAINABLE}
-TRAINED = list(sconfig.TRAINED_ENCODERS)
 
 
 def job_log(job, **fields):
@@ -88,9 +84,7 @@ try:  # each external method's files are there (their content hashes are its sco
         external.source(_m)
 except SimattrError as e:
     raise WorkflowError(f"invalid configuration: config key 'methods': external method '{_m['name']}': {e}") from None
-FEATURE_ENCODERS = sconfig.FEATURE_ENCODERS
-FEATURE_RANKERS = sconfig.FEATURE_RANKERS
-ENCODERS_USED = sorted({e for e, _ in METHODS if e in FEATURE_ENCODERS})
+ENCODERS_USED = sorted({e for e, _ in METHODS if e in sconfig.FEATURE_ENCODERS})
 if "resnet" in ENCODERS_USED and not config["encoders"]["resnet"]["checkpoint"]:
     raise WorkflowError(
         "invalid configuration: config key 'encoders.resnet.checkpoint': a method uses encoder resnet, "
@@ -121,7 +115,7 @@ def path(template, **kw):
 
 
 def encoder_state(wildcards):
-    if wildcards.encoder in TRAINABLE:
+    if wildcards.encoder in sconfig.STATE_ENCODERS:
         return path(store.ENCODER_STATE, encoder=wildcards.encoder)
     return []
 
@@ -149,16 +143,15 @@ def job_settings(job, **fixed):
     return param
 
 
-NETWORK_ENCODERS = TRAINABLE  # every encoder with a state of its own runs a network (pixels does not)
 CNN = MODEL.name in CNN_MODELS
 
 
 def embed_gpus(wildcards):
     """The embed stage's network jobs (training simclr / supervised, embedding with a network encoder) ask for one
     GPU when embed.gpu is set (the profile maps `gpu` to sbatch --gpus; the job gets `simattr --gpus 1`, so it stops
-    in one line where it finds no usable CUDA)."""
+    in one line where it finds no usable CUDA). The network encoders: those with a state of their own (not pixels)."""
     encoder = getattr(wildcards, "encoder", None)
-    return 1 if config["embed"]["gpu"] and (encoder is None or encoder in NETWORK_ENCODERS) else 0
+    return 1 if config["embed"]["gpu"] and (encoder is None or encoder in sconfig.STATE_ENCODERS) else 0
 
 
 def retrain_gpus(wildcards):
@@ -182,9 +175,11 @@ def retrain_runtime(wildcards):
     return max(60, config["launch"]["timeout_min"]) if CNN else 60
 
 
-# simattr support's --launch keys, in the order of its command line. Each reaches the support jobs as a resource
-# (launch_resource), not a param, as how the tasks run never changes an answer: resources, unlike params, trigger
-# no rerun, and a profile may override each one (profiles/slurm sets submitit_cluster=slurm).
+# simattr support's --launch keys, in the order of its command line: every key of the config's `launch` section
+# (checked below; tests/test_workflow.py checks them against simattr.launch.LaunchSettings too). Each reaches the
+# support jobs as a resource (launch_resource), not a param, as how the tasks run never changes an answer:
+# resources, unlike params, trigger no rerun, and a profile may override each one (profiles/slurm sets
+# submitit_cluster=slurm).
 LAUNCH_KEYS = (
     "cluster",
     "parallelism",
@@ -199,16 +194,25 @@ LAUNCH_KEYS = (
     "answers_at_once",
     "state_every_s",
 )
+if set(LAUNCH_KEYS) != set(config["launch"]):  # the validated section: every key of the schema's, defaults filled in
+    raise WorkflowError(
+        "workflow/rules/common.smk: LAUNCH_KEYS ({}) disagrees with the schema's launch keys ({})".format(
+            ", ".join(LAUNCH_KEYS), ", ".join(config["launch"])
+        )
+    )
+# the launch keys `simattr plan` reads (the report's planned-vs-spent table): the report rule's --launch
+PLAN_LAUNCH_KEYS = ("parallelism", "images_per_task", "cpus_per_task", "gpus_per_node")
 
 
-def launch_resource(key):
-    """The support rule's resource that carries launch key KEY: submitit_KEY (the partition: submitit_partition)."""
-    return "submitit_partition" if key == "slurm_partition" else f"submitit_{key}"
+def launch_resource(key, prefix="submitit"):
+    """The resource that carries launch key KEY: PREFIX_KEY (the support rule's are submitit_KEY, its partition
+    submitit_partition; the report rule's plan_KEY)."""
+    return f"{prefix}_partition" if key == "slurm_partition" else f"{prefix}_{key}"
 
 
-def launch_resources():
-    """The support rule's resources, from config["launch"]: the numbers that may be fractional travel as strings (a
-    resource number becomes an integer: 2.5 -> 2), an unset partition as ""."""
+def launch_resources(keys=LAUNCH_KEYS, prefix="submitit"):
+    """The resources of launch keys KEYS (launch_resource), from config["launch"]: the numbers that may be
+    fractional travel as strings (a resource number becomes an integer: 2.5 -> 2), an unset partition as ""."""
     la = config["launch"]
     la = dict(
         la,
@@ -216,13 +220,14 @@ def launch_resources():
         state_every_s=str(la["state_every_s"]),
         slurm_partition=la["slurm_partition"] or "",
     )
-    return {launch_resource(k): la[k] for k in LAUNCH_KEYS}
+    return {launch_resource(k, prefix): la[k] for k in keys}
 
 
-def launch_words():
-    """The support command's --launch words: KEY={resources.RESOURCE}, the partition quoted."""
+def launch_words(keys=LAUNCH_KEYS, prefix="submitit"):
+    """A command's --launch words of launch keys KEYS: KEY={resources.RESOURCE} (launch_resources), the partition
+    quoted."""
     return " ".join(
-        f"{k}={{resources.{launch_resource(k)}{':q' if k == 'slurm_partition' else ''}}}" for k in LAUNCH_KEYS
+        f"{k}={{resources.{launch_resource(k, prefix)}{':q' if k == 'slurm_partition' else ''}}}" for k in keys
     )
 
 
@@ -291,11 +296,6 @@ def external_cost(name):
     return str(external.cost_path(EXTERNAL[name]))
 
 
-def external_costs():
-    """The cost sidecars the external methods have: the report reads them (an edit reruns it)."""
-    return list(PIPELINE.sidecars.values())
-
-
 def export_embeddings():
     """ENCODER:SPLIT:INDEX of every feature encoder the methods use (the export holds their features)."""
     return [f"{e}:{s}:{path(store.EMBED_INDEX, encoder=e, split=s)}" for e in ENCODERS_USED for s in SPLITS]
@@ -310,24 +310,27 @@ def write_report_manifest(out, log, params):
         f.write(f"{out}: " + ", ".join(f"{len(v)} {k}" for k, v in lists.items()) + "\n")
 
 
-# The run's jobs, each once, walked by simattr.pipeline from the facts above: the report's lists (the score,
-# support and LDS files it reads, every upstream job's benchmark, each method's cost) are read off this one walk,
-# which tests/test_workflow.py checks against a dry run's DAG.
+def external_sidecars():
+    """ENCODER/RANKER -> the cost sidecar of each external method that has one."""
+    paths = {pipeline.method_name(sconfig.EXTERNAL_ENCODER, n): external_cost(n) for n in EXTERNAL}
+    return {m: p for m, p in paths.items() if os.path.exists(p)}
+
+
+# The run's jobs, each once, walked by simattr.pipeline from the facts above, once (STEPS): the report's lists (the
+# score, support and LDS files it reads, every upstream job's benchmark, each method's cost) are read off this walk,
+# each built once here, which tests/test_workflow.py checks against a dry run's DAG.
 PIPELINE = pipeline.Facts(
     methods=tuple(METHODS),
     n_classes=len(CLASSES),
     shards=N_SHARDS,
-    feature_encoders=tuple(FEATURE_ENCODERS),
-    state_rules=STATE_RULES,
     subset_shards=N_SUBSET_SHARDS,
     trained_models={p: config[p]["models"] for p in PURPOSES} | {"trak": config["trak"]["checkpoints"]},
     metrics=tuple(config["support"]["metrics"]),
     lds=LDS_ON,
-    sidecars={
-        f"{sconfig.EXTERNAL_ENCODER}/{n}": external_cost(n) for n in EXTERNAL if os.path.exists(external_cost(n))
-    },
+    sidecars=external_sidecars(),
 )
-JOBS = list(pipeline.jobs(PIPELINE))
+STEPS = list(pipeline.steps(PIPELINE))
+JOBS = list(pipeline.jobs(STEPS))
 
 
 def job_outputs(rule, template):
@@ -335,29 +338,12 @@ def job_outputs(rule, template):
     return [path(template, **j.kw) for j in JOBS if j.rule == rule]
 
 
-def all_scores():
-    return job_outputs("score", store.SCORES)
-
-
-def gather_files():
-    return job_outputs("support", store.SUPPORT_GATHER)
-
-
-def lds_files():
-    return job_outputs("lds", store.LDS)
-
-
-def report_benchmarks():
-    """(STAGE, FILE) of every upstream job's benchmark (the report's wall seconds per stage)."""
-    return [(j.stage, job_bench(j.rule, **j.kw)) for j in JOBS]
-
-
 def method_cost_entries():
     """METHOD|KIND|VALUE entries of the report's cost table (simattr.pipeline.method_cost_items): per method, the
     jobs that made its scores (the benchmark and usage record of each), what they stored, the retrained models it
     needed and an external method's cost sidecar."""
     out = []
-    for m, kind, value in pipeline.method_cost_items(PIPELINE):
+    for m, kind, value in pipeline.method_cost_items(PIPELINE.methods, STEPS):
         if kind == "job":
             out.append(f"{m}|bench|{job_bench(value.rule, **value.kw)}")
             out.append(f"{m}|usage|{store.usage_path(job_log(value.rule, **value.kw))}")
@@ -367,3 +353,14 @@ def method_cost_entries():
         else:
             out.append(f"{m}|{kind}|{value}")
     return out
+
+
+#: the report's lists (rules report_manifest and report), each once
+REPORT_SCORES = job_outputs("score", store.SCORES)
+REPORT_GATHERS = job_outputs("support", store.SUPPORT_GATHER)
+REPORT_LDS = job_outputs("lds", store.LDS)
+#: (STAGE, FILE) of every upstream job's benchmark (the report's wall seconds per stage)
+REPORT_BENCHMARKS = [(j.stage, job_bench(j.rule, **j.kw)) for j in JOBS]
+METHOD_COST_ENTRIES = method_cost_entries()
+#: the cost sidecars the external methods have: the report reads them (an edit reruns it)
+EXTERNAL_COSTS = list(PIPELINE.sidecars.values())

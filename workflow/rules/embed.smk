@@ -1,8 +1,9 @@
 # Stage 1: dataset -> trained encoders -> HDF5 embedding shards per (encoder, split).
 
 
-# An encoder's state: the trained ones (TRAINED: simclr, supervised) are fit on the train split here, resnet's is
-# imported from its checkpoint (import_resnet). Either way its log and benchmark are train-ENCODER / import-resnet.
+# An encoder's state: the trained ones (sconfig.TRAINED_ENCODERS: simclr, supervised) are fit on the train split
+# here, resnet's is imported from its checkpoint (import_resnet). Either way its log and benchmark are
+# train-ENCODER / import-resnet (simattr.pipeline.STATE_RULES: the rule of each).
 rule train_encoder:
     output:
         path(store.ENCODER_STATE),
@@ -11,7 +12,7 @@ rule train_encoder:
     benchmark:
         job_bench("train_encoder")
     wildcard_constraints:
-        encoder="|".join(TRAINED),
+        encoder="|".join(sconfig.TRAINED_ENCODERS),
     conda:
         ENV
     threads: 2

@@ -19,11 +19,11 @@ rule report_manifest:
     log:
         job_log("report_manifest"),
     params:
-        gathers=gather_files(),
-        scores=all_scores(),
-        lds=lds_files(),
-        benchmarks=[f"{s}={f}" for s, f in report_benchmarks()],
-        method_costs=method_cost_entries(),
+        gathers=REPORT_GATHERS,
+        scores=REPORT_SCORES,
+        lds=REPORT_LDS,
+        benchmarks=[f"{s}={f}" for s, f in REPORT_BENCHMARKS],
+        method_costs=METHOD_COST_ENTRIES,
         stored=[f"{stage}={path(folder)}" for stage, folder in store.STORED],
     run:
         write_report_manifest(output[0], log[0], params)
@@ -38,11 +38,11 @@ rule report:
     input:
         manifest=path(store.REPORT_MANIFEST),
         calibration=lambda wildcards: [f for f in [path(plan_mod.CALIBRATION)] if os.path.exists(f)],
-        gathers=gather_files(),
-        scores=all_scores(),
-        benchmarks=[f for _, f in report_benchmarks()],
-        lds=lds_files(),
-        external_costs=external_costs(),
+        gathers=REPORT_GATHERS,
+        scores=REPORT_SCORES,
+        benchmarks=[f for _, f in REPORT_BENCHMARKS],
+        lds=REPORT_LDS,
+        external_costs=EXTERNAL_COSTS,
     output:
         report_outputs(),
     log:
@@ -51,20 +51,17 @@ rule report:
         ENV
     threads: 1
     resources:
-        plan_parallelism=config["launch"]["parallelism"],
-        plan_images_per_task=config["launch"]["images_per_task"],
-        plan_cpus_per_task=config["launch"]["cpus_per_task"],
-        plan_gpus_per_node=config["launch"]["gpus_per_node"],
+        **launch_resources(PLAN_LAUNCH_KEYS, "plan"),  # the launch keys the plan reads: plan_KEY
     params:
         settings=job_settings("report"),
         plan=job_settings("plan"),
         calibration=lambda wildcards, input: f"--calibration {input.calibration}" if input.calibration else "",
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
-        "simattr --log {log} report --settings {params.settings:q} --manifest {input.manifest}"
-        " --plan-settings {params.plan:q} {params.calibration} --launch parallelism={resources.plan_parallelism}"
-        " images_per_task={resources.plan_images_per_task} cpus_per_task={resources.plan_cpus_per_task}"
-        " gpus_per_node={resources.plan_gpus_per_node} --out-dir {params.out_dir}"
+        (
+            "simattr --log {log} report --settings {params.settings:q} --manifest {input.manifest}"
+            " --plan-settings {params.plan:q} {params.calibration} --launch LAUNCH_WORDS --out-dir {params.out_dir}"
+        ).replace("LAUNCH_WORDS", launch_words(PLAN_LAUNCH_KEYS, "plan"))
 
 
 # The HTML report's pages of one method (snakemake --report report.html): its top-k grid and every answer's flip curve.

@@ -25,8 +25,8 @@ rule score:
     benchmark:
         job_bench("score")
     wildcard_constraints:
-        encoder="|".join(FEATURE_ENCODERS),
-        ranker="|".join(FEATURE_RANKERS),
+        encoder="|".join(sconfig.FEATURE_ENCODERS),
+        ranker="|".join(sconfig.FEATURE_RANKERS),
     conda:
         ENV
     threads: 1
