@@ -1,4 +1,5 @@
 # `make demo`: set up .venv and run the whole workflow on the bundled digits.
+# `make peers`: the same, with the peers' methods (dattri), on config/digits-peers.yaml (README: The peers' methods).
 # `make test`: set up .venv if needed and run the whole test suite (.ci/run runs this, with a one-node SLURM cluster;
 # .github/workflows/ci.yml runs `make test-fast`, `make lint` and `make dryrun-all`).
 # `make test-fast`: the unit tests and static workflow checks, without whole workflow runs or SLURM (minutes).
@@ -12,7 +13,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test test-fast dryrun dryrun-all lint clean
+.PHONY: demo peers test test-fast dryrun dryrun-all lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
 	@echo "Report: $(CURDIR)/results/digits/report/report.md (tables: support.csv, plots: support_cdf.png, topk_grid.png)"
+
+peers: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[peers]'
+	$(BIN)/snakemake --cores $(CORES) --configfile config/digits-peers.yaml
+	@echo "Report: $(CURDIR)/results/digits-peers/digits/report/report.md (the peers' methods beside simattr's)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,5 +1,6 @@
 """Scores of an outside method (simattr.external): every format and layout read to the same matrix, and every bad
 input one line naming the file."""
+import json
 import pickle
 
 import h5py
@@ -177,3 +178,19 @@ def test_a_score_job_refuses_a_file_changed_since_the_workflow_read_it(tmp_path)
     assert not (tmp_path / "o.h5").exists()
     with pytest.raises(SimattrError, match=r"m.npy: shape \(1437, 1437\), expected \(360, 1437\)"):
         _digits_score_job(tmp_path, np.zeros((1437, 1437), np.float32), layout="test_by_train")
+
+
+def test_a_method_the_workflow_makes_is_its_command_not_a_files_hash(tmp_path):
+    """A method entry with a `command` (rule outside_scores makes its file from the export): its identity needs no
+    file when the workflow is read, a new command is a new identity, and its score job reads whatever the rule
+    made, recording that file's hash."""
+    e = {"name": "m", "path": str(tmp_path / "m.npy"), "command": "python examples/dattri_scores.py --method trak"}
+    s = external.source(e)
+    assert s["sha256"] is None and s["command"] == e["command"] and set(s) == set(external.SOURCE_KEYS)
+    assert external.source({**e, "command": e["command"] + " --proj-dim 64"}) != s
+    assert external.source({"name": "m", "path": _write(tmp_path / "f.npy", np.zeros((2, 3))).as_posix()})[
+        "command"] is None
+    full = np.random.default_rng(1).standard_normal((1437, 360)).astype(np.float32)   # dattri's train_by_test
+    sc = _digits_score_job(tmp_path, full, command=e["command"])
+    assert sc["attrs"]["source_sha256"] == external.content_hash(tmp_path / "m.npy")
+    assert json.loads(sc["attrs"]["settings"])["command"] == e["command"]

@@ -3,6 +3,7 @@ tests/test_workflow.py checks the walk against a dry run's DAG)."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import subprocess
 import sys
 from collections import Counter
@@ -206,3 +207,20 @@ def test_the_cost_items_are_read_off_the_walk_given():
     embed = [s for s in walked if s.stage == "embed"]
     assert {v.rule for _, k, v in pipeline.method_cost_items(f.methods, embed) if k == "job"} == \
         {"train_encoder", "embed_index", "embed_shard"}
+
+
+def test_an_outside_method_the_workflow_makes_adds_the_export_and_its_job_but_no_cost_item():
+    """A made method (its `command`: rule outside_scores) needs the export once and its own job before its
+    scores; both are in the report's benchmark list (stage score) but in no method's cost (its sidecar is)."""
+    f = facts(methods=(("external", "peer"), ("external", "file"), ("pixels", "knn_l2")), lds=False,
+              sidecars={"external/peer": "outside/peer.cost.json"})
+    plain = walk(f)
+    made = walk(dataclasses.replace(f, made=("peer",)))
+    extra = [j for j in made if j not in plain]
+    assert [(j.rule, j.kw, j.stage, j.methods) for j in extra] == [
+        ("export", {}, "score", ()), ("outside_scores", {"name": "peer"}, "score", ())]
+    assert made.index(extra[1]) < made.index(next(j for j in made if j.kw.get("ranker") == "peer"))
+    f2 = dataclasses.replace(f, made=("peer",))
+    assert [(k, v) for m, k, v in cost_items(f2) if m == "external/peer" and k != "job"] == \
+        [(k, v) for m, k, v in cost_items(f) if m == "external/peer" and k != "job"]
+    assert {v.rule for _, k, v in cost_items(f2) if k == "job"} == {"score", "embed_index", "embed_shard"}

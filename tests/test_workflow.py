@@ -542,6 +542,12 @@ def test_the_launch_keys_are_the_schemas_and_launch_settings():
                                     "index": "none.txt"}), "external method 'mine': none.txt: index file not found"),
     (lambda c: c["methods"].append({"encoder": "external", "ranker": "scores", "path": "x.npy"}),
      "an external method needs name"),
+    (lambda c: c["methods"].append({"encoder": "external", "ranker": "scores", "name": "mine", "path": "m.pt",
+                                    "command": "python examples/dattri_scores.py --method trak"}),
+     "external method 'mine': a method made by its command is written to results/digits/outside/mine.pt: set its "
+     "path to that"),
+    (lambda c: c["methods"].append({"encoder": "pixels", "ranker": "esvm", "command": "true"}),
+     "command belong to external methods"),
 ])
 def test_bad_config_is_one_clear_error_before_any_job(change, expected, tmp_path):
     cfg = variant(tmp_path, change)

@@ -23,7 +23,7 @@ EXTERNAL_ENCODER = "external"             # an outside method's scores file (sim
 EXTERNAL_RANKER = "scores"                # its ranker in the config; its name stands for it everywhere else
 ENCODERS = FEATURE_ENCODERS + (MODEL_ENCODER, EXTERNAL_ENCODER)
 #: the keys of an external method entry besides encoder and ranker (name and path required)
-EXTERNAL_KEYS = ("name", "path", "layout", "sign", "key", "index")
+EXTERNAL_KEYS = ("name", "path", "layout", "sign", "key", "index", "command")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from .store import read_json
 
 LAYOUTS = ("test_by_train", "train_by_test")
 #: what an external method's scores depend on besides the file's path (settings.for_job: the score jobs' param)
-SOURCE_KEYS = ("layout", "sign", "key", "sha256", "index_sha256")
+SOURCE_KEYS = ("layout", "sign", "key", "sha256", "index_sha256", "command")
 #: an optional NAME.cost.json beside the scores file: what the method cost its author (the report's cost row)
 COST_FIELDS = {"wall_s": float, "gpu_s": float, "models_trained": int}
 SUFFIXES = (".npy", ".pt", ".h5", ".hdf5")
@@ -180,11 +180,14 @@ def read_scores(path: str | Path, *, n_test: int, n_train: int, layout: str | No
 def source(entry: dict) -> dict:
     """The identity of an external method entry's scores (config `methods`): its layout, sign and key, and the
     content hashes of its scores file and index file (None without one). What the score jobs' settings hold:
-    replacing either file reruns exactly what is made from it."""
+    replacing either file reruns exactly what is made from it. A method the workflow makes from the export
+    (`command`: rule outside_scores) is its command line instead: its file is not there yet when the workflow is
+    read (sha256 None), and a new command remakes the file and so reruns what is made from it."""
     index = entry.get("index")
+    made = entry.get("command")
     return {"layout": entry.get("layout"), "sign": int(entry.get("sign", 1)), "key": entry.get("key"),
-            "sha256": content_hash(entry["path"]),
-            "index_sha256": None if index is None else _index_hash(index)}
+            "sha256": None if made else content_hash(entry["path"]),
+            "index_sha256": None if index is None else _index_hash(index), "command": made}
 
 
 def _index_hash(path: str | Path) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from . import store
-from .config import FEATURE_ENCODER_STATE, FEATURE_ENCODERS, MODEL_ENCODER
+from .config import EXTERNAL_ENCODER, FEATURE_ENCODER_STATE, FEATURE_ENCODERS, MODEL_ENCODER
 
 #: the report's stages in the order of its wall-seconds table (the order `steps` first reaches each one)
 STAGES = ("embed", "trak", "datamodels", "lds", "score", "support")
@@ -76,7 +76,8 @@ class Facts:
     order; subset_shards: subset-model shards per purpose, in purpose order; trained_models: models a
     model-based ranker's step trains (trak: its checkpoints, datamodels: its subset models); metrics: the support
     metrics; lds: whether the LDS table is made (lds.models > 0); sidecars: ENCODER/RANKER -> the cost sidecar of
-    an external method that has one."""
+    an external method that has one; made: the external methods the workflow makes from the export (their
+    `command`: rule outside_scores)."""
 
     methods: tuple[tuple[str, str], ...]
     n_classes: int
@@ -86,6 +87,7 @@ class Facts:
     metrics: tuple[str, ...]
     lds: bool
     sidecars: Mapping[str, str] = field(default_factory=dict)
+    made: tuple[str, ...] = ()
 
 
 def method_name(encoder: str, ranker: str) -> str:
@@ -108,7 +110,8 @@ def _stored(template: str, **fields: str) -> tuple[str, tuple[tuple[str, str], .
 def steps(f: Facts) -> Iterator[Step]:
     """Every step of the run (each job in exactly one), in the order of the report's benchmark list: the
     embeddings of each feature encoder in use (sorted by name; its state first when a rule makes one), TRAK, the
-    subset models of each purpose in use, then per method its LDS, its scores and its support answers, and last
+    subset models of each purpose in use, the export when the workflow makes outside methods' scores from it,
+    then per method its outside scores (when made), its LDS, its scores and its support answers, and last
     the queries (the full-data models the support stage starts from). The feature encoders (config's
     FEATURE_ENCODERS: the others are `model` and `external`) embed images; STATE_RULES makes their state."""
     names = [method_name(e, r) for e, r in f.methods]
@@ -132,7 +135,11 @@ def steps(f: Facts) -> Iterator[Step]:
         if users or (p == "lds" and f.lds):
             yield _step(p, users, [("subsets", {"purpose": p, "shard": f"{k:05d}"}) for k in range(n)],
                         stored=(_stored(store.SUBSETS_DIR, purpose=p),), models=f.trained_models.get(p))
+    if f.made:          # the export, then each made method's scores (their cost is their sidecar: no method's here)
+        yield _step("score", (), [("export", {})])
     for m, (e, r) in zip(names, f.methods):
+        if e == EXTERNAL_ENCODER and r in f.made:
+            yield _step("score", (), [("outside_scores", {"name": r})])
         if f.lds:
             yield _step("lds", (), [("lds", {"encoder": e, "ranker": r})])
         yield _step("score", (m,), [("score", {"encoder": e, "ranker": r, "cls": c}) for c in range(f.n_classes)],

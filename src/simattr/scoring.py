@@ -239,10 +239,10 @@ def score_external_class(*, data: datasets.Spec, name: str, cls: int, scores_pat
     """One class's score file from an outside method's scores (simattr.external.read_scores): its test images'
     rows in the file, their candidates' scores (class-conditioned as for every ranker, or all training images)
     and every training image's (full_scores, signed: LDS reads them). `source` is the identity the workflow
-    computed (external.source): the file must still have that content."""
+    computed (external.source): the file must still have that content (unless the workflow made it: `command`)."""
     t0 = time.perf_counter()
     sha = external.content_hash(scores_path)
-    if sha != source["sha256"]:
+    if source["sha256"] is not None and sha != source["sha256"]:
         raise SimattrError(f"{scores_path}: changed since the workflow read it (sha256 {sha[:12]}..., expected "
                            f"{source['sha256'][:12]}...); run snakemake again")
     if (index_path is None) != (source["index_sha256"] is None) or (

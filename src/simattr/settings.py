@@ -135,7 +135,7 @@ def _plan(c: dict) -> dict:
     (`launch`) travels beside it, as for support."""
     methods = [list(method_id(m)) for m in c["methods"]]
     used = {e for e, _ in methods}
-    rankers = {r for _, r in methods}
+    rankers = {r for e, r in methods if e == sconfig.MODEL_ENCODER}     # an external method's name is no ranker
     enc_keys = {"simclr": ("arch", "feature_dim"), "supervised": ("hidden",),
                 "resnet": ("arch", "feature", "checkpoint")}
     s = c["support"]
@@ -153,7 +153,8 @@ def _plan(c: dict) -> dict:
             "trak": {"checkpoints": c["trak"]["checkpoints"]} if "trak" in rankers else None,
             "datamodels": {k: c["datamodels"][k] for k in ("models", "shard_size")} if "datamodels" in rankers
             else None,
-            "lds": {k: c["lds"][k] for k in ("models", "shard_size")}, "support": support}
+            "lds": {k: c["lds"][k] for k in ("models", "shard_size")}, "support": support,
+            "made": sorted(m["name"] for m in c["methods"] if m.get("command"))}
 
 
 def launch(c: dict) -> dict:

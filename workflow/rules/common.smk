@@ -63,6 +63,7 @@ JOB_FILES = {
     "report": ("report", "report"),
     "export": ("export", "export"),
     "method_figures": ("report", "figures-{encoder}-{ranker}"),
+    "outside_scores": ("export", "outside-{name}"),
 }
 
 
@@ -79,9 +80,14 @@ def job_bench(job, **fields):
 ENV = "../../envs/simattr.yaml"  # relative to the rule files
 METHODS = [sconfig.method_id(m) for m in config["methods"]]  # (encoder, ranker); external: (external, NAME)
 EXTERNAL = sconfig.external_methods(config)  # NAME -> its method entry
-try:  # each external method's files are there (their content hashes are its score jobs' identity)
+#: NAME -> the command of each external method the workflow makes from the export (rule outside_scores)
+MADE = {n: m["command"] for n, m in EXTERNAL.items() if m.get("command")}
+try:  # each external method's files are there (their content hashes are its score jobs' identity), or are made
     for _m in EXTERNAL.values():
         external.source(_m)
+        _made = f"{R}/{store.fill(store.OUTSIDE_SCORES, dataset=D, name=_m['name'])}"
+        if _m.get("command") and _m["path"] != _made:
+            raise SimattrError(f"a method made by its command is written to {_made}: set its path to that")
 except SimattrError as e:
     raise WorkflowError(f"invalid configuration: config key 'methods': external method '{_m['name']}': {e}") from None
 ENCODERS_USED = sorted({e for e, _ in METHODS if e in sconfig.FEATURE_ENCODERS})
@@ -311,9 +317,9 @@ def write_report_manifest(out, log, params):
 
 
 def external_sidecars():
-    """ENCODER/RANKER -> the cost sidecar of each external method that has one."""
+    """ENCODER/RANKER -> the cost sidecar of each external method that has one (one the workflow makes always does)."""
     paths = {pipeline.method_name(sconfig.EXTERNAL_ENCODER, n): external_cost(n) for n in EXTERNAL}
-    return {m: p for m, p in paths.items() if os.path.exists(p)}
+    return {m: p for (m, p), n in zip(paths.items(), EXTERNAL) if n in MADE or os.path.exists(p)}
 
 
 # The run's jobs, each once, walked by simattr.pipeline from the facts above, once (STEPS): the report's lists (the
@@ -328,6 +334,7 @@ PIPELINE = pipeline.Facts(
     metrics=tuple(config["support"]["metrics"]),
     lds=LDS_ON,
     sidecars=external_sidecars(),
+    made=tuple(MADE),
 )
 STEPS = list(pipeline.steps(PIPELINE))
 JOBS = list(pipeline.jobs(STEPS))

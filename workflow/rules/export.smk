@@ -28,3 +28,31 @@ rule export:
         "simattr --log {log} export --settings {params.settings:q} --queries {input.queries}"
         " --checkpoints-file {input.checkpoints} --lds-subsets {input.lds} --embeddings {params.embeddings}"
         " --out-dir {output}"
+
+
+# An outside method the workflow makes itself ({..., name: NAME, path: RESULTS/DATASET/outside/NAME.pt, command:
+# COMMAND}): `COMMAND EXPORT_DIR PATH` writes the scores and NAME.cost.json beside them (examples/dattri_scores.py:
+# dattri's attributors). Each method once, resumable; its command line is its identity (a new one remakes it).
+rule outside_scores:
+    input:
+        path(store.EXPORT_DIR),
+    output:
+        scores=path(store.OUTSIDE_SCORES),
+        cost=path(store.OUTSIDE_COST),
+    log:
+        job_log("outside_scores"),
+    benchmark:
+        job_bench("outside_scores")
+    wildcard_constraints:
+        name="|".join(MADE) or "(?!)",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards: max(8000, retrain_mem_mb(wildcards)),
+        runtime=retrain_runtime,
+        gpu=retrain_gpus,
+    params:
+        command=lambda wildcards: MADE[wildcards.name],
+    shell:
+        "{params.command} {input:q} {output.scores:q} > {log:q} 2>&1"

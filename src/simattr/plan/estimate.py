@@ -25,7 +25,7 @@ RULE_STAGE = {"train_encoder": "embed", "import_resnet": "embed", "embed_shard":
               "embed_index": "embed", "score": "score", "score_model": "score", "score_external": "score",
               "queries": "queries", "trak_checkpoints": "trak", "trak": "trak", "subsets": "subsets",
               "support": "support", "lds": "lds", "report_manifest": "report", "report": "report",
-              "method_figures": "report", "all": "report"}
+              "method_figures": "report", "all": "report", "export": "score", "outside_scores": "score"}
 
 ANSWER_BYTES = 6_000            # an answer's JSON (its curve, probes, intervals): measured 3-8 KB on digits
 JOURNAL_BYTES_PER_MODEL = 110   # one journal line per model
@@ -270,6 +270,12 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
             else:       # the model-based / external scores read whole: the (n_test, n_train) matrix
                 peak = shape.n_test * shape.n_train * 4 + m * shape.n_train * 4
             add(rule, 1, bytes=b, peak_bytes=peak)
+    made = settings["made"]
+    if made:        # outside methods the workflow makes from the export (rule outside_scores): their own cost
+        add("export", 1, bytes=shape.n_test * shape.n_train + shape.n_train * 16)
+        add("outside_scores", len(made), bytes=len(made) * shape.n_test * shape.n_train * 4)
+        rows["score"]["notes"].append(f"{len(made)} outside method(s) made by their command ({', '.join(made)}): "
+                                      "their time is theirs (each writes a cost sidecar), not estimated here")
 
     per_model = param_count(model, shape) * 4
     resident = shape.n_train * (int(np.prod(shape.image)) * (4 if model["name"] == "mlp" else 2)) \
@@ -277,7 +283,7 @@ def make_plan(settings: dict, launch: dict, *, time_per_model_s: float | None = 
     flip = int(s["flip_models"])
     add("queries", 1, models_bound=flip, models_expected=flip, bytes=resident + shape.n_test * 16, gpu=gpu,
         peak_bytes=resident + per_model)
-    rankers = {r for _, r in methods}
+    rankers = {r for e, r in methods if e == "model"}      # an external method's name is no ranker
     if "trak" in rankers:
         k = int(settings["trak"]["checkpoints"])
         add("trak_checkpoints", 1, models_bound=k, models_expected=k, bytes=k * per_model, gpu=gpu,

@@ -61,6 +61,8 @@ from .paths import (
     LDS_DIR,
     LOG,
     METHOD_FIGURES,
+    OUTSIDE_COST,
+    OUTSIDE_SCORES,
     QUERIES,
     REPORT_DIR,
     REPORT_FILES,
@@ -87,4 +89,4 @@ from .paths import (
     usage_path,
 )
 
-__all__ = ['CONTRACT_VERSION', 'ENCODERS_DIR', 'ENCODER_STATE', 'EMBEDDINGS_DIR', 'ENCODER_EMBED_DIR', 'EMBED_DIR', 'INDEX_NAME', 'EMBED_INDEX', 'SHARD_NAME', 'EMBED_SHARD', 'SCORES_ROOT', 'SCORES_DIR', 'SCORES', 'SUPPORT_ROOT', 'QUERIES', 'SUPPORT_DIR', 'SUPPORT_ANSWER', 'SUPPORT_GATHER', 'SUBMITIT_DIR', 'SUBSETS_DIR', 'SUBSET_SHARD', 'ATTRIBUTIONS_DIR', 'TRAK_CHECKPOINTS', 'TRAK_SCORES', 'LDS_DIR', 'LDS', 'EXPORT_DIR', 'REPORT_DIR', 'REPORT_MANIFEST', 'METHOD_FIGURES', 'REPORT_FILES', 'BENCHMARK', 'LOG', 'STORED', 'REPORT_MANIFEST_KEYS', 'answer_path', 'config_hash', 'fill', 'usage_path', 'seed_from', 'atomic_path', 'atomic_dir', 'write_json', 'read_json', 'Journal', 'write_text', 'provenance', 'write_shard', 'SHARD_ATTRS', 'shard_meta', 'read_shard', 'shard_ranges', 'write_index', 'write_embeddings', 'read_embeddings', 'MAX_RUN_READS', 'READ_BLOCK_ROWS', 'EmbeddingRows', 'open_embeddings', 'write_scores', 'SCORE_EXTRAS', 'read_scores', 'write_arrays', 'read_arrays']
+__all__ = ['CONTRACT_VERSION', 'ENCODERS_DIR', 'ENCODER_STATE', 'EMBEDDINGS_DIR', 'ENCODER_EMBED_DIR', 'EMBED_DIR', 'INDEX_NAME', 'EMBED_INDEX', 'SHARD_NAME', 'EMBED_SHARD', 'SCORES_ROOT', 'SCORES_DIR', 'SCORES', 'SUPPORT_ROOT', 'QUERIES', 'SUPPORT_DIR', 'SUPPORT_ANSWER', 'SUPPORT_GATHER', 'SUBMITIT_DIR', 'SUBSETS_DIR', 'SUBSET_SHARD', 'ATTRIBUTIONS_DIR', 'TRAK_CHECKPOINTS', 'TRAK_SCORES', 'LDS_DIR', 'LDS', 'EXPORT_DIR', 'OUTSIDE_SCORES', 'OUTSIDE_COST', 'REPORT_DIR', 'REPORT_MANIFEST', 'METHOD_FIGURES', 'REPORT_FILES', 'BENCHMARK', 'LOG', 'STORED', 'REPORT_MANIFEST_KEYS', 'answer_path', 'config_hash', 'fill', 'usage_path', 'seed_from', 'atomic_path', 'atomic_dir', 'write_json', 'read_json', 'Journal', 'write_text', 'provenance', 'write_shard', 'SHARD_ATTRS', 'shard_meta', 'read_shard', 'shard_ranges', 'write_index', 'write_embeddings', 'read_embeddings', 'MAX_RUN_READS', 'READ_BLOCK_ROWS', 'EmbeddingRows', 'open_embeddings', 'write_scores', 'SCORE_EXTRAS', 'read_scores', 'write_arrays', 'read_arrays']

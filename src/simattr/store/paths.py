@@ -45,6 +45,9 @@ TRAK_SCORES = ATTRIBUTIONS_DIR + "/trak.h5"
 LDS_DIR = "{dataset}/lds"
 LDS = LDS_DIR + "/{encoder}/{ranker}.json"
 EXPORT_DIR = "{dataset}/export"
+#: an outside method's scores that the workflow makes from the export (a method entry's `command`), and its cost
+OUTSIDE_SCORES = "{dataset}/outside/{name}.pt"
+OUTSIDE_COST = "{dataset}/outside/{name}.cost.json"
 REPORT_DIR = "{dataset}/report"
 REPORT_MANIFEST = REPORT_DIR + "/inputs.json"
 METHOD_FIGURES = REPORT_DIR + "/methods/{encoder}/{ranker}"   # the HTML report's pages of one method
