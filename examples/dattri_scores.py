@@ -2,8 +2,8 @@
 method's scores of every training image for every test image, for simattr's counterfactual evaluation.
 
     python examples/dattri_scores.py EXPORT_DIR OUT.pt --method METHOD [--seed 0] [--batch-size 64]
-        [--proj-dim D] [--regularization R] [--max-iter 10] [--hessian-batch-size 0] [--damping F]
-        [--normalize] [--l2-strength 0.003] [--rps-epochs 3000] [--only-sampled]
+        [--proj-dim D] [--regularization R] [--max-iter N] [--hessian-batch-size 0] [--precompute-ratio 1]
+        [--damping F] [--normalize] [--l2-strength 0.003] [--rps-epochs 3000] [--only-sampled]
 
 The model is simattr.models.torch_module(recipe, input_shape, n_classes) from EXPORT_DIR/recipe.json, in eval()
 mode (ResNet-9's BatchNorm uses its running statistics: what dattri's torch.func gradients expect); its weights
@@ -37,6 +37,17 @@ LDS subset models (the export's lds_masks / lds_margins), for orientation. Wall 
   if-cg        IFAttributorCG: the same with --max-iter conjugate-gradient steps for the inverse-Hessian-vector
                product (dattri ignores its tol: always max_iter steps, from x0 = v). Sign +1. same 1.000, top16
                0.601, bottom16 0.090, LDS 0.277; 16 s.
+  if-arnoldi   IFAttributorArnoldi: g_train . V diag(1/lambda) V^T g_test, (lambda, V) the top --proj-dim (100)
+               eigenpairs of H + r I (r = --regularization, 0.01) from --max-iter (100) Arnoldi iterations, H the
+               Hessian of the mean training loss on a seeded random --precompute-ratio (1.0) of the training images
+               (dattri's takes the loader's first batches), its Hessian-vector products summed over chunks of
+               --hessian-batch-size images (the same product, less memory); per checkpoint, averaged. Two fixes
+               to dattri 0.3: its Arnoldi iteration orthogonalises once in float32 and loses orthogonality after
+               20-40 iterations (spurious near-zero eigenvalues whose 1/sqrt then dominate: same 0.853, top16
+               0.249): here twice; and it keeps negative eigenvalues (NaN scores): here dropped, logged. Memory:
+               the (max_iter + 1) x P Krylov basis and proj_dim x P eigenvectors (ResNet-9: 2.7 + 2.6 GB), no
+               P x P matrix: the full-model IF that fits at CIFAR-10 scale. Sign +1 (as IF). same 1.000, top16
+               0.531, bottom16 0.076, LDS 0.256; 6 s.
   tracin       TracInAttributor (TracInCP) over the K checkpoints: sum_k w_k grad_train . grad_test of the loss
                (--normalize: cosine, CosIn). The checkpoints are K independently trained full-data models, not
                one training trajectory, so there is no learning-rate schedule to weight them by: every w_k = 1/K
@@ -44,7 +55,11 @@ LDS subset models (the export's lds_masks / lds_margins), for orientation. Wall 
                changes no ranking. A step on the training image lowers the test loss when the dot product is
                positive: sign +1. same 1.000, top16 0.724, bottom16 0.000, LDS 0.164; 6 s. --proj-dim 0 (default):
                exact gradients (dattri's TracIn projects to 512 even when given no projector settings; this script
-               turns its projector off); D > 0: dattri's normal random projection to D (seed --seed).
+               turns its projector off); D > 0: dattri's normal random projection to D (seed --seed). dattri builds
+               a projector per training batch and per test batch, both alive (on CUDA each a dense P x D matrix:
+               ResNet-9 at 1024, 25 GiB), and recomputes the test gradients per training batch: here one projector
+               serves both (the same matrix: same seed), generated once per checkpoint (shared_projector); the
+               test gradients are still n_train / --batch-size x n_test per checkpoint (a larger batch, fewer).
   logra        LoGraAttributor (dattri's block-projected IF over the model's nn.Linear layers: Kronecker-factored
                normal projection to --proj-dim = s^2 per layer, seed --seed; empirical-Fisher preconditioner damped
                by --damping x its mean eigenvalue, dattri's 1e-5 by default): g_train . F^-1 g_test of the loss.
@@ -66,12 +81,19 @@ LDS subset models (the export's lds_masks / lds_margins), for orientation. Wall 
                projection, seed --seed), phi_test (Phi^T Phi + r I)^-1 Phi^T Q with Q = 1 - p(correct), as traker.
                Positive = raises the test margin: sign +1. same 0.842, top16 0.231, bottom16 0.097, LDS 0.153 (proj
                128; proj 64: 0.944, 0.257, 0.067, LDS 0.170, as examples/trak_scores.py's traker at 64: 0.931,
-               0.258, 0.065, LDS 0.172: TRAK with two checkpoints is noisy); 11 s.
+               0.258, 0.065, LDS 0.172: TRAK with two checkpoints is noisy); 11 s. One projector for its training
+               and test batches (dattri builds one per batch), as tracin.
+
+Every projector runs on the script's device (CUDA when there is one: dattri's projector_kwargs default to the CPU,
+where its projector regenerates its matrix in 100-column blocks on every call). The inner-product attributors
+(if-*) compute each test batch's gradients and transform once per checkpoint (dattri recomputes both per training
+batch; memo_test_side), so if-cg costs n_test x max_iter Hessian-vector products per Hessian batch, not that times
+n_train / --batch-size. Sizes at CIFAR-10 scale: docs/peers.md.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
 import io
 import json
 import math
@@ -79,12 +101,15 @@ import os
 import sys
 import tempfile
 import time
+import warnings
+from functools import partial
 from pathlib import Path
 
-METHODS = ("if-explicit", "if-cg", "tracin", "logra", "rps", "trak")
+METHODS = ("if-explicit", "if-cg", "if-arnoldi", "tracin", "logra", "rps", "trak")
 SIGN = {m: 1.0 for m in METHODS}        # checked: see the docstring (every dattri method here is higher = helpful)
-PROJ_DIM = {"tracin": 0, "logra": 256, "trak": 128}       # --proj-dim's default per method
-REGULARIZATION = {"if-explicit": 0.01, "if-cg": 0.01, "trak": 0.0}
+PROJ_DIM = {"if-arnoldi": 100, "tracin": 0, "logra": 256, "trak": 128}       # --proj-dim's default per method
+REGULARIZATION = {"if-explicit": 0.01, "if-cg": 0.01, "if-arnoldi": 0.01, "trak": 0.0}
+MAX_ITER = {"if-cg": 10, "if-arnoldi": 100}
 EXPORT_FILES = ("manifest.json", "recipe.json", "train_inputs.pt", "train_labels.pt", "test_inputs.pt",
                 "test_labels.pt")
 
@@ -110,15 +135,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="torch's seed and the random projections' seed")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--proj-dim", type=int, default=None,
-                    help="tracin (0: none), logra (a square), trak; default " +
+                    help="if-arnoldi (top eigenvectors kept), tracin (0: none), logra (a square), trak; default " +
                          ", ".join(f"{k} {v}" for k, v in PROJ_DIM.items()))
     ap.add_argument("--regularization", type=float, default=None,
                     help="added to the Hessian (if-*) or TRAK's kernel; default " +
                          ", ".join(f"{k} {v}" for k, v in REGULARIZATION.items()))
-    ap.add_argument("--max-iter", type=int, default=10, help="if-cg's conjugate-gradient steps")
+    ap.add_argument("--max-iter", type=int, default=None,
+                    help="if-cg's conjugate-gradient steps, if-arnoldi's Arnoldi iterations (Hessian-vector "
+                         "products); default " + ", ".join(f"{k} {v}" for k, v in MAX_ITER.items()))
     ap.add_argument("--hessian-batch-size", type=int, default=0,
-                    help="if-*: training images per Hessian batch (0: all in one; dattri sums the per-batch inverse "
-                         "Hessian-vector products)")
+                    help="training images per Hessian batch (0: all in one). if-explicit, if-cg: dattri sums the "
+                         "per-batch inverse-Hessian-vector products (another estimator); if-arnoldi: the Hessian-"
+                         "vector product is summed over chunks of this size (the same product, less memory)")
+    ap.add_argument("--precompute-ratio", type=float, default=1.0,
+                    help="if-arnoldi: the share of the training images (a seeded random subset) whose mean-loss "
+                         "Hessian the Arnoldi iteration runs on (dattri's precompute_data_ratio)")
     ap.add_argument("--damping", type=float, default=None,
                     help="logra: damping as a fraction of the Fisher's mean eigenvalue (default dattri's 1e-5)")
     ap.add_argument("--normalize", action="store_true", help="tracin: cosine of gradients (CosIn)")
@@ -129,14 +160,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if a.method not in METHODS:
         raise Refusal(f"unknown method {a.method!r}; valid: {', '.join(METHODS)}")
+    a.max_iter = MAX_ITER.get(a.method, 10) if a.max_iter is None else a.max_iter
     if a.batch_size < 1 or a.max_iter < 1 or a.hessian_batch_size < 0 or a.rps_epochs < 1:
         raise Refusal("--batch-size, --max-iter and --rps-epochs must be >= 1, --hessian-batch-size >= 0")
+    if not 0 < a.precompute_ratio <= 1:
+        raise Refusal(f"--precompute-ratio must be in (0, 1], got {a.precompute_ratio}")
     a.proj_dim = PROJ_DIM.get(a.method) if a.proj_dim is None else a.proj_dim
     a.regularization = REGULARIZATION.get(a.method, 0.0) if a.regularization is None else a.regularization
     if a.method == "logra" and (a.proj_dim < 1 or math.isqrt(a.proj_dim) ** 2 != a.proj_dim):
         raise Refusal(f"logra: --proj-dim must be a perfect square (s x s per layer), got {a.proj_dim}")
-    if a.method == "trak" and a.proj_dim < 1:
-        raise Refusal(f"trak: --proj-dim must be >= 1, got {a.proj_dim}")
+    if a.method in ("trak", "if-arnoldi") and a.proj_dim < 1:
+        raise Refusal(f"{a.method}: --proj-dim must be >= 1, got {a.proj_dim}")
     if a.proj_dim is not None and a.proj_dim < 0:
         raise Refusal(f"--proj-dim must be >= 0, got {a.proj_dim}")
     return a
@@ -243,20 +277,166 @@ def loader(x, y, batch_size: int):
     return DataLoader(TensorDataset(x, y), batch_size=max(1, min(batch_size, len(y))), shuffle=False)
 
 
-def memo_transform(attributor) -> None:
-    """dattri's BaseInnerProductAttributor.attribute recomputes every test batch's inverse-Hessian-vector product
-    once per training batch (and IFAttributorExplicit its Hessian with it); the same test gradients give the same
-    product, so it is computed once per (checkpoint, test gradients' bytes)."""
-    orig, seen = attributor.transform_test_rep, {}
+def indexed_loader(x, y, batch_size: int):
+    """A test loader whose batches carry their test indices as a third tensor (memo_test_side's key)."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
 
-    def transform_test_rep(ckpt_idx, test_rep):
-        key = (ckpt_idx, tuple(test_rep.shape),
-               hashlib.sha256(test_rep.detach().cpu().contiguous().numpy().tobytes()).hexdigest())
+    return DataLoader(TensorDataset(x, y, torch.arange(len(y))), batch_size=max(1, min(batch_size, len(y))),
+                      shuffle=False)
+
+
+def memo_test_side(attributor) -> None:
+    """dattri's BaseInnerProductAttributor.attribute recomputes every test batch's gradients and their transform
+    (IF's inverse-Hessian-vector product; IFAttributorExplicit its Hessian with it) once per training batch:
+    n_train / batch x n_test test gradients per checkpoint. The same test images give the same result, so both are
+    computed once per (checkpoint, test batch), keyed by the batch's test indices (indexed_loader's third tensor),
+    and a checkpoint's results (and an Arnoldi projector's eigenvectors) are dropped when the next one starts."""
+    generate, transform, seen = attributor.generate_test_rep, attributor.transform_test_rep, {}
+
+    def generate_test_rep(ckpt_idx, data):
+        idx = data[2].reshape(-1)
+        key = (ckpt_idx, int(idx[0]), len(idx))
         if key not in seen:
-            seen[key] = orig(ckpt_idx, test_rep)
+            for old in [k for k in seen if k[0] != ckpt_idx]:
+                del seen[old]
+            projectors = getattr(attributor, "arnoldi_projectors", None)
+            for k in range(ckpt_idx if projectors else 0):
+                projectors[k] = None
+            seen[key] = transform(ckpt_idx, generate(ckpt_idx, data[:2]))
         return seen[key]
 
-    attributor.transform_test_rep = transform_test_rep
+    attributor.generate_test_rep = generate_test_rep
+    attributor.transform_test_rep = lambda ckpt_idx, test_rep: test_rep
+
+
+@contextlib.contextmanager
+def shared_projector(*modules):
+    """dattri's TracIn and TRAK build a new random projector (dattri.func.projection.random_project) for every
+    batch, TracIn one for the training batch and one for each test batch, both alive: on CUDA each holds its dense
+    P x proj_dim normal matrix (ResNet-9 at 2048: 50 GiB each) and regenerates it per batch. Every projector they
+    build here has the same settings and seed (the matrix of checkpoint k is seeded with seed + 1e5 k whichever batch
+    asks), so one projector per setting serves them all: the same projections, one matrix, generated once per
+    checkpoint."""
+    from dattri.func import projection
+
+    made = {}
+
+    def random_project(feature, feature_batch_size, **kwargs):
+        if isinstance(feature, dict):
+            shape = tuple((k, v.numel() // feature_batch_size) for k, v in feature.items())
+            dtype = next(iter(feature.values())).dtype
+        else:
+            shape, dtype = tuple(feature.shape[1:]), feature.dtype
+        key = (shape, str(dtype), tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+        if key not in made:
+            made[key] = projection.random_project(feature, feature_batch_size, **kwargs)
+        return made[key]
+
+    saved = [(m, m.random_project) for m in modules]
+    try:
+        for m, _ in saved:
+            m.random_project = random_project
+        yield
+    finally:
+        for m, f in saved:
+            m.random_project = f
+        made.clear()
+
+
+def arnoldi_cache(att, ex: dict, a, dev: str) -> None:
+    """IFAttributorArnoldi.cache as dattri's, on a seeded random subset of --precompute-ratio of the training images
+    (dattri's takes the loader's first batches) and, with --hessian-batch-size B, the Hessian-vector product of the
+    subset's mean loss summed over chunks of B images, weighted by their size (the same product: dattri's runs the
+    whole subset as one batch). One ArnoldiProjector per checkpoint (dattri.func.projection; mode rev-fwd as
+    dattri's); its eigenspace (--max-iter Hessian-vector products, --proj-dim top eigenvectors of H + r I) is
+    computed when first used."""
+    import torch
+    from dattri.func.hessian import hvp_at_x
+    from dattri.func.projection import ArnoldiProjector
+
+    n = len(ex["y_train"])
+    m = max(1, math.ceil(a.precompute_ratio * n))
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(a.seed))[:m].sort().values if m < n \
+        else torch.arange(n)
+    xs, ys = ex["x_train"][pick].to(dev), ex["y_train"][pick].to(dev)
+    chunk = a.hessian_batch_size or m
+    parts = [(xs[s:s + chunk], ys[s:s + chunk]) for s in range(0, m, chunk)]
+    att.full_train_dataloader = loader(ex["x_train"], ex["y_train"], a.batch_size)
+    att.arnoldi_projectors = []
+    for k in range(len(att.task.get_checkpoints())):
+        params, _ = att.task.get_param(k, layer_name=att.layer_name)
+        loss = att.task.get_loss_func(layer_name=att.layer_name, ckpt_idx=k)
+        hvps = [(len(y) / m, hvp_at_x(partial(loss, **{att.task.loss_func_data_key: (x, y)}), x=(params,),
+                                      argnums=0, mode="rev-fwd")) for x, y in parts]
+
+        def hvp(v, hvps=hvps):
+            out = a.regularization * v
+            for w, f in hvps:
+                out = out + w * f(v)
+            return out
+
+        proj = ArnoldiProjector(len(params), a.proj_dim, partial(loss, **{att.task.loss_func_data_key: parts[0]}),
+                                params, max_iter=a.max_iter, regularization=a.regularization, seed=a.seed,
+                                device=dev)
+        proj.hvp_at_x_func = hvp
+        proj._arnoldi_iter = _arnoldi_iter_reorthogonalized
+        att.arnoldi_projectors.append(partial(_arnoldi_project, proj, k))
+    log(f"if-arnoldi: Hessian on {m} training images in {len(parts)} chunk(s), {a.max_iter} iterations, top "
+        f"{a.proj_dim} eigenvectors")
+
+
+def _arnoldi_iter_reorthogonalized(hvp_func, start_vec, n_iters: int, norm_constant: float, tol: float,
+                                   device="cpu"):
+    """dattri's ArnoldiProjector._arnoldi_iter (the same Hessenberg matrix and Krylov basis, norm_constant 1) with
+    each new vector orthogonalised twice against the basis (classical Gram-Schmidt twice) instead of once (modified
+    Gram-Schmidt) and the basis kept in one preallocated (n_iters, P) tensor instead of a list stacked at the end.
+    dattri's single pass in float32 loses orthogonality after 20-40 iterations (the digits MLP: |Q Q^T - I| reaches
+    0.46 by 100), which gives spurious near-zero Ritz values whose 1/sqrt(eigenvalue) then dominates every score."""
+    import torch
+
+    n_iters = min(start_vec.shape[0] + 1, n_iters)
+    basis = torch.zeros((n_iters, start_vec.shape[0]), dtype=start_vec.dtype, device=start_vec.device)
+    appr = torch.zeros((n_iters, n_iters - 1), device=device)
+    basis[0] = start_vec / torch.norm(start_vec)
+    for n in range(n_iters - 1):
+        h = hvp_func(basis[n]).detach()
+        q = basis[:n + 1]
+        c = q @ h
+        h = h - c @ q
+        c2 = q @ h
+        h = h - c2 @ q
+        appr[:n + 1, n] = (c + c2) / norm_constant ** 2
+        norm = torch.norm(h)
+        if norm < tol:
+            basis[n + 1] = h
+            return appr[:n + 2, :n + 1], basis[:n + 2]
+        appr[n + 1, n] = norm / norm_constant
+        basis[n + 1] = h / appr[n + 1, n]
+    return appr, basis
+
+
+def _arnoldi_project(proj, k: int, features):
+    """proj.project, its eigenspace computed on first use with the non-positive eigenvalues dropped: dattri's
+    get_eigenspace keeps the top --proj-dim by absolute value and only warns when some are negative, and its
+    projection divides by their square roots (NaN scores)."""
+    if proj.eigvals is None:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proj.get_eigenspace()
+        proj.eigvals, proj.eigvecs = proj.eigvals.detach(), proj.eigvecs.detach()
+        keep = proj.eigvals > max(proj.tol ** 2, 0.0)
+        if not bool(keep.any()):
+            raise Refusal("if-arnoldi: no positive eigenvalue of H + r I found; use a larger --regularization")
+        proj.eigvals, proj.eigvecs = proj.eigvals[keep], proj.eigvecs[keep]
+        proj.proj_dim = int(keep.sum())
+        dropped = int((~keep).sum())
+        log(f"if-arnoldi: checkpoint {k + 1}: {proj.proj_dim} eigenvectors, eigenvalues "
+            f"{float(proj.eigvals.min()):.3g} to {float(proj.eigvals.max()):.3g}"
+            + (f" ({dropped} non-positive dropped: a larger --regularization keeps more)" if dropped else "")
+            + f", in {time.perf_counter() - t0:.1f} s")
+    return proj.project(features)
 
 
 def run_method(a, ex: dict, device, tmp: Path):
@@ -271,17 +451,23 @@ def run_method(a, ex: dict, device, tmp: Path):
     test = loader(ex["x_test"], ex["y_test"], a.batch_size)
     dev = str(device)
 
-    if a.method in ("if-explicit", "if-cg"):
-        from dattri.algorithm import IFAttributorCG, IFAttributorExplicit
+    if a.method in ("if-explicit", "if-cg", "if-arnoldi"):
+        from dattri.algorithm import IFAttributorArnoldi, IFAttributorCG, IFAttributorExplicit
 
         task = AttributionTask(loss_func=loss, model=model, checkpoints=ckpts)
         if a.method == "if-explicit":
             att = IFAttributorExplicit(task=task, device=dev, regularization=a.regularization)
-        else:
+        elif a.method == "if-cg":
             att = IFAttributorCG(task=task, device=dev, max_iter=a.max_iter, regularization=a.regularization)
-        memo_transform(att)
-        att.cache(loader(ex["x_train"], ex["y_train"], a.hessian_batch_size or len(ex["y_train"])))
-        return att.attribute(train, test), 0
+        else:
+            att = IFAttributorArnoldi(task=task, device=dev, proj_dim=a.proj_dim, max_iter=a.max_iter,
+                                      precompute_data_ratio=a.precompute_ratio, regularization=a.regularization,
+                                      seed=a.seed)
+        if a.method == "if-arnoldi":
+            arnoldi_cache(att, ex, a, dev)
+        else:
+            att.cache(loader(ex["x_train"], ex["y_train"], a.hessian_batch_size or len(ex["y_train"])))
+        return _attribute_memo(att, train, ex, a), 0
 
     if a.method == "tracin":
         from dattri.algorithm import TracInAttributor
@@ -293,7 +479,10 @@ def run_method(a, ex: dict, device, tmp: Path):
         # module-level defaults with what it is given): set its own copy, None for exact gradients
         att.projector_kwargs = None if a.proj_dim == 0 else {
             "proj_dim": a.proj_dim, "proj_max_batch_size": 32, "proj_seed": a.seed, "device": dev}
-        return att.attribute(train, test), 0
+        import dattri.algorithm.tracin as tracin_module
+
+        with shared_projector(tracin_module):
+            return att.attribute(train, test), 0
 
     if a.method == "trak":
         from dattri.algorithm import TRAKAttributor
@@ -303,8 +492,11 @@ def run_method(a, ex: dict, device, tmp: Path):
                              regularization=a.regularization)
         att.projector_kwargs = {"proj_dim": a.proj_dim, "proj_max_batch_size": 32, "proj_seed": a.seed,
                                 "device": dev}
-        att.cache(train)
-        return att.attribute(test), 0
+        import dattri.algorithm.trak as trak_module
+
+        with shared_projector(trak_module):
+            att.cache(train)
+            return att.attribute(test), 0
 
     # logra, rps: dattri's attributor reads the task's first checkpoint only: one attributor per checkpoint
     total = None
@@ -317,6 +509,11 @@ def run_method(a, ex: dict, device, tmp: Path):
         total = s if total is None else total + s
         log(f"{a.method}: checkpoint {k + 1}/{K} in {time.perf_counter() - t0:.1f} s")
     return total / K, (K if a.method == "rps" else 0)
+
+
+def _attribute_memo(att, train, ex: dict, a):
+    memo_test_side(att)
+    return att.attribute(train, indexed_loader(ex["x_test"], ex["y_test"], a.batch_size))
 
 
 def _fresh_model(ex: dict, device):
@@ -350,6 +547,7 @@ def _logra(a, ex: dict, state: dict, dev: str, cache_dir: Path):
     att = LoGraAttributor(task=task, device=dev, proj_dim=a.proj_dim, damping=a.damping, offload="none",
                           cache_dir=str(cache_dir))
     att.sparsifier_kwargs["proj_seed"] = a.seed
+    att.sparsifier_kwargs["device"] = att.projector_kwargs["device"] = dev      # the script's device (CUDA if any)
     # dattri's _setup_compressors indexes the first batch twice (batch[0][0]: one unbatched example, which breaks
     # Linear's bias column and BatchNorm): set the compressors up here from a batch, as it means to
     from dattri.algorithm.block_projected_if.core.compressor import setup_model_compressors

@@ -12,7 +12,7 @@ import torch
 from simattr import models, trak
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "dattri_scores.py"
-METHODS = ("if-explicit", "if-cg", "tracin", "logra", "rps", "trak")
+METHODS = ("if-explicit", "if-cg", "if-arnoldi", "tracin", "logra", "rps", "trak")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def one_line_error(capsys) -> str:
     return err[0]
 
 
-FAST = {"if-cg": ["--max-iter", 5], "rps": ["--rps-epochs", 300], "logra": ["--proj-dim", 64],
+FAST = {"if-cg": ["--max-iter", 5], "if-arnoldi": ["--max-iter", 40, "--proj-dim", 30], "rps": ["--rps-epochs", 300], "logra": ["--proj-dim", 64],
         "trak": ["--proj-dim", 32]}
 
 
@@ -195,6 +195,8 @@ def test_explicit_if_on_resnet9_is_refused_before_any_work_with_the_memory_it_ne
 
 @pytest.mark.parametrize("method,args", [("tracin", []), ("trak", ["--proj-dim", 8]),
                                          ("if-cg", ["--max-iter", 1]), ("logra", ["--proj-dim", 16]),
+                                         ("if-arnoldi", ["--max-iter", 4, "--proj-dim", 3,
+                                                         "--hessian-batch-size", 4]),
                                          ("rps", ["--rps-epochs", 20])])
 def test_resnet9_in_eval_mode_gives_finite_scores_of_the_right_shape(ds, resnet9_export, tmp_path, method, args):
     out = tmp_path / "s.pt"
@@ -202,3 +204,40 @@ def test_resnet9_in_eval_mode_gives_finite_scores_of_the_right_shape(ds, resnet9
     s = torch.load(out)
     assert s.dtype == torch.float32 and tuple(s.shape) == (8, 2) and torch.isfinite(s).all()
     assert s.abs().sum() > 0
+
+
+def test_arnoldi_chunks_give_the_same_hessian_and_a_subset_another(ds, mlp_export, tmp_path):
+    """--hessian-batch-size sums the Hessian-vector product over chunks (the same product), --precompute-ratio
+    takes a seeded subset of the training images (another Hessian)."""
+    args = ["--method", "if-arnoldi", "--max-iter", 40, "--proj-dim", 30]
+    assert run(ds, mlp_export, tmp_path / "one.pt", *args) == 0
+    assert run(ds, mlp_export, tmp_path / "chunks.pt", *args, "--hessian-batch-size", 48) == 0
+    one, chunks = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "chunks.pt")
+    assert torch.corrcoef(torch.stack([one.flatten(), chunks.flatten()]))[0, 1] > 0.999
+    assert run(ds, mlp_export, tmp_path / "half.pt", *args, "--precompute-ratio", 0.5) == 0
+    assert not torch.equal(one, torch.load(tmp_path / "half.pt"))
+
+
+def test_arnoldi_keeps_its_krylov_basis_orthonormal_and_its_eigenvalues_positive(ds):
+    """dattri's single Gram-Schmidt pass loses orthogonality (spurious near-zero eigenvalues); the script's
+    iteration keeps it, and the eigenvalues it keeps are H's."""
+    g = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(300, 300, generator=g))
+    H = Q @ torch.diag(torch.logspace(-3, 0, 300)) @ Q.T
+    appr, basis = ds._arnoldi_iter_reorthogonalized(lambda v: H @ v, torch.rand(300, generator=g), 120, 1.0, 1e-7)
+    assert (basis @ basis.T - torch.eye(len(basis))).abs().max() < 1e-4
+    ritz = torch.linalg.eigvalsh(0.5 * (torch.tril(appr[:-1], 1) + torch.tril(appr[:-1], 1).T))
+    assert ritz.min() > 1e-3 * 0.99 and abs(float(ritz.max()) - 1.0) < 1e-4
+
+
+def test_one_shared_projector_gives_dattris_projections(ds, mlp_export, tmp_path, monkeypatch):
+    """tracin and trak with one projector for every batch (shared_projector) give the bytes of dattri's projector
+    per batch."""
+    import contextlib
+
+    for method in ("tracin", "trak"):
+        assert run(ds, mlp_export, tmp_path / "shared.pt", "--method", method, "--proj-dim", 16) == 0
+        with monkeypatch.context() as m:
+            m.setattr(ds, "shared_projector", lambda *a: contextlib.nullcontext())
+            assert run(ds, mlp_export, tmp_path / "dattri.pt", "--method", method, "--proj-dim", 16) == 0
+        assert (tmp_path / "shared.pt").read_bytes() == (tmp_path / "dattri.pt").read_bytes(), method
