@@ -469,10 +469,13 @@ def test_dry_run_passes_for_every_config(configfiles, tmp_path):
     if cfg.get("dataset", {}).get("root"):            # the full-size configs: jobs as the config implies
         name, shard = cfg["dataset"]["name"], cfg["embed"]["shard_size"]
         sizes = {"cifar10": (50000, 10000), "imagenet": (13000, 5000)}[name]
-        encoders = {m["encoder"] for m in cfg["methods"]} - {"model"}
+        encoders = {m["encoder"] for m in cfg["methods"]} - {"model", "external"}
         n_classes = 10 if name == "cifar10" else 1000
         assert counts["embed_shard"] == len(encoders) * sum(-(-n // shard) for n in sizes)
-        assert counts["score"] + counts.get("score_model", 0) == len(cfg["methods"]) * n_classes
+        assert counts["score"] + counts.get("score_model", 0) + counts.get("score_external", 0) == \
+            len(cfg["methods"]) * n_classes
+        made = [m for m in cfg["methods"] if m.get("command")]       # outside methods made from the export
+        assert counts.get("outside_scores", 0) == len(made) and counts.get("export", 0) == (1 if made else 0)
         lds = cfg.get("lds", {}).get("models", 100)
         assert counts.get("subsets", 0) == (-(-lds // cfg["lds"]["shard_size"]) if lds else 0)
         assert counts.get("lds", 0) == (len(cfg["methods"]) if lds else 0)
