@@ -303,7 +303,10 @@ def memo_test_side(attributor) -> None:
             projectors = getattr(attributor, "arnoldi_projectors", None)
             for k in range(ckpt_idx if projectors else 0):
                 projectors[k] = None
+            t0 = time.perf_counter()
             seen[key] = transform(ckpt_idx, generate(ckpt_idx, data[:2]))
+            log(f"checkpoint {ckpt_idx + 1}, test images {key[1]}-{key[1] + key[2] - 1}: test side in "
+                f"{time.perf_counter() - t0:.1f} s")            # progress: the slow part of the if-* methods
         return seen[key]
 
     attributor.generate_test_rep = generate_test_rep
