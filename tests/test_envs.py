@@ -37,3 +37,16 @@ def test_the_conda_env_asks_for_a_cuda_build_of_pytorch():
     keys = dict(re.findall(r"(\w+)='([^']*)'", torch[0]))     # conda MatchSpec: name[key='value', ...]
     assert keys == {"version": ">=2.4", "build": "cuda*"}, torch
     assert any(isinstance(d, str) and _name(d) == "cuda-version" for d in env["dependencies"])
+
+
+def test_the_peers_env_is_simattrs_with_the_peers_extra():
+    """Rule outside_scores runs dattri (examples/dattri_scores.py) in envs/peers.yaml: envs/simattr.yaml's packages,
+    simattr installed with its `peers` extra, which pyproject defines."""
+    env = yaml.safe_load((REPO / "envs" / "simattr.yaml").read_text())
+    peers = yaml.safe_load((REPO / "envs" / "peers.yaml").read_text())
+    assert peers["channels"] == env["channels"]
+    plain = lambda e: [d for d in e["dependencies"] if isinstance(d, str)]  # noqa: E731
+    pip = lambda e: [d for d in e["dependencies"] if isinstance(d, dict)][0]["pip"]  # noqa: E731
+    assert plain(peers) == plain(env) and pip(peers)[:-1] == pip(env)[:-1] and pip(peers)[-1] == "-e ..[peers]"
+    assert "peers" in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert '"../../envs/peers.yaml"' in (REPO / "workflow" / "rules" / "export.smk").read_text()

@@ -46,7 +46,7 @@ rule outside_scores:
     wildcard_constraints:
         name="|".join(MADE) or "(?!)",
     conda:
-        ENV
+        "../../envs/peers.yaml"  # envs/simattr.yaml with the peers extra (dattri)
     threads: 2
     resources:
         mem_mb=lambda wildcards: max(8000, retrain_mem_mb(wildcards)),
