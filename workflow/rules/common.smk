@@ -318,8 +318,11 @@ def write_report_manifest(out, log, params):
 
 def external_sidecars():
     """ENCODER/RANKER -> the cost sidecar of each external method that has one (one the workflow makes always does)."""
-    paths = {pipeline.method_name(sconfig.EXTERNAL_ENCODER, n): external_cost(n) for n in EXTERNAL}
-    return {m: p for (m, p), n in zip(paths.items(), EXTERNAL) if n in MADE or os.path.exists(p)}
+    return {
+        pipeline.method_name(sconfig.EXTERNAL_ENCODER, n): external_cost(n)
+        for n in EXTERNAL
+        if n in MADE or os.path.exists(external_cost(n))
+    }
 
 
 # The run's jobs, each once, walked by simattr.pipeline from the facts above, once (STEPS): the report's lists (the
